@@ -1,0 +1,3 @@
+from dffs.cli.main import main
+
+main()

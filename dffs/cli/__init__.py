@@ -1,0 +1,1 @@
+"""Command-line entry points: ``dffs`` and its ``dfget`` alias."""

@@ -1,0 +1,93 @@
+"""``dffs`` command line: argument parsing, exit codes, one-line errors.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors print one line
+on stderr; ``--debug`` adds tracebacks and debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from dffs import __version__
+from dffs.errors import DffsError, UsageError
+from dffs.log import setup_logging
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_get_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", help="what to download (http, https or file URL)")
+    parser.add_argument("-O", "--output", required=True, metavar="PATH", help="where to write it")
+    parser.add_argument("--socket", metavar="PATH", help="a running daemon's socket (default: DATA_DIR/dffs.sock)")
+    parser.add_argument("--scheduler", metavar="ADDR[,ADDR...]", help="schedulers for P2P")
+    parser.add_argument("--manager", metavar="ADDR", help="manager that hands out schedulers")
+    parser.add_argument("--data-dir", metavar="DIR", help="piece storage (default /var/lib/dffs)")
+    parser.add_argument("--digest", metavar="ALGO:HEX", help="verify the whole file, e.g. sha256:<hex>")
+    parser.add_argument("--tag", default="", help="tag that separates tasks of the same URL")
+    parser.add_argument("--application", default="", help="application name, part of the task ID")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="'K: V'", help="request header for the origin (repeatable)"
+    )
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: never)")
+    parser.add_argument("--concurrency", type=int, metavar="N", help="pieces in flight at once (default 8)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dffs", description="P2P file distribution with a lazy FUSE filesystem")
+    parser.add_argument("--version", action="version", version=f"dffs {__version__}")
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    get = commands.add_parser("get", help="download a URL to a file through dffs")
+    _add_get_arguments(get)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    debug = "--debug" in argv
+    setup_logging(logging.DEBUG if debug else logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "get":
+            from dffs.cli.get import run_get
+
+            return run_get(args)
+        raise UsageError(f"unknown command {args.command!r}")
+    except DffsError as exc:
+        if debug:
+            logging.getLogger("dffs").exception("failed")
+        print(f"dffs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dffs: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        print(f"dffs: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(sys.argv[1:] if argv is None else list(argv)))
+
+
+def dfget_main() -> None:
+    """``dfget URL -O PATH ...``: the same as ``dffs get``."""
+    argv = sys.argv[1:]
+    flags = [a for a in argv if a == "--debug"]
+    sys.exit(run([*flags, "get", *[a for a in argv if a != "--debug"]]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Error types shared by every component.
+
+Errors carry a one-line, human-readable message: the CLI prints ``str(err)`` as
+is, so messages name the URL, task or file they are about and never need a
+traceback to be understood.
+"""
+
+
+class DffsError(Exception):
+    """Base class of every error dffs raises on purpose."""
+
+    #: Process exit code when this error ends a command: 1 for runtime failures.
+    exit_code = 1
+
+
+class UsageError(DffsError):
+    """The user asked for something malformed (bad URL, flag, digest...)."""
+
+    exit_code = 2
+
+
+class SourceError(DffsError):
+    """The origin failed: unreachable, an error status, a broken response."""
+
+    #: Whether trying again later may succeed (timeouts, resets, 5xx).
+    retryable = False
+
+
+class RetryableSourceError(SourceError):
+    retryable = True
+
+
+class RangeNotSupported(SourceError):
+    """The origin ignored a Range request; callers fall back to one stream."""
+
+
+class SourceChanged(SourceError):
+    """The object changed at the origin while it was being downloaded."""
+
+
+class DigestMismatch(DffsError):
+    """Bytes did not match the digest they were promised to have."""
+
+
+class StorageError(DffsError):
+    """The local piece store cannot do what was asked (disk full, corrupt metadata)."""

@@ -1,0 +1,27 @@
+"""Task identity and piece arithmetic: the rules every peer must agree on."""
+
+from dffs.idgen.pieces import (
+    DEFAULT_PIECE_LENGTH,
+    MAX_PIECE_LENGTH,
+    MIN_PIECE_LENGTH,
+    PieceSpan,
+    piece_count,
+    piece_length_for,
+    piece_span,
+    pieces_for_range,
+)
+from dffs.idgen.taskid import DEFAULT_FILTERED_QUERY_PARAMS, normalize_url, task_id
+
+__all__ = [
+    "DEFAULT_FILTERED_QUERY_PARAMS",
+    "DEFAULT_PIECE_LENGTH",
+    "MAX_PIECE_LENGTH",
+    "MIN_PIECE_LENGTH",
+    "PieceSpan",
+    "normalize_url",
+    "piece_count",
+    "piece_length_for",
+    "piece_span",
+    "pieces_for_range",
+    "task_id",
+]

@@ -1,0 +1,164 @@
+"""A peer task: one host's download of one task, shared by everyone who reads it.
+
+Pieces are fetched single-flight: however many readers (FUSE handles, the
+proxy, dfget) want piece N at once, one request goes out and they all wait on
+it. For now pieces come from the origin ("back-to-source"); the P2P issue adds
+parents as a second place to fetch from.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import trio
+
+from dffs.errors import RangeNotSupported, SourceError
+from dffs.peertask.buffers import BufferPool
+from dffs.source.base import Source, SourceStat, Validators
+from dffs.storage import TaskStore
+
+log = logging.getLogger(__name__)
+
+#: Called with the number of bytes a piece added (whether fetched or found locally).
+ProgressCallback = Callable[[int], None]
+
+
+class PeerTask:
+    def __init__(
+        self,
+        store: TaskStore,
+        source: Source,
+        stat: SourceStat,
+        *,
+        headers: Mapping[str, str] | None = None,
+        buffers: BufferPool | None = None,
+    ):
+        self.store = store
+        self.source = source
+        self.stat = stat
+        self.headers = dict(headers or {})
+        self.buffers = buffers or BufferPool()
+        self.validators = Validators(etag=store.meta.etag, last_modified=store.meta.last_modified)
+        self._inflight: dict[int, trio.Event] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._ranges_supported = stat.accepts_ranges
+        #: Bytes this process fetched from the origin for this task.
+        self.source_bytes = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.store.task_id
+
+    # ------------------------------------------------------------- pieces
+    async def fetch_piece(self, number: int) -> None:
+        """Make piece ``number`` present; single flight across concurrent callers."""
+        while not self.store.has_piece(number):
+            event = self._inflight.get(number)
+            if event is not None:
+                await event.wait()
+                error = self._errors.get(number)
+                if error is not None and not self.store.has_piece(number):
+                    raise error
+                continue
+            event = self._inflight[number] = trio.Event()
+            self._errors.pop(number, None)
+            try:
+                await self._download_piece(number)
+            except BaseException as exc:
+                self._errors[number] = exc
+                raise
+            finally:
+                del self._inflight[number]
+                event.set()
+
+    async def _download_piece(self, number: int) -> None:
+        span = self.store.span(number)
+        started = time.monotonic()
+        with self.buffers.borrow(span.length) as buffer:
+            await self.source.read_range(
+                self.stat.url, span.offset, buffer, headers=self.headers, validators=self.validators
+            )
+            self.source_bytes += span.length
+            await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
+        log.debug(
+            "task=%s piece=%d source=origin bytes=%d ms=%.1f",
+            self.task_id, number, span.length, 1000 * (time.monotonic() - started),
+        )
+
+    # -------------------------------------------------------- whole task
+    async def fetch_all(self, *, concurrency: int = 8, on_progress: ProgressCallback | None = None) -> None:
+        """Make every piece present: ranged fetches ``concurrency`` at a time,
+        or one sequential stream if the origin does not do ranges."""
+        progress = on_progress or (lambda n: None)
+        await trio.to_thread.run_sync(self.store.verify_all)
+        present = self.store.present_bytes()
+        if present:
+            progress(present)
+        if self.store.is_complete():
+            return
+        if self._ranges_supported:
+            try:
+                await self._fetch_ranged(concurrency, progress)
+                return
+            except RangeNotSupported:
+                log.info("task=%s event=range_not_supported action=stream", self.task_id)
+                self._ranges_supported = False
+        await self._fetch_streamed(progress)
+
+    async def _fetch_ranged(self, concurrency: int, progress: ProgressCallback) -> None:
+        queue = iter(self.store.missing_pieces())
+
+        async def worker() -> None:
+            for number in queue:
+                await self.fetch_piece(number)
+                progress(self.store.span(number).length)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, concurrency)):
+                nursery.start_soon(worker)
+
+    async def _fetch_streamed(self, progress: ProgressCallback) -> None:
+        """One GET from the first missing piece to the end, cut into pieces.
+
+        Receiving and storing overlap: full buffers go to a writer task (which
+        hashes and writes in a worker thread) while the next piece arrives.
+        """
+        missing = self.store.missing_pieces()
+        if not missing:
+            return
+        first = self.store.span(missing[0])
+        size = self.store.meta.piece_length
+        # Three buffers circulate: one being received, one queued, one being written.
+        full_send, full_receive = trio.open_memory_channel[tuple[int, memoryview, int]](1)
+        free_send, free_receive = trio.open_memory_channel[memoryview](3)
+        for _ in range(3):
+            free_send.send_nowait(memoryview(bytearray(size)))
+
+        async def writer() -> None:
+            async with full_receive:
+                async for number, buffer, length in full_receive:
+                    if not self.store.has_piece(number):
+                        await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
+                        progress(length)
+                    free_send.send_nowait(buffer)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            async with full_send, self.source.open_stream(self.stat.url, first.offset, headers=self.headers) as body:
+                for number in range(first.number, self.store.meta.piece_count):
+                    span = self.store.span(number)
+                    buffer = await free_receive.receive()
+                    view = buffer[: span.length]
+                    filled = 0
+                    while filled < span.length:
+                        got = await body.readinto(view[filled:])
+                        if got == 0:
+                            raise SourceError(
+                                f"GET {self.stat.url}: body ended at byte {span.offset + filled} "
+                                f"of {self.store.meta.content_length}"
+                            )
+                        filled += got
+                    self.source_bytes += span.length
+                    await full_send.send((number, buffer, span.length))

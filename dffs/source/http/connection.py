@@ -1,0 +1,261 @@
+"""One HTTP/1.1 connection on trio: h11 frames the heads, bodies go straight into buffers.
+
+h11 parses and validates the request and response heads. For a body with a
+Content-Length (every static origin and every ranged response) the bytes are
+received with ``recv_into`` directly into the caller's buffer, with no
+intermediate copies; chunked and close-delimited bodies go through h11.
+scripts/bench/source_throughput.py measures the difference against h11
+alone (see docs/benchmarks.md): it is why this hybrid exists.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import h11
+import trio
+
+from dffs.errors import RetryableSourceError, SourceError
+from dffs.source.http.protocol import (
+    ResponseHead,
+    Target,
+    body_is_empty,
+    headers_to_dict,
+    keep_alive,
+)
+
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_READ = 16 * 1024
+
+
+class HttpConnection:
+    """A connection to one origin; send one request at a time, read its body, reuse."""
+
+    def __init__(self, target: Target, stream: trio.abc.Stream, read_timeout: float):
+        self.origin_key = target.origin_key
+        self._stream = stream
+        # Plain TCP exposes its socket so bodies can be received with recv_into.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.read_timeout = read_timeout
+        self.requests_sent = 0
+        self.idle_since = time.monotonic()
+        self.content_length: int | None = None
+        self._reset_body_state()
+        self._open = True
+
+    def _reset_body_state(self) -> None:
+        self._pending = memoryview(b"")
+        self._remaining: int | None = 0  # None: until the peer closes
+        self._h11: h11.Connection | None = None  # set only for chunked bodies
+        self._chunk = memoryview(b"")
+        self._reusable = False
+
+    @classmethod
+    async def connect(
+        cls,
+        target: Target,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> HttpConnection:
+        try:
+            with trio.fail_after(connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+                if target.scheme == "https":
+                    stream = trio.SSLStream(
+                        stream, ssl_context or ssl.create_default_context(), server_hostname=target.host,
+                        https_compatible=True,
+                    )
+                    await stream.do_handshake()
+        except trio.TooSlowError:
+            raise RetryableSourceError(
+                f"connecting to {target.host_header} timed out after {connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise RetryableSourceError(f"cannot connect to {target.host_header}: {_reason(exc)}") from None
+        except trio.BrokenResourceError as exc:
+            raise RetryableSourceError(f"TLS handshake with {target.host_header} failed: {exc.__cause__ or exc}") from None
+        if isinstance(stream, trio.SocketStream):
+            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+        return cls(target, stream, read_timeout)
+
+    # ------------------------------------------------------------- request
+    async def request(self, method: str, target: Target, headers: list[tuple[str, str]]) -> ResponseHead:
+        """Send a request and read the response head; the body is then read with readinto."""
+        conn = h11.Connection(h11.CLIENT)
+        data = conn.send(
+            h11.Request(method=method, target=target.path, headers=[("Host", target.host_header), *headers])
+        ) + conn.send(h11.EndOfMessage())
+        self.requests_sent += 1
+        await self._send(data)
+        head, leftover = await self._read_head(conn)
+        self._reset_body_state()
+        self.content_length = head.content_length
+        self._pending = memoryview(leftover)
+        connection_ok = keep_alive(head.http_version, head.get("connection"))
+        if body_is_empty(method, head.status):
+            self._remaining = 0
+            self._reusable = connection_ok and not self._pending
+        elif "chunked" in (head.get("transfer-encoding") or "").lower():
+            self._h11 = conn
+            self._remaining = None
+            conn.receive_data(bytes(self._pending))
+            self._pending = memoryview(b"")
+            self._reusable = connection_ok
+        elif head.content_length is not None:
+            self._remaining = head.content_length
+            self._reusable = connection_ok
+        else:
+            self._remaining = None  # delimited by the server closing the connection
+            self._reusable = False
+        return head
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.read_timeout):
+                await self._stream.send_all(data)
+        except trio.TooSlowError:
+            raise RetryableSourceError(f"sending the request timed out after {self.read_timeout:g}s") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise RetryableSourceError(f"connection lost while sending the request: {_reason(exc)}") from None
+
+    async def _read_head(self, conn: h11.Connection) -> tuple[ResponseHead, bytes]:
+        buffer = bytearray()
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                head_bytes, leftover = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+                try:
+                    conn.receive_data(head_bytes)
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise SourceError(f"malformed HTTP response head: {exc}") from None
+                if isinstance(event, h11.InformationalResponse):
+                    buffer = bytearray(leftover)  # 1xx: the real head follows
+                    continue
+                if not isinstance(event, h11.Response):
+                    raise SourceError("malformed HTTP response head")
+                return (
+                    ResponseHead(
+                        status=event.status_code,
+                        reason=event.reason.decode("latin-1"),
+                        http_version=event.http_version,
+                        headers=headers_to_dict(event.headers),
+                    ),
+                    leftover,
+                )
+            if len(buffer) > MAX_HEAD_BYTES:
+                raise SourceError(f"HTTP response head larger than {MAX_HEAD_BYTES} bytes")
+            chunk = await self._receive_some(_HEAD_READ)
+            if not chunk:
+                if self.requests_sent > 1 and not buffer:
+                    raise StaleConnection("server closed the idle connection")
+                raise RetryableSourceError("connection closed before a response arrived")
+            buffer += chunk
+
+    # ---------------------------------------------------------------- body
+    @property
+    def body_remaining(self) -> int | None:
+        return self._remaining
+
+    async def readinto(self, buffer: memoryview) -> int:
+        """Read body bytes into ``buffer``; 0 means the body is complete."""
+        if self._h11 is not None:
+            return await self._readinto_chunked(buffer)
+        if self._remaining == 0 or not buffer:
+            return 0
+        want = len(buffer) if self._remaining is None else min(len(buffer), self._remaining)
+        if self._pending:
+            got = min(want, len(self._pending))
+            buffer[:got] = self._pending[:got]
+            self._pending = self._pending[got:]
+        else:
+            got = await self._recv_into(buffer[:want])
+            if got == 0:
+                if self._remaining is None:
+                    self._remaining = 0
+                    return 0
+                raise RetryableSourceError(f"connection closed with {self._remaining} body bytes still to come")
+        if self._remaining is not None:
+            self._remaining -= got
+        return got
+
+    async def _readinto_chunked(self, buffer: memoryview) -> int:
+        assert self._h11 is not None
+        while not self._chunk:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise RetryableSourceError(f"malformed chunked body: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = await self._receive_some(256 * 1024)
+                if not data:
+                    raise RetryableSourceError("connection closed in the middle of a chunked body")
+                self._h11.receive_data(data)
+            elif isinstance(event, h11.Data):
+                self._chunk = memoryview(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._remaining = 0
+                self._h11 = None
+                return 0
+        got = min(len(buffer), len(self._chunk))
+        buffer[:got] = self._chunk[:got]
+        self._chunk = self._chunk[got:]
+        return got
+
+    async def _recv_into(self, buffer: memoryview) -> int:
+        try:
+            with trio.fail_after(self.read_timeout):
+                if self._socket is not None:
+                    return await self._socket.recv_into(buffer)
+                data = await self._stream.receive_some(len(buffer))
+        except trio.TooSlowError:
+            raise RetryableSourceError(f"no data from the origin for {self.read_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise RetryableSourceError(f"connection lost: {_reason(exc)}") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    async def _receive_some(self, max_bytes: int) -> bytes:
+        try:
+            with trio.fail_after(self.read_timeout):
+                return await self._stream.receive_some(max_bytes)
+        except trio.TooSlowError:
+            raise RetryableSourceError(f"no response from the origin for {self.read_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            if self.requests_sent > 1:
+                raise StaleConnection(f"connection lost: {_reason(exc)}") from None
+            raise RetryableSourceError(f"connection lost: {_reason(exc)}") from None
+
+    async def drain(self, limit: int = 64 * 1024) -> bool:
+        """Read and drop a small remaining body so the connection can be reused."""
+        if self._remaining is None or self._remaining > limit:
+            return False
+        scratch = memoryview(bytearray(max(1, min(limit, self._remaining))))
+        while await self.readinto(scratch):
+            pass
+        return True
+
+    @property
+    def reusable(self) -> bool:
+        return self._open and self._reusable and self._remaining == 0 and not self._pending
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await trio.aclose_forcefully(self._stream)
+
+
+class StaleConnection(RetryableSourceError):
+    """A reused keep-alive connection the server had already closed: retry at once."""
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause) or type(cause).__name__

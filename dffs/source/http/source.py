@@ -1,0 +1,336 @@
+"""The http and https Source: stat, ranged reads and streams with retries and redirects."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import attrs
+import tenacity
+import trio
+
+from dffs import __version__
+from dffs.errors import (
+    RangeNotSupported,
+    RetryableSourceError,
+    SourceChanged,
+    SourceError,
+)
+from dffs.source.base import ListEntry, SourceStat, Validators
+from dffs.source.http.connection import HttpConnection, StaleConnection
+from dffs.source.http.pool import ConnectionPool
+from dffs.source.http.protocol import (
+    REDIRECT_STATUSES,
+    RETRYABLE_STATUSES,
+    ResponseHead,
+    Target,
+    describe_status,
+    parse_content_range,
+    parse_target,
+    range_header,
+    redirect_url,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class HttpOptions:
+    connect_timeout: float = 10.0
+    #: Longest silence while waiting for response bytes.
+    read_timeout: float = 30.0
+    #: Attempts per request, the first included; only retryable failures repeat.
+    attempts: int = 4
+    backoff_initial: float = 0.2
+    backoff_max: float = 5.0
+    max_redirects: int = 5
+    max_idle_per_origin: int = 16
+    user_agent: str = f"dffs/{__version__}"
+    verify_tls: bool = True
+
+
+class HttpSource:
+    """One instance per process; owns a keep-alive pool shared by all downloads."""
+
+    schemes = ("http", "https")
+
+    def __init__(self, options: HttpOptions | None = None):
+        self.options = options or HttpOptions()
+        context = ssl.create_default_context()
+        if not self.options.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.pool = ConnectionPool(
+            connect_timeout=self.options.connect_timeout,
+            read_timeout=self.options.read_timeout,
+            max_idle_per_origin=self.options.max_idle_per_origin,
+            ssl_context=context,
+        )
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    # ------------------------------------------------------------ plumbing
+    def _retrying(self) -> tenacity.AsyncRetrying:
+        o = self.options
+        return tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(max(1, o.attempts)),
+            wait=tenacity.wait_exponential_jitter(initial=o.backoff_initial, max=o.backoff_max),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
+            sleep=trio.sleep,
+            reraise=True,
+        )
+
+    def _headers(self, extra: Mapping[str, str] | None, *more: tuple[str, str]) -> list[tuple[str, str]]:
+        headers = [("User-Agent", self.options.user_agent), ("Accept-Encoding", "identity")]
+        if extra:
+            overridden = {k.lower() for k in extra}
+            headers = [h for h in headers if h[0].lower() not in overridden]
+            headers += list(extra.items())
+        headers += [h for h in more if h[1] is not None]
+        return headers
+
+    async def _exchange(
+        self, method: str, url: str, headers: list[tuple[str, str]]
+    ) -> tuple[HttpConnection, ResponseHead, str]:
+        """One request, following redirects; returns the connection holding the body.
+
+        A reused connection that the server already closed is retried at once
+        on a fresh one, without counting as an attempt.
+        """
+        for _ in range(self.options.max_redirects + 1):
+            target = parse_target(url)
+            for fresh_try in (False, True):
+                conn = await self.pool.checkout(target)
+                try:
+                    head = await conn.request(method, target, headers)
+                    break
+                except StaleConnection:
+                    await conn.aclose()
+                    if fresh_try:
+                        raise
+                except BaseException:
+                    await conn.aclose()
+                    raise
+            if head.status in REDIRECT_STATUSES and method in ("GET", "HEAD"):
+                await self._release(conn)
+                try:
+                    url = redirect_url(url, head.get("location"))
+                except ValueError as exc:
+                    raise SourceError(f"{method} {url}: {exc}") from None
+                continue
+            return conn, head, url
+        raise SourceError(f"{method} {url}: more than {self.options.max_redirects} redirects")
+
+    async def _release(self, conn: HttpConnection) -> None:
+        """Give a connection back, reading a small leftover body so it stays reusable."""
+        try:
+            if conn.body_remaining:
+                await conn.drain()
+        except SourceError:
+            await conn.aclose()
+            return
+        await self.pool.checkin(conn)
+
+    @staticmethod
+    def _status_error(method: str, url: str, head: ResponseHead) -> SourceError:
+        message = f"{method} {url}: origin answered {describe_status(head)}"
+        if head.status in RETRYABLE_STATUSES:
+            return RetryableSourceError(message)
+        return SourceError(message)
+
+    # ---------------------------------------------------------------- stat
+    async def stat(
+        self, url: str, *, headers: Mapping[str, str] | None = None, validators: Validators | None = None
+    ) -> SourceStat:
+        parse_target(url)  # usage errors surface before any retry
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._stat_once(url, headers, validators)
+        raise AssertionError("unreachable")
+
+    async def _stat_once(self, url, headers, validators) -> SourceStat:
+        conditional = []
+        if validators is not None:
+            conditional = [("If-None-Match", validators.etag), ("If-Modified-Since", validators.last_modified)]
+        conn, head, final_url = await self._exchange("HEAD", url, self._headers(headers, *conditional))
+        await self._release(conn)
+        if head.status in (405, 501):
+            return await self._stat_by_get(url, headers)
+        if head.status == 304:
+            return SourceStat(
+                url=final_url,
+                content_length=None,
+                etag=head.get("etag") or (validators.etag if validators else None),
+                last_modified=head.get("last-modified") or (validators.last_modified if validators else None),
+                not_modified=True,
+            )
+        if head.status != 200:
+            raise self._status_error("HEAD", url, head)
+        return self._stat_from(final_url, head, head.content_length)
+
+    async def _stat_by_get(self, url, headers) -> SourceStat:
+        """For origins that refuse HEAD: ask for the first byte and read the total size."""
+        conn, head, final_url = await self._exchange("GET", url, self._headers(headers, ("Range", "bytes=0-0")))
+        try:
+            if head.status == 206:
+                try:
+                    _, _, total = parse_content_range(head.get("content-range") or "")
+                except ValueError as exc:
+                    raise SourceError(f"GET {url}: {exc}") from None
+                return self._stat_from(final_url, head, total)
+            if head.status == 416:  # nothing to range over: an empty object
+                return self._stat_from(final_url, head, 0)
+            if head.status == 200:
+                return attrs.evolve(self._stat_from(final_url, head, head.content_length), accepts_ranges=False)
+            raise self._status_error("GET", url, head)
+        finally:
+            await conn.aclose()  # the body (maybe the whole object) is not wanted
+
+    @staticmethod
+    def _stat_from(url: str, head: ResponseHead, size: int | None) -> SourceStat:
+        return SourceStat(
+            url=url,
+            content_length=size,
+            etag=head.get("etag"),
+            last_modified=head.get("last-modified"),
+            content_type=head.get("content-type"),
+            accepts_ranges=(head.get("accept-ranges") or "bytes").strip().lower() != "none",
+        )
+
+    # ---------------------------------------------------------- range read
+    async def read_range(
+        self,
+        url: str,
+        offset: int,
+        buffer: memoryview,
+        *,
+        headers: Mapping[str, str] | None = None,
+        validators: Validators | None = None,
+    ) -> None:
+        """Fill ``buffer`` with the object's bytes at ``offset``.
+
+        Progress survives retries: after a reset at byte N of a piece, the
+        next attempt asks only for what is still missing.
+        """
+        parse_target(url)
+        filled = 0
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
+                except _Partial as exc:
+                    filled = exc.filled
+                    raise
+
+    async def _read_range_once(self, url, offset, buffer, filled, headers, validators) -> int:
+        want = len(buffer) - filled
+        if want == 0:
+            return filled
+        start = offset + filled
+        if_range = None
+        if validators is not None:
+            if validators.etag and not validators.etag.startswith("W/"):
+                if_range = validators.etag
+            elif validators.last_modified:
+                if_range = validators.last_modified
+        conn, head, _ = await self._exchange(
+            "GET", url, self._headers(headers, ("Range", range_header(start, want)), ("If-Range", if_range))
+        )
+        try:
+            if head.status == 206:
+                self._check_content_range(url, head, start, want)
+            elif head.status == 200:
+                if validators is not None and validators.etag and head.get("etag") not in (None, validators.etag):
+                    raise SourceChanged(f"GET {url}: the object changed at the origin (ETag {head.get('etag')})")
+                if start != 0 or head.content_length != want:
+                    raise RangeNotSupported(f"GET {url}: origin ignored the Range header")
+            elif head.status == 416:
+                raise SourceChanged(f"GET {url}: range {start}+{want} is past the end; the object shrank?")
+            else:
+                raise self._status_error("GET", url, head)
+            view = buffer[filled:]
+            while view:
+                got = await conn.readinto(view)
+                if got == 0:
+                    break
+                filled += got
+                view = view[got:]
+            if filled < len(buffer):
+                raise RetryableSourceError(f"GET {url}: body ended {len(buffer) - filled} bytes short")
+        except RetryableSourceError as exc:
+            await conn.aclose()
+            # Keep the bytes we have: the next attempt asks only for the rest.
+            raise _Partial(str(exc), filled) from None
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._release(conn)
+        return filled
+
+    @staticmethod
+    def _check_content_range(url: str, head: ResponseHead, start: int, length: int) -> None:
+        value = head.get("content-range")
+        try:
+            got_start, got_end, _ = parse_content_range(value or "")
+        except ValueError as exc:
+            raise SourceError(f"GET {url}: {exc}") from None
+        if got_start != start or got_end != start + length - 1:
+            raise SourceError(
+                f"GET {url}: asked for bytes {start}-{start + length - 1}, origin sent Content-Range {value!r}"
+            )
+        if head.content_length is not None and head.content_length != length:
+            raise SourceError(f"GET {url}: Content-Length {head.content_length} disagrees with Content-Range {value!r}")
+
+    # -------------------------------------------------------------- stream
+    @asynccontextmanager
+    async def open_stream(
+        self, url: str, offset: int = 0, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[HttpConnection]:
+        """One GET from ``offset`` to the end; read it with ``readinto``.
+
+        Only the request is retried; a stream that breaks midway raises, and
+        the caller resumes with a new stream from the bytes it has.
+        """
+        parse_target(url)
+        extra = [("Range", range_header(offset, None))] if offset else []
+        conn = head = None
+        async for attempt in self._retrying():
+            with attempt:
+                conn, head, _ = await self._exchange("GET", url, self._headers(headers, *extra))
+                if head.status in (200, 206) and (head.status == 206) == bool(offset):
+                    break
+                await conn.aclose()
+                if head.status == 200 and offset:
+                    raise RangeNotSupported(f"GET {url}: origin ignored the Range header")
+                raise self._status_error("GET", url, head)
+        assert conn is not None and head is not None
+        if offset:
+            try:
+                got_start, _, _ = parse_content_range(head.get("content-range") or "")
+            except ValueError as exc:
+                await conn.aclose()
+                raise SourceError(f"GET {url}: {exc}") from None
+            if got_start != offset:
+                await conn.aclose()
+                raise SourceError(f"GET {url}: asked for bytes from {offset}, origin sent {head.get('content-range')!r}")
+        try:
+            yield conn
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._release(conn)
+
+    async def list(self, url: str, *, headers: Mapping[str, str] | None = None) -> AsyncIterator[ListEntry]:
+        raise SourceError(f"listing {url} is not supported yet")
+        yield  # pragma: no cover
+
+
+class _Partial(RetryableSourceError):
+    """A retryable failure that keeps how far the buffer was filled."""
+
+    def __init__(self, message: str, filled: int):
+        super().__init__(message)
+        self.filled = filled

@@ -1,0 +1,361 @@
+"""One task on disk: a sparse content file, its metadata and its piece journal.
+
+Layout under ``DATA_DIR/tasks/<id[:2]>/<id>/``::
+
+    meta.json       TaskMeta, written once (atomically) when the task is created
+    content         the object's bytes, each piece at its offset; holes where absent
+    pieces.journal  append-only PieceRecords (see journal.py)
+    clean           exists only while the task is closed after a clean shutdown
+
+Crash safety: a piece's record is appended only after its bytes are written,
+so after ``kill -9`` every recorded piece is on disk. A task opened without
+the ``clean`` marker (a crash, or a power loss that may have lost page-cache
+data) re-verifies every recorded piece against its digest before trusting it.
+Independently, every piece is verified the first time this process serves
+it, so bytes damaged at rest never reach a reader.
+
+Methods are synchronous and thread-safe: the download layer calls the I/O
+ones from worker threads so disk writes and hashing run off the trio loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from dffs.digest import PIECE_DIGEST_SIZE, piece_digest
+from dffs.errors import StorageError
+from dffs.idgen import PieceSpan, piece_span
+from dffs.storage import journal
+from dffs.storage.memory import MemoryTier
+from dffs.storage.meta import TaskMeta
+
+log = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+CONTENT_FILE = "content"
+JOURNAL_FILE = "pieces.journal"
+CLEAN_MARKER = "clean"
+
+_VERIFY_CHUNK = 4 * 1024 * 1024
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TaskStore:
+    """Pieces of one task. Create with :meth:`create` or :meth:`open`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        meta: TaskMeta,
+        content_fd: int,
+        journal_fd: int,
+        present: dict[int, journal.PieceRecord],
+        *,
+        memory: MemoryTier | None = None,
+        on_usage_change: Callable[[int], None] | None = None,
+    ):
+        self.directory = directory
+        self.meta = meta
+        self._content_fd = content_fd
+        self._journal_fd = journal_fd
+        self._present = present
+        self._verified: set[int] = set()
+        self._lock = threading.Lock()
+        self._memory = memory
+        self._on_usage_change = on_usage_change or (lambda delta: None)
+        self._closed = False
+
+    # ----------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, directory: Path, meta: TaskMeta, **kwargs) -> TaskStore:
+        """Start a task from nothing, replacing whatever was in ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
+            (directory / name).unlink(missing_ok=True)
+        write_atomically(directory / META_FILE, meta.to_json().encode())
+        content_fd = os.open(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(content_fd, meta.content_length)  # sparse: no blocks yet
+            journal_fd = os.open(
+                directory / JOURNAL_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+        except OSError:
+            os.close(content_fd)
+            raise
+        os.write(journal_fd, journal.encode_header(meta.piece_length))
+        return cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
+
+    @classmethod
+    def open(cls, directory: Path, **kwargs) -> TaskStore:
+        """Reopen a task; raises StorageError if its files are unusable."""
+        try:
+            meta = TaskMeta.from_json((directory / META_FILE).read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            raise StorageError(f"task {directory.name}: unreadable metadata: {exc}") from exc
+        clean = (directory / CLEAN_MARKER).exists()
+        try:
+            content_fd = os.open(directory / CONTENT_FILE, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError(f"task {directory.name}: content file: {exc}") from exc
+        try:
+            journal_fd = os.open(directory / JOURNAL_FILE, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            data = _read_all(journal_fd)
+            if journal.decode_header(data) != meta.piece_length:
+                raise ValueError("journal piece length disagrees with metadata")
+            records, good = journal.decode_records(data[journal.HEADER.size :])
+            if journal.HEADER.size + good != len(data):
+                log.warning("task=%s event=journal_torn_tail dropped_bytes=%d", meta.task_id,
+                            len(data) - journal.HEADER.size - good)
+                os.ftruncate(journal_fd, journal.HEADER.size + good)
+        except (OSError, ValueError) as exc:
+            os.close(content_fd)
+            raise StorageError(f"task {directory.name}: piece journal: {exc}") from exc
+        present = {
+            n: r for n, r in journal.replay(records).items()
+            if 0 <= n < meta.piece_count and r.length == piece_span(n, meta.content_length, meta.piece_length).length
+        }
+        on_usage_change = kwargs.pop("on_usage_change", None)
+        store = cls(directory, meta, content_fd, journal_fd, present, **kwargs)
+        (directory / CLEAN_MARKER).unlink(missing_ok=True)
+        if not clean:
+            dropped = store.verify_all()
+            if dropped:
+                log.warning("task=%s event=recovery_dropped_pieces pieces=%s", meta.task_id, dropped)
+            store._compact_journal()
+        if on_usage_change is not None:
+            store._on_usage_change = on_usage_change
+            on_usage_change(store.present_bytes())
+        return store
+
+    def close(self) -> None:
+        """Close files; leave the clean marker so the next open trusts the journal."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._journal_fd)
+            os.close(self._content_fd)
+        (self.directory / CLEAN_MARKER).touch()
+
+    def close_dirty(self) -> None:
+        """Close without the clean marker (tests use it to simulate a crash)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._journal_fd)
+                os.close(self._content_fd)
+
+    # --------------------------------------------------------------- state
+    @property
+    def task_id(self) -> str:
+        return self.meta.task_id
+
+    @property
+    def content_path(self) -> Path:
+        return self.directory / CONTENT_FILE
+
+    @property
+    def content_fd(self) -> int:
+        return self._content_fd
+
+    def span(self, number: int) -> PieceSpan:
+        return piece_span(number, self.meta.content_length, self.meta.piece_length)
+
+    def has_piece(self, number: int) -> bool:
+        return number in self._present
+
+    def present_pieces(self) -> list[int]:
+        return sorted(self._present)
+
+    def missing_pieces(self) -> list[int]:
+        return [n for n in range(self.meta.piece_count) if n not in self._present]
+
+    def is_complete(self) -> bool:
+        return len(self._present) == self.meta.piece_count
+
+    def present_bytes(self) -> int:
+        return sum(r.length for r in self._present.values())
+
+    def piece_digest(self, number: int) -> bytes | None:
+        record = self._present.get(number)
+        return None if record is None else record.digest
+
+    # ------------------------------------------------------------- writing
+    def write_piece(self, number: int, data, digest: bytes | None = None) -> bytes:
+        """Store piece ``number`` from ``data`` (any buffer), then record it.
+
+        Computes the digest unless the caller already did. Returns it.
+        """
+        span = self.span(number)
+        view = memoryview(data).cast("B")
+        if len(view) != span.length:
+            raise StorageError(f"task {self.task_id}: piece {number} is {len(view)} bytes, expected {span.length}")
+        if digest is None:
+            digest = piece_digest(view)
+        try:
+            _pwrite_all(self._content_fd, view, span.offset)
+        except OSError as exc:
+            raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
+        record = journal.PieceRecord(number, span.length, True, digest)
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"task {self.task_id} is closed")
+            os.write(self._journal_fd, journal.encode_record(record))
+            had = number in self._present
+            self._present[number] = record
+            self._verified.add(number)
+        if not had:
+            self._on_usage_change(span.length)
+        if self._memory is not None and self._memory.admits(span.length):
+            self._memory.put((self.task_id, number), bytes(view))
+        return digest
+
+    def remove_piece(self, number: int) -> None:
+        """Forget a piece (bad digest, or evicted) and release its disk blocks."""
+        span = self.span(number)
+        with self._lock:
+            record = self._present.pop(number, None)
+            self._verified.discard(number)
+            if record is None or self._closed:
+                return
+            self._detach_if_linked()
+            os.write(
+                self._journal_fd,
+                journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
+            )
+        if self._memory is not None:
+            self._memory.discard((self.task_id, number))
+        _punch_hole(self._content_fd, span.offset, span.length)
+        self._on_usage_change(-span.length)
+
+    # ------------------------------------------------------------- reading
+    def read_piece(self, number: int) -> bytes:
+        """A verified piece's bytes; StorageError if absent or corrupt."""
+        if self._memory is not None:
+            cached = self._memory.get((self.task_id, number))
+            if cached is not None:
+                return cached
+        span = self.span(number)
+        data = os.pread(self._content_fd, span.length, span.offset)
+        if number not in self._verified:
+            if not self._check(number, data):
+                raise StorageError(f"task {self.task_id}: piece {number} failed verification")
+        elif number not in self._present:
+            raise StorageError(f"task {self.task_id}: piece {number} is not present")
+        if self._memory is not None and self._memory.admits(span.length):
+            self._memory.put((self.task_id, number), data)
+        return data
+
+    def ensure_verified(self, number: int, on_bytes: Callable[[memoryview], None] | None = None) -> bool:
+        """Check piece ``number`` against its digest once per process.
+
+        Returns False (and forgets the piece) if it is absent or corrupt.
+        ``on_bytes`` sees the piece's bytes in order, so a caller can hash
+        the whole object in the same pass (it is called for verified pieces too).
+        """
+        if number not in self._present:
+            return False
+        if number in self._verified and on_bytes is None:
+            return True
+        span = self.span(number)
+        view = memoryview(os.pread(self._content_fd, span.length, span.offset)) if span.length else memoryview(b"")
+        if len(view) != span.length:
+            self.remove_piece(number)
+            return False
+        if number not in self._verified and not self._check(number, view):
+            return False
+        if on_bytes is not None:
+            on_bytes(view)
+        return True
+
+    def verify_all(self) -> list[int]:
+        """Verify every recorded piece; returns the numbers that were dropped."""
+        return [n for n in sorted(self._present) if not self.ensure_verified(n)]
+
+    def _check(self, number: int, data) -> bool:
+        record = self._present.get(number)
+        if record is not None and piece_digest(data) == record.digest:
+            with self._lock:
+                self._verified.add(number)
+            return True
+        log.warning("task=%s piece=%d event=piece_corrupt action=drop", self.task_id, number)
+        self.remove_piece(number)
+        return False
+
+    def _detach_if_linked(self) -> None:
+        """Give this task a private content file if a user's output hard-links it.
+
+        Called (under the lock) before the content is changed in place, so an
+        exported file never sees holes punched or pieces rewritten. Writes only
+        happen to pieces that were removed first, so this is the one gate.
+        """
+        if os.fstat(self._content_fd).st_nlink <= 1:
+            return
+        tmp = self.directory / f".{CONTENT_FILE}.detach"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            offset, length = 0, self.meta.content_length
+            while offset < length:
+                copied = os.copy_file_range(self._content_fd, fd, length - offset, offset, offset)
+                if copied == 0:
+                    break
+                offset += copied
+            os.ftruncate(fd, length)
+            os.replace(tmp, self.content_path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._content_fd)
+        self._content_fd = fd
+        log.info("task=%s event=content_detached reason=hard_linked_output", self.task_id)
+
+    def _compact_journal(self) -> None:
+        """Rewrite the journal as exactly the present pieces, atomically."""
+        path = self.directory / JOURNAL_FILE
+        with self._lock:
+            body = journal.encode_header(self.meta.piece_length) + b"".join(journal.iter_compacted(self._present))
+            write_atomically(path, body)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            os.close(self._journal_fd)
+            self._journal_fd = fd
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+_libc = None
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free a range's disk blocks, keeping the file size (best effort)."""
+    if length <= 0:
+        return
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
