@@ -44,3 +44,25 @@ class DigestMismatch(DffsError):
 
 class StorageError(DffsError):
     """The local piece store cannot do what was asked (disk full, corrupt metadata)."""
+
+
+def primary_error(group: BaseExceptionGroup) -> BaseException:
+    """The exception to surface from a nursery's group: the first that is not a
+    cancellation (concurrent workers usually fail for one shared reason), or
+    the group itself when it only holds cancellations, which trio must see."""
+    import trio
+
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return group

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from dffs.errors import RangeNotSupported, SourceError
+from dffs.errors import RangeNotSupported, SourceError, primary_error
 from dffs.peertask.buffers import BufferPool
 from dffs.source.base import Source, SourceStat, Validators
 from dffs.storage import TaskStore
@@ -115,9 +115,12 @@ class PeerTask:
                 await self.fetch_piece(number)
                 progress(self.store.span(number).length)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(max(1, concurrency)):
-                nursery.start_soon(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(max(1, concurrency)):
+                    nursery.start_soon(worker)
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
 
     async def _fetch_streamed(self, progress: ProgressCallback) -> None:
         """One GET from the first missing piece to the end, cut into pieces.
@@ -144,21 +147,24 @@ class PeerTask:
                         progress(length)
                     free_send.send_nowait(buffer)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            async with full_send, self.source.open_stream(self.stat.url, first.offset, headers=self.headers) as body:
-                for number in range(first.number, self.store.meta.piece_count):
-                    span = self.store.span(number)
-                    buffer = await free_receive.receive()
-                    view = buffer[: span.length]
-                    filled = 0
-                    while filled < span.length:
-                        got = await body.readinto(view[filled:])
-                        if got == 0:
-                            raise SourceError(
-                                f"GET {self.stat.url}: body ended at byte {span.offset + filled} "
-                                f"of {self.store.meta.content_length}"
-                            )
-                        filled += got
-                    self.source_bytes += span.length
-                    await full_send.send((number, buffer, span.length))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                async with full_send, self.source.open_stream(self.stat.url, first.offset, headers=self.headers) as body:
+                    for number in range(first.number, self.store.meta.piece_count):
+                        span = self.store.span(number)
+                        buffer = await free_receive.receive()
+                        view = buffer[: span.length]
+                        filled = 0
+                        while filled < span.length:
+                            got = await body.readinto(view[filled:])
+                            if got == 0:
+                                raise SourceError(
+                                    f"GET {self.stat.url}: body ended at byte {span.offset + filled} "
+                                    f"of {self.store.meta.content_length}"
+                                )
+                            filled += got
+                        self.source_bytes += span.length
+                        await full_send.send((number, buffer, span.length))
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None

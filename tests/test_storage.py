@@ -1,0 +1,228 @@
+"""Piece storage: journal encoding, crash recovery, verification, the memory tier."""
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dffs.digest import piece_digest
+from dffs.storage import MemoryTier, StorageManager, TaskMeta, TaskStore
+from dffs.storage import journal
+from dffs.storage.task import CLEAN_MARKER, JOURNAL_FILE
+
+PIECE = 64 * 1024
+TID = "ab" * 32
+
+
+def make_meta(size=5 * PIECE + 100, tid=TID):
+    return TaskMeta(task_id=tid, url="http://o/x", content_length=size, piece_length=PIECE, etag='"e1"')
+
+
+def piece_bytes(n, length=PIECE):
+    return bytes([n % 251]) * length
+
+
+# ------------------------------------------------------------------ journal
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.booleans(), st.binary(min_size=32, max_size=32))))
+def test_journal_records_round_trip(items):
+    records = [journal.PieceRecord(*item) for item in items]
+    data = b"".join(journal.encode_record(r) for r in records)
+    decoded, good = journal.decode_records(data)
+    assert decoded == records
+    assert good == len(data)
+
+
+def test_journal_torn_tail_is_dropped():
+    records = [journal.PieceRecord(n, 10, True, bytes([n]) * 32) for n in range(3)]
+    data = b"".join(journal.encode_record(r) for r in records)
+    decoded, good = journal.decode_records(data[:-5])  # last record torn
+    assert decoded == records[:2]
+    assert good == 2 * journal.RECORD.size
+    damaged = bytearray(data)
+    damaged[journal.RECORD.size + 3] ^= 0xFF  # second record damaged
+    assert journal.decode_records(bytes(damaged))[0] == records[:1]
+
+
+def test_journal_replay_applies_removals():
+    r = lambda n, present: journal.PieceRecord(n, 1, present, bytes(32))  # noqa: E731
+    state = journal.replay([r(1, True), r(2, True), r(1, False), r(3, True), r(3, False), r(3, True)])
+    assert sorted(state) == [2, 3]
+
+
+def test_journal_header():
+    assert journal.decode_header(journal.encode_header(PIECE)) == PIECE
+    with pytest.raises(ValueError):
+        journal.decode_header(b"NOTAJOURNAL12345")
+
+
+# -------------------------------------------------------------------- meta
+def test_meta_round_trip_and_validation():
+    meta = make_meta()
+    assert TaskMeta.from_json(meta.to_json()) == meta
+    assert meta.piece_count == 6
+    with pytest.raises(ValueError):
+        TaskMeta.from_json('{"version": 99}')
+
+
+def test_meta_same_content_rules():
+    meta = make_meta()
+    assert meta.same_content_as(meta.content_length, '"e1"', None)
+    assert not meta.same_content_as(meta.content_length, '"e2"', None)
+    assert not meta.same_content_as(meta.content_length + 1, '"e1"', None)
+    lm = TaskMeta(task_id=TID, url="u", content_length=5, piece_length=PIECE, last_modified="Mon")
+    assert lm.same_content_as(5, None, "Mon")
+    assert not lm.same_content_as(5, None, "Tue")
+    bare = TaskMeta(task_id=TID, url="u", content_length=5, piece_length=PIECE)
+    assert not bare.same_content_as(5, None, None)  # nothing to compare: refetch
+
+
+# ------------------------------------------------------------------- store
+def fill(store, numbers):
+    for n in numbers:
+        store.write_piece(n, piece_bytes(n, store.span(n).length))
+
+
+def test_write_read_and_missing(tmp_path):
+    store = TaskStore.create(tmp_path / "t", make_meta())
+    fill(store, [0, 2, 5])
+    assert store.present_pieces() == [0, 2, 5]
+    assert store.missing_pieces() == [1, 3, 4]
+    assert store.read_piece(5) == piece_bytes(5, 100)
+    assert store.present_bytes() == 2 * PIECE + 100
+    assert store.piece_digest(2) == piece_digest(piece_bytes(2))
+    with pytest.raises(Exception):
+        store.write_piece(1, b"short")
+    store.close()
+
+
+def test_clean_reopen_keeps_pieces_without_rehashing(tmp_path):
+    store = TaskStore.create(tmp_path / "t", make_meta())
+    fill(store, [0, 1])
+    store.close()
+    assert (tmp_path / "t" / CLEAN_MARKER).exists()
+    again = TaskStore.open(tmp_path / "t")
+    assert again.present_pieces() == [0, 1]
+    assert not (tmp_path / "t" / CLEAN_MARKER).exists()  # open means dirty until closed
+    again.close()
+
+
+def test_crash_recovery_drops_damaged_and_unrecorded_pieces(tmp_path):
+    d = tmp_path / "t"
+    store = TaskStore.create(d, make_meta())
+    fill(store, [0, 1, 2, 3])
+    # a piece whose bytes were written but whose record never made it
+    os.pwrite(store.content_fd, piece_bytes(4), 4 * PIECE)
+    # page-cache data lost for piece 1 (e.g. power loss): bytes differ from the record
+    os.pwrite(store.content_fd, b"\x00" * 10, PIECE + 7)
+    store.close_dirty()
+    # and a torn record at the journal's tail
+    with open(d / JOURNAL_FILE, "ab") as f:
+        f.write(b"\x01\x02\x03")
+    recovered = TaskStore.open(d)
+    assert recovered.present_pieces() == [0, 2, 3]
+    assert recovered.missing_pieces() == [1, 4, 5]
+    recovered.close()
+    # the journal was compacted: a clean reopen agrees without re-verifying
+    assert TaskStore.open(d).present_pieces() == [0, 2, 3]
+
+
+def test_corruption_at_rest_is_caught_before_serving(tmp_path):
+    d = tmp_path / "t"
+    store = TaskStore.create(d, make_meta())
+    fill(store, [0, 1])
+    store.close()
+    with open(d / "content", "r+b") as f:  # a byte flips while the task is closed
+        f.seek(PIECE + 5)
+        f.write(b"\xff")
+    reopened = TaskStore.open(d)
+    assert reopened.present_pieces() == [0, 1]  # clean marker: journal trusted...
+    assert reopened.read_piece(0) == piece_bytes(0)
+    with pytest.raises(Exception, match="failed verification"):
+        reopened.read_piece(1)  # ...but never served unverified
+    assert not reopened.has_piece(1)
+    reopened.close()
+
+
+def test_remove_piece_punches_a_hole(tmp_path):
+    store = TaskStore.create(tmp_path / "t", make_meta(size=8 * PIECE))
+    fill(store, range(8))
+    before = os.fstat(store.content_fd).st_blocks
+    store.remove_piece(3)
+    assert os.fstat(store.content_fd).st_blocks < before
+    assert store.missing_pieces() == [3]
+    store.close()
+    assert TaskStore.open(tmp_path / "t").missing_pieces() == [3]
+
+
+def test_hard_linked_content_is_detached_before_change(tmp_path):
+    store = TaskStore.create(tmp_path / "t", make_meta(size=2 * PIECE))
+    fill(store, [0, 1])
+    exported = tmp_path / "out"
+    os.link(store.content_path, exported)
+    store.remove_piece(1)  # must not punch a hole in the user's file
+    assert exported.read_bytes() == piece_bytes(0) + piece_bytes(1)
+    fill(store, [1])
+    assert store.read_piece(1) == piece_bytes(1)
+    assert os.stat(exported).st_nlink == 1
+    store.close()
+
+
+def test_manager_open_create_delete_and_usage(tmp_path):
+    manager = StorageManager(tmp_path / "data")
+    assert manager.open_task(TID) is None
+    store = manager.create_task(make_meta())
+    fill(store, [0, 1])
+    assert manager.open_tasks_bytes == 2 * PIECE
+    assert manager.task_ids() == [TID]
+    assert manager.disk_usage() >= 2 * PIECE
+    manager.close()
+    again = StorageManager(tmp_path / "data")
+    assert again.open_task(TID).present_pieces() == [0, 1]
+    assert again.open_tasks_bytes == 2 * PIECE
+    again.delete_task(TID)
+    assert again.open_task(TID) is None and again.task_ids() == []
+    assert again.open_tasks_bytes == 0
+
+
+def test_manager_discards_a_task_with_garbage_metadata(tmp_path):
+    manager = StorageManager(tmp_path)
+    manager.create_task(make_meta())
+    manager.close()
+    (manager.task_dir(TID) / "meta.json").write_text("{not json")
+    fresh = StorageManager(tmp_path)
+    assert fresh.open_task(TID) is None  # cleared, not a crash
+    assert fresh.task_ids() == []
+
+
+def test_manager_rejects_bad_task_ids(tmp_path):
+    manager = StorageManager(tmp_path)
+    with pytest.raises(Exception, match="invalid task id"):
+        manager.task_dir("../../etc")
+
+
+# ------------------------------------------------------------- memory tier
+def test_memory_tier_is_lru_and_bounded():
+    tier = MemoryTier(budget_bytes=300, max_item_bytes=100)
+    for key in "abc":
+        tier.put(key, b"x" * 100)
+    assert tier.get("a") == b"x" * 100  # a is now most recent
+    tier.put("d", b"y" * 100)  # evicts b
+    assert tier.get("b") is None
+    assert tier.get("a") is not None and tier.get("d") is not None
+    assert tier.used_bytes == 300
+    tier.put("big", b"z" * 101)  # too large to admit
+    assert tier.get("big") is None
+    tier.discard("a")
+    assert tier.used_bytes == 200
+
+
+def test_small_tasks_are_served_from_memory(tmp_path):
+    manager = StorageManager(tmp_path)
+    meta = TaskMeta(task_id=TID, url="u", content_length=1000, piece_length=PIECE, etag='"e"')
+    store = manager.create_task(meta)
+    store.write_piece(0, b"q" * 1000)
+    hits = manager.memory.hits
+    assert store.read_piece(0) == b"q" * 1000
+    assert manager.memory.hits == hits + 1
+    manager.close()
