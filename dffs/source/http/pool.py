@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from dffs.source.http.connection import HttpConnection
 from dffs.source.http.protocol import Target
@@ -24,13 +25,14 @@ class ConnectionPool:
         read_timeout: float,
         max_idle_per_origin: int = 16,
         idle_timeout: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context_factory: Callable[[], ssl.SSLContext] = ssl.create_default_context,
     ):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle_per_origin = max_idle_per_origin
         self.idle_timeout = idle_timeout
-        self.ssl_context = ssl_context
+        self._ssl_context_factory = ssl_context_factory
+        self._ssl_context: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[HttpConnection]] = defaultdict(list)
         self.connections_opened = 0
 
@@ -43,11 +45,13 @@ class ConnectionPool:
                 return conn
             await conn.aclose()
         self.connections_opened += 1
+        if target.scheme == "https" and self._ssl_context is None:
+            self._ssl_context = self._ssl_context_factory()
         return await HttpConnection.connect(
             target,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            ssl_context=self.ssl_context,
+            ssl_context=self._ssl_context,
         )
 
     async def checkin(self, conn: HttpConnection) -> None:

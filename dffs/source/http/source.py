@@ -20,6 +20,7 @@ from dffs.errors import (
 )
 from dffs.source.base import ListEntry, SourceStat, Validators
 from dffs.source.http.connection import HttpConnection, StaleConnection
+from dffs.source.http.autoindex import parse_index
 from dffs.source.http.pool import ConnectionPool
 from dffs.source.http.protocol import (
     REDIRECT_STATUSES,
@@ -34,6 +35,9 @@ from dffs.source.http.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Largest directory index page read (a 10,000-entry nginx page is ~1.5 MB).
+MAX_LISTING_BYTES = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -58,16 +62,20 @@ class HttpSource:
 
     def __init__(self, options: HttpOptions | None = None):
         self.options = options or HttpOptions()
-        context = ssl.create_default_context()
-        if not self.options.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
         self.pool = ConnectionPool(
             connect_timeout=self.options.connect_timeout,
             read_timeout=self.options.read_timeout,
             max_idle_per_origin=self.options.max_idle_per_origin,
-            ssl_context=context,
+            ssl_context_factory=self._ssl_context,
         )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """Built on first https use: loading the CA bundle costs ~10 ms."""
+        context = ssl.create_default_context()
+        if not self.options.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -77,7 +85,7 @@ class HttpSource:
         o = self.options
         return tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(max(1, o.attempts)),
-            wait=tenacity.wait_exponential_jitter(initial=o.backoff_initial, max=o.backoff_max),
+            wait=tenacity.wait_exponential_jitter(multiplier=o.backoff_initial, jitter=o.backoff_initial, max=o.backoff_max),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
             sleep=trio.sleep,
             reraise=True,
@@ -324,8 +332,40 @@ class HttpSource:
         await self._release(conn)
 
     async def list(self, url: str, *, headers: Mapping[str, str] | None = None) -> AsyncIterator[ListEntry]:
-        raise SourceError(f"listing {url} is not supported yet")
-        yield  # pragma: no cover
+        """Entries of a directory-like URL from the server's index page (nginx autoindex
+        HTML or JSON, Apache). Sizes the page does not state exactly are None."""
+        if not url.endswith("/"):
+            url += "/"
+        parse_target(url)
+        async for attempt in self._retrying():
+            with attempt:
+                body, content_type, final_url = await self._get_small(url, headers, MAX_LISTING_BYTES)
+        try:
+            entries = parse_index(final_url, content_type, body)
+        except ValueError as exc:
+            raise SourceError(f"GET {url}: not a directory listing ({exc})") from None
+        for entry in entries:
+            yield ListEntry(name=entry.name, url=entry.url, is_dir=entry.is_dir, size=entry.size, mtime=entry.mtime)
+
+    async def _get_small(self, url, headers, limit: int) -> tuple[bytes, str | None, str]:
+        """A whole (bounded) body: listings, manifests, tokens."""
+        conn, head, final_url = await self._exchange("GET", url, self._headers(headers))
+        try:
+            if head.status != 200:
+                raise self._status_error("GET", url, head)
+            if head.content_length is not None and head.content_length > limit:
+                raise SourceError(f"GET {url}: body of {head.content_length} bytes is over the {limit}-byte limit")
+            body = bytearray()
+            chunk = memoryview(bytearray(256 * 1024))
+            while got := await conn.readinto(chunk):
+                body += chunk[:got]
+                if len(body) > limit:
+                    raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._release(conn)
+        return bytes(body), head.get("content-type"), final_url
 
 
 class _Partial(RetryableSourceError):
