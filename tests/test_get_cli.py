@@ -207,7 +207,7 @@ def test_origin_quirks_and_transient_faults_still_succeed(tmp_path, faulty_origi
 
 
 def test_resumed_piece_asks_only_for_missing_bytes(tmp_path, faulty_origin):
-    url = faulty_origin.add("/f.bin", BODY, behavior=Behavior.reset(after=1 * MiB, times=1))
+    url = faulty_origin.add("/f.bin", BODY, behavior=Behavior.reset(after=1 * MiB, times=1).replace(methods=("GET",)))
     out = tmp_path / "out.bin"
     result = get(url, out, tmp_path / "d", "--concurrency", "1", *fast_config(tmp_path))
     assert result.returncode == 0, result.stderr

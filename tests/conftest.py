@@ -1,0 +1,65 @@
+"""Shared pytest fixtures. Origin fixtures: real HTTP origins (see origins.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ as a package, or tests/ on sys.path (pytest's default "prepend")
+    from .origins import FaultyOrigin, NginxOrigin, write_random_file
+except ImportError:
+    from origins import FaultyOrigin, NginxOrigin, write_random_file
+
+
+@pytest.fixture
+def nginx_origin():
+    """Factory: ``nginx_origin(root_dir, **options) -> NginxOrigin``, started.
+
+    Options are NginxOrigin's keyword arguments (host, port, netns, limit_rate,
+    extra_locations, master_process, ...). Every origin is stopped and its temp
+    dir removed at teardown, and no nginx process of it may be left over.
+    """
+    made: list[NginxOrigin] = []
+
+    def factory(root: str | os.PathLike, **options) -> NginxOrigin:
+        origin = NginxOrigin(root, **options)
+        made.append(origin)
+        origin.start()
+        return origin
+
+    yield factory
+    leftovers = {}
+    for origin in made:
+        origin.close()
+        if pids := origin.processes():
+            leftovers[str(origin.workdir)] = pids
+    assert not leftovers, f"nginx processes left behind: {leftovers}"
+
+
+@pytest.fixture
+def faulty_origin():
+    """A started :class:`FaultyOrigin` on 127.0.0.1; stopped (threads joined) at
+    teardown, which also fails if a connection handler raised unexpectedly."""
+    origin = FaultyOrigin()
+    origin.start()
+    try:
+        yield origin
+    finally:
+        origin.stop()
+    assert not origin.errors, origin.errors
+
+
+@pytest.fixture
+def make_file(tmp_path):
+    """``make_file(path, size, seed=0) -> sha256 hex``: write ``size`` pseudo-random
+    bytes (deterministic per seed) at ``path``; a relative path is under tmp_path."""
+
+    def make(path: str | os.PathLike, size: int, seed: int = 0) -> str:
+        path = Path(path)
+        if not path.is_absolute():
+            path = tmp_path / path
+        return write_random_file(path, size, seed)
+
+    return make
