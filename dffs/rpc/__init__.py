@@ -3,9 +3,11 @@
 from dffs.rpc.bridge import (
     DEFAULT_MAX_MESSAGE_BYTES,
     BidiStream,
+    ClientStream,
     GrpcServer,
     RequestStream,
     ResponseStream,
+    ServerRequests,
     channel_options,
     client_target,
     insecure_channel,
@@ -25,9 +27,11 @@ from dffs.rpc.bridge import (
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BidiStream",
+    "ClientStream",
     "GrpcServer",
     "RequestStream",
     "ResponseStream",
+    "ServerRequests",
     "channel_options",
     "client_target",
     "insecure_channel",
