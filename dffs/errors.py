@@ -25,6 +25,11 @@ class SourceError(DffsError):
     #: Whether trying again later may succeed (timeouts, resets, 5xx).
     retryable = False
 
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        #: The origin's HTTP status when it answered with an error (404, 403...).
+        self.status = status
+
 
 class RetryableSourceError(SourceError):
     retryable = True

@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     get = commands.add_parser("get", help="download a URL to a file through dffs")
     _add_get_arguments(get)
+
+    from dffs.cli.mount import add_daemon_arguments, add_mount_arguments
+
+    mount = commands.add_parser("mount", help="mount the lazy filesystem in the foreground")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_daemon_arguments(mount)
+    add_mount_arguments(mount)
+    mount.add_argument("--verbose", "-v", action="store_true", help="log each mount event")
+    daemon = commands.add_parser("daemon", help="run the per-host daemon (for now: its FUSE mount)")
+    daemon.add_argument("--mount", metavar="MOUNTPOINT", help="serve the lazy filesystem here")
+    add_daemon_arguments(daemon)
+    add_mount_arguments(daemon)
+    daemon.add_argument("--verbose", "-v", action="store_true", help="log each event")
     return parser
 
 
@@ -62,6 +75,10 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.get import run_get
 
             return run_get(args)
+        if args.command in ("mount", "daemon"):
+            from dffs.cli.mount import run_mount
+
+            return run_mount(args)
         raise UsageError(f"unknown command {args.command!r}")
     except DffsError as exc:
         if debug:

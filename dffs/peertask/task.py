@@ -52,6 +52,22 @@ class PeerTask:
         return self.store.task_id
 
     # ------------------------------------------------------------- pieces
+    def is_inflight(self, number: int) -> bool:
+        return number in self._inflight
+
+    async def ensure_piece(self, number: int) -> None:
+        """Make piece ``number`` present *and verified*: what a reader needs before pread.
+
+        Pieces found on disk from an earlier process are hashed once (in a
+        worker thread); a corrupt one is dropped and fetched again.
+        """
+        store = self.store
+        if store.is_verified(number):
+            return
+        if store.has_piece(number) and await trio.to_thread.run_sync(store.ensure_verified, number):
+            return
+        await self.fetch_piece(number)
+
     async def fetch_piece(self, number: int) -> None:
         """Make piece ``number`` present; single flight across concurrent callers."""
         while not self.store.has_piece(number):

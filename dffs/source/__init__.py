@@ -9,6 +9,7 @@ from dffs.source.base import BodyStream, ListEntry, Source, SourceStat, Validato
 from dffs.source.file import FileSource
 from dffs.source.http import HttpOptions, HttpSource
 from dffs.source.http.protocol import parse_target
+from dffs.source.s3 import S3Source, parse_s3_url
 
 
 class SourceRegistry:
@@ -16,7 +17,12 @@ class SourceRegistry:
 
     def __init__(self, *, http_options: HttpOptions | None = None):
         http = HttpSource(http_options)
-        self._by_scheme: dict[str, Source] = {"http": http, "https": http, "file": FileSource()}
+        self._by_scheme: dict[str, Source] = {
+            "http": http,
+            "https": http,
+            "file": FileSource(),
+            "s3": S3Source(http=http),
+        }
 
     @property
     def schemes(self) -> list[str]:
@@ -37,6 +43,8 @@ class SourceRegistry:
             from dffs.source.file import path_from_url
 
             path_from_url(url)
+        elif scheme == "s3":
+            parse_s3_url(url)
 
     def for_url(self, url: str) -> Source:
         self.validate(url)
@@ -53,6 +61,7 @@ __all__ = [
     "HttpOptions",
     "HttpSource",
     "ListEntry",
+    "S3Source",
     "Source",
     "SourceRegistry",
     "SourceStat",

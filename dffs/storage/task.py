@@ -177,6 +177,10 @@ class TaskStore:
     def has_piece(self, number: int) -> bool:
         return number in self._present
 
+    def is_verified(self, number: int) -> bool:
+        """Present and checked against its digest by this process."""
+        return number in self._verified and number in self._present
+
     def present_pieces(self) -> list[int]:
         return sorted(self._present)
 

@@ -101,7 +101,7 @@ class HttpSource:
         return headers
 
     async def _exchange(
-        self, method: str, url: str, headers: list[tuple[str, str]]
+        self, method: str, url: str, headers: list[tuple[str, str]], *, follow_redirects: bool = True
     ) -> tuple[HttpConnection, ResponseHead, str]:
         """One request, following redirects; returns the connection holding the body.
 
@@ -122,7 +122,7 @@ class HttpSource:
                 except BaseException:
                     await conn.aclose()
                     raise
-            if head.status in REDIRECT_STATUSES and method in ("GET", "HEAD"):
+            if follow_redirects and head.status in REDIRECT_STATUSES and method in ("GET", "HEAD"):
                 await self._release(conn)
                 try:
                     url = redirect_url(url, head.get("location"))
@@ -146,8 +146,8 @@ class HttpSource:
     def _status_error(method: str, url: str, head: ResponseHead) -> SourceError:
         message = f"{method} {url}: origin answered {describe_status(head)}"
         if head.status in RETRYABLE_STATUSES:
-            return RetryableSourceError(message)
-        return SourceError(message)
+            return RetryableSourceError(message, status=head.status)
+        return SourceError(message, status=head.status)
 
     # ---------------------------------------------------------------- stat
     async def stat(
@@ -353,19 +353,55 @@ class HttpSource:
         try:
             if head.status != 200:
                 raise self._status_error("GET", url, head)
-            if head.content_length is not None and head.content_length > limit:
-                raise SourceError(f"GET {url}: body of {head.content_length} bytes is over the {limit}-byte limit")
-            body = bytearray()
-            chunk = memoryview(bytearray(256 * 1024))
-            while got := await conn.readinto(chunk):
-                body += chunk[:got]
-                if len(body) > limit:
-                    raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
+            body = await self._read_small_body(conn, url, head, limit)
         except BaseException:
             await conn.aclose()
             raise
         await self._release(conn)
-        return bytes(body), head.get("content-type"), final_url
+        return body, head.get("content-type"), final_url
+
+    async def get_bytes(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        limit: int = MAX_LISTING_BYTES,
+        *,
+        follow_redirects: bool = True,
+    ) -> tuple[ResponseHead, bytes]:
+        """One GET returning the response head and its whole (bounded) body, whatever
+        the status: for APIs whose error documents matter (S3's XML errors).
+
+        Transport failures and retryable statuses are retried; any other status
+        is returned for the caller to judge.
+        """
+        parse_target(url)
+        async for attempt in self._retrying():
+            with attempt:
+                conn, head, _ = await self._exchange(
+                    "GET", url, self._headers(headers), follow_redirects=follow_redirects
+                )
+                try:
+                    if head.status in RETRYABLE_STATUSES:
+                        raise self._status_error("GET", url, head)
+                    body = await self._read_small_body(conn, url, head, limit)
+                except BaseException:
+                    await conn.aclose()
+                    raise
+                await self._release(conn)
+                return head, body
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _read_small_body(conn: HttpConnection, url: str, head: ResponseHead, limit: int) -> bytes:
+        if head.content_length is not None and head.content_length > limit:
+            raise SourceError(f"GET {url}: body of {head.content_length} bytes is over the {limit}-byte limit")
+        body = bytearray()
+        chunk = memoryview(bytearray(min(limit + 1, 256 * 1024)))
+        while got := await conn.readinto(chunk):
+            body += chunk[:got]
+            if len(body) > limit:
+                raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
+        return bytes(body)
 
 
 class _Partial(RetryableSourceError):

@@ -1,0 +1,83 @@
+"""``dffs mount MOUNTPOINT`` (and ``dffs daemon --mount MOUNTPOINT``): the lazy filesystem, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+import trio
+
+from dffs import config as config_module
+from dffs.errors import UsageError
+from dffs.fs.mount import MountConfig, serve
+from dffs.fs.operations import PREFETCH_MODES
+
+log = logging.getLogger(__name__)
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR", help="piece storage (default /var/lib/dffs)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags")
+    parser.add_argument("--scheduler", metavar="ADDR[,ADDR...]", help="schedulers for P2P")
+    parser.add_argument("--manager", metavar="ADDR", help="manager that hands out schedulers")
+
+
+def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", action="append", default=[], metavar="NAME=URL",
+        help="put a source's tree at MOUNT/NAME (http(s) autoindex or s3://bucket/prefix); repeatable",
+    )
+    parser.add_argument("--manifest", metavar="FILE", help="JSON lines {path, url, size, digest?, mtime?}")
+    parser.add_argument("--prefetch", choices=PREFETCH_MODES, help="readahead policy (default sequential)")
+    parser.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                        help="a read that takes longer fails with EIO (default 30)")
+
+
+def parse_sources(values: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        name, sep, url = value.partition("=")
+        if not sep or not url:
+            raise UsageError(f"bad --source {value!r}: expected NAME=URL")
+        if not _SOURCE_NAME.match(name) or name in ("http", "https"):
+            raise UsageError(f"bad --source name {name!r}: letters, digits, '.', '_', '-', and not http/https")
+        if name in dict(pairs):
+            raise UsageError(f"--source {name} given twice")
+        pairs.append((name, url))
+    return tuple(pairs)
+
+
+def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
+    file_values = config_module.load_toml(args.config) if args.config else {}
+    cfg = config_module.build(
+        MountConfig,
+        {k: v for k, v in file_values.items() if k not in ("scheduler", "manager")},
+        {
+            "mountpoint": Path(mountpoint),
+            "data_dir": args.data_dir,
+            "sources": parse_sources(args.source) if args.source else None,
+            "manifest": Path(args.manifest) if args.manifest else None,
+            "prefetch": args.prefetch,
+            "read_timeout": args.read_timeout,
+        },
+    )
+    if cfg.read_timeout <= 0:
+        raise UsageError("--read-timeout must be positive")
+    if args.scheduler or args.manager:
+        log.warning("event=p2p_unavailable detail='peer-to-peer is not built yet; reading from origins'")
+    return cfg
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint if args.command == "mount" else args.mount
+    if not mountpoint:
+        raise UsageError("dffs daemon: nothing to run yet without --mount MOUNTPOINT")
+    cfg = mount_config(args, mountpoint)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    trio.run(serve, cfg)
+    return 0

@@ -1,0 +1,167 @@
+"""The mount's lifecycle: prepare the mountpoint, mount, serve, unmount on a signal."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import attrs
+import pyfuse3
+import trio
+
+from dffs.config import DEFAULT_DATA_DIR
+from dffs.errors import DffsError, UsageError
+from dffs.fs.manifest import load_manifest
+from dffs.fs.namespace import Namespace
+from dffs.fs.operations import DffsOperations, ReadPolicy
+from dffs.fs.prefetch import Prefetcher
+from dffs.peertask import TaskManager
+from dffs.source import HttpOptions, SourceRegistry
+from dffs.storage import StorageManager
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class MountConfig:
+    mountpoint: Path
+    data_dir: Path = DEFAULT_DATA_DIR
+    sources: tuple[tuple[str, str], ...] = ()
+    manifest: Path | None = None
+    prefetch: str = "sequential"
+    #: Longest a read or lookup may take before EIO.
+    read_timeout: float = 30.0
+    #: Silence from the origin before one request is retried.
+    origin_read_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    attempts: int = 3
+    metadata_ttl: float = 60.0
+    negative_ttl: float = 5.0
+    prefetch_concurrency: int = 8
+    #: Kernel readahead for the mount (the bdi's read_ahead_kb).
+    read_ahead_kb: int = 4096
+    allow_other: bool = True
+
+
+def mountinfo_entry(mountpoint: Path) -> list[str] | None:
+    """The /proc/self/mountinfo fields for ``mountpoint``, if something is mounted there."""
+    target = str(mountpoint)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        point = fields[4].encode().decode("unicode_escape")  # \040 etc.
+        if point == target:
+            found = fields  # the last one wins: it is the top of the stack
+    return found
+
+
+def prepare_mountpoint(mountpoint: Path) -> None:
+    """Make ``mountpoint`` usable: create it, clear a crashed mount, refuse a live one.
+
+    A crashed FUSE daemon leaves "Transport endpoint is not connected". stat()
+    alone does not reveal it (the kernel may answer from cached attributes), so
+    a mounted mountpoint is probed with readdir, which always reaches the daemon.
+    """
+    if mountinfo_entry(mountpoint) is not None:
+        try:
+            os.listdir(mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise UsageError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+            log.warning("event=stale_mount_cleared mountpoint=%s", mountpoint)
+            _unmount(mountpoint, lazy=True)
+        else:
+            raise UsageError(f"mountpoint {mountpoint} is already mounted")
+    try:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if not mountpoint.is_dir():
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+
+
+def _unmount(mountpoint: Path, *, lazy: bool) -> None:
+    for cmd in (["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)],
+                ["umount", *(["-l"] if lazy else []), str(mountpoint)]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+    raise DffsError(f"cannot unmount the stale mount at {mountpoint}")
+
+
+def set_read_ahead(mountpoint: Path, kb: int) -> None:
+    """Raise the mount's readahead so sequential reads arrive in large requests."""
+    entry = mountinfo_entry(mountpoint)
+    if entry is None:
+        return
+    path = Path("/sys/class/bdi") / entry[2] / "read_ahead_kb"
+    try:
+        path.write_text(str(kb))
+    except OSError as exc:
+        log.info("event=read_ahead_unchanged path=%s error=%s", path, exc.strerror)
+
+
+def build(cfg: MountConfig) -> tuple[DffsOperations, StorageManager, SourceRegistry]:
+    """Everything the mount serves from; raises UsageError on bad input before mounting."""
+    sources = SourceRegistry(
+        http_options=HttpOptions(
+            connect_timeout=cfg.connect_timeout, read_timeout=cfg.origin_read_timeout, attempts=cfg.attempts
+        )
+    )
+    manifest = load_manifest(cfg.manifest) if cfg.manifest else []
+    namespace = Namespace(
+        sources,
+        named_sources=dict(cfg.sources),
+        manifest=manifest,
+        metadata_ttl=cfg.metadata_ttl,
+        negative_ttl=cfg.negative_ttl,
+        op_timeout=cfg.read_timeout,
+    )
+    storage = StorageManager(cfg.data_dir)
+    policy = ReadPolicy(prefetch=cfg.prefetch, read_timeout=cfg.read_timeout, entry_timeout=cfg.metadata_ttl)
+    return DffsOperations(namespace, TaskManager(storage, sources), policy, cfg.data_dir), storage, sources
+
+
+async def serve(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Mount, serve until SIGINT/SIGTERM (or cancellation), and always unmount."""
+    mountpoint = cfg.mountpoint.absolute()
+    operations, storage, sources = build(cfg)
+    prepare_mountpoint(mountpoint)
+    options = set(pyfuse3.default_options) | {"fsname=dffs", "subtype=dffs", "ro"}
+    if cfg.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(operations, str(mountpoint), options)
+    except RuntimeError as exc:
+        raise DffsError(f"cannot mount {mountpoint}: {exc}") from None
+    log.info("event=mounted mountpoint=%s data_dir=%s", mountpoint, cfg.data_dir)
+    try:
+        set_read_ahead(mountpoint, cfg.read_ahead_kb)
+        async with trio.open_nursery() as nursery:
+            operations.attach(Prefetcher(nursery, concurrency=cfg.prefetch_concurrency))
+            nursery.start_soon(_stop_on_signal)
+            task_status.started(operations)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            pyfuse3.close(unmount=True)
+            storage.close()
+            await sources.aclose()
+        log.info("event=unmounted mountpoint=%s", mountpoint)
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("event=signal signal=%s action=unmount", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,220 @@
+"""What each path in the mount is: resolving lookups and listings against origins.
+
+Layout::
+
+    MOUNT/http/<host[:port]>/<path>     any http URL, by path
+    MOUNT/https/<host[:port]>/<path>    any https URL
+    MOUNT/<NAME>/...                    a --source NAME=URL tree (HTTP autoindex, S3 prefix)
+    MOUNT/<manifest paths>              files laid out by --manifest, no listing calls
+
+Lookups under an origin use the directory's listing when a fresh one is cached
+(so ``ls -l`` of a listed directory makes no per-entry request), and a HEAD of
+the one URL otherwise. Results are cached with a TTL; misses briefly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import pyfuse3
+import trio
+
+from dffs.errors import DffsError, SourceError, UsageError
+from dffs.fs.manifest import ManifestEntry
+from dffs.fs.nodes import InodeTable, Node, Role
+from dffs.source import SourceRegistry
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("http", "https")
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?:[1-9][0-9]{0,4}))?$"
+)
+#: Schemes whose directories are resolved from listings only (no HEAD of a guessed URL).
+LISTING_ONLY_SCHEMES = ("s3",)
+
+
+def valid_host(name: str) -> bool:
+    if not _HOST_RE.match(name) or len(name) > 260:
+        return False
+    port = name.rsplit(":", 1)[1] if ":" in name and not name.endswith("]") else None
+    return port is None or int(port) <= 65535
+
+
+def parse_http_date(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Namespace:
+    def __init__(
+        self,
+        sources: SourceRegistry,
+        *,
+        named_sources: dict[str, str] | None = None,
+        manifest: list[ManifestEntry] | None = None,
+        metadata_ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        op_timeout: float = 30.0,
+    ):
+        self.sources = sources
+        self.table = InodeTable()
+        self.metadata_ttl = metadata_ttl
+        self.negative_ttl = negative_ttl
+        self.op_timeout = op_timeout
+        root = self.table.root
+        for scheme in SCHEMES:
+            self.table.add_child(root, scheme, Role.SCHEME, static=True)
+        for name, url in (named_sources or {}).items():
+            if name in root.children:
+                raise UsageError(f"--source {name}=...: the name {name!r} is taken")
+            sources.validate(url)
+            self.table.add_child(root, name, Role.REMOTE_DIR, url=url if url.endswith("/") else url + "/")
+        for entry in manifest or []:
+            self._add_manifest_entry(entry)
+
+    def _add_manifest_entry(self, entry: ManifestEntry) -> None:
+        node = self.table.root
+        for depth, part in enumerate(entry.parts[:-1]):
+            child = node.children.get(part)
+            if child is None:
+                child = self.table.add_child(node, part, Role.STATIC_DIR, static=True)
+            elif child.role is not Role.STATIC_DIR:
+                raise UsageError(f"manifest path {entry.path!r} collides with the mount's {child.path()!r}")
+            node = child
+        name = entry.parts[-1]
+        if name in node.children:
+            raise UsageError(f"manifest path {entry.path!r} collides with the mount's {node.children[name].path()!r}")
+        self.sources.validate(entry.url)
+        self.table.add_child(
+            node, name, Role.FILE, url=entry.url, size=entry.size, digest=entry.digest,
+            mtime=entry.mtime or 0.0, static=True,
+        )
+
+    # ----------------------------------------------------------- freshness
+    def _fresh(self, node: Node) -> bool:
+        return node.static or time.monotonic() - node.checked_at < self.metadata_ttl
+
+    def _listed(self, node: Node) -> bool:
+        return node.listed_at is not None and time.monotonic() - node.listed_at < self.metadata_ttl
+
+    def _known_missing(self, node: Node, name: str) -> bool:
+        when = node.missing.get(name)
+        return when is not None and time.monotonic() - when < self.negative_ttl
+
+    # -------------------------------------------------------------- lookup
+    async def lookup(self, parent: Node, name: str) -> Node:
+        """The child ``name`` of ``parent``; FUSEError(ENOENT/EIO) otherwise."""
+        if not name or "/" in name or "\x00" in name or name in (".", ".."):
+            raise fuse_error(errno.ENOENT)
+        role = parent.role
+        child = parent.children.get(name)
+        if role in (Role.ROOT, Role.STATIC_DIR):
+            if child is None:
+                raise fuse_error(errno.ENOENT)
+            return child
+        if role is Role.SCHEME:
+            if child is not None:
+                return child
+            if not valid_host(name):
+                raise fuse_error(errno.ENOENT)
+            return self.table.add_child(parent, name, Role.REMOTE_DIR, url=f"{parent.name}://{name}/")
+        if role is not Role.REMOTE_DIR:
+            raise fuse_error(errno.ENOTDIR)
+        if child is not None and self._fresh(child):
+            return child
+        if self._known_missing(parent, name):
+            raise fuse_error(errno.ENOENT)
+        if self._listed(parent) or parent.url.split(":", 1)[0] in LISTING_ONLY_SCHEMES:
+            await self.list_dir(parent)
+            child = parent.children.get(name)
+            if child is None:
+                parent.missing[name] = time.monotonic()
+                raise fuse_error(errno.ENOENT)
+            return child
+        return await self._lookup_by_head(parent, name)
+
+    async def _lookup_by_head(self, parent: Node, name: str) -> Node:
+        url = parent.url + quote(name, safe="")
+        try:
+            source = self.sources.for_url(url)
+            with trio.fail_after(self.op_timeout):
+                stat = await source.stat(url)
+        except UsageError:
+            raise fuse_error(errno.ENOENT) from None
+        except trio.TooSlowError:
+            log.warning("event=lookup_timeout url=%s timeout=%gs", url, self.op_timeout)
+            raise fuse_error(errno.EIO) from None
+        except SourceError as exc:
+            if exc.status in (404, 410):
+                parent.missing[name] = time.monotonic()
+                parent.children.pop(name, None)
+                raise fuse_error(errno.ENOENT) from None
+            if exc.status in (401, 403):
+                log.info("event=lookup_denied url=%s error=%s", url, exc)
+                raise fuse_error(errno.EACCES) from None
+            log.warning("event=lookup_failed url=%s error=%s", url, exc)
+            raise fuse_error(errno.EIO) from None
+        if stat.url.endswith("/") and not url.endswith("/"):
+            return self.table.add_child(parent, name, Role.REMOTE_DIR, url=stat.url)
+        if stat.content_length is None:
+            log.warning("event=lookup_no_size url=%s", url)
+            raise fuse_error(errno.EIO)
+        return self.table.add_child(
+            parent, name, Role.FILE, url=url, size=stat.content_length, etag=stat.etag,
+            mtime=parse_http_date(stat.last_modified),
+        )
+
+    # ------------------------------------------------------------- listing
+    async def list_dir(self, node: Node) -> list[Node]:
+        """The children of a directory, listing the origin when needed.
+
+        An origin that cannot list (no autoindex, 403) still has the children
+        that were looked up by name; the error is logged, not raised.
+        """
+        if node.role is Role.REMOTE_DIR and not self._listed(node):
+            await self._refresh_listing(node)
+        return list(node.children.values())
+
+    async def _refresh_listing(self, node: Node) -> None:
+        try:
+            source = self.sources.for_url(node.url)
+            with trio.fail_after(self.op_timeout):
+                entries = [entry async for entry in source.list(node.url)]
+        except trio.TooSlowError:
+            log.warning("event=listing_timeout url=%s", node.url)
+            raise fuse_error(errno.EIO) from None
+        except DffsError as exc:
+            if isinstance(exc, SourceError) and exc.status in (404, 410):
+                raise fuse_error(errno.ENOENT) from None
+            log.info("event=listing_unavailable url=%s error=%s", node.url, exc)
+            return
+        seen = set()
+        for entry in entries:
+            if entry.size is None and not entry.is_dir:
+                continue  # rounded or missing size: resolved by HEAD when looked up
+            seen.add(entry.name)
+            if entry.is_dir:
+                self.table.add_child(node, entry.name, Role.REMOTE_DIR, url=entry.url, mtime=entry.mtime or 0.0)
+            else:
+                self.table.add_child(
+                    node, entry.name, Role.FILE, url=entry.url, size=entry.size, mtime=entry.mtime or 0.0,
+                    etag=entry.etag,
+                )
+        for name in [n for n in node.children if n not in seen]:
+            node.children.pop(name)
+        node.listed_at = time.monotonic()

@@ -1,0 +1,236 @@
+"""pyfuse3 operations: the kernel's requests mapped onto the namespace and peer tasks.
+
+Read-only: the mount is mounted ``ro`` and every write-ish operation answers
+EROFS. Errors cross into the kernel as errno values; their cause is logged
+with the task ID. Every read is bounded by ``read_timeout`` and then fails
+with EIO rather than hang; the next read tries the origin again.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+
+import attrs
+import pyfuse3
+import trio
+
+from dffs.errors import DffsError
+from dffs.fs.namespace import Namespace, fuse_error
+from dffs.fs.nodes import Node, attributes
+from dffs.fs.prefetch import Prefetcher
+from dffs.fs.readahead import SequentialDetector
+from dffs.idgen import pieces_for_range
+from dffs.peertask import DownloadRequest, PeerTask, TaskManager
+
+log = logging.getLogger(__name__)
+
+PREFETCH_MODES = ("none", "sequential", "whole")
+
+
+@attrs.frozen
+class ReadPolicy:
+    prefetch: str = "sequential"
+    #: Longest a read (or lookup) may take before it fails with EIO.
+    read_timeout: float = 30.0
+    #: Readahead window bounds, in bytes.
+    readahead_initial: int = 8 << 20
+    readahead_max: int = 64 << 20
+    #: Kernel cache lifetimes for entries and attributes (immutable content).
+    entry_timeout: float = 60.0
+    #: ... and for content that may change (no ETag/digest) and directories.
+    volatile_timeout: float = 1.0
+
+
+@attrs.define
+class OpenFile:
+    node: Node
+    detector: SequentialDetector
+    task: PeerTask | None = None
+    prefetched_whole: bool = False
+
+
+class DffsOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, namespace: Namespace, tasks: TaskManager, policy: ReadPolicy, data_dir):
+        super().__init__()
+        self.ns = namespace
+        self.tasks = tasks
+        self.policy = policy
+        self.data_dir = data_dir
+        self.prefetcher: Prefetcher | None = None
+        self._handles = itertools.count(1)
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, list[Node]] = {}
+        self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0, "lookups": 0}
+
+    def attach(self, prefetcher: Prefetcher) -> None:
+        self.prefetcher = prefetcher
+
+    # ------------------------------------------------------------ helpers
+    def _node(self, inode: int) -> Node:
+        node = self.ns.table.get(inode)
+        if node is None:
+            raise fuse_error(errno.ENOENT)
+        return node
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        timeout = self.policy.entry_timeout if (node.static or node.immutable) else self.policy.volatile_timeout
+        if node.is_dir and not node.static:
+            timeout = self.policy.volatile_timeout
+        return attributes(node, entry_timeout=timeout, attr_timeout=timeout)
+
+    # ----------------------------------------------------------- metadata
+    async def lookup(self, parent_inode, name, ctx=None):
+        self.counters["lookups"] += 1
+        parent = self._node(parent_inode)
+        if not parent.is_dir:
+            raise fuse_error(errno.ENOTDIR)
+        node = await self.ns.lookup(parent, os.fsdecode(name))
+        return self._attr(node)
+
+    async def getattr(self, inode, ctx=None):
+        return self._attr(self._node(inode))
+
+    async def forget(self, inode_list):
+        # Nodes stay in the table: their inode numbers must stay stable while
+        # any name still maps to them, and they are small.
+        pass
+
+    async def statfs(self, ctx):
+        st = os.statvfs(self.data_dir)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = st.f_bsize
+        data.f_frsize = st.f_frsize
+        data.f_blocks = st.f_blocks
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.ns.table)
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # --------------------------------------------------------- directories
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if not node.is_dir:
+            raise fuse_error(errno.ENOTDIR)
+        children = await self.ns.list_dir(node)
+        handle = next(self._handles)
+        self._dirs[handle] = sorted(children, key=lambda n: n.name)
+        return handle
+
+    async def readdir(self, fh, start_id, token):
+        entries = self._dirs.get(fh, [])
+        for index in range(start_id, len(entries)):
+            node = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attr(node), index + 1):
+                break
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    # ---------------------------------------------------------------- files
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise fuse_error(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise fuse_error(errno.EROFS)
+        handle = next(self._handles)
+        detector = SequentialDetector(self.policy.readahead_initial, self.policy.readahead_max)
+        self._files[handle] = OpenFile(node, detector)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=node.immutable, direct_io=False)
+
+    async def release(self, fh):
+        self._files.pop(fh, None)
+
+    async def read(self, fh, off, size):
+        handle = self._files.get(fh)
+        if handle is None:
+            raise fuse_error(errno.EBADF)
+        node = handle.node
+        self.counters["reads"] += 1
+        started = time.monotonic()
+        task = None
+        try:
+            with trio.fail_after(self.policy.read_timeout):
+                task = handle.task or await self._open_task(handle)
+                meta = task.store.meta
+                if off >= meta.content_length or size <= 0:
+                    return b""
+                size = min(size, meta.content_length - off)
+                needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
+                if len(needed) == 1:
+                    await task.ensure_piece(needed[0])
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for number in needed:
+                            nursery.start_soon(task.ensure_piece, number)
+                self._schedule_prefetch(handle, task, off, size)
+                data = os.pread(task.store.content_fd, size, off)
+        except trio.TooSlowError:
+            self.counters["read_errors"] += 1
+            log.warning(
+                "task=%s event=read_timeout path=%s offset=%d size=%d timeout=%gs",
+                task.task_id if task else "-", node.path(), off, size, self.policy.read_timeout,
+            )
+            raise fuse_error(errno.EIO) from None
+        except (DffsError, BaseExceptionGroup, OSError) as exc:
+            self.counters["read_errors"] += 1
+            cause = exc
+            if isinstance(exc, BaseExceptionGroup):
+                from dffs.errors import primary_error
+
+                cause = primary_error(exc)
+                if isinstance(cause, BaseExceptionGroup) or not isinstance(cause, (DffsError, OSError)):
+                    raise
+            log.warning(
+                "task=%s event=read_failed path=%s offset=%d size=%d error=%s",
+                task.task_id if task else "-", node.path(), off, size, cause,
+            )
+            raise fuse_error(errno.EIO) from None
+        self.counters["read_bytes"] += len(data)
+        log.debug("task=%s event=read offset=%d size=%d ms=%.2f", task.task_id, off, size,
+                  1000 * (time.monotonic() - started))
+        return data
+
+    async def _open_task(self, handle: OpenFile) -> PeerTask:
+        node = handle.node
+        task = await self.tasks.open(DownloadRequest(url=node.url))
+        if task.store.meta.content_length != node.size:
+            log.info("task=%s event=size_changed path=%s listed=%d actual=%d", task.task_id, node.path(),
+                     node.size, task.store.meta.content_length)
+            node.size = task.store.meta.content_length
+        handle.task = task
+        return task
+
+    def _schedule_prefetch(self, handle: OpenFile, task: PeerTask, off: int, size: int) -> None:
+        if self.prefetcher is None or self.policy.prefetch == "none":
+            return
+        meta = task.store.meta
+        if self.policy.prefetch == "whole":
+            if not handle.prefetched_whole:
+                handle.prefetched_whole = True
+                first = off // meta.piece_length
+                order = list(range(first, meta.piece_count)) + list(range(0, first))
+                self.prefetcher.schedule(task, order)
+            return
+        window = handle.detector.on_read(off, size)
+        if window:
+            self.prefetcher.schedule(
+                task, pieces_for_range(off + size, window, meta.content_length, meta.piece_length)
+            )
+
+    # ------------------------------------------------------------ writes
+    async def _read_only(self, *args, **kwargs):
+        raise fuse_error(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _read_only
+    setxattr = removexattr = _read_only

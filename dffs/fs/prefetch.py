@@ -1,0 +1,54 @@
+"""Background piece fetches under one global budget.
+
+Readahead and ``--prefetch whole`` schedule pieces here; at most
+``concurrency`` of them are in flight across every file and handle, so their
+buffers (``concurrency`` x piece length) are the whole memory they cost.
+Reads that need a piece *now* call PeerTask.ensure_piece directly and never
+wait for this limiter: on-demand always overtakes prefetch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import trio
+
+from dffs.errors import DffsError
+from dffs.peertask import PeerTask
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    def __init__(self, nursery: trio.Nursery, *, concurrency: int = 4, max_queued: int = 1024):
+        self._nursery = nursery
+        self._limiter = trio.CapacityLimiter(max(1, concurrency))
+        self._queued: set[tuple[str, int]] = set()
+        self.max_queued = max_queued
+        self.fetched = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def schedule(self, task: PeerTask, pieces: Iterable[int]) -> None:
+        for number in pieces:
+            key = (task.task_id, number)
+            if key in self._queued or task.store.has_piece(number) or task.is_inflight(number):
+                continue
+            if len(self._queued) >= self.max_queued:
+                return
+            self._queued.add(key)
+            self._nursery.start_soon(self._fetch, task, number, key)
+
+    async def _fetch(self, task: PeerTask, number: int, key: tuple[str, int]) -> None:
+        try:
+            async with self._limiter:
+                if not task.store.has_piece(number):
+                    await task.fetch_piece(number)
+                    self.fetched += 1
+        except DffsError as exc:
+            log.info("task=%s piece=%d event=prefetch_failed error=%s", task.task_id, number, exc)
+        finally:
+            self._queued.discard(key)

@@ -1,0 +1,293 @@
+"""The lazy FUSE mount: a real `dffs mount` process, read with ordinary tools."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import mmap
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cli import run_dffs, sha256_file
+from mounts import MountProcess, force_unmount, is_mounted
+
+MiB = 1024 * 1024
+PIECE = 4 * MiB
+
+
+@pytest.fixture
+def www(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """Factory: ``mount(*args, command=("mount",))`` -> a started MountProcess; always torn down."""
+    made: list[MountProcess] = []
+
+    def start(*args, name="mnt", command=("mount",)) -> MountProcess:
+        m = MountProcess(tmp_path / name, tmp_path / f"{name}-data", *args, command=command)
+        made.append(m)
+        return m.start()
+
+    yield start
+    for m in made:
+        m.stop()
+        assert not is_mounted(m.mountpoint)
+
+
+def origin_path(origin, path):
+    return f"http/127.0.0.1:{origin.port}{path}"
+
+
+def test_sha256_dd_and_mmap_through_the_mount(www, nginx_origin, make_file, mount):
+    digest = make_file(www / "data.bin", 24 * MiB + 4321, seed=11)
+    origin = nginx_origin(www)
+    m = mount()
+    path = m.mountpoint / origin_path(origin, "/data.bin")
+    assert os.stat(path).st_size == 24 * MiB + 4321
+    out = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == digest
+
+    original = (www / "data.bin").read_bytes()
+    rng = random.Random(5)
+    for _ in range(20):
+        block = rng.randrange(0, (len(original) - 4096) // 4096)
+        got = subprocess.run(
+            ["dd", f"if={path}", "bs=4096", f"skip={block}", "count=1", "status=none"],
+            capture_output=True, check=True,
+        ).stdout
+        assert got == original[block * 4096 : block * 4096 + 4096]
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for _ in range(50):
+            off = rng.randrange(0, len(original) - 100)
+            assert mm[off : off + 100] == original[off : off + 100]
+        assert mm[-7:] == original[-7:]
+
+
+def test_numpy_memmap_random_reads_on_a_cold_mount(www, nginx_origin, make_file, mount):
+    make_file(www / "arr.bin", 16 * MiB, seed=12)
+    origin = nginx_origin(www)
+    m = mount("--prefetch", "none")
+    expected = np.fromfile(www / "arr.bin", dtype=np.uint32)
+    mapped = np.memmap(m.mountpoint / origin_path(origin, "/arr.bin"), dtype=np.uint32, mode="r")
+    idx = np.random.default_rng(3).integers(0, expected.size, size=500)
+    assert np.array_equal(mapped[idx], expected[idx])
+    del mapped
+
+
+def test_two_readers_cause_one_origin_fetch_per_piece(www, nginx_origin, make_file, mount):
+    digest = make_file(www / "shared.bin", 32 * MiB, seed=13)
+    origin = nginx_origin(www, limit_rate="16m")  # slow enough that both readers overlap
+    m = mount()
+    path = m.mountpoint / origin_path(origin, "/shared.bin")
+    results = [None, None]
+
+    def reader(i):
+        results[i] = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True).stdout.split()[0]
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [digest, digest]
+    origin.wait_for_requests(9)
+    gets = origin.requests("/shared.bin", "GET")
+    ranges = [g.range for g in gets]
+    assert len(ranges) == len(set(ranges)) == 8, ranges  # each piece exactly once
+    assert origin.body_bytes("/shared.bin", "GET") == 32 * MiB
+
+
+def test_a_cold_4k_read_deep_in_a_big_file_costs_at_most_one_piece(www, nginx_origin, mount):
+    size = 1024 * MiB
+    marker = os.urandom(4096)
+    with open(www / "huge.bin", "wb") as f:  # sparse: nginx serves zeros cheaply
+        f.truncate(size)
+        f.seek(900 * MiB)
+        f.write(marker)
+    origin = nginx_origin(www)
+    m = mount()
+    path = m.mountpoint / origin_path(origin, "/huge.bin")
+    got = subprocess.run(
+        ["dd", f"if={path}", "bs=4096", f"skip={900 * 256}", "count=1", "status=none"], capture_output=True, check=True
+    ).stdout
+    assert got == marker
+    origin.wait_for_requests(2)
+    time.sleep(0.5)  # nothing more may arrive: no prefetch follows one small random read
+    assert origin.body_bytes("/huge.bin") <= PIECE
+    assert origin.body_bytes("/huge.bin", "GET") > 0
+
+
+def test_origin_killed_mid_read_gives_eio_then_recovers(www, nginx_origin, make_file, mount, tmp_path):
+    digest = make_file(www / "slow.bin", 32 * MiB, seed=14)
+    origin = nginx_origin(www, limit_rate="1m")
+    config = tmp_path / "mount.toml"
+    config.write_text("attempts = 2\norigin_read_timeout = 2\nconnect_timeout = 1\n")
+    m = mount("--read-timeout", "4", "--config", str(config))
+    path = m.mountpoint / origin_path(origin, "/slow.bin")
+    reader = subprocess.Popen(["sha256sum", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    origin.wait_for_requests(2, timeout=10)  # the HEAD and the first piece GETs are under way
+    origin.kill()
+    killed_at = time.monotonic()
+    _, err = reader.communicate(timeout=30)
+    elapsed = time.monotonic() - killed_at
+    assert reader.returncode != 0 and "Input/output error" in err, err
+    assert elapsed < 4 + 3, elapsed  # the read timeout, plus scheduling slack
+    assert m.alive() and os.path.isdir(m.mountpoint / "http")  # the daemon lives on
+    assert "event=read_failed" in m.output() or "event=read_timeout" in m.output()
+    origin.start()
+    out = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == digest
+
+
+def test_nginx_autoindex_listing_makes_no_per_entry_requests(www, nginx_origin, mount):
+    d = www / "many"
+    d.mkdir()
+    for i in range(10_000):
+        (d / f"f{i:05d}.txt").write_bytes(b"x" * (i % 7))
+    (d / "sub").mkdir()
+    origin = nginx_origin(www)
+    m = mount()
+    listing = subprocess.run(["ls", "-l", str(m.mountpoint / origin_path(origin, "/many"))],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(listing) == 10_002  # "total" line + entries
+    sizes = {line.split()[-1]: int(line.split()[4]) for line in listing[1:]}
+    assert sizes["f00006.txt"] == 6 and sizes["f00007.txt"] == 0
+    assert listing[-1].startswith("d")  # sub is a directory
+    origin.wait_for_requests(1)
+    methods = [(r.method, r.path) for r in origin.requests()]
+    assert ("HEAD", "/many/f00006.txt") not in methods
+    assert len([r for r in origin.requests() if r.method == "GET"]) == 1  # the one listing
+    assert (m.mountpoint / origin_path(origin, "/many/f00006.txt")).read_bytes() == b"x" * 6
+
+
+def test_named_source_tree(www, nginx_origin, make_file, mount):
+    (www / "ds" / "train").mkdir(parents=True)
+    digest = make_file(www / "ds" / "train" / "part-0.bin", 5 * MiB, seed=15)
+    origin = nginx_origin(www)
+    m = mount("--source", f"dataset={origin.url('/ds/')}")
+    assert sorted(os.listdir(m.mountpoint)) == ["dataset", "http", "https"]
+    assert os.listdir(m.mountpoint / "dataset") == ["train"]
+    assert sha256_file(m.mountpoint / "dataset" / "train" / "part-0.bin") == digest
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.mountpoint / "dataset" / "nope.bin")
+
+
+def test_manifest_lays_out_files_without_listing_calls(www, nginx_origin, make_file, mount, tmp_path):
+    digest = make_file(www / "real.bin", 3 * MiB, seed=16)
+    origin = nginx_origin(www)
+    manifest = tmp_path / "dataset.jsonl"
+    with open(manifest, "w") as f:
+        f.write(json.dumps({"path": "data/real.bin", "url": origin.url("/real.bin"), "size": 3 * MiB,
+                            "digest": f"sha256:{digest}", "mtime": 1_700_000_000}) + "\n")
+        for i in range(10_000):
+            f.write(json.dumps({"path": f"data/shard/{i:05d}.bin", "url": origin.url(f"/nope/{i}"), "size": i}) + "\n")
+    m = mount("--manifest", str(manifest))
+    listing = subprocess.run(["ls", "-l", str(m.mountpoint / "data" / "shard")], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert len(listing) == 10_001
+    assert os.stat(m.mountpoint / "data" / "shard" / "09999.bin").st_size == 9999
+    assert os.stat(m.mountpoint / "data" / "real.bin").st_mtime == 1_700_000_000
+    assert origin.requests() == []  # not one request for all of that
+    assert sha256_file(m.mountpoint / "data" / "real.bin") == digest
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"path": "a", "url": "http://h/a", "size": 1}\n{"path": "b", "url": "http://h/b"}\n', "line 2"),
+        ('{"path": "../etc/passwd", "url": "http://h/a", "size": 1}\n', "line 1"),
+        ("not json\n", "line 1: not JSON"),
+        ('{"path": "a", "url": "http://h/a", "size": 1}\n{"path": "a/b", "url": "http://h/b", "size": 1}\n',
+         "line 2"),
+        ('{"path": "x", "url": "ftp://h/a", "size": 1}\n', "unsupported URL scheme"),
+        ('{"path": "http", "url": "http://h/a", "size": 1}\n', "collides"),
+    ],
+)
+def test_malformed_manifest_refuses_to_mount(tmp_path, content, message):
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(content)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run_dffs("mount", str(mnt), "--data-dir", str(tmp_path / "d"), "--manifest", str(manifest), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not is_mounted(mnt)
+
+
+def test_bad_names_and_unknown_hosts_fail_fast(www, nginx_origin, mount):
+    (www / "a.txt").write_text("hello")
+    origin = nginx_origin(www)
+    m = mount("--read-timeout", "5")
+    cases = [
+        m.mountpoint / "http" / "bad host!" / "x",
+        m.mountpoint / "http" / "h:99999" / "x",
+        m.mountpoint / "nothing-here",
+        m.mountpoint / origin_path(origin, "/%2e%2e/etc/passwd"),
+        m.mountpoint / origin_path(origin, "/missing.txt"),
+    ]
+    for path in cases:
+        started = time.monotonic()
+        with pytest.raises(FileNotFoundError):
+            os.stat(path)
+        assert time.monotonic() - started < 2, path
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        os.stat(m.mountpoint / "http" / "no-such-host.invalid" / "file.bin")
+    assert info.value.errno in (errno.ENOENT, errno.EIO)
+    assert time.monotonic() - started < 6
+    assert (m.mountpoint / origin_path(origin, "/a.txt")).read_text() == "hello"  # still serving
+
+
+def test_read_only(www, nginx_origin, mount):
+    (www / "a.txt").write_text("hello")
+    origin = nginx_origin(www)
+    m = mount()
+    target = m.mountpoint / origin_path(origin, "/a.txt")
+    for attempt in (lambda: open(target, "w"), lambda: open(target, "a"),
+                    lambda: open(m.mountpoint / origin_path(origin, "/new.txt"), "w"), lambda: os.mkdir(m.mountpoint / "x")):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+    assert target.read_text() == "hello"
+
+
+def test_stale_mount_is_cleared_and_sigint_unmounts(www, nginx_origin, mount, tmp_path):
+    (www / "a.txt").write_text("hello")
+    origin = nginx_origin(www)
+    first = mount(name="stale")
+    first.kill9()
+    with pytest.raises(OSError) as info:
+        os.listdir(first.mountpoint)
+    assert info.value.errno == errno.ENOTCONN  # a crashed mount's leftover
+    second = MountProcess(first.mountpoint, tmp_path / "stale-data")
+    try:
+        second.start()
+        assert (second.mountpoint / origin_path(origin, "/a.txt")).read_text() == "hello"
+        code = second.stop(signal.SIGINT)  # as Ctrl-C sends
+        assert code == 0, second.output()
+        assert not is_mounted(second.mountpoint)
+        assert "event=stale_mount_cleared" in second.output()
+    finally:
+        second.stop()
+        force_unmount(first.mountpoint)
+
+
+def test_daemon_with_mount_flag(www, nginx_origin, mount):
+    (www / "a.txt").write_text("via daemon")
+    origin = nginx_origin(www)
+    m = mount(command=("daemon",))
+    assert (m.mountpoint / origin_path(origin, "/a.txt")).read_text() == "via daemon"
