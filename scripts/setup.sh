@@ -10,6 +10,7 @@ packages=(
   fuse3 libfuse3-dev                                           # the FUSE mount
   nginx-light curl                                             # the demo origin and test origins
   iproute2 procps                                              # network namespaces, process tools in tests
+  rclone                                                       # the lazy-mount competitor in scripts/bench
 )
 missing=()
 for p in "${packages[@]}"; do

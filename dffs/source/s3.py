@@ -322,7 +322,7 @@ class S3Source:
         if config.credentials is None:
             return dict(headers or {})
         creds = config.credentials
-        if hasattr(creds, "refresh_needed"):  # refreshing may reach the network
+        if getattr(creds, "refresh_needed", lambda: False)():  # refreshing may reach the network
             frozen = await trio.to_thread.run_sync(creds.get_frozen_credentials)
         else:
             frozen = creds.get_frozen_credentials()

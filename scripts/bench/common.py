@@ -19,6 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class OriginURL(str):
+    """The origin's base URL, which also knows nginx's work dir (for its access log)."""
+
+    def __new__(cls, url: str, workdir: Path):
+        self = super().__new__(cls, url)
+        self.nginx_workdir = workdir
+        return self
+
+
 @contextmanager
 def nginx_serving(root: Path, *, workers: int = 1):
     """nginx on 127.0.0.1 serving ``root`` (sendfile on); yields the base URL."""
@@ -32,7 +41,7 @@ def nginx_serving(root: Path, *, workers: int = 1):
         "events { worker_connections 256; }\n"
         f"http {{ access_log {work}/access.log; sendfile on; tcp_nopush on; keepalive_requests 100000;\n"
         f"  {temp_paths}\n"
-        f"  server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }} }}\n"
     )
     proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(work / "nginx.conf")])
     try:
@@ -45,7 +54,7 @@ def nginx_serving(root: Path, *, workers: int = 1):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError((work / "error.log").read_text())
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield OriginURL(f"http://127.0.0.1:{port}", work)
     finally:
         proc.terminate()
         proc.wait(10)
