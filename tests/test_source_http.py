@@ -98,3 +98,31 @@ async def test_stream_from_offset_checks_content_range(source, faulty_origin):
     with pytest.raises(SourceError, match="origin sent"):
         async with source.open_stream(url, 500):
             pass
+
+
+async def test_chunked_body_whose_head_arrives_alone():
+    """The response head in one TCP segment, the chunked body later: nothing
+    may mistake the empty gap for the end of the stream (a real bug once)."""
+    import trio
+
+    body = b"x" * 5000
+
+    async def server(stream):
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await trio.sleep(0.05)  # the head goes out alone
+        await stream.send_all(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, server, 0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        src = HttpSource(HttpOptions(attempts=1))
+        got = bytearray()
+        buf = memoryview(bytearray(1024))
+        async with src.open_stream(f"http://127.0.0.1:{port}/c") as stream:
+            while n := await stream.readinto(buf):
+                got += buf[:n]
+        await src.aclose()
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == body

@@ -101,7 +101,8 @@ class HttpConnection:
         elif "chunked" in (head.get("transfer-encoding") or "").lower():
             self._h11 = conn
             self._remaining = None
-            conn.receive_data(bytes(self._pending))
+            if self._pending:  # an empty receive_data() would tell h11 the peer closed
+                conn.receive_data(bytes(self._pending))
             self._pending = memoryview(b"")
             self._reusable = connection_ok
         elif head.content_length is not None:
