@@ -29,6 +29,9 @@ from dffs.peertask import DownloadRequest, PeerTask, TaskManager
 log = logging.getLogger(__name__)
 
 PREFETCH_MODES = ("none", "sequential", "whole")
+#: Reads up to this size of a piece nobody has fetched yet are answered from
+#: a sub-range request first (see PeerTask.read_cold).
+COLD_READ_MAX = 256 * 1024
 
 
 @attrs.frozen
@@ -67,7 +70,7 @@ class DffsOperations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[Node]] = {}
-        self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0, "lookups": 0}
+        self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0, "lookups": 0, "cold_reads": 0}
 
     def attach(self, prefetcher: Prefetcher) -> None:
         self.prefetcher = prefetcher
@@ -167,6 +170,14 @@ class DffsOperations(pyfuse3.Operations):
                     return b""
                 size = min(size, meta.content_length - off)
                 needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
+                if len(needed) == 1 and size <= COLD_READ_MAX and self.prefetcher is not None:
+                    span = task.store.span(needed[0])
+                    data = await task.read_cold(needed[0], off - span.offset, size, self.prefetcher.nursery)
+                    if data is not None:
+                        self.counters["cold_reads"] += 1
+                        self._schedule_prefetch(handle, task, off, size)
+                        self.counters["read_bytes"] += len(data)
+                        return data
                 if len(needed) == 1:
                     await task.ensure_piece(needed[0])
                 else:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class Prefetcher:
     def __init__(self, nursery: trio.Nursery, *, concurrency: int = 4, max_queued: int = 1024):
-        self._nursery = nursery
+        #: The nursery that owns background fetches (also used to complete cold reads).
+        self.nursery = nursery
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
         self._queued: set[tuple[str, int]] = set()
         self.max_queued = max_queued
@@ -40,7 +41,7 @@ class Prefetcher:
             if len(self._queued) >= self.max_queued:
                 return
             self._queued.add(key)
-            self._nursery.start_soon(self._fetch, task, number, key)
+            self.nursery.start_soon(self._fetch, task, number, key)
 
     async def _fetch(self, task: PeerTask, number: int, key: tuple[str, int]) -> None:
         try:

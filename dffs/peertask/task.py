@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from dffs.errors import RangeNotSupported, SourceError, primary_error
+from dffs.errors import DffsError, RangeNotSupported, SourceError, primary_error
 from dffs.peertask.buffers import BufferPool
 from dffs.source.base import Source, SourceStat, Validators
 from dffs.storage import TaskStore
@@ -88,6 +88,54 @@ class PeerTask:
             finally:
                 del self._inflight[number]
                 event.set()
+
+    async def read_cold(self, number: int, start: int, length: int, nursery: trio.Nursery) -> bytes | None:
+        """Serve a small read of an absent piece with the first byte fast.
+
+        Fetches only ``[start, start + length)`` of piece ``number``, returns
+        those bytes, and completes the rest of the piece in ``nursery`` (the
+        piece is in flight meanwhile, so other readers wait for it as usual).
+        The origin still sends exactly one piece. Returns None when the piece
+        is present or already being fetched: the caller then waits normally.
+        The bytes come straight from the origin, the source of truth; the
+        piece's digest is computed when it is complete.
+        """
+        if self.store.has_piece(number) or number in self._inflight:
+            return None
+        span = self.store.span(number)
+        end = min(start + length, span.length)
+        event = self._inflight[number] = trio.Event()
+        self._errors.pop(number, None)
+        buffer = memoryview(bytearray(span.length))
+        try:
+            await self.source.read_range(
+                self.stat.url, span.offset + start, buffer[start:end], headers=self.headers, validators=self.validators
+            )
+        except BaseException as exc:
+            self._errors[number] = exc
+            del self._inflight[number]
+            event.set()
+            raise
+        nursery.start_soon(self._complete_piece, number, buffer, start, end, event)
+        return bytes(buffer[start:end])
+
+    async def _complete_piece(self, number: int, buffer: memoryview, start: int, end: int, event: trio.Event) -> None:
+        span = self.store.span(number)
+        try:
+            for lo, hi in ((0, start), (end, span.length)):
+                if hi > lo:
+                    await self.source.read_range(
+                        self.stat.url, span.offset + lo, buffer[lo:hi], headers=self.headers,
+                        validators=self.validators,
+                    )
+            self.source_bytes += span.length
+            await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
+        except DffsError as exc:  # a background job: record it for the waiters, never crash the owner
+            self._errors[number] = exc
+            log.info("task=%s piece=%d event=complete_piece_failed error=%s", self.task_id, number, exc)
+        finally:
+            del self._inflight[number]
+            event.set()
 
     async def _download_piece(self, number: int) -> None:
         span = self.store.span(number)
