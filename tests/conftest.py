@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from s3_server import moto_s3, s3  # noqa: F401  (moto's S3 server fixtures)
+
 try:  # tests/ as a package, or tests/ on sys.path (pytest's default "prepend")
     from .origins import FaultyOrigin, NginxOrigin, write_random_file
 except ImportError:

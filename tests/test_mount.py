@@ -295,3 +295,23 @@ def test_daemon_with_mount_flag(www, nginx_origin, mount):
     origin = nginx_origin(www)
     m = mount(command=("daemon",))
     assert (m.mountpoint / origin_path(origin, "/a.txt")).read_text() == "via daemon"
+
+
+def test_s3_source_tree_through_moto(s3, mount):
+    """--source NAME=s3://bucket/prefix, listed with ListObjectsV2 and read with
+    signed ranged GETs, against moto's S3 server (the S3-protocol server this
+    machine can run; see tests/s3_server.py)."""
+    from s3_server import BLOB_KEY, BUCKET
+
+    m = mount("--source", f"bucket={'s3://' + BUCKET + '/'}")
+    root = m.mountpoint / "bucket"
+    assert {"data", "tree", "many"} <= set(os.listdir(root))
+    assert sorted(os.listdir(root / "tree")) == ["a.txt", "other", "sub"]
+    assert (root / "tree" / "sub" / "b.txt").read_text() == "tree/sub/b.txt"
+    assert len(os.listdir(root / "many")) == 1100  # more than one ListObjectsV2 page
+    assert sha256_file(root / BLOB_KEY) == hashlib.sha256(s3.blob).hexdigest()
+    with open(root / BLOB_KEY, "rb") as f:
+        f.seek(len(s3.blob) - 10)
+        assert f.read() == s3.blob[-10:]
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "tree" / "missing.txt")
