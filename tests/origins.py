@@ -292,7 +292,8 @@ class NginxOrigin:
 
     @property
     def base_url(self) -> str:
-        return f"http://{_host_for_url(self.host)}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{_host_for_url(self.host)}:{self.port}"
 
     def url(self, path: str = "/") -> str:
         """``http://HOST:PORT/path`` (``path`` used as given, with one leading /)."""
@@ -790,7 +791,10 @@ class FaultyOrigin:
     :meth:`wait_idle` waits until every response so far is through.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128,
+                 ssl_context=None) -> None:
+        #: An ``ssl.SSLContext`` (server side) to speak HTTPS instead of HTTP.
+        self.ssl_context = ssl_context
         self.host = host
         self._want_port = port
         self._backlog = backlog
@@ -925,7 +929,8 @@ class FaultyOrigin:
 
     @property
     def base_url(self) -> str:
-        return f"http://{_host_for_url(self.host)}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{_host_for_url(self.host)}:{self.port}"
 
     def url(self, path: str = "/") -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -1026,6 +1031,18 @@ class FaultyOrigin:
             pass
 
     def _serve(self, sock: socket.socket, cid: int) -> None:
+        if self.ssl_context is not None:
+            try:
+                sock.settimeout(5)
+                tls = self.ssl_context.wrap_socket(sock, server_side=True)
+                tls.settimeout(None)
+            except OSError:
+                self._discard(sock)
+                return
+            with self._lock:
+                self._conns.discard(sock)
+                self._conns.add(tls)
+            sock = tls
         buf = b""
         req = None
         try:

@@ -59,7 +59,8 @@ def run_get(args: argparse.Namespace) -> int:
     cfg = _config(args)
     sources = SourceRegistry(
         http_options=HttpOptions(
-            connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout, attempts=cfg.attempts
+            connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout, attempts=cfg.attempts,
+            ca_file=cfg.ca_file,
         )
     )
     sources.validate(args.url)

@@ -33,6 +33,8 @@ class GetConfig:
     connect_timeout: float = 10.0
     #: Attempts per origin request (first included).
     attempts: int = 4
+    #: Extra CA certificates (PEM) to trust for https origins.
+    ca_file: str | None = None
     socket: Path | None = None
     scheduler: str | None = None
     manager: str | None = None

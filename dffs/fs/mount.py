@@ -40,6 +40,8 @@ class MountConfig:
     origin_read_timeout: float = 10.0
     connect_timeout: float = 5.0
     attempts: int = 3
+    #: Extra CA certificates (PEM) to trust for https origins.
+    ca_file: str | None = None
     metadata_ttl: float = 60.0
     negative_ttl: float = 5.0
     prefetch_concurrency: int = 8
@@ -113,7 +115,8 @@ def build(cfg: MountConfig) -> tuple[DffsOperations, StorageManager, SourceRegis
     """Everything the mount serves from; raises UsageError on bad input before mounting."""
     sources = SourceRegistry(
         http_options=HttpOptions(
-            connect_timeout=cfg.connect_timeout, read_timeout=cfg.origin_read_timeout, attempts=cfg.attempts
+            connect_timeout=cfg.connect_timeout, read_timeout=cfg.origin_read_timeout, attempts=cfg.attempts,
+            ca_file=cfg.ca_file,
         )
     )
     manifest = load_manifest(cfg.manifest) if cfg.manifest else []

@@ -60,23 +60,31 @@ class HttpConnection:
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
     ) -> HttpConnection:
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+                stream = await trio.open_tcp_stream(target.host, target.port)
                 if target.scheme == "https":
                     stream = trio.SSLStream(
                         stream, ssl_context or ssl.create_default_context(), server_hostname=target.host,
                         https_compatible=True,
                     )
                     await stream.do_handshake()
-        except trio.TooSlowError:
-            raise RetryableSourceError(
-                f"connecting to {target.host_header} timed out after {connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise RetryableSourceError(f"cannot connect to {target.host_header}: {_reason(exc)}") from None
-        except trio.BrokenResourceError as exc:
-            raise RetryableSourceError(f"TLS handshake with {target.host_header} failed: {exc.__cause__ or exc}") from None
+        except BaseException as exc:
+            if stream is not None:  # never leave a half-open connection behind
+                await trio.aclose_forcefully(stream)
+            if isinstance(exc, trio.TooSlowError):
+                raise RetryableSourceError(
+                    f"connecting to {target.host_header} timed out after {connect_timeout:g}s"
+                ) from None
+            if isinstance(exc, OSError):
+                raise RetryableSourceError(f"cannot connect to {target.host_header}: {_reason(exc)}") from None
+            if isinstance(exc, trio.BrokenResourceError):
+                cause = exc.__cause__ or exc
+                # A certificate that does not verify will not verify on a retry either.
+                error = SourceError if isinstance(cause, ssl.SSLCertVerificationError) else RetryableSourceError
+                raise error(f"TLS handshake with {target.host_header} failed: {cause}") from None
+            raise
         if isinstance(stream, trio.SocketStream):
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
         return cls(target, stream, read_timeout)
