@@ -292,8 +292,7 @@ class NginxOrigin:
 
     @property
     def base_url(self) -> str:
-        scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://{_host_for_url(self.host)}:{self.port}"
+        return f"http://{_host_for_url(self.host)}:{self.port}"
 
     def url(self, path: str = "/") -> str:
         """``http://HOST:PORT/path`` (``path`` used as given, with one leading /)."""
