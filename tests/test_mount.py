@@ -13,6 +13,8 @@ import subprocess
 import threading
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -315,3 +317,49 @@ def test_s3_source_tree_through_moto(s3, mount):
         assert f.read() == s3.blob[-10:]
     with pytest.raises(FileNotFoundError):
         os.stat(root / "tree" / "missing.txt")
+
+
+def wait_for(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_prefetch_whole_and_manifest_digests(www, nginx_origin, make_file, mount, tmp_path):
+    good = make_file(www / "good.bin", 12 * MiB + 1, seed=21)
+    make_file(www / "bad.bin", 5 * MiB, seed=22)
+    origin = nginx_origin(www)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"path": "good.bin", "url": origin.url("/good.bin"), "size": 12 * MiB + 1,
+                    "digest": f"sha256:{good}"}) + "\n"
+        + json.dumps({"path": "bad.bin", "url": origin.url("/bad.bin"), "size": 5 * MiB,
+                      "digest": "sha256:" + "0" * 64}) + "\n"
+    )
+    m = mount("--manifest", str(manifest), "--prefetch", "whole")
+    with open(m.mountpoint / "good.bin", "rb") as f:
+        first = f.read(4096)
+    assert first == (www / "good.bin").read_bytes()[:4096]
+    # one small read, and the whole file follows in the background, checked against the manifest
+    wait_for(lambda: "event=digest_verified" in m.output(), what="the whole file and its digest check")
+    assert origin.body_bytes("/good.bin", "GET") == 12 * MiB + 1
+    assert "ok=True" in m.output()
+
+    with open(m.mountpoint / "bad.bin", "rb") as f:
+        f.read(4096)  # served: bytes arrive before the whole file can be checked
+    wait_for(lambda: "event=digest_mismatch" in m.output(), what="the digest mismatch")
+    with pytest.raises(OSError) as info:
+        with open(m.mountpoint / "bad.bin", "rb") as f:
+            f.seek(2 * MiB)
+            f.read(4096)
+    assert info.value.errno == errno.EIO
+    assert sha256_file(m.mountpoint / "good.bin") == good  # the other file is unaffected
+
+
+def test_mount_raises_kernel_readahead(www, nginx_origin, mount):
+    from dffs.fs.mount import mountinfo_entry
+
+    m = mount()
+    device = mountinfo_entry(m.mountpoint)[2]
+    assert (Path("/sys/class/bdi") / device / "read_ahead_kb").read_text().strip() == "4096"

@@ -147,10 +147,10 @@ async def serve(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> No
         raise DffsError(f"cannot mount {mountpoint}: {exc}") from None
     log.info("event=mounted mountpoint=%s data_dir=%s", mountpoint, cfg.data_dir)
     try:
-        set_read_ahead(mountpoint, cfg.read_ahead_kb)
         async with trio.open_nursery() as nursery:
             operations.attach(Prefetcher(nursery, concurrency=cfg.prefetch_concurrency))
             nursery.start_soon(_stop_on_signal)
+            nursery.start_soon(_tune_read_ahead, mountpoint, cfg.read_ahead_kb)
             task_status.started(operations)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
@@ -160,6 +160,19 @@ async def serve(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> No
             storage.close()
             await sources.aclose()
         log.info("event=unmounted mountpoint=%s", mountpoint)
+
+
+async def _tune_read_ahead(mountpoint: Path, kb: int) -> None:
+    """Set the bdi readahead once the kernel has finished FUSE INIT (which resets it).
+
+    A stat of the mount root from a worker thread returns only after INIT,
+    because the kernel holds every request until then.
+    """
+    try:
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except OSError:
+        return
+    set_read_ahead(mountpoint, kb)
 
 
 async def _stop_on_signal() -> None:

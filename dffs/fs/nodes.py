@@ -45,6 +45,8 @@ class Node:
     checked_at: float = attrs.Factory(time.monotonic)
     #: Metadata that never expires (manifest, virtual directories).
     static: bool = False
+    #: The whole-file ``digest`` check: None (not yet), "checking", "ok" or "bad".
+    digest_check: str | None = None
 
     @property
     def is_dir(self) -> bool:

@@ -18,13 +18,15 @@ import attrs
 import pyfuse3
 import trio
 
-from dffs.errors import DffsError
+from dffs.digest import ExpectedDigest
+from dffs.errors import DffsError, DigestMismatch
 from dffs.fs.namespace import Namespace, fuse_error
 from dffs.fs.nodes import Node, attributes
 from dffs.fs.prefetch import Prefetcher
 from dffs.fs.readahead import SequentialDetector
 from dffs.idgen import pieces_for_range
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
+from dffs.peertask.export import verify_task
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class DffsOperations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[Node]] = {}
+        self._digest_watch: set[str] = set()
         self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0, "lookups": 0, "cold_reads": 0}
 
     def attach(self, prefetcher: Prefetcher) -> None:
@@ -160,6 +163,9 @@ class DffsOperations(pyfuse3.Operations):
             raise fuse_error(errno.EBADF)
         node = handle.node
         self.counters["reads"] += 1
+        if node.digest_check == "bad":
+            log.warning("event=read_refused path=%s reason=digest_mismatch", node.path())
+            raise fuse_error(errno.EIO)
         started = time.monotonic()
         task = None
         try:
@@ -220,7 +226,46 @@ class DffsOperations(pyfuse3.Operations):
                      node.size, task.store.meta.content_length)
             node.size = task.store.meta.content_length
         handle.task = task
+        if node.digest and node.digest_check is None and self.prefetcher is not None:
+            if task.task_id not in self._digest_watch:
+                self._digest_watch.add(task.task_id)
+                self.prefetcher.nursery.start_soon(self._check_digest_when_complete, node, task)
         return task
+
+    async def _check_digest_when_complete(self, node: Node, task: PeerTask) -> None:
+        """Check a manifest digest once the file is complete, however its pieces arrived.
+
+        Bytes are served as pieces arrive (each piece digest-checked), so the
+        whole-file digest can only be checked at the end; a mismatch means the
+        origin does not hold what the manifest promised: the cached bytes are
+        dropped and reads of the file fail with EIO from then on.
+        """
+        await task.wait_complete()
+        if node.digest_check is None:
+            node.digest_check = "checking"
+            await self._check_digest(node, task)
+
+    async def _check_digest(self, node: Node, task: PeerTask) -> None:
+        try:
+            dropped = await trio.to_thread.run_sync(verify_task, task.store, ExpectedDigest.parse(node.digest))
+        except DigestMismatch as exc:
+            node.digest_check = "bad"
+            log.error("task=%s event=digest_mismatch path=%s error=%s", task.task_id, node.path(), exc)
+            self.tasks.forget(task.task_id)
+            self._digest_watch.discard(task.task_id)
+            for handle in self._files.values():
+                if handle.task is task:
+                    handle.task = None
+            await self.tasks.delete(task.task_id)
+            return
+        except DffsError as exc:
+            node.digest_check = None
+            self._digest_watch.discard(task.task_id)
+            log.warning("task=%s event=digest_check_failed path=%s error=%s", task.task_id, node.path(), exc)
+            return
+        node.digest_check = None if dropped else "ok"
+        self._digest_watch.discard(task.task_id)
+        log.info("task=%s event=digest_verified path=%s ok=%s", task.task_id, node.path(), not dropped)
 
     def _schedule_prefetch(self, handle: OpenFile, task: PeerTask, off: int, size: int) -> None:
         if self.prefetcher is None or self.policy.prefetch == "none":

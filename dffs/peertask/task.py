@@ -46,6 +46,16 @@ class PeerTask:
         self._ranges_supported = stat.accepts_ranges
         #: Bytes this process fetched from the origin for this task.
         self.source_bytes = 0
+        self._complete = trio.Event()
+        self._note_written()
+
+    def _note_written(self) -> None:
+        if self.store.is_complete():
+            self._complete.set()
+
+    async def wait_complete(self) -> None:
+        """Return once every piece of the task is present (however they arrived)."""
+        await self._complete.wait()
 
     @property
     def task_id(self) -> str:
@@ -130,6 +140,7 @@ class PeerTask:
                     )
             self.source_bytes += span.length
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
+            self._note_written()
         except DffsError as exc:  # a background job: record it for the waiters, never crash the owner
             self._errors[number] = exc
             log.info("task=%s piece=%d event=complete_piece_failed error=%s", self.task_id, number, exc)
@@ -146,6 +157,7 @@ class PeerTask:
             )
             self.source_bytes += span.length
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
+        self._note_written()
         log.debug(
             "task=%s piece=%d source=origin bytes=%d ms=%.1f",
             self.task_id, number, span.length, 1000 * (time.monotonic() - started),
@@ -211,6 +223,7 @@ class PeerTask:
                 async for number, buffer, length in receive:
                     if not self.store.has_piece(number):
                         await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
+                        self._note_written()
                         progress(length)
                     free_send.send_nowait(buffer)
 
