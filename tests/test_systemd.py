@@ -1,0 +1,30 @@
+"""systemd units in systemd/ pass `systemd-analyze verify` (where systemd-analyze exists)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = sorted((REPO / "systemd").glob("*.service"))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_unit_verifies(unit, tmp_path):
+    # Point ExecStart at this checkout's dffs, since the unit names the install path.
+    text = unit.read_text().replace("/opt/dffs/.venv/bin/dffs", str(REPO / ".venv/bin/dffs"))
+    (tmp_path / unit.name).write_text(text)
+    name = unit.name.replace("@.service", "@mnt-dragonfly.service")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", name], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if unit.stem.rstrip("@") in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_there_are_units():
+    assert any(u.name == "dffs-mount@.service" for u in UNITS)
