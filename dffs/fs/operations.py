@@ -191,7 +191,12 @@ class DffsOperations(pyfuse3.Operations):
                         for number in needed:
                             nursery.start_soon(task.ensure_piece, number)
                 self._schedule_prefetch(handle, task, off, size)
-                data = os.pread(task.store.content_fd, size, off)
+                if len(needed) == 1 and task.store.memory_eligible:
+                    # Small objects: served from the memory tier, no syscall.
+                    start = off - task.store.span(needed[0]).offset
+                    data = task.store.read_piece(needed[0])[start : start + size]
+                else:
+                    data = os.pread(task.store.content_fd, size, off)
         except trio.TooSlowError:
             self.counters["read_errors"] += 1
             log.warning(

@@ -16,18 +16,25 @@ class BufferPool:
         self._idle: dict[int, list[bytearray]] = defaultdict(list)
         self._idle_bytes = 0
 
+    def take(self, size: int) -> memoryview:
+        """A buffer of exactly ``size`` bytes; hand it back with :meth:`give`."""
+        idle = self._idle[size]
+        if idle:
+            self._idle_bytes -= size
+            return memoryview(idle.pop())
+        return memoryview(bytearray(size))
+
+    def give(self, view: memoryview) -> None:
+        size = len(view)
+        if self._idle_bytes + size <= self.max_idle_bytes:
+            self._idle[size].append(view.obj)
+            self._idle_bytes += size
+
     @contextmanager
     def borrow(self, size: int):
         """A memoryview of exactly ``size`` bytes, returned to the pool afterwards."""
-        idle = self._idle[size]
-        if idle:
-            buffer = idle.pop()
-            self._idle_bytes -= size
-        else:
-            buffer = bytearray(size)
+        view = self.take(size)
         try:
-            yield memoryview(buffer)
+            yield view
         finally:
-            if self._idle_bytes + size <= self.max_idle_bytes:
-                idle.append(buffer)
-                self._idle_bytes += size
+            self.give(view)

@@ -116,12 +116,13 @@ class PeerTask:
         end = min(start + length, span.length)
         event = self._inflight[number] = trio.Event()
         self._errors.pop(number, None)
-        buffer = memoryview(bytearray(span.length))
+        buffer = self.buffers.take(span.length)
         try:
             await self.source.read_range(
                 self.stat.url, span.offset + start, buffer[start:end], headers=self.headers, validators=self.validators
             )
         except BaseException as exc:
+            self.buffers.give(buffer)
             self._errors[number] = exc
             del self._inflight[number]
             event.set()
@@ -145,6 +146,7 @@ class PeerTask:
             self._errors[number] = exc
             log.info("task=%s piece=%d event=complete_piece_failed error=%s", self.task_id, number, exc)
         finally:
+            self.buffers.give(buffer)
             del self._inflight[number]
             event.set()
 

@@ -177,6 +177,11 @@ class TaskStore:
     def has_piece(self, number: int) -> bool:
         return number in self._present
 
+    @property
+    def memory_eligible(self) -> bool:
+        """Whether this task's pieces are small enough for the memory tier."""
+        return self._memory is not None and self._memory.admits(min(self.meta.piece_length, self.meta.content_length))
+
     def is_verified(self, number: int) -> bool:
         """Present and checked against its digest by this process."""
         return number in self._verified and number in self._present

@@ -63,6 +63,11 @@ class ConnectionPool:
         else:
             await conn.aclose()
 
+    async def discard_idle(self, origin_key: tuple[str, str, int]) -> None:
+        """Close an origin's idle connections (after one turned out stale, the rest likely are)."""
+        for conn in self._idle.pop(origin_key, []):
+            await conn.aclose()
+
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for conn in idle:

@@ -125,6 +125,7 @@ class HttpSource:
                     break
                 except StaleConnection:
                     await conn.aclose()
+                    await self.pool.discard_idle(target.origin_key)
                     if fresh_try:
                         raise
                 except BaseException:
