@@ -21,6 +21,7 @@ import time
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
+import attrs
 import pyfuse3
 import trio
 
@@ -60,6 +61,13 @@ def fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+@attrs.define
+class _Flight:
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+
 class Namespace:
     def __init__(
         self,
@@ -76,6 +84,9 @@ class Namespace:
         self.metadata_ttl = metadata_ttl
         self.negative_ttl = negative_ttl
         self.op_timeout = op_timeout
+        #: Origin requests in progress, so concurrent lookups share one (single flight).
+        self._flights: dict[tuple, _Flight] = {}
+        self.origin_requests = 0
         root = self.table.root
         for scheme in SCHEMES:
             self.table.add_child(root, scheme, Role.SCHEME, static=True)
@@ -146,10 +157,34 @@ class Namespace:
                 parent.missing[name] = time.monotonic()
                 raise fuse_error(errno.ENOENT)
             return child
-        return await self._lookup_by_head(parent, name)
+        return await self._single_flight(("head", parent.inode, name), self._lookup_by_head, parent, name)
+
+    async def _single_flight(self, key: tuple, fn, *args):
+        """Run ``fn(*args)`` once for all concurrent callers with the same ``key``;
+        they all get its result or its error."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result
+        flight = self._flights[key] = _Flight()
+        try:
+            flight.result = await fn(*args)
+            return flight.result
+        except pyfuse3.FUSEError as exc:
+            flight.error = exc
+            raise
+        except BaseException:
+            flight.error = fuse_error(errno.EIO)  # e.g. cancelled: waiters must not inherit that
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
     async def _lookup_by_head(self, parent: Node, name: str) -> Node:
         url = parent.url + quote(name, safe="")
+        self.origin_requests += 1
         try:
             source = self.sources.for_url(url)
             with trio.fail_after(self.op_timeout):
@@ -187,10 +222,11 @@ class Namespace:
         that were looked up by name; the error is logged, not raised.
         """
         if node.role is Role.REMOTE_DIR and not self._listed(node):
-            await self._refresh_listing(node)
+            await self._single_flight(("list", node.inode), self._refresh_listing, node)
         return list(node.children.values())
 
     async def _refresh_listing(self, node: Node) -> None:
+        self.origin_requests += 1
         try:
             source = self.sources.for_url(node.url)
             with trio.fail_after(self.op_timeout):
