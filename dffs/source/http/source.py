@@ -400,6 +400,35 @@ class HttpSource:
                 return head, body
         raise AssertionError("unreachable")
 
+    @asynccontextmanager
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> AsyncIterator[tuple[ResponseHead, HttpConnection]]:
+        """One request on a pooled keep-alive connection, whatever the status, never retried
+        (only a reused connection the server had already closed is replaced at once).
+
+        For protocols layered on HTTP that judge statuses and headers
+        themselves and pick their own retry policy (the P2P piece client, which
+        moves on to another parent instead of retrying). Read the body with
+        ``conn.readinto`` (``recv_into`` straight into the caller's buffer).
+        On a clean exit the connection returns to the pool (a small unread
+        body is drained first, a large one closes it); on an exception it is
+        closed. Transport failures raise RetryableSourceError.
+        """
+        parse_target(url)
+        conn, head, _ = await self._exchange(method, url, self._headers(headers), follow_redirects=follow_redirects)
+        try:
+            yield head, conn
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._release(conn)
+
     @staticmethod
     async def _read_small_body(conn: HttpConnection, url: str, head: ResponseHead, limit: int) -> bytes:
         if head.content_length is not None and head.content_length > limit:
