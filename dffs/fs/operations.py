@@ -13,13 +13,14 @@ import itertools
 import logging
 import os
 import time
+from typing import NoReturn
 
 import attrs
 import pyfuse3
 import trio
 
 from dffs.digest import ExpectedDigest
-from dffs.errors import DffsError, DigestMismatch
+from dffs.errors import DffsError, DigestMismatch, primary_error
 from dffs.fs.namespace import Namespace, fuse_error
 from dffs.fs.nodes import Node, attributes
 from dffs.fs.prefetch import Prefetcher
@@ -158,6 +159,7 @@ class DffsOperations(pyfuse3.Operations):
         self._files.pop(fh, None)
 
     async def read(self, fh, off, size):
+        """One kernel read: errors become EIO (cause logged with the task ID), never a hang."""
         handle = self._files.get(fh)
         if handle is None:
             raise fuse_error(errno.EBADF)
@@ -167,61 +169,57 @@ class DffsOperations(pyfuse3.Operations):
             log.warning("event=read_refused path=%s reason=digest_mismatch", node.path())
             raise fuse_error(errno.EIO)
         started = time.monotonic()
-        task = None
         try:
             with trio.fail_after(self.policy.read_timeout):
-                task = handle.task or await self._open_task(handle)
-                meta = task.store.meta
-                if off >= meta.content_length or size <= 0:
-                    return b""
-                size = min(size, meta.content_length - off)
-                needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
-                if len(needed) == 1 and size <= COLD_READ_MAX and self.prefetcher is not None:
-                    span = task.store.span(needed[0])
-                    data = await task.read_cold(needed[0], off - span.offset, size, self.prefetcher.nursery)
-                    if data is not None:
-                        self.counters["cold_reads"] += 1
-                        self._schedule_prefetch(handle, task, off, size)
-                        self.counters["read_bytes"] += len(data)
-                        return data
-                if len(needed) == 1:
-                    await task.ensure_piece(needed[0])
-                else:
-                    async with trio.open_nursery() as nursery:
-                        for number in needed:
-                            nursery.start_soon(task.ensure_piece, number)
-                self._schedule_prefetch(handle, task, off, size)
-                if len(needed) == 1 and task.store.memory_eligible:
-                    # Small objects: served from the memory tier, no syscall.
-                    start = off - task.store.span(needed[0]).offset
-                    data = task.store.read_piece(needed[0])[start : start + size]
-                else:
-                    data = os.pread(task.store.content_fd, size, off)
+                data = await self._read(handle, off, size)
         except trio.TooSlowError:
-            self.counters["read_errors"] += 1
-            log.warning(
-                "task=%s event=read_timeout path=%s offset=%d size=%d timeout=%gs",
-                task.task_id if task else "-", node.path(), off, size, self.policy.read_timeout,
-            )
-            raise fuse_error(errno.EIO) from None
-        except (DffsError, BaseExceptionGroup, OSError) as exc:
-            self.counters["read_errors"] += 1
-            cause = exc
-            if isinstance(exc, BaseExceptionGroup):
-                from dffs.errors import primary_error
-
-                cause = primary_error(exc)
-                if isinstance(cause, BaseExceptionGroup) or not isinstance(cause, (DffsError, OSError)):
-                    raise
-            log.warning(
-                "task=%s event=read_failed path=%s offset=%d size=%d error=%s",
-                task.task_id if task else "-", node.path(), off, size, cause,
-            )
-            raise fuse_error(errno.EIO) from None
+            self._read_failed(handle, off, size, f"timed out after {self.policy.read_timeout:g}s")
+        except (DffsError, OSError) as exc:
+            self._read_failed(handle, off, size, exc)
+        except BaseExceptionGroup as group:
+            cause = primary_error(group)
+            if not isinstance(cause, (DffsError, OSError)):
+                raise
+            self._read_failed(handle, off, size, cause)
         self.counters["read_bytes"] += len(data)
-        log.debug("task=%s event=read offset=%d size=%d ms=%.2f", task.task_id, off, size,
-                  1000 * (time.monotonic() - started))
+        log.debug("task=%s event=read offset=%d size=%d ms=%.2f", handle.task.task_id if handle.task else "-",
+                  off, size, 1000 * (time.monotonic() - started))
         return data
+
+    def _read_failed(self, handle: OpenFile, off: int, size: int, cause) -> NoReturn:
+        self.counters["read_errors"] += 1
+        log.warning(
+            "task=%s event=read_failed path=%s offset=%d size=%d error=%s",
+            handle.task.task_id if handle.task else "-", handle.node.path(), off, size, cause,
+        )
+        raise fuse_error(errno.EIO) from None
+
+    async def _read(self, handle: OpenFile, off: int, size: int) -> bytes:
+        task = handle.task or await self._open_task(handle)
+        store = task.store
+        meta = store.meta
+        if off >= meta.content_length or size <= 0:
+            return b""
+        size = min(size, meta.content_length - off)
+        needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
+        if len(needed) == 1 and size <= COLD_READ_MAX and self.prefetcher is not None:
+            span = store.span(needed[0])
+            data = await task.read_cold(needed[0], off - span.offset, size, self.prefetcher.nursery)
+            if data is not None:  # the piece was cold: these bytes came first, the rest follows
+                self.counters["cold_reads"] += 1
+                self._schedule_prefetch(handle, task, off, size)
+                return data
+        if len(needed) == 1:
+            await task.ensure_piece(needed[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for number in needed:
+                    nursery.start_soon(task.ensure_piece, number)
+        self._schedule_prefetch(handle, task, off, size)
+        if len(needed) == 1 and store.memory_eligible:  # small objects: no syscall
+            start = off - store.span(needed[0]).offset
+            return store.read_piece(needed[0])[start : start + size]
+        return os.pread(store.content_fd, size, off)
 
     async def _open_task(self, handle: OpenFile) -> PeerTask:
         node = handle.node

@@ -27,7 +27,6 @@ from dffs.source.http.protocol import (
     REDIRECT_STATUSES,
     RETRYABLE_STATUSES,
     ResponseHead,
-    Target,
     describe_status,
     parse_content_range,
     parse_target,
