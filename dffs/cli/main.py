@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_arguments(daemon)
     add_mount_arguments(daemon)
     daemon.add_argument("--verbose", "-v", action="store_true", help="log each event")
+
+    from dffs.cli.scheduler import add_scheduler_arguments
+
+    scheduler = commands.add_parser("scheduler", help="run the scheduler (parent choice for P2P)")
+    add_scheduler_arguments(scheduler)
     return parser
 
 
@@ -79,6 +84,10 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.mount import run_mount
 
             return run_mount(args)
+        if args.command == "scheduler":
+            from dffs.cli.scheduler import run_scheduler
+
+            return run_scheduler(args)
         raise UsageError(f"unknown command {args.command!r}")
     except DffsError as exc:
         if debug:

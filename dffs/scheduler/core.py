@@ -1,0 +1,551 @@
+"""The scheduler's protocol over the proto messages, without gRPC or sockets.
+
+``SchedulerCore`` validates every request, applies it to the :class:`Graph`,
+and answers with proto messages or raises :mod:`dffs.scheduler.errors`
+exceptions (each names one gRPC status code).  The service adds only what
+needs I/O: status codes on the wire, waiting between scheduling rounds, the
+GC timer and the RPC that triggers a seed.
+
+The AnnouncePeer contract in short (the full one, message by message, is in
+``dffs.scheduler.service``'s docstring):
+
+1. The first message of a stream must be ``register_peer_request``; it
+   creates the peer (its host must have been announced) and asks for an
+   answer.
+2. Every later message carries the same host, task and peer ids.
+3. ``reschedule_request`` asks for an answer; no other message does.
+4. Each answer is exactly one AnnouncePeerResponse (normal task with
+   candidate parents, need back-to-source, empty task), or the stream ends
+   with a status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from dffs.api import common_pb2, scheduler_pb2
+from dffs.scheduler import policy
+from dffs.scheduler.config import SchedulerConfig
+from dffs.scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from dffs.scheduler.resource import (
+    ACTIVE_STATES,
+    LIVE_STATES,
+    GcReport,
+    Graph,
+    Host,
+    HostType,
+    Peer,
+    PeerState,
+    Task,
+)
+
+log = logging.getLogger("dffs.scheduler")
+
+#: Longest id (host, task, peer) accepted.
+MAX_ID_LENGTH = 512
+MAX_URL_LENGTH = 64 * 1024
+#: Longest piece cost accepted (a day).
+MAX_COST_SECONDS = 24 * 3600.0
+
+_HOST_TYPES = {common_pb2.HOST_TYPE_NORMAL: HostType.NORMAL, common_pb2.HOST_TYPE_SEED: HostType.SEED}
+_HOST_TYPES_BACK = {v: k for k, v in _HOST_TYPES.items()}
+
+
+@attrs.frozen
+class SeedTriggerRequest:
+    """Ask the seed daemon at ``ip:port`` to download ``download`` (task ``task_id``).
+
+    ``placeholder_id`` is the peer id children were given for the seed; the
+    seed's own registration for the task adopts it.
+    """
+
+    task_id: str
+    host_id: str
+    ip: str
+    port: int
+    placeholder_id: str
+    download: common_pb2.Download = attrs.field(eq=False)
+    #: Monotonic time of the decision.
+    at: float = 0.0
+
+
+@attrs.frozen
+class Answer:
+    """The result of one scheduling round: a response to send, or None (retry later)."""
+
+    decision: policy.Decision
+    response: scheduler_pb2.AnnouncePeerResponse | None = None
+    trigger: SeedTriggerRequest | None = None
+
+
+@attrs.define
+class Session:
+    """One AnnouncePeer stream, after its register message."""
+
+    host_id: str
+    task_id: str
+    peer_id: str
+    peer: Peer
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{kind} id is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{kind} id is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _seconds(d: duration_pb2.Duration, what: str) -> float:
+    value = d.seconds + d.nanos / 1e9
+    if value < 0 or value > MAX_COST_SECONDS:
+        raise InvalidArgument(f"{what} {value}s out of range")
+    return value
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+class SchedulerCore:
+    """The graph plus the AnnouncePeer protocol.  Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig = SchedulerConfig(),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.policy = config.policy()
+        self.clock = clock
+        self._wall_offset = wall_clock() - clock()
+        self.graph = Graph(
+            clock=clock,
+            peer_ttl=config.peer_ttl,
+            task_ttl=config.task_ttl,
+            host_ttl=config.host_ttl,
+            host_ttl_intervals=config.host_ttl_intervals,
+            failed_peer_ttl=config.failed_peer_ttl,
+            seed_trigger_timeout=config.seed_trigger_timeout,
+            upload_slots=config.upload_slots,
+            seed_upload_slots=config.seed_upload_slots,
+            max_piece_count=config.max_piece_count,
+        )
+        #: The most recent seed triggers, for logs and introspection.
+        self.triggers: deque[SeedTriggerRequest] = deque(maxlen=256)
+
+    # ---- hosts ------------------------------------------------------------
+
+    def announce_host(self, request: scheduler_pb2.AnnounceHostRequest) -> bool:
+        """Register or refresh a host; True when it is new."""
+        if not request.HasField("host"):
+            raise InvalidArgument("announce_host_request without host")
+        h = request.host
+        _check_id("host", h.id)
+        if h.type not in _HOST_TYPES:
+            raise InvalidArgument(f"host {h.id!r}: unknown host type {h.type}")
+        try:
+            ipaddress.ip_address(h.ip)
+        except ValueError:
+            raise InvalidArgument(f"host {h.id!r}: ip {h.ip!r} is not an IP address") from None
+        if not 0 < h.port <= 65535:
+            raise InvalidArgument(f"host {h.id!r}: port {h.port} out of range")
+        if not 0 <= h.download_port <= 65535 or (h.download_port == 0 and not h.disable_shared):
+            raise InvalidArgument(f"host {h.id!r}: download port {h.download_port} out of range")
+        interval = _seconds(request.interval, "announce interval") if request.HasField("interval") else None
+        host, is_new = self.graph.announce_host(
+            h.id,
+            type=_HOST_TYPES[h.type],
+            hostname=h.hostname,
+            ip=h.ip,
+            port=h.port,
+            download_port=h.download_port,
+            idc=h.idc,
+            location=h.location,
+            labels=dict(h.labels),
+            os=h.os,
+            version=h.version,
+            disable_shared=h.disable_shared,
+            interval=interval,
+        )
+        if is_new:
+            log.info(
+                "event=host_announced host=%s type=%s ip=%s port=%d download_port=%d ttl=%.1f",
+                host.id, host.type.value, host.ip, host.port, host.download_port, host.ttl,
+            )
+        return is_new
+
+    def delete_host(self, request: scheduler_pb2.DeleteHostRequest) -> set[str]:
+        """Drop a host and its peers; returns the ids of the tasks touched."""
+        _check_id("host", request.host_id)
+        removed = self.graph.delete_host(request.host_id)
+        log.info("event=host_deleted host=%s peers=%d", request.host_id, len(removed))
+        return {p.task.id for p in removed}
+
+    # ---- tasks and peers --------------------------------------------------
+
+    def stat_task(self, request: scheduler_pb2.StatTaskRequest) -> common_pb2.Task:
+        _check_id("task", request.task_id)
+        return self.task_message(self.graph.task(request.task_id))
+
+    def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
+        _check_id("host", request.host_id)
+        _check_id("task", request.task_id)
+        peers = self.graph.delete_task_from_host(request.host_id, request.task_id)
+        log.info("event=task_deleted_from_host task=%s host=%s peers=%d", request.task_id, request.host_id, len(peers))
+        return {request.task_id}
+
+    def _peer_for(self, host_id: str, task_id: str, peer_id: str) -> Peer:
+        _check_id("peer", peer_id)
+        peer = self.graph.peer(peer_id)
+        if task_id and peer.task.id != task_id:
+            raise InvalidArgument(f"peer {peer_id!r} belongs to task {peer.task.id!r}, not {task_id!r}")
+        if host_id and peer.host.id != host_id:
+            raise InvalidArgument(f"peer {peer_id!r} is on host {peer.host.id!r}, not {host_id!r}")
+        return peer
+
+    def stat_peer(self, request: scheduler_pb2.StatPeerRequest) -> common_pb2.Peer:
+        peer = self._peer_for(request.host_id, request.task_id, request.peer_id)
+        return self.peer_message(peer, with_pieces=True)
+
+    def delete_peer(self, request: scheduler_pb2.DeletePeerRequest) -> set[str]:
+        peer = self._peer_for(request.host_id, request.task_id, request.peer_id)
+        self.graph.leave_peer(peer)
+        log.info("event=peer_deleted task=%s peer=%s", peer.task.id, peer.id)
+        return {peer.task.id}
+
+    # ---- AnnouncePeer -----------------------------------------------------
+
+    def register(self, request: scheduler_pb2.AnnouncePeerRequest) -> Session:
+        """The first message of a stream: create the peer."""
+        kind = request.WhichOneof("request")
+        if kind != "register_peer_request":
+            raise FailedPrecondition(f"the first AnnouncePeer message must be register_peer_request, not {kind}")
+        host_id = _check_id("host", request.host_id)
+        task_id = _check_id("task", request.task_id)
+        peer_id = _check_id("peer", request.peer_id)
+        reg = request.register_peer_request
+        if not reg.HasField("download"):
+            raise InvalidArgument("register_peer_request without download")
+        d = reg.download
+        if not d.url:
+            raise InvalidArgument("download url is empty")
+        if len(d.url) > MAX_URL_LENGTH:
+            raise InvalidArgument(f"download url longer than {MAX_URL_LENGTH} characters")
+        if d.type not in (common_pb2.TASK_TYPE_STANDARD, common_pb2.TASK_TYPE_PERSISTENT):
+            raise InvalidArgument(f"unknown task type {d.type}")
+        if d.priority not in common_pb2.Priority.values():
+            raise InvalidArgument(f"unknown priority {d.priority}")
+        if d.HasField("piece_length") and d.piece_length == 0:
+            raise InvalidArgument("piece length 0")
+        peer = self.graph.register_peer(
+            peer_id,
+            host_id,
+            task_id,
+            url=d.url,
+            tag=d.tag,
+            application=d.application,
+            task_type=d.type,
+            digest=d.digest if d.HasField("digest") else None,
+            filtered_query_params=d.filtered_query_params,
+            request_header=dict(d.request_header),
+            piece_length=d.piece_length if d.HasField("piece_length") else None,
+            priority=d.priority,
+            disable_back_to_source=d.disable_back_to_source,
+            need_back_to_source=d.need_back_to_source,
+        )
+        log.info(
+            "event=peer_registered task=%s peer=%s host=%s seed=%s", task_id, peer_id, host_id, peer.host.is_seed
+        )
+        return Session(host_id=host_id, task_id=task_id, peer_id=peer_id, peer=peer)
+
+    def _session_peer(self, session: Session) -> Peer:
+        peer = session.peer
+        if self.graph.peers.get(session.peer_id) is not peer:
+            raise NotFound(f"peer {session.peer_id!r} was deleted")
+        return peer
+
+    def handle(self, session: Session, request: scheduler_pb2.AnnouncePeerRequest) -> bool:
+        """Apply a message after register; True when it asks for an answer (reschedule)."""
+        for kind, got, want in (
+            ("host", request.host_id, session.host_id),
+            ("task", request.task_id, session.task_id),
+            ("peer", request.peer_id, session.peer_id),
+        ):
+            if got != want:
+                raise InvalidArgument(f"{kind} id {got!r} differs from the registered {want!r}")
+        peer = self._session_peer(session)
+        kind = request.WhichOneof("request")
+        graph = self.graph
+        if kind is None:
+            raise InvalidArgument("AnnouncePeer message without a request")
+        if kind == "register_peer_request":
+            raise FailedPrecondition(f"peer {peer.id!r} is already registered on this stream")
+        if kind == "download_peer_started_request":
+            graph.peer_started(peer)
+        elif kind == "download_peer_back_to_source_started_request":
+            graph.peer_back_to_source_started(peer)
+            log.info("event=peer_back_to_source_started task=%s peer=%s", peer.task.id, peer.id)
+        elif kind == "reschedule_request":
+            if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+                raise FailedPrecondition(f"peer in state {peer.state.value} cannot be rescheduled")
+            avoid = [p.id for p in request.reschedule_request.candidate_parents]
+            for parent_id in avoid:
+                _check_id("parent", parent_id)
+            graph.block_parents(peer, avoid)
+            graph.clear_parents(peer)
+            log.info("event=reschedule task=%s peer=%s avoid=%s", peer.task.id, peer.id, ",".join(avoid) or "-")
+            return True
+        elif kind in ("download_peer_finished_request", "download_peer_back_to_source_finished_request"):
+            msg = getattr(request, kind)
+            graph.peer_finished(peer, content_length=msg.content_length, piece_count=msg.piece_count)
+            log.info(
+                "event=peer_succeeded task=%s peer=%s content_length=%d pieces=%d back_to_source=%s",
+                peer.task.id, peer.id, msg.content_length, msg.piece_count, kind.startswith("download_peer_back"),
+            )
+        elif kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request"):
+            graph.peer_failed(peer)
+            log.info(
+                "event=peer_failed task=%s peer=%s back_to_source=%s description=%r",
+                peer.task.id, peer.id, kind.startswith("download_peer_back"), getattr(request, kind).description,
+            )
+        elif kind in ("download_piece_finished_request", "download_piece_back_to_source_finished_request"):
+            msg = getattr(request, kind)
+            if not msg.HasField("piece"):
+                raise InvalidArgument(f"{kind} without piece")
+            piece = msg.piece
+            from_parent = kind == "download_piece_finished_request"
+            parent_id = None
+            if from_parent:
+                if not piece.HasField("parent_id") or not piece.parent_id:
+                    raise InvalidArgument(
+                        f"piece {piece.number} without parent_id "
+                        "(origin pieces go in download_piece_back_to_source_finished_request)"
+                    )
+                parent_id = _check_id("parent", piece.parent_id)
+            graph.piece_finished(
+                peer,
+                piece.number,
+                parent_id=parent_id,
+                cost=_seconds(piece.cost, "piece cost"),
+                length=piece.length,
+                offset=piece.offset,
+            )
+            log.debug("event=piece_finished task=%s peer=%s piece=%d parent=%s", peer.task.id, peer.id,
+                      piece.number, parent_id or "source")
+        elif kind == "download_piece_failed_request":
+            msg = request.download_piece_failed_request
+            _check_id("parent", msg.parent_id)
+            graph.piece_failed(peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary)
+            log.info(
+                "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s description=%r",
+                peer.task.id, peer.id, msg.piece_number, msg.parent_id, msg.temporary, msg.description,
+            )
+        elif kind == "download_piece_back_to_source_failed_request":
+            msg = request.download_piece_back_to_source_failed_request
+            graph.check_piece_number(peer.task, msg.piece_number)
+            if peer.state not in ACTIVE_STATES:
+                raise FailedPrecondition(f"peer in state {peer.state.value} cannot report pieces")
+            log.info(
+                "event=piece_back_to_source_failed task=%s peer=%s piece=%d description=%r",
+                peer.task.id, peer.id, msg.piece_number, msg.description,
+            )
+        else:  # a field added to the proto but not here
+            raise InvalidArgument(f"unsupported AnnouncePeer request {kind}")
+        return False
+
+    def schedule(self, session: Session, rounds: int = 0) -> Answer:
+        """One scheduling round for the session's peer; apply what the policy decides."""
+        peer = self._session_peer(session)
+        if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+            raise FailedPrecondition(f"peer in state {peer.state.value} needs no parents")
+        decision = policy.decide(peer, self.graph, rounds=rounds, config=self.policy)
+        graph = self.graph
+        task = peer.task
+        Response = scheduler_pb2.AnnouncePeerResponse
+        if isinstance(decision, policy.UseParents):
+            graph.set_parents(peer, decision.parents)
+            peer.need_back_to_source = False
+            log.info(
+                "event=scheduled task=%s peer=%s parents=%s rounds=%d",
+                task.id, peer.id, ",".join(p.id for p in decision.parents), rounds,
+            )
+            return Answer(decision, self._normal(decision.parents))
+        if isinstance(decision, policy.TriggerSeed):
+            seed = graph.add_triggered_seed(task, decision.host)
+            graph.set_parents(peer, [seed])
+            peer.need_back_to_source = False
+            trigger = SeedTriggerRequest(
+                task_id=task.id,
+                host_id=seed.host.id,
+                ip=seed.host.ip,
+                port=seed.host.port,
+                placeholder_id=seed.id,
+                download=self.download_message(task, priority=peer.priority),
+                at=self.clock(),
+            )
+            self.triggers.append(trigger)
+            log.info(
+                "event=seed_triggered task=%s peer=%s seed_host=%s seed_peer=%s url=%s",
+                task.id, peer.id, seed.host.id, seed.id, task.url,
+            )
+            return Answer(decision, self._normal([seed]), trigger)
+        if isinstance(decision, policy.BackToSource):
+            graph.clear_parents(peer)
+            peer.need_back_to_source = True
+            log.info(
+                "event=back_to_source task=%s peer=%s rounds=%d reason=%r", task.id, peer.id, rounds, decision.reason
+            )
+            return Answer(
+                decision,
+                Response(need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(
+                    description=decision.reason)),
+            )
+        if isinstance(decision, policy.EmptyTask):
+            log.info("event=empty_task task=%s peer=%s", task.id, peer.id)
+            return Answer(decision, Response(empty_task_response=scheduler_pb2.EmptyTaskResponse()))
+        if isinstance(decision, policy.Refuse):
+            log.info("event=refused task=%s peer=%s reason=%r", task.id, peer.id, decision.reason)
+            raise FailedPrecondition(decision.reason)
+        return Answer(decision)
+
+    def _normal(self, parents) -> scheduler_pb2.AnnouncePeerResponse:
+        return scheduler_pb2.AnnouncePeerResponse(
+            normal_task_response=scheduler_pb2.NormalTaskResponse(
+                candidate_parents=[self.peer_message(p) for p in parents],
+                concurrent_piece_count=self.config.concurrent_piece_count,
+            )
+        )
+
+    def stream_closed(self, session: Session) -> None:
+        """The peer's stream ended.  A peer that never started leaves; one mid-download fails."""
+        peer = self.graph.peers.get(session.peer_id)
+        if peer is not session.peer:
+            return
+        if peer.state is PeerState.PENDING:
+            self.graph.leave_peer(peer)
+            log.info("event=peer_left task=%s peer=%s reason='stream closed before start'", peer.task.id, peer.id)
+        elif peer.state in (PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+            self.graph.peer_failed(peer)
+            log.info("event=peer_failed task=%s peer=%s reason='stream closed mid-download'", peer.task.id, peer.id)
+
+    def seed_trigger_failed(self, trigger: SeedTriggerRequest, reason: str) -> None:
+        """The seed could not be asked (or refused): its placeholder fails."""
+        peer = self.graph.find_peer(trigger.placeholder_id)
+        log.warning(
+            "event=seed_trigger_failed task=%s seed_host=%s seed_peer=%s reason=%r",
+            trigger.task_id, trigger.host_id, trigger.placeholder_id, reason,
+        )
+        if peer is not None and peer.state is PeerState.TRIGGERED:
+            self.graph.peer_failed(peer)
+
+    def gc(self) -> GcReport:
+        report = self.graph.gc()
+        if report:
+            log.info(
+                "event=gc hosts=%s peers=%d tasks=%d expired_triggers=%d",
+                ",".join(report.hosts) or "-", len(report.peers), len(report.tasks), len(report.expired_triggers),
+            )
+        return report
+
+    # ---- proto builders ---------------------------------------------------
+
+    def _timestamp(self, monotonic: float) -> timestamp_pb2.Timestamp:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(int((monotonic + self._wall_offset) * 1e9))
+        return ts
+
+    def host_message(self, host: Host) -> common_pb2.Host:
+        return common_pb2.Host(
+            id=host.id,
+            type=_HOST_TYPES_BACK[host.type],
+            hostname=host.hostname,
+            ip=host.ip,
+            port=host.port,
+            download_port=host.download_port,
+            idc=host.idc,
+            location=host.location,
+            labels=host.labels,
+            os=host.os,
+            version=host.version,
+            disable_shared=host.disable_shared,
+        )
+
+    def task_message(self, task: Task) -> common_pb2.Task:
+        msg = common_pb2.Task(
+            id=task.id,
+            type=task.type,
+            url=task.url,
+            tag=task.tag,
+            application=task.application,
+            filtered_query_params=task.filtered_query_params,
+            request_header=task.request_header,
+            piece_length=task.piece_length or 0,
+            piece_count=task.piece_count or 0,
+            state=task.state.value,
+            peer_count=len(task.peers),
+            has_available_peer=any(
+                p.state is PeerState.SUCCEEDED or (p.state in LIVE_STATES and p.finished_count)
+                for p in task.peers.values()
+            ),
+            created_at=self._timestamp(task.created_at),
+            updated_at=self._timestamp(task.updated_at),
+        )
+        if task.digest is not None:
+            msg.digest = task.digest
+        if task.content_length is not None:
+            msg.content_length = task.content_length
+            if task.content_length == 0:
+                msg.size_scope = common_pb2.SIZE_SCOPE_EMPTY
+            elif task.content_length <= 128:
+                msg.size_scope = common_pb2.SIZE_SCOPE_TINY
+            elif task.piece_count == 1:
+                msg.size_scope = common_pb2.SIZE_SCOPE_SMALL
+        return msg
+
+    def peer_message(self, peer: Peer, *, with_pieces: bool = False) -> common_pb2.Peer:
+        end = peer.finished_at if peer.finished_at is not None else peer.updated_at
+        msg = common_pb2.Peer(
+            id=peer.id,
+            priority=peer.priority,
+            state=peer.state.value,
+            task=self.task_message(peer.task),
+            host=self.host_message(peer.host),
+            need_back_to_source=peer.need_back_to_source,
+            cost=_duration(max(0.0, end - peer.created_at)),
+            created_at=self._timestamp(peer.created_at),
+            updated_at=self._timestamp(peer.updated_at),
+        )
+        if with_pieces:
+            costs = peer.piece_costs
+            for n in peer.piece_numbers():
+                cost = float(costs[n]) if n < len(costs) else 0.0
+                msg.pieces.append(common_pb2.Piece(number=n, cost=_duration(cost)))
+        return msg
+
+    def download_message(self, task: Task, *, priority: int = 0) -> common_pb2.Download:
+        d = common_pb2.Download(
+            url=task.url,
+            type=task.type,
+            tag=task.tag,
+            application=task.application,
+            priority=priority,
+            filtered_query_params=task.filtered_query_params,
+            request_header=task.request_header,
+        )
+        if task.digest is not None:
+            d.digest = task.digest
+        if task.piece_length:
+            d.piece_length = task.piece_length
+        return d

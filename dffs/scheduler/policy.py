@@ -1,0 +1,182 @@
+"""What to answer a peer that asks for parents.  Pure: a function of the graph.
+
+:func:`decide` is called when a peer registers or asks to be rescheduled, and
+again after each *round* in which nothing usable turned up (the service waits
+``retry_interval``, or less when the task changes, between calls).  It returns
+one of:
+
+* :class:`EmptyTask` -- the task is known to have no content;
+* :class:`UseParents` -- candidate parents, best first;
+* :class:`TriggerSeed` -- no parent yet, but a seed host can fetch the task:
+  the service creates a TRIGGERED placeholder peer on that seed, answers with
+  it as the parent, and asks the seed daemon to download the task;
+* :class:`BackToSource` -- go to the origin;
+* :class:`Retry` -- nothing now; ask again after the next round or change;
+* :class:`Refuse` -- the download cannot proceed (origin not allowed and no
+  parent after ``retry_limit`` rounds, or priority LEVEL1).
+
+Rules, in order:
+
+1. a task known to be empty -> EmptyTask;
+2. priority LEVEL1 -> Refuse;
+3. the download asked for the origin (``need_back_to_source``) and may use it
+   -> BackToSource;
+4. usable parents (:mod:`evaluator`) -> UseParents;
+5. a normal peer, a seed host able to take the task, and the task has no live
+   seed peer nor a seed failure in the last ``seed_trigger_backoff`` seconds
+   -> TriggerSeed (best seed by free slots, then IDC/location affinity);
+6. a seed peer -> BackToSource (seeds are who goes to the origin);
+7. when the origin may be used (not ``disable_back_to_source``, not a
+   persistent task, not priority LEVEL2):
+   * no other live peer in the task (the first download) -> BackToSource;
+   * after ``retry_back_to_source_rounds`` rounds, if fewer than the limit of
+     normal peers are on the origin -> BackToSource.  The limit is
+     ``back_to_source_limit_with_seed`` when a seed host is in the cluster,
+     else ``back_to_source_limit``;
+   * after ``retry_limit`` rounds -> BackToSource anyway: the limit protects
+     the origin from a stampede, it must not starve a peer forever;
+   otherwise, after ``retry_limit`` rounds -> Refuse;
+8. otherwise -> Retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import attrs
+
+from dffs.scheduler.evaluator import DEFAULT_WEIGHTS, Weights, candidate_parents, idc_affinity, location_affinity
+from dffs.scheduler.resource import LIVE_STATES, Graph, Host, Peer
+
+# common.Priority / common.TaskType values (kept numeric: this module does not import protos).
+PRIORITY_LEVEL1 = 1
+PRIORITY_LEVEL2 = 2
+TASK_TYPE_PERSISTENT = 1
+
+
+@attrs.frozen
+class PolicyConfig:
+    candidate_parent_limit: int = 4
+    back_to_source_limit: int = 3
+    back_to_source_limit_with_seed: int = 1
+    retry_back_to_source_rounds: int = 3
+    retry_limit: int = 10
+    seed_trigger_backoff: float = 60.0
+    weights: Weights = DEFAULT_WEIGHTS
+
+
+@attrs.frozen
+class EmptyTask:
+    pass
+
+
+@attrs.frozen
+class UseParents:
+    parents: tuple[Peer, ...]
+
+
+@attrs.frozen
+class TriggerSeed:
+    host: Host
+
+
+@attrs.frozen
+class BackToSource:
+    reason: str
+
+
+@attrs.frozen
+class Retry:
+    reason: str
+
+
+@attrs.frozen
+class Refuse:
+    reason: str
+
+
+Decision = EmptyTask | UseParents | TriggerSeed | BackToSource | Retry | Refuse
+
+
+def may_use_origin(peer: Peer) -> bool:
+    return not (
+        peer.disable_back_to_source
+        or peer.task.type == TASK_TYPE_PERSISTENT
+        or peer.priority == PRIORITY_LEVEL2
+    )
+
+
+def usable_seed_hosts(graph: Graph, peer: Peer, blocklist: Collection[str] = ()) -> list[Host]:
+    """Seed hosts that could take ``peer``'s task, best first."""
+    seeds = [
+        h
+        for h in graph.seed_hosts()
+        if h is not peer.host
+        and not h.disable_shared
+        and h.free_upload_slots > 0
+        and h.id not in blocklist
+        and h.port > 0
+    ]
+    idc, location = peer.host.effective_idc, peer.host.effective_location
+
+    def key(h: Host):
+        return (
+            -h.free_upload_slots / max(h.upload_slots, 1),
+            -idc_affinity(h.effective_idc, idc),
+            -location_affinity(h.effective_location, location),
+            h.id,
+        )
+
+    return sorted(seeds, key=key)
+
+
+def has_live_seed_peer(peer: Peer) -> bool:
+    return any(p.state in LIVE_STATES for p in peer.task.seed_peers() if p is not peer)
+
+
+def decide(
+    peer: Peer,
+    graph: Graph,
+    *,
+    rounds: int = 0,
+    config: PolicyConfig = PolicyConfig(),
+    blocklist: Collection[str] = frozenset(),
+) -> Decision:
+    """The answer for ``peer`` after ``rounds`` fruitless rounds (see module docstring)."""
+    task = peer.task
+    if task.is_empty:
+        return EmptyTask()
+    if peer.priority == PRIORITY_LEVEL1:
+        return Refuse("priority LEVEL1 refuses downloads")
+    origin_ok = may_use_origin(peer)
+    if peer.requested_back_to_source and origin_ok:
+        return BackToSource("the download asked for the origin")
+
+    parents = candidate_parents(
+        peer, graph, limit=config.candidate_parent_limit, blocklist=blocklist, weights=config.weights
+    )
+    if parents:
+        return UseParents(tuple(parents))
+
+    if not peer.host.is_seed and origin_ok and not has_live_seed_peer(peer):
+        failed_at = task.seed_trigger_failed_at
+        if failed_at is None or graph.clock() - failed_at >= config.seed_trigger_backoff:
+            seeds = usable_seed_hosts(graph, peer, blocklist)
+            if seeds:
+                return TriggerSeed(seeds[0])
+
+    if peer.host.is_seed and origin_ok:
+        return BackToSource("seed peers fetch from the origin")
+
+    if origin_ok:
+        others = [p for p in task.peers.values() if p.host is not peer.host and p.state in LIVE_STATES]
+        if not others:
+            return BackToSource("first peer of the task")
+        limit = config.back_to_source_limit_with_seed if graph.seed_hosts() else config.back_to_source_limit
+        if rounds >= config.retry_back_to_source_rounds and task.back_to_source_count(exclude=peer) < limit:
+            return BackToSource(f"no usable parent after {rounds} rounds")
+        if rounds >= config.retry_limit:
+            return BackToSource(f"no usable parent after {rounds} rounds (origin limit {limit} overridden)")
+    elif rounds >= config.retry_limit:
+        return Refuse(f"no usable parent after {rounds} rounds and the origin may not be used")
+    return Retry("no usable parent yet")

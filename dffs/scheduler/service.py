@@ -1,0 +1,349 @@
+"""The gRPC ``dffs.scheduler.Scheduler`` service, on ``grpc.aio``.
+
+Why asyncio and not grpcio's thread pool: every download in the cluster holds
+one AnnouncePeer stream for its whole life, and a synchronous grpcio server
+pins one worker thread per open stream, so the pool size would silently cap
+the number of downloads in the cluster.  ``grpc.aio`` serves each stream as a
+coroutine; the graph is touched only from the event loop, so it needs no lock.
+The scheduling work itself is synchronous and fast (:mod:`core`).
+
+AnnouncePeer contract (what a daemon sends and gets)
+====================================================
+0. Before any AnnouncePeer, ``AnnounceHost`` (Host: id, type, hostname, ip --
+   an IP address --, port -- the DfdaemonUpload gRPC port --, download_port
+   -- the HTTP piece port, required unless disable_shared --, idc, location,
+   labels; ``interval``: how often it will announce again).  Repeat every
+   interval: a host silent for ``host_ttl_intervals`` intervals (``host_ttl``
+   without an interval) is dropped with all its peers.  A register on an
+   unannounced host ends the stream NOT_FOUND.
+1. Open one AnnouncePeer stream per download.  Every message carries the same
+   ``host_id``, ``task_id`` and ``peer_id`` (else INVALID_ARGUMENT).  The
+   scheduler never recomputes the task id: the daemon's id rule is the truth.
+2. First message: ``register_peer_request{download}`` (url required;
+   piece_length, tag, application, priority, disable_back_to_source,
+   need_back_to_source honoured).  Anything else first: FAILED_PRECONDITION.
+   A peer id already registered: ALREADY_EXISTS.
+3. The scheduler answers **exactly one** AnnouncePeerResponse per register and
+   per ``reschedule_request``, and nothing else, ever:
+
+   * ``normal_task_response{candidate_parents}``: 1..K parents, best first.
+     Each Peer has ``id``, ``state``, ``host`` (id, type, ip, port,
+     download_port, idc, location) and ``task`` (id, piece_length,
+     content_length and piece_count once known).  No piece list: ask the
+     parent (SyncPieces on host.ip:host.port; bytes from
+     host.ip:host.download_port).  A parent may be a seed still fetching from
+     the origin (state ``triggered`` or ``back_to_source``) with no pieces yet:
+     wait for its pieces rather than dropping it at once.
+   * ``need_back_to_source_response{description}``: fetch from the origin.
+   * ``empty_task_response``: the object is empty; finish at once.
+   * or the stream ends FAILED_PRECONDITION (the origin may not be used and
+     no parent appeared within ``retry_limit`` rounds; priority LEVEL1).
+
+   The answer can take up to ``retry_limit`` x ``retry_interval`` (5 s by
+   default) while no parent is usable yet; it comes sooner when the task
+   changes (another peer reports a piece).  Wait for it before sending more.
+4. Then report, in order, as things happen:
+
+   * ``download_peer_started_request`` when fetching from parents begins,
+     ``download_peer_back_to_source_started_request`` when the origin does
+     (optional: the first piece implies it);
+   * ``download_piece_finished_request{piece{number, parent_id, offset,
+     length, digest, cost, traffic_type=REMOTE_PEER}}`` for each verified
+     piece from a parent (parent_id required: the id the scheduler gave);
+   * ``download_piece_back_to_source_finished_request{piece{number, offset,
+     length, digest, cost}}`` for each piece from the origin;
+   * ``download_piece_failed_request{piece_number, parent_id, temporary}``:
+     ``temporary=false`` (bad digest, parent gone) blocks that parent for this
+     peer; ``true`` only counts against it;
+   * ``reschedule_request{candidate_parents=[Peer{id}...]}`` to get a fresh
+     list without the listed parents (they stay blocked for this peer);
+   * finally ``download_peer_finished_request{content_length, piece_count}``
+     (or the back-to-source variant), or ``download_peer_failed_request`` (or
+     the back-to-source variant); then half-close.  The scheduler closes its
+     side with OK.
+
+   Report pieces promptly: they are what makes the peer a parent for others.
+   Piece numbers must be < piece_count once known, and < ``max_piece_count``.
+5. A stream that ends before a final message: a peer that never started
+   leaves, one mid-download is marked failed.  A succeeded peer stays a parent
+   after its stream closes, until DeletePeer, DeleteTask(host_id, task_id),
+   DeleteHost, its host's TTL or ``peer_ttl``.
+6. A seed daemon asked to fetch a task (``DfdaemonUpload/DownloadTask``, see
+   :mod:`trigger`) downloads it like any peer: AnnounceHost as
+   HOST_TYPE_SEED, AnnouncePeer register for the task; the scheduler answers
+   need-back-to-source and adopts the placeholder its children were told about.
+
+Errors end the stream (or the call) with INVALID_ARGUMENT, NOT_FOUND,
+ALREADY_EXISTS or FAILED_PRECONDITION and a one-line detail; oversized
+messages with RESOURCE_EXHAUSTED.  The server itself stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+
+import grpc
+from google.protobuf import empty_pb2, message_factory
+from google.protobuf.message import DecodeError
+
+from dffs.api import scheduler_pb2, scheduler_pb2_grpc
+from dffs.scheduler.config import SchedulerConfig
+from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
+from dffs.scheduler.errors import InvalidArgument, SchedulerError
+from dffs.scheduler.trigger import SeedTrigger
+
+log = logging.getLogger("dffs.scheduler")
+
+SERVICE_NAME = "dffs.scheduler.Scheduler"
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, SchedulerError):
+        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    log.error("event=internal_error error=%r", exc, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _unary(method):
+    """Run a synchronous unary handler; SchedulerError -> its status code."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        try:
+            return method(self, request)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            await _abort(context, exc)
+
+    return handler
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, core: SchedulerCore, *, seed_trigger: SeedTrigger | None = None):
+        self.core = core
+        self.config: SchedulerConfig = core.config
+        self.seed_trigger = seed_trigger
+        #: task id -> event set (and dropped) when the task changes.
+        self._changed: dict[str, asyncio.Event] = {}
+        #: task id -> scheduling rounds waiting on it.
+        self._waiters: dict[str, int] = {}
+        self._background: set[asyncio.Task] = set()
+        self._gc_task: asyncio.Task | None = None
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the GC loop (call from the event loop)."""
+        self._gc_task = asyncio.create_task(self._gc_loop(), name="scheduler-gc")
+
+    async def aclose(self) -> None:
+        """Stop the GC loop and pending seed triggers."""
+        tasks = [t for t in (self._gc_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        aclose = getattr(self.seed_trigger, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.gc_interval)
+            try:
+                report = self.core.gc()
+            except Exception:  # a bug in GC must not stop future passes
+                log.exception("event=gc_failed")
+                continue
+            for task_id in report.touched_tasks:
+                self._notify(task_id)
+
+    # ---- change notification ----------------------------------------------
+
+    def _notify(self, task_id: str) -> None:
+        event = self._changed.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def _notify_all(self) -> None:
+        for task_id in list(self._changed):
+            self._notify(task_id)
+
+    def _event(self, task_id: str) -> asyncio.Event:
+        event = self._changed.get(task_id)
+        if event is None:
+            event = self._changed[task_id] = asyncio.Event()
+        return event
+
+    # ---- seed triggers ----------------------------------------------------
+
+    def _start_trigger(self, trigger: SeedTriggerRequest) -> None:
+        if self.seed_trigger is None:
+            return
+        task = asyncio.create_task(self._run_trigger(trigger), name=f"seed-trigger-{trigger.task_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_trigger(self, trigger: SeedTriggerRequest) -> None:
+        try:
+            await asyncio.wait_for(self.seed_trigger(trigger), self.config.seed_trigger_timeout)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # noqa: BLE001 - any failure fails the placeholder
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("event=seed_trigger_accepted task=%s seed_host=%s", trigger.task_id, trigger.host_id)
+            return
+        self.core.seed_trigger_failed(trigger, reason)
+        self._notify(trigger.task_id)
+
+    # ---- AnnouncePeer -----------------------------------------------------
+
+    async def AnnouncePeer(self, request_iterator, context):
+        session: Session | None = None
+        peer_id = "-"
+        try:
+            async for request in request_iterator:
+                peer_id = request.peer_id or "-"
+                if session is None:
+                    session = self.core.register(request)
+                    wants_answer = True
+                else:
+                    wants_answer = self.core.handle(session, request)
+                self._notify(session.task_id)
+                if wants_answer:
+                    response = await self._answer(session)
+                    self._notify(session.task_id)
+                    yield response
+        except SchedulerError as exc:
+            log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.code, str(exc))
+            await _abort(context, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, the server stays up
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc)
+        finally:
+            if session is not None:
+                self.core.stream_closed(session)
+                self._notify(session.task_id)
+
+    async def _answer(self, session: Session) -> scheduler_pb2.AnnouncePeerResponse:
+        """Scheduling rounds until the policy answers.
+
+        A round is ``retry_interval``; a change to the task (another peer's
+        piece, a new peer, a failed seed trigger) re-evaluates at once without
+        counting as a round.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self.config.retry_interval
+        task_id = session.task_id
+        start = loop.time()
+        rounds = 0
+        self._waiters[task_id] = self._waiters.get(task_id, 0) + 1
+        try:
+            while True:
+                event = self._event(task_id)
+                answer = self.core.schedule(session, rounds)
+                if answer.trigger is not None:
+                    self._start_trigger(answer.trigger)
+                if answer.response is not None:
+                    return answer.response
+                next_round = start + (rounds + 1) * interval
+                try:
+                    await asyncio.wait_for(event.wait(), max(0.0, next_round - loop.time()))
+                except TimeoutError:
+                    pass
+                rounds = max(rounds, math.floor((loop.time() - start) / interval + 1e-9))
+        finally:
+            self._waiters[task_id] -= 1
+            if not self._waiters[task_id]:
+                del self._waiters[task_id]
+                self._changed.pop(task_id, None)
+
+    # ---- unary calls ------------------------------------------------------
+
+    @_unary
+    def AnnounceHost(self, request):
+        if self.core.announce_host(request):
+            self._notify_all()  # a new host (a seed) may unblock waiting peers
+        return empty_pb2.Empty()
+
+    @_unary
+    def DeleteHost(self, request):
+        for task_id in self.core.delete_host(request):
+            self._notify(task_id)
+        return empty_pb2.Empty()
+
+    @_unary
+    def StatTask(self, request):
+        return self.core.stat_task(request)
+
+    @_unary
+    def DeleteTask(self, request):
+        for task_id in self.core.delete_task(request):
+            self._notify(task_id)
+        return empty_pb2.Empty()
+
+    @_unary
+    def StatPeer(self, request):
+        return self.core.stat_peer(request)
+
+    @_unary
+    def DeletePeer(self, request):
+        for task_id in self.core.delete_peer(request):
+            self._notify(task_id)
+        return empty_pb2.Empty()
+
+
+# ---- registration ------------------------------------------------------------------
+
+
+def _parse(message_class, raw: bytes):
+    try:
+        return message_class.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(f"malformed {message_class.DESCRIPTOR.name}: {exc}") from None
+
+
+def add_to_server(service: SchedulerService, server: grpc.aio.Server) -> None:
+    """Register ``service``, decoding requests ourselves.
+
+    grpcio decodes requests before the handler runs and answers a corrupt one
+    with UNKNOWN and a logged traceback; here it is INVALID_ARGUMENT and one
+    log line, like any other bad input.
+    """
+    handlers = {}
+    for method in scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        behaviour = getattr(service, method.name)
+        if method.client_streaming and method.server_streaming:
+
+            async def stream(raw_iterator, context, behaviour=behaviour, request_class=request_class):
+                async def requests():
+                    async for raw in raw_iterator:
+                        yield _parse(request_class, raw)
+
+                async with contextlib.aclosing(behaviour(requests(), context)) as responses:
+                    async for response in responses:
+                        yield response
+
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(stream, response_serializer=serialize)
+        elif not method.client_streaming and not method.server_streaming:
+
+            async def unary(raw, context, behaviour=behaviour, request_class=request_class):
+                try:
+                    request = _parse(request_class, raw)
+                except InvalidArgument as exc:
+                    log.info("event=request_rejected code=INVALID_ARGUMENT detail=%r", str(exc))
+                    await _abort(context, exc)
+                return await behaviour(request, context)
+
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
+        else:  # pragma: no cover - the proto has no such method today
+            raise NotImplementedError(f"{SERVICE_NAME}/{method.name}: streaming shape not supported")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

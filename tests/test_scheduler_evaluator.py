@@ -1,0 +1,330 @@
+"""The scheduler's parent choice (dffs.scheduler.evaluator): pure, no sockets."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dffs.scheduler import evaluator
+from dffs.scheduler.evaluator import (
+    DEFAULT_WEIGHTS,
+    candidate_parents,
+    creates_cycle,
+    exclusion,
+    filter_parents,
+    idc_affinity,
+    is_bad_parent,
+    location_affinity,
+    rank_parents,
+)
+from dffs.scheduler.resource import PeerState
+from dffs.scheduler.testing import FakeClock, add_host, add_peer, make_graph
+
+
+@pytest.fixture
+def graph():
+    return make_graph(FakeClock())
+
+
+def ids(peers):
+    return [p.id for p in peers]
+
+
+# ---- filters ----------------------------------------------------------------
+
+
+def test_weights_sum_to_one():
+    assert sum(attrs.astuple(DEFAULT_WEIGHTS)) == pytest.approx(1.0)
+
+
+def test_same_host_and_self_are_excluded(graph):
+    child = add_peer(graph, "child", "h1")
+    sibling = add_peer(graph, "sibling", "h1", state=PeerState.RUNNING, pieces=3)
+    assert exclusion(child, child) == "self"
+    assert exclusion(sibling, child) == "same_host"
+    assert candidate_parents(child, graph) == []
+
+
+@pytest.mark.parametrize("state", [PeerState.FAILED, PeerState.LEAVING, PeerState.PENDING])
+def test_parents_in_bad_states_are_excluded(graph, state):
+    child = add_peer(graph, "child", "h1")
+    parent = add_peer(graph, "parent", "h2", state=state, pieces=2 if state is not PeerState.PENDING else 0)
+    assert exclusion(parent, child) in ("state",)
+
+
+@pytest.mark.parametrize("state", [PeerState.RUNNING, PeerState.BACK_TO_SOURCE, PeerState.SUCCEEDED])
+def test_parents_with_pieces_in_good_states_are_offered(graph, state):
+    child = add_peer(graph, "child", "h1")
+    add_peer(graph, "parent", "h2", state=state, pieces=2)
+    assert ids(candidate_parents(child, graph)) == ["parent"]
+
+
+def test_blocklist_by_peer_id_host_id_and_peer_blocks(graph):
+    child = add_peer(graph, "child", "h1")
+    add_peer(graph, "a", "h2", state=PeerState.RUNNING, pieces=2)
+    add_peer(graph, "b", "h3", state=PeerState.RUNNING, pieces=2)
+    add_peer(graph, "c", "h4", state=PeerState.RUNNING, pieces=2)
+    assert ids(candidate_parents(child, graph, blocklist={"a", "h3"})) == ["c"]
+    graph.block_parents(child, ["c"])
+    assert ids(candidate_parents(child, graph, blocklist={"a"})) == ["b"]
+    _, excluded = filter_parents(child, {"a", "h3"})
+    assert excluded == {"a": "blocked", "b": "blocked", "c": "blocked"}
+
+
+def test_useless_parent_has_nothing_the_child_lacks(graph):
+    child = add_peer(graph, "child", "h1", state=PeerState.RUNNING, pieces=[0, 1, 2])
+    add_peer(graph, "subset", "h2", state=PeerState.RUNNING, pieces=[0, 2])
+    add_peer(graph, "empty_bts", "h3", state=PeerState.BACK_TO_SOURCE)
+    add_peer(graph, "more", "h4", state=PeerState.RUNNING, pieces=[1, 3])
+    usable, excluded = filter_parents(child)
+    assert ids(usable) == ["more"]
+    assert excluded["subset"] == "useless" and excluded["empty_bts"] == "useless"
+
+
+def test_seed_fetching_from_origin_is_useful_without_pieces(graph):
+    child = add_peer(graph, "child", "h1")
+    seed_host = add_host(graph, "seed", seed=True)
+    seed = graph.add_triggered_seed(child.task, seed_host)
+    assert seed.state is PeerState.TRIGGERED
+    assert ids(candidate_parents(child, graph)) == [seed.id]
+    graph.register_peer("seed-peer", "seed", child.task.id, url="http://origin/task")  # adoption
+    assert seed.id == "seed-peer" and seed.state is PeerState.PENDING
+    assert candidate_parents(child, graph) == []  # pending: may never start
+    graph.peer_back_to_source_started(seed)
+    assert ids(candidate_parents(child, graph)) == ["seed-peer"]
+
+
+def test_normal_peer_fetching_from_origin_without_pieces_is_not_useful(graph):
+    child = add_peer(graph, "child", "h1")
+    add_peer(graph, "bts", "h2", state=PeerState.BACK_TO_SOURCE)
+    assert candidate_parents(child, graph) == []
+
+
+def test_disabled_sharing_and_full_upload_slots_exclude(graph):
+    child = add_peer(graph, "child", "h1")
+    add_host(graph, "private", disable_shared=True)
+    add_peer(graph, "p", "private", state=PeerState.RUNNING, pieces=1)
+    add_host(graph, "busy", labels={"upload_slots": "1"})
+    busy = add_peer(graph, "busy-peer", "busy", state=PeerState.RUNNING, pieces=1)
+    other_child = add_peer(graph, "other", "h9")
+    graph.set_parents(other_child, [busy])
+    _, excluded = filter_parents(child)
+    assert excluded["p"] == "not_shared"
+    assert excluded["busy-peer"] == "no_upload_slot"
+    # A child already using the slot may keep it on re-evaluation.
+    assert exclusion(busy, other_child) is None
+
+
+def test_cycles_direct_and_transitive_are_excluded(graph):
+    a = add_peer(graph, "a", "h1", state=PeerState.RUNNING, pieces=[0])
+    b = add_peer(graph, "b", "h2", state=PeerState.RUNNING, pieces=[1])
+    c = add_peer(graph, "c", "h3", state=PeerState.RUNNING, pieces=[2])
+    graph.set_parents(b, [a])  # a -> b
+    graph.set_parents(c, [b])  # b -> c
+    assert creates_cycle(b, a) and creates_cycle(c, a)
+    assert not creates_cycle(a, c)
+    assert exclusion(b, a) == "cycle" and exclusion(c, a) == "cycle"
+    assert ids(candidate_parents(a, graph)) == []
+    assert set(ids(candidate_parents(c, graph))) == {"a", "b"}
+
+
+def test_bad_parent_by_cost_is_excluded(graph):
+    child = add_peer(graph, "child", "h1")
+    slow = add_peer(graph, "slow", "h2", state=PeerState.RUNNING, pieces=2)
+    slow.upload_costs.extend([0.1, 0.1, 0.1, 0.1, 5.0])
+    assert exclusion(slow, child) == "bad"
+    slow.upload_costs.append(0.1)
+    assert exclusion(slow, child) is None
+
+
+# ---- bad-parent rule ----------------------------------------------------------
+
+
+def test_is_bad_parent_needs_history():
+    assert not is_bad_parent([])
+    assert not is_bad_parent([0.1, 100.0])
+    assert not is_bad_parent([0.1, 0.1, 100.0])  # 2 earlier samples < BAD_MIN_HISTORY
+    assert is_bad_parent([0.1, 0.1, 0.1, 100.0])
+
+
+def test_is_bad_parent_ratio_below_normal_sample():
+    history = [1.0] * 10
+    assert not is_bad_parent([*history, 20.0])
+    assert is_bad_parent([*history, 20.1])
+
+
+def test_is_bad_parent_three_sigma_on_large_sample():
+    history = [1.0, 1.2] * 20  # mean 1.1, stdev 0.1
+    assert not is_bad_parent([*history, 1.35])
+    assert not is_bad_parent([*history, 2.1])  # above 3 sigma but not twice the mean
+    assert is_bad_parent([*history, 2.3])
+
+
+def test_is_bad_parent_ignores_noise_floor():
+    assert not is_bad_parent([0.0, 0.0, 0.0, 0.01])  # 10 ms/MiB is not slow
+    assert is_bad_parent([0.0, 0.0, 0.0, 0.05])
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e3), min_size=4, max_size=80))
+def test_is_bad_parent_never_for_a_cost_at_or_below_the_mean(history):
+    mean = sum(history) / len(history)
+    assert not is_bad_parent([*history, mean])
+    assert not is_bad_parent([*history, min(history)])
+
+
+# ---- scoring ----------------------------------------------------------------
+
+
+def test_affinities():
+    assert idc_affinity("dc1", "DC1") == 1 and idc_affinity("dc1", "dc2") == 0 and idc_affinity("", "") == 0
+    assert location_affinity("a|b|c", "a|b|c") == 1
+    assert location_affinity("a|b|c", "a|b|d") == pytest.approx(2 / 5)
+    assert location_affinity("x|b", "a|b") == 0
+    assert location_affinity("", "a") == 0
+    assert location_affinity("a|b|c|d|e|f", "a|b|c|d|e|g") == 1
+
+
+def test_more_pieces_win(graph):
+    child = add_peer(graph, "child", "h1")
+    add_peer(graph, "few", "h2", state=PeerState.RUNNING, pieces=1)
+    add_peer(graph, "many", "h3", state=PeerState.RUNNING, pieces=8)
+    add_peer(graph, "done", "h4", state=PeerState.SUCCEEDED, pieces=10)
+    assert ids(candidate_parents(child, graph)) == ["done", "many", "few"]
+
+
+def test_idc_and_location_break_ties(graph):
+    add_host(graph, "me", idc="dc1", location="cn|sh|pd")
+    child = add_peer(graph, "child", "me")
+    add_host(graph, "far")
+    add_host(graph, "near-loc", location="cn|sh|xh")
+    add_host(graph, "same-idc", labels={"idc": "dc1"})
+    for host in ("far", "near-loc", "same-idc"):
+        add_peer(graph, host, host, state=PeerState.RUNNING, pieces=3)
+    assert ids(candidate_parents(child, graph)) == ["same-idc", "near-loc", "far"]
+
+
+def test_free_upload_slots_and_normal_hosts_preferred(graph):
+    child = add_peer(graph, "child", "h1")
+    add_host(graph, "loaded", labels={"upload_slots": "4"})
+    loaded = add_peer(graph, "loaded", "loaded", state=PeerState.SUCCEEDED, pieces=4)
+    for i in range(3):
+        graph.set_parents(add_peer(graph, f"c{i}", f"ch{i}"), [loaded])
+    add_host(graph, "idle", labels={"upload_slots": "4"})
+    add_peer(graph, "idle", "idle", state=PeerState.SUCCEEDED, pieces=4)
+    add_host(graph, "seedhost", seed=True, labels={"upload_slots": "4"})
+    add_peer(graph, "seed", "seedhost", state=PeerState.SUCCEEDED, pieces=4)
+    ranked = rank_parents(child, filter_parents(child)[0])
+    assert [c.peer.id for c in ranked] == ["idle", "seed", "loaded"]
+    assert ranked[0].parts["host_type"] == 1 and ranked[1].parts["host_type"] == 0.5
+    assert ranked[2].parts["free_upload"] == pytest.approx(0.25)
+
+
+def test_faster_parent_wins_and_unmeasured_is_neutral(graph):
+    child = add_peer(graph, "child", "h1")
+    fast = add_peer(graph, "fast", "h2", state=PeerState.RUNNING, pieces=3)
+    slow = add_peer(graph, "slow", "h3", state=PeerState.RUNNING, pieces=3)
+    add_peer(graph, "new", "h4", state=PeerState.RUNNING, pieces=3)
+    fast.upload_costs.extend([0.1] * 5)
+    slow.upload_costs.extend([0.8] * 5)
+    ranked = rank_parents(child, filter_parents(child)[0])
+    parts = {c.peer.id: c.parts["speed"] for c in ranked}
+    assert parts == {"fast": 1.0, "slow": pytest.approx(0.125), "new": 0.5}
+    assert [c.peer.id for c in ranked] == ["fast", "new", "slow"]
+
+
+def test_upload_failures_lower_the_score(graph):
+    child = add_peer(graph, "child", "h1")
+    a = add_peer(graph, "a", "h2", state=PeerState.RUNNING, pieces=3)
+    add_peer(graph, "b", "h3", state=PeerState.RUNNING, pieces=3)
+    a.host.upload_count, a.host.upload_failed_count = 1, 3
+    assert ids(candidate_parents(child, graph)) == ["b", "a"]
+
+
+def test_limit_k(graph):
+    child = add_peer(graph, "child", "h0")
+    for i in range(10):
+        add_peer(graph, f"p{i}", f"h{i + 1}", state=PeerState.RUNNING, pieces=i + 1)
+    assert ids(candidate_parents(child, graph)) == ["p9", "p8", "p7", "p6"]
+    assert len(candidate_parents(child, graph, limit=2)) == 2
+    assert candidate_parents(child, graph, limit=0) == []
+    assert len(candidate_parents(child, graph, limit=50)) == 10
+
+
+def test_ties_break_on_peer_id(graph):
+    child = add_peer(graph, "child", "h0")
+    for name in ("zeta", "alpha", "mid"):
+        add_peer(graph, name, f"host-{name}", state=PeerState.RUNNING, pieces=2)
+    assert ids(candidate_parents(child, graph)) == ["alpha", "mid", "zeta"]
+
+
+# ---- properties ---------------------------------------------------------------
+
+_STATES = [PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE, PeerState.SUCCEEDED, PeerState.FAILED]
+
+
+@st.composite
+def swarms(draw):
+    """A task's peers on a few hosts, random states, pieces, edges and costs."""
+    graph = make_graph(FakeClock())
+    n_hosts = draw(st.integers(1, 6))
+    for h in range(n_hosts):
+        add_host(
+            graph, f"h{h}", seed=draw(st.booleans()),
+            labels={"upload_slots": str(draw(st.integers(0, 3)))}, idc=draw(st.sampled_from(["", "dc1", "dc2"])),
+        )
+    peers = []
+    for i in range(draw(st.integers(1, 10))):
+        state = draw(st.sampled_from(_STATES))
+        pieces = draw(st.lists(st.integers(0, 15), max_size=8, unique=True))
+        if state is PeerState.PENDING:
+            pieces = []
+        peer = add_peer(
+            graph, f"p{i}", f"h{draw(st.integers(0, n_hosts - 1))}", state=state, pieces=pieces, piece_count=16
+        )
+        peer.upload_costs.extend(draw(st.lists(st.floats(0, 10), max_size=6)))
+        peers.append(peer)
+    for peer in peers:
+        if peer.state in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+            parents = draw(st.lists(st.sampled_from(peers), max_size=3, unique_by=id))
+            graph.set_parents(peer, [p for p in parents if p is not peer])
+    child = draw(st.sampled_from(peers))
+    blocklist = set(draw(st.lists(st.sampled_from([p.id for p in peers] + list(graph.hosts)), max_size=3)))
+    limit = draw(st.integers(0, 6))
+    return graph, child, blocklist, limit
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(swarms())
+def test_candidates_obey_every_filter(swarm):
+    graph, child, blocklist, limit = swarm
+    chosen = candidate_parents(child, graph, limit=limit, blocklist=blocklist)
+    assert len(chosen) <= limit
+    assert len({p.id for p in chosen}) == len(chosen)
+    for parent in chosen:
+        assert parent is not child and parent.host is not child.host
+        assert parent.id not in blocklist and parent.host.id not in blocklist
+        assert parent.id not in child.blocked_parents
+        assert parent.state in (PeerState.TRIGGERED, PeerState.RUNNING, PeerState.BACK_TO_SOURCE, PeerState.SUCCEEDED)
+        assert not creates_cycle(parent, child)
+        assert parent.has_pieces_missing_from(child) or evaluator.is_feeding_seed(parent)
+        assert not parent.host.disable_shared
+        assert parent.host.free_upload_slots > 0 or child.id in parent.children
+        assert not is_bad_parent(parent.upload_costs)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(swarms())
+def test_candidates_are_the_best_scored_usable_parents(swarm):
+    graph, child, blocklist, limit = swarm
+    usable, excluded = filter_parents(child, blocklist)
+    assert {p.id for p in usable}.isdisjoint(excluded)
+    assert {p.id for p in usable} | set(excluded) == {p.id for p in child.task.peers.values()} - {child.id}
+    ranked = rank_parents(child, usable)
+    scores = [c.score for c in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= c.score <= 1.0 + 1e-9 for c in ranked)
+    assert all(0.0 <= v <= 1.0 for c in ranked for v in c.parts.values())
+    chosen = candidate_parents(child, graph, limit=limit, blocklist=blocklist)
+    assert ids(chosen) == [c.peer.id for c in ranked[:limit]]

@@ -1,0 +1,418 @@
+"""Back-to-source policy and the AnnouncePeer protocol core: pure, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import duration_pb2
+
+from dffs.api import common_pb2, scheduler_pb2
+from dffs.scheduler import policy
+from dffs.scheduler.config import SchedulerConfig
+from dffs.scheduler.core import SchedulerCore
+from dffs.scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dffs.scheduler.policy import (
+    BackToSource,
+    EmptyTask,
+    PolicyConfig,
+    Refuse,
+    Retry,
+    TriggerSeed,
+    UseParents,
+    decide,
+)
+from dffs.scheduler.resource import PeerState
+from dffs.scheduler.testing import FakeClock, add_host, add_peer, make_graph
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def graph():
+    return make_graph(FakeClock())
+
+
+# ---- policy.decide ----------------------------------------------------------------
+
+
+def test_first_peer_without_seed_goes_to_the_origin(graph):
+    peer = add_peer(graph, "p", "h1")
+    assert decide(peer, graph) == BackToSource("first peer of the task")
+
+
+def test_peer_with_a_usable_parent_gets_it(graph):
+    add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE, pieces=1)
+    peer = add_peer(graph, "p", "h2")
+    decision = decide(peer, graph)
+    assert isinstance(decision, UseParents) and [p.id for p in decision.parents] == ["a"]
+
+
+def test_peer_waits_for_a_parent_that_has_no_piece_yet(graph):
+    add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE)
+    peer = add_peer(graph, "p", "h2")
+    assert isinstance(decide(peer, graph, rounds=0), Retry)
+    assert isinstance(decide(peer, graph, rounds=2), Retry)
+    assert decide(peer, graph, rounds=3) == BackToSource("no usable parent after 3 rounds")
+
+
+def test_back_to_source_limit_per_task(graph):
+    config = PolicyConfig(back_to_source_limit=2, retry_back_to_source_rounds=1, retry_limit=5)
+    add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE)
+    b = add_peer(graph, "b", "h2")
+    b.need_back_to_source = True
+    peer = add_peer(graph, "p", "h3")
+    assert isinstance(decide(peer, graph, rounds=1, config=config), Retry)  # 2 on the origin already
+    assert isinstance(decide(peer, graph, rounds=4, config=config), Retry)
+    assert isinstance(decide(peer, graph, rounds=5, config=config), BackToSource)  # retry_limit overrides
+    graph.peer_failed(graph.peer("a"))
+    assert isinstance(decide(peer, graph, rounds=1, config=config), BackToSource)
+
+
+def test_the_limit_is_lower_when_a_seed_exists(graph):
+    config = PolicyConfig(back_to_source_limit=3, back_to_source_limit_with_seed=1, retry_back_to_source_rounds=1)
+    seed = add_peer(graph, "seed", add_host(graph, "seedhost", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a = add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE)
+    peer = add_peer(graph, "p", "h2")
+    graph.block_parents(peer, [seed.id])
+    assert isinstance(decide(peer, graph, rounds=1, config=config), Retry)  # a is the 1 allowed
+    graph.peer_failed(a)
+    assert isinstance(decide(peer, graph, rounds=1, config=config), BackToSource)
+
+
+def test_seed_is_triggered_for_a_new_task(graph):
+    seed_host = add_host(graph, "seedhost", seed=True)
+    peer = add_peer(graph, "p", "h1")
+    assert decide(peer, graph) == TriggerSeed(seed_host)
+
+
+def test_seed_not_triggered_when_the_task_has_a_live_seed_peer(graph):
+    seed_host = add_host(graph, "seedhost", seed=True)
+    peer = add_peer(graph, "p", "h1")
+    placeholder = graph.add_triggered_seed(peer.task, seed_host)
+    assert decide(peer, graph) == UseParents((placeholder,))
+    graph.block_parents(peer, [placeholder.id])
+    assert isinstance(decide(peer, graph), Retry)  # no second trigger while one is live
+
+
+def test_seed_trigger_backoff_after_a_failure(graph):
+    clock = graph.clock
+    seed_host = add_host(graph, "seedhost", seed=True)
+    peer = add_peer(graph, "p", "h1")
+    graph.peer_failed(graph.add_triggered_seed(peer.task, seed_host))
+    config = PolicyConfig(seed_trigger_backoff=60)
+    assert decide(peer, graph, config=config) == BackToSource("first peer of the task")
+    clock.advance(61)
+    assert decide(peer, graph, config=config) == TriggerSeed(seed_host)
+
+
+def test_best_seed_host_is_chosen(graph):
+    add_host(graph, "me", idc="dc2", location="a|b")
+    add_host(graph, "seed-far", seed=True, idc="dc1")
+    add_host(graph, "seed-near", seed=True, idc="dc2")
+    add_host(graph, "seed-full", seed=True, idc="dc2", labels={"upload_slots": "0"})
+    add_host(graph, "seed-private", seed=True, idc="dc2", disable_shared=True)
+    peer = add_peer(graph, "p", "me")
+    assert decide(peer, graph) == TriggerSeed(graph.host("seed-near"))
+    assert policy.usable_seed_hosts(graph, peer) == [graph.host("seed-near"), graph.host("seed-far")]
+
+
+def test_seed_peer_goes_to_the_origin(graph):
+    add_host(graph, "seedhost", seed=True)
+    add_host(graph, "seed2", seed=True)
+    seed_peer = add_peer(graph, "s", "seedhost")
+    assert decide(seed_peer, graph) == BackToSource("seed peers fetch from the origin")
+
+
+def test_empty_task_and_requests(graph):
+    done = add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE)
+    graph.peer_finished(done, content_length=0, piece_count=0)
+    assert decide(add_peer(graph, "p", "h2"), graph) == EmptyTask()
+    asks = add_peer(graph, "q", "h3", task_id="t2", need_back_to_source=True)
+    add_peer(graph, "r", "h4", task_id="t2", state=PeerState.SUCCEEDED, pieces=1)
+    assert decide(asks, graph) == BackToSource("the download asked for the origin")
+    refused = add_peer(graph, "x", "h5", task_id="t3", priority=common_pb2.PRIORITY_LEVEL1)
+    assert isinstance(decide(refused, graph), Refuse)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"disable_back_to_source": True},
+        {"task_type": common_pb2.TASK_TYPE_PERSISTENT},
+        {"priority": common_pb2.PRIORITY_LEVEL2},
+    ],
+)
+def test_no_origin_means_wait_then_refuse(graph, options):
+    add_host(graph, "seedhost", seed=True)  # a seed cannot help either: it would need the origin
+    peer = add_peer(graph, "p", "h1", **options)
+    config = PolicyConfig(retry_limit=4)
+    assert isinstance(decide(peer, graph, rounds=3, config=config), Retry)
+    assert isinstance(decide(peer, graph, rounds=4, config=config), Refuse)
+
+
+# ---- SchedulerCore: the protocol over proto messages ----------------------------------
+
+
+def host_request(host_id, *, seed=False, ip="10.0.0.1", port=4000, download_port=4001, **fields):
+    return scheduler_pb2.AnnounceHostRequest(
+        host=common_pb2.Host(
+            id=host_id, type=common_pb2.HOST_TYPE_SEED if seed else common_pb2.HOST_TYPE_NORMAL,
+            hostname=host_id, ip=ip, port=port, download_port=download_port, **fields,
+        )
+    )
+
+
+def announce(host_id, task_id, peer_id, **request):
+    return scheduler_pb2.AnnouncePeerRequest(host_id=host_id, task_id=task_id, peer_id=peer_id, **request)
+
+
+def register(host_id, task_id, peer_id, url="http://origin/file", **download):
+    return announce(
+        host_id, task_id, peer_id,
+        register_peer_request=scheduler_pb2.RegisterPeerRequest(download=common_pb2.Download(url=url, **download)),
+    )
+
+
+def piece(number, *, parent_id=None, cost=0.05, length=4 * MiB):
+    p = common_pb2.Piece(number=number, offset=number * length, length=length, digest="blake3:00",
+                         cost=duration_pb2.Duration(nanos=int(cost * 1e9)))
+    if parent_id is not None:
+        p.parent_id = parent_id
+    return p
+
+
+@pytest.fixture
+def core():
+    clock = FakeClock()
+    core = SchedulerCore(SchedulerConfig(host_ttl=30, seed_trigger_backoff=60), clock=clock)
+    core.fake_clock = clock
+    return core
+
+
+def kind(answer):
+    return answer.response.WhichOneof("response") if answer.response is not None else None
+
+
+def test_core_full_flow(core):
+    core.announce_host(host_request("h1", ip="10.0.0.1"))
+    core.announce_host(host_request("h2", ip="10.0.0.2", idc="dc1"))
+    s1 = core.register(register("h1", "t", "p1"))
+    answer = core.schedule(s1)
+    assert kind(answer) == "need_back_to_source_response"
+    assert core.stat_peer(scheduler_pb2.StatPeerRequest(peer_id="p1")).need_back_to_source
+    assert not core.handle(s1, announce("h1", "t", "p1", download_peer_back_to_source_started_request={}))
+    core.handle(s1, announce("h1", "t", "p1", download_piece_back_to_source_finished_request={"piece": piece(0)}))
+
+    s2 = core.register(register("h2", "t", "p2"))
+    answer = core.schedule(s2)
+    assert kind(answer) == "normal_task_response"
+    (parent,) = answer.response.normal_task_response.candidate_parents
+    assert parent.id == "p1" and parent.host.ip == "10.0.0.1"
+    assert (parent.host.port, parent.host.download_port) == (4000, 4001)
+    assert parent.state == "back_to_source" and parent.task.id == "t"
+
+    core.handle(s2, announce("h2", "t", "p2", download_piece_finished_request={"piece": piece(0, parent_id="p1")}))
+    core.handle(s1, announce("h1", "t", "p1", download_piece_back_to_source_finished_request={"piece": piece(1)}))
+    core.handle(s1, announce("h1", "t", "p1", download_peer_back_to_source_finished_request={
+        "content_length": 8 * MiB, "piece_count": 2}))
+    core.handle(s2, announce("h2", "t", "p2", download_piece_finished_request={"piece": piece(1, parent_id="p1")}))
+    core.handle(s2, announce("h2", "t", "p2", download_peer_finished_request={
+        "content_length": 8 * MiB, "piece_count": 2}))
+    task = core.stat_task(scheduler_pb2.StatTaskRequest(task_id="t"))
+    assert task.state == "succeeded" and task.content_length == 8 * MiB and task.piece_count == 2
+    assert task.peer_count == 2 and task.has_available_peer and task.piece_length == 4 * MiB
+    stat = core.stat_peer(scheduler_pb2.StatPeerRequest(host_id="h2", task_id="t", peer_id="p2"))
+    assert stat.state == "succeeded" and [p.number for p in stat.pieces] == [0, 1]
+    core.stream_closed(s1)
+    core.stream_closed(s2)
+    assert core.graph.peer("p1").state is PeerState.SUCCEEDED  # still a parent after its stream ends
+
+
+def test_core_seed_trigger(core):
+    core.announce_host(host_request("seed", seed=True, ip="10.0.0.9", port=4100))
+    core.announce_host(host_request("h1"))
+    s = core.register(register("h1", "t", "p1", url="http://origin/big", tag="v1", piece_length=8 * MiB,
+                                request_header={"x-a": "b"}))
+    answer = core.schedule(s)
+    (parent,) = answer.response.normal_task_response.candidate_parents
+    trigger = answer.trigger
+    assert trigger is not None and core.triggers[-1] is trigger
+    assert (trigger.ip, trigger.port, trigger.host_id) == ("10.0.0.9", 4100, "seed")
+    assert trigger.placeholder_id == parent.id and parent.state == "triggered"
+    assert parent.host.type == common_pb2.HOST_TYPE_SEED
+    d = trigger.download
+    assert (d.url, d.tag, d.piece_length, dict(d.request_header)) == ("http://origin/big", "v1", 8 * MiB, {"x-a": "b"})
+    # The seed registers: adopted, and sent to the origin.
+    seed_session = core.register(register("seed", "t", "seed-peer", url="http://origin/big"))
+    assert kind(core.schedule(seed_session)) == "need_back_to_source_response"
+    assert core.graph.peer(parent.id).id == "seed-peer"
+    # The child reports a piece against the placeholder id it was given.
+    core.handle(seed_session, announce("seed", "t", "seed-peer",
+                                       download_piece_back_to_source_finished_request={"piece": piece(0)}))
+    core.handle(s, announce("h1", "t", "p1", download_piece_finished_request={"piece": piece(0, parent_id=parent.id)}))
+    assert core.graph.host("seed").upload_count == 1
+
+
+def test_core_failed_trigger_falls_back(core):
+    core.announce_host(host_request("seed", seed=True))
+    core.announce_host(host_request("h1"))
+    s = core.register(register("h1", "t", "p1"))
+    answer = core.schedule(s)
+    core.seed_trigger_failed(answer.trigger, "UNAVAILABLE: connection refused")
+    assert core.graph.peer(answer.trigger.placeholder_id).state is PeerState.FAILED
+    avoid = [{"id": answer.trigger.placeholder_id}]
+    core.handle(s, announce("h1", "t", "p1", reschedule_request={"candidate_parents": avoid}))
+    assert kind(core.schedule(s)) == "need_back_to_source_response"
+
+
+def test_core_reschedule_and_failed_parents(core):
+    for h in ("h1", "h2", "h3"):
+        core.announce_host(host_request(h))
+    sessions = {}
+    for h, p in (("h1", "a"), ("h2", "b")):
+        sessions[p] = core.register(register(h, "t", p))
+        core.graph.peer_back_to_source_started(core.graph.peer(p))
+        core.graph.piece_finished(core.graph.peer(p), 0)
+    s = core.register(register("h3", "t", "c"))
+    parents = [p.id for p in core.schedule(s).response.normal_task_response.candidate_parents]
+    assert sorted(parents) == ["a", "b"]
+    core.handle(s, announce("h3", "t", "c", download_piece_failed_request={
+        "piece_number": 0, "parent_id": "a", "temporary": False}))
+    assert core.handle(s, announce("h3", "t", "c", reschedule_request={}))
+    assert [p.id for p in core.schedule(s).response.normal_task_response.candidate_parents] == ["b"]
+    assert core.handle(s, announce("h3", "t", "c", reschedule_request={"candidate_parents": [{"id": "b"}]}))
+    assert core.schedule(s).response is None  # nothing left: wait for a round
+
+
+@pytest.mark.parametrize(
+    "request_,error",
+    [
+        (announce("h1", "t", "p", download_peer_started_request={}), FailedPrecondition),
+        (register("", "t", "p"), InvalidArgument),
+        (register("h1", "", "p"), InvalidArgument),
+        (register("h1", "t", ""), InvalidArgument),
+        (register("h1", "t", "p", url=""), InvalidArgument),
+        (register("h1", "t", "p" * 600), InvalidArgument),
+        (register("h1", "t", "p", piece_length=0), InvalidArgument),
+        (register("h1", "t", "p", type=7), InvalidArgument),
+        (register("nohost", "t", "p"), NotFound),
+        (announce("h1", "t", "p", register_peer_request={}), InvalidArgument),
+    ],
+)
+def test_core_register_rejects(core, request_, error):
+    core.announce_host(host_request("h1"))
+    with pytest.raises(error):
+        core.register(request_)
+    assert not core.graph.peers
+
+
+def test_core_stream_messages_are_checked(core):
+    core.announce_host(host_request("h1"))
+    s = core.register(register("h1", "t", "p"))
+    with pytest.raises(AlreadyExists):
+        core.register(register("h1", "t", "p"))
+    cases = [
+        (announce("h1", "t", "other", download_peer_started_request={}), InvalidArgument),
+        (announce("h1", "t2", "p", download_peer_started_request={}), InvalidArgument),
+        (announce("h2", "t", "p", download_peer_started_request={}), InvalidArgument),
+        (announce("h1", "t", "p"), InvalidArgument),
+        (register("h1", "t", "p"), FailedPrecondition),
+        (announce("h1", "t", "p", download_piece_back_to_source_finished_request={}), InvalidArgument),
+        (announce("h1", "t", "p", download_piece_finished_request={"piece": piece(0)}), InvalidArgument),
+        (announce("h1", "t", "p", download_piece_back_to_source_finished_request={"piece": piece(1 << 30)}),
+         InvalidArgument),
+        (announce("h1", "t", "p", download_piece_finished_request={"piece": piece(0, parent_id="p")}),
+         InvalidArgument),
+        (announce("h1", "t", "p", download_piece_failed_request={"piece_number": 0}), InvalidArgument),
+        (announce("h1", "t", "p", download_peer_finished_request={"content_length": 5, "piece_count": 0}),
+         InvalidArgument),
+    ]
+    for request_, error in cases:
+        with pytest.raises(error):
+            core.handle(s, request_)
+    bad_cost = piece(0)
+    bad_cost.cost.seconds = -5
+    with pytest.raises(InvalidArgument):
+        core.handle(s, announce("h1", "t", "p", download_piece_back_to_source_finished_request={"piece": bad_cost}))
+    assert core.graph.peer("p").finished_count == 0
+    core.handle(s, announce("h1", "t", "p", download_peer_failed_request={"description": "boom"}))
+    with pytest.raises(FailedPrecondition):
+        core.handle(s, announce("h1", "t", "p", download_peer_started_request={}))
+    with pytest.raises(FailedPrecondition):
+        core.schedule(s)
+
+
+def test_core_peer_deleted_under_an_open_stream(core):
+    core.announce_host(host_request("h1"))
+    s = core.register(register("h1", "t", "p"))
+    core.delete_host(scheduler_pb2.DeleteHostRequest(host_id="h1"))
+    with pytest.raises(NotFound):
+        core.handle(s, announce("h1", "t", "p", download_peer_started_request={}))
+    core.stream_closed(s)  # harmless
+
+
+def test_core_stream_closed(core):
+    core.announce_host(host_request("h1"))
+    core.announce_host(host_request("h2"))
+    pending = core.register(register("h1", "t", "p1"))
+    core.stream_closed(pending)
+    assert "p1" not in core.graph.peers
+    running = core.register(register("h2", "t", "p2"))
+    core.handle(running, announce("h2", "t", "p2", download_peer_back_to_source_started_request={}))
+    core.stream_closed(running)
+    assert core.graph.peer("p2").state is PeerState.FAILED
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"ip": "not-an-ip"}, "IP"),
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"download_port": 0}, "download port"),
+        ({"type": 5}, "type"),
+    ],
+)
+def test_core_announce_host_validation(core, fields, match):
+    host_fields = dict(ip="10.0.0.1", port=4000, download_port=4001) | fields
+    request = scheduler_pb2.AnnounceHostRequest(host=common_pb2.Host(id="h", **host_fields))
+    with pytest.raises(InvalidArgument, match=match):
+        core.announce_host(request)
+    assert not core.graph.hosts
+
+
+def test_core_announce_host_interval_and_unary_errors(core):
+    request = host_request("h", ip="::1")
+    request.interval.seconds = 10
+    assert core.announce_host(request) is True
+    assert core.announce_host(request) is False
+    assert core.graph.host("h").ttl == 30
+    with pytest.raises(InvalidArgument):
+        core.announce_host(scheduler_pb2.AnnounceHostRequest())
+    with pytest.raises(NotFound):
+        core.stat_task(scheduler_pb2.StatTaskRequest(task_id="nope"))
+    with pytest.raises(InvalidArgument):
+        core.stat_task(scheduler_pb2.StatTaskRequest())
+    with pytest.raises(NotFound):
+        core.stat_peer(scheduler_pb2.StatPeerRequest(peer_id="nope"))
+    with pytest.raises(NotFound):
+        core.delete_peer(scheduler_pb2.DeletePeerRequest(peer_id="nope"))
+    with pytest.raises(NotFound):
+        core.delete_task(scheduler_pb2.DeleteTaskRequest(host_id="h", task_id="nope"))
+    with pytest.raises(NotFound):
+        core.delete_host(scheduler_pb2.DeleteHostRequest(host_id="nope"))
+    s = core.register(register("h", "t", "p"))
+    with pytest.raises(InvalidArgument, match="belongs"):
+        core.stat_peer(scheduler_pb2.StatPeerRequest(task_id="other", peer_id="p"))
+    core.delete_peer(scheduler_pb2.DeletePeerRequest(host_id="h", task_id="t", peer_id="p"))
+    with pytest.raises(NotFound):
+        core.schedule(s)
+
+
+def test_core_gc_host_ttl(core):
+    core.announce_host(host_request("h1"))
+    core.register(register("h1", "t", "p1"))
+    core.fake_clock.advance(31)
+    report = core.gc()
+    assert report.hosts == ("h1",) and report.peers == ("p1",)
+    with pytest.raises(NotFound):
+        core.stat_peer(scheduler_pb2.StatPeerRequest(peer_id="p1"))
