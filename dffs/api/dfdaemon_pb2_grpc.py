@@ -51,6 +51,11 @@ class DfdaemonUploadStub:
                 request_serializer=dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.SerializeToString,
                 response_deserializer=dffs_dot_api_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.DownloadTask = channel.unary_stream(
+                '/dffs.dfdaemon.DfdaemonUpload/DownloadTask',
+                request_serializer=dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskRequest.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskResponse.FromString,
+                _registered_method=True)
 
 
 class DfdaemonUploadServicer:
@@ -76,6 +81,14 @@ class DfdaemonUploadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadTask(self, request, context):
+        """The scheduler's seed trigger: a seed daemon downloads the task (back to
+        source) as if a local client had asked, and streams its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DfdaemonUploadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_DfdaemonUploadServicer_to_server(servicer, server):
                     servicer.StatTask,
                     request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.FromString,
                     response_serializer=dffs_dot_api_dot_common__pb2.Task.SerializeToString,
+            ),
+            'DownloadTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadTask,
+                    request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskRequest.FromString,
+                    response_serializer=dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class DfdaemonUpload:
             '/dffs.dfdaemon.DfdaemonUpload/StatTask',
             dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.SerializeToString,
             dffs_dot_api_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dffs.dfdaemon.DfdaemonUpload/DownloadTask',
+            dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskRequest.SerializeToString,
+            dffs_dot_api_dot_dfdaemon__pb2.DownloadTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
