@@ -51,16 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="download a URL to a file through dffs")
     _add_get_arguments(get)
 
-    from dffs.cli.mount import add_daemon_arguments, add_mount_arguments
+    from dffs.cli.mount import add_daemon_arguments, add_host_arguments, add_mount_arguments
 
     mount = commands.add_parser("mount", help="mount the lazy filesystem in the foreground")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_daemon_arguments(mount)
+    add_host_arguments(mount)
     add_mount_arguments(mount)
     mount.add_argument("--verbose", "-v", action="store_true", help="log each mount event")
     daemon = commands.add_parser("daemon", help="run the per-host daemon (for now: its FUSE mount)")
     daemon.add_argument("--mount", metavar="MOUNTPOINT", help="serve the lazy filesystem here")
     add_daemon_arguments(daemon)
+    add_host_arguments(daemon)
     add_mount_arguments(daemon)
     daemon.add_argument("--verbose", "-v", action="store_true", help="log each event")
 

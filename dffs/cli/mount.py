@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+
+import attrs
 from pathlib import Path
 
 import trio
@@ -24,6 +26,17 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags")
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR...]", help="schedulers for P2P")
     parser.add_argument("--manager", metavar="ADDR", help="manager that hands out schedulers")
+
+
+def add_host_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a P2P host (``dffs daemon``, and ``dffs mount`` with --scheduler)."""
+    parser.add_argument("--ip", help="this host's address, advertised to peers (default 127.0.0.1)")
+    parser.add_argument("--hostname", help="this host's name (default: the system's)")
+    parser.add_argument("--upload-port", type=int, metavar="N", help="piece data plane port (default 4000)")
+    parser.add_argument("--rpc-port", type=int, metavar="N", help="gRPC upload service port (default 65000)")
+    parser.add_argument("--seed", action="store_true", default=None, help="act as a seed peer")
+    parser.add_argument("--idc", help="data centre label, to prefer close parents")
+    parser.add_argument("--location", help="location label 'area|country|city'")
 
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,17 +80,33 @@ def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
     )
     if cfg.read_timeout <= 0:
         raise UsageError("--read-timeout must be positive")
-    if args.scheduler or args.manager:
-        log.warning("event=p2p_unavailable detail='peer-to-peer is not built yet; reading from origins'")
+    if args.manager:
+        log.warning("event=manager_unavailable detail='the manager is not built yet; use --scheduler'")
     return cfg
+
+
+def daemon_config(args: argparse.Namespace):
+    from dffs.daemon.config import DaemonConfig
+
+    file_values = config_module.load_toml(args.config) if args.config else {}
+    return config_module.build(
+        DaemonConfig,
+        file_values,
+        {name: getattr(args, name, None) for name in
+         ("data_dir", "ip", "hostname", "upload_port", "rpc_port", "scheduler", "seed", "idc", "location")},
+        ignore=[f.name for f in attrs.fields(MountConfig)] + ["manager"],
+    )
 
 
 def run_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint if args.command == "mount" else args.mount
-    if not mountpoint:
-        raise UsageError("dffs daemon: nothing to run yet without --mount MOUNTPOINT")
-    cfg = mount_config(args, mountpoint)
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
-    trio.run(serve, cfg)
+    if args.command == "mount" and not args.scheduler:
+        trio.run(serve, mount_config(args, mountpoint))  # no P2P: no ports opened
+        return 0
+    from dffs.daemon.service import Daemon
+
+    daemon = Daemon(daemon_config(args), mount_config(args, mountpoint) if mountpoint else None)
+    trio.run(daemon.run)
     return 0

@@ -111,9 +111,12 @@ def set_read_ahead(mountpoint: Path, kb: int) -> None:
         log.info("event=read_ahead_unchanged path=%s error=%s", path, exc.strerror)
 
 
-def build(cfg: MountConfig) -> tuple[DffsOperations, StorageManager, SourceRegistry]:
-    """Everything the mount serves from; raises UsageError on bad input before mounting."""
-    sources = SourceRegistry(
+def build(cfg: MountConfig, tasks: TaskManager | None = None) -> tuple[DffsOperations, StorageManager, SourceRegistry]:
+    """Everything the mount serves from; raises UsageError on bad input before mounting.
+
+    A daemon passes its own TaskManager so the mount shares its storage and P2P.
+    """
+    sources = tasks.sources if tasks is not None else SourceRegistry(
         http_options=HttpOptions(
             connect_timeout=cfg.connect_timeout, read_timeout=cfg.origin_read_timeout, attempts=cfg.attempts,
             ca_file=cfg.ca_file,
@@ -128,15 +131,17 @@ def build(cfg: MountConfig) -> tuple[DffsOperations, StorageManager, SourceRegis
         negative_ttl=cfg.negative_ttl,
         op_timeout=cfg.read_timeout,
     )
-    storage = StorageManager(cfg.data_dir)
+    storage = tasks.storage if tasks is not None else StorageManager(cfg.data_dir)
+    tasks = tasks or TaskManager(storage, sources)
     policy = ReadPolicy(prefetch=cfg.prefetch, read_timeout=cfg.read_timeout, entry_timeout=cfg.metadata_ttl)
-    return DffsOperations(namespace, TaskManager(storage, sources), policy, cfg.data_dir), storage, sources
+    return DffsOperations(namespace, tasks, policy, cfg.data_dir), storage, sources
 
 
-async def serve(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Mount, serve until SIGINT/SIGTERM (or cancellation), and always unmount."""
     mountpoint = cfg.mountpoint.absolute()
-    operations, storage, sources = build(cfg)
+    owned = tasks is None
+    operations, storage, sources = build(cfg, tasks)
     prepare_mountpoint(mountpoint)
     options = set(pyfuse3.default_options) | {"fsname=dffs", "subtype=dffs", "ro"}
     if cfg.allow_other:
@@ -157,8 +162,9 @@ async def serve(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> No
     finally:
         with trio.CancelScope(shield=True):
             pyfuse3.close(unmount=True)
-            storage.close()
-            await sources.aclose()
+            if owned:
+                storage.close()
+                await sources.aclose()
         log.info("event=unmounted mountpoint=%s", mountpoint)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -38,8 +38,12 @@ class TaskManager:
         self.storage = storage
         self.sources = sources
         self.buffers = buffers or BufferPool()
+        #: ``async (task, request)`` run once for every task opened; the daemon uses it
+        #: to install the P2P fetcher.
+        self.on_open: Callable[[PeerTask, DownloadRequest], Awaitable[None]] | None = None
         self._tasks: dict[str, PeerTask] = {}
         self._opening: dict[str, trio.Lock] = {}
+        self._opened: dict[str, trio.Event] = {}
 
     async def open(self, request: DownloadRequest) -> PeerTask:
         """The PeerTask for ``request``, revalidated against the origin once per process.
@@ -84,8 +88,25 @@ class TaskManager:
                 )
                 store = await trio.to_thread.run_sync(self.storage.create_task, meta)
             task = PeerTask(store, source, stat, headers=request.headers, buffers=self.buffers)
+            if self.on_open is not None and not store.is_complete():
+                await self.on_open(task, request)
             self._tasks[tid] = task
+            self._opened.pop(tid, trio.Event()).set()
             return task
+
+    def active(self, tid: str) -> PeerTask | None:
+        """The task's PeerTask if this process has it open."""
+        return self._tasks.get(tid)
+
+    async def wait_active(self, tid: str, timeout: float) -> PeerTask | None:
+        """The task's PeerTask once something here opens it (None after ``timeout``).
+
+        A child may ask a parent about a task a moment before the parent (a
+        seed just triggered, say) has opened it."""
+        with trio.move_on_after(timeout):
+            while tid not in self._tasks:
+                await self._opened.setdefault(tid, trio.Event()).wait()
+        return self._tasks.get(tid)
 
     def forget(self, tid: str) -> None:
         """Drop the in-memory task (its pieces stay on disk unless deleted)."""

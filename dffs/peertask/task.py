@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from typing import Protocol
 
 import trio
 
@@ -20,6 +22,16 @@ from dffs.source.base import Source, SourceStat, Validators
 from dffs.storage import TaskStore
 
 log = logging.getLogger(__name__)
+
+
+class PieceFetcher(Protocol):
+    """Where a PeerTask's pieces come from when not straight from the origin."""
+
+    async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
+        """Fill ``buffer`` with piece ``number``; returns (came from the origin?, verified digest or None)."""
+
+    async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
+        """Piece ``number`` is now on disk (report it to the scheduler)."""
 
 #: Called with the number of bytes a piece added (whether fetched or found locally).
 ProgressCallback = Callable[[int], None]
@@ -47,15 +59,42 @@ class PeerTask:
         #: Bytes this process fetched from the origin for this task.
         self.source_bytes = 0
         self._complete = trio.Event()
+        #: Where pieces come from; None: the origin. The daemon installs a P2P
+        #: fetcher (parents first, the origin when the scheduler says so).
+        self.fetcher: PieceFetcher | None = None
+        #: Bytes received from other peers.
+        self.peer_bytes = 0
+        self._listeners: set[trio.MemorySendChannel] = set()
         self._note_written()
 
-    def _note_written(self) -> None:
+    def _note_written(self, number: int | None = None) -> None:
+        if number is not None:
+            for channel in list(self._listeners):
+                try:
+                    channel.send_nowait(number)
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    self._listeners.discard(channel)  # a listener that cannot keep up re-syncs
         if self.store.is_complete():
             self._complete.set()
 
     async def wait_complete(self) -> None:
         """Return once every piece of the task is present (however they arrived)."""
         await self._complete.wait()
+
+    @contextmanager
+    def subscription(self, capacity: int = 4096):
+        """A channel of piece numbers as they become present (for SyncPieces).
+
+        Enter it *before* reading the present pieces, so none is missed; an
+        end of channel inside the block means the subscriber fell behind.
+        """
+        send, receive = trio.open_memory_channel[int](capacity)
+        self._listeners.add(send)
+        try:
+            yield receive
+        finally:
+            self._listeners.discard(send)
+            send.close()
 
     @property
     def task_id(self) -> str:
@@ -110,8 +149,8 @@ class PeerTask:
         The bytes come straight from the origin, the source of truth; the
         piece's digest is computed when it is complete.
         """
-        if self.store.has_piece(number) or number in self._inflight:
-            return None
+        if self.store.has_piece(number) or number in self._inflight or self.fetcher is not None:
+            return None  # with P2P, whole pieces come from parents (verifiable); no origin shortcut
         span = self.store.span(number)
         end = min(start + length, span.length)
         event = self._inflight[number] = trio.Event()
@@ -141,7 +180,7 @@ class PeerTask:
                     )
             self.source_bytes += span.length
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
-            self._note_written()
+            self._note_written(number)
         except DffsError as exc:  # a background job: record it for the waiters, never crash the owner
             self._errors[number] = exc
             log.info("task=%s piece=%d event=complete_piece_failed error=%s", self.task_id, number, exc)
@@ -154,16 +193,27 @@ class PeerTask:
         span = self.store.span(number)
         started = time.monotonic()
         with self.buffers.borrow(span.length) as buffer:
-            await self.source.read_range(
-                self.stat.url, span.offset, buffer, headers=self.headers, validators=self.validators
-            )
-            self.source_bytes += span.length
-            await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
-        self._note_written()
+            if self.fetcher is not None:
+                origin, digest = await self.fetcher.fetch(self, number, buffer)
+            else:
+                await self.fetch_from_origin(number, buffer)
+                origin, digest = True, None
+            if origin:
+                self.source_bytes += span.length
+            else:
+                self.peer_bytes += span.length
+            await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
+        if self.fetcher is not None:  # report before completion can be announced
+            await self.fetcher.stored(self, number, origin, time.monotonic() - started)
+        self._note_written(number)
         log.debug(
-            "task=%s piece=%d source=origin bytes=%d ms=%.1f",
-            self.task_id, number, span.length, 1000 * (time.monotonic() - started),
+            "task=%s piece=%d source=%s bytes=%d ms=%.1f",
+            self.task_id, number, "origin" if origin else "peer", span.length, 1000 * (time.monotonic() - started),
         )
+
+    async def fetch_from_origin(self, number: int, buffer: memoryview) -> None:
+        span = self.store.span(number)
+        await self.source.read_range(self.stat.url, span.offset, buffer, headers=self.headers, validators=self.validators)
 
     # -------------------------------------------------------- whole task
     async def fetch_all(self, *, concurrency: int = 8, on_progress: ProgressCallback | None = None) -> None:
@@ -225,7 +275,7 @@ class PeerTask:
                 async for number, buffer, length in receive:
                     if not self.store.has_piece(number):
                         await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
-                        self._note_written()
+                        self._note_written(number)
                         progress(length)
                     free_send.send_nowait(buffer)
 

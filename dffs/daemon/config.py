@@ -1,0 +1,42 @@
+"""The daemon's configuration (flags and TOML keys of the same names)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+
+import attrs
+
+from dffs.config import DEFAULT_DATA_DIR
+
+
+@attrs.frozen
+class DaemonConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: The address this host is known by (and binds its servers to).
+    ip: str = "127.0.0.1"
+    hostname: str = attrs.field(factory=socket.gethostname)
+    #: HTTP piece data plane.
+    upload_port: int = 4000
+    #: gRPC DfdaemonUpload (SyncPieces, seed triggers).
+    rpc_port: int = 65000
+    scheduler: str | None = None
+    seed: bool = False
+    idc: str = ""
+    location: str = ""
+    announce_interval: float = 10.0
+    max_concurrent_uploads: int = 16
+    #: Seconds a piece may wait for any parent to have it before asking for new parents.
+    parent_wait: float = 3.0
+    #: Such waits before going to the origin anyway.
+    parent_rounds: int = 3
+
+    @property
+    def host_id(self) -> str:
+        kind = "seed" if self.seed else "normal"
+        return hashlib.sha256(f"{self.ip}|{self.hostname}|{kind}".encode()).hexdigest()[:32]
+
+    @property
+    def schedulers(self) -> list[str]:
+        return [s.strip() for s in (self.scheduler or "").split(",") if s.strip()]

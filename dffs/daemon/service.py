@@ -1,0 +1,115 @@
+"""``dffs daemon``: one process per host serving pieces and downloading through P2P.
+
+Everything lives in one trio nursery: the piece upload server (HTTP,
+sendfile), the gRPC DfdaemonUpload service (SyncPieces, seed triggers), the
+host announcements to the scheduler, each task's AnnouncePeer conversation,
+and the optional FUSE mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import grpc
+import trio
+
+from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from dffs.daemon.config import DaemonConfig
+from dffs.daemon.p2p import P2PContext, P2PFetcher
+from dffs.daemon.rpc import UploadService
+from dffs.fs.mount import MountConfig
+from dffs.fs.mount import serve as serve_mount
+from dffs.peertask import DownloadRequest, PeerTask, TaskManager
+from dffs.rpc import bridge
+from dffs.source import SourceRegistry
+from dffs.storage import StorageManager
+from dffs.upload import PieceUploadServer
+from dffs.upload.client import PieceClient
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, mount: MountConfig | None = None):
+        self.cfg = cfg
+        self.mount = mount
+        self.storage = StorageManager(cfg.data_dir)
+        self.sources = SourceRegistry()
+        self.tasks = TaskManager(self.storage, self.sources)
+        self.upload = PieceUploadServer(self.storage, host=cfg.ip, port=cfg.upload_port,
+                                        max_concurrent_uploads=cfg.max_concurrent_uploads)
+        self.ports: dict[str, int] = {}
+        self.p2p: P2PContext | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def _host(self) -> common_pb2.Host:
+        return common_pb2.Host(
+            id=self.cfg.host_id, type=common_pb2.HOST_TYPE_SEED if self.cfg.seed else common_pb2.HOST_TYPE_NORMAL,
+            hostname=self.cfg.hostname, ip=self.cfg.ip, port=self.ports["rpc"], download_port=self.ports["upload"],
+            idc=self.cfg.idc, location=self.cfg.location,
+        )
+
+    async def _announce_host(self, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
+        request = scheduler_pb2.AnnounceHostRequest(host=self._host())
+        request.interval.FromNanoseconds(int(self.cfg.announce_interval * 1e9))
+        while True:
+            try:
+                await bridge.unary(stub.AnnounceHost, request, timeout=5)
+            except grpc.RpcError as exc:
+                log.warning("host=%s event=announce_host_failed code=%s", self.cfg.host_id, exc.code())
+            await trio.sleep(self.cfg.announce_interval)
+
+    async def _attach_p2p(self, task: PeerTask, request: DownloadRequest) -> None:
+        assert self.p2p is not None and self._nursery is not None
+        fetcher = P2PFetcher(self.p2p, task, request)
+        task.fetcher = fetcher
+        await self._nursery.start(fetcher.run)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        upload_service = UploadService(self.storage, self.tasks, self.cfg.host_id)
+        piece_client = PieceClient()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.ports["upload"] = await nursery.start(self.upload.serve)
+                async with bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}",
+                                                   upload_service.register) as server:
+                    self.ports["rpc"] = server.port
+                    channel = None
+                    if self.cfg.schedulers:
+                        channel = bridge.insecure_channel(self.cfg.schedulers[0])
+                        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                        self.p2p = P2PContext(host_id=self.cfg.host_id, scheduler=stub, piece_client=piece_client,
+                                              parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds,
+                                              seed=self.cfg.seed)
+                        self.tasks.on_open = self._attach_p2p
+                        nursery.start_soon(self._announce_host, stub)
+                    log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
+                             self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
+                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
+                          flush=True)
+                    task_status.started(self)
+                    try:
+                        if self.mount is not None:
+                            await serve_mount(self.mount, tasks=self.tasks)
+                        else:
+                            await _wait_for_signal()
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        if self.p2p is not None:
+                            self.p2p.close()
+                        if channel is not None:
+                            channel.close()
+        finally:
+            with trio.CancelScope(shield=True):
+                await piece_client.aclose()
+                self.storage.close()
+                await self.sources.aclose()
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("event=signal signal=%s action=stop", signal.Signals(signum).name)
+            return
