@@ -8,6 +8,7 @@ so a second ``dffs get`` with the same data dir is served from local pieces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -19,9 +20,10 @@ import trio
 from dffs import config as config_module
 from dffs.config import GetConfig
 from dffs.digest import ExpectedDigest
-from dffs.errors import DigestMismatch, DffsError, SourceError, StorageError, UsageError
+from dffs.errors import DffsError, SourceError, StorageError, UsageError
 from dffs.peertask import DownloadRequest, TaskManager
-from dffs.peertask.export import check_output_path, export_task, verify_task
+from dffs.peertask.download import download_to_file
+from dffs.peertask.export import check_output_path
 from dffs.source import HttpOptions, SourceRegistry
 from dffs.storage import StorageManager
 
@@ -78,7 +80,12 @@ def run_get(args: argparse.Namespace) -> int:
     request = DownloadRequest(url=args.url, headers=headers, tag=args.tag, application=args.application)
     show_progress = not args.quiet and sys.stderr.isatty()
     started = time.monotonic()
-    summary = trio.run(_download, cfg, sources, request, expected, output, show_progress)
+    socket_path = cfg.socket or cfg.data_dir / "dffs.sock"
+    summary = None
+    if socket_path.exists():
+        summary = trio.run(_download_via_daemon, socket_path, request, expected, output, cfg.timeout)
+    if summary is None:
+        summary = trio.run(_download, cfg, sources, request, expected, output, show_progress)
     if show_progress:
         elapsed = time.monotonic() - started
         print(f"{output}: {summary}, {elapsed:.1f}s", file=sys.stderr)
@@ -96,30 +103,18 @@ async def _download(
     storage = StorageManager(cfg.data_dir)
     tasks = TaskManager(storage, sources)
     try:
-        with trio.fail_after(cfg.timeout or math.inf):
-            task = await tasks.open(request)
-            with _progress(task.store.meta.content_length, show_progress) as bar:
-                await task.fetch_all(concurrency=cfg.concurrency, on_progress=bar.update)
-                for _ in range(3):
-                    try:
-                        dropped = await trio.to_thread.run_sync(verify_task, task.store, expected)
-                    except DigestMismatch:
-                        await tasks.delete(task.task_id)  # the cache keeps no bytes a user rejected
-                        raise
-                    if not dropped:
-                        break
-                    log.warning("task=%s event=refetch_corrupt_pieces pieces=%s", task.task_id, dropped)
-                    bar.update(-sum(task.store.span(n).length for n in dropped))
-                    await task.fetch_all(concurrency=cfg.concurrency, on_progress=bar.update)
-                else:
-                    raise StorageError(f"task {task.task_id}: pieces keep failing verification")
-            method = await trio.to_thread.run_sync(export_task, task.store, output)
-        size = task.store.meta.content_length
-        log.info(
-            "task=%s event=download_done bytes=%d origin_bytes=%d export=%s",
-            task.task_id, size, task.source_bytes, method,
-        )
-        return f"{size} bytes, {task.source_bytes} from the origin, {size - task.source_bytes} from the cache"
+        bar = _NoProgress()
+        with trio.fail_after(cfg.timeout or math.inf), contextlib.ExitStack() as stack:
+
+            def started(task) -> None:
+                nonlocal bar
+                bar = stack.enter_context(_progress(task.store.meta.content_length, show_progress))
+
+            result = await download_to_file(
+                tasks, request, output, expected=expected, concurrency=cfg.concurrency,
+                on_start=started, on_progress=lambda n: bar.update(n),
+            )
+        return result.summary()
     except trio.TooSlowError:
         raise SourceError(f"{request.url}: download did not finish within {cfg.timeout:g}s") from None
     except OSError as exc:
@@ -128,6 +123,45 @@ async def _download(
         storage.close()
         with trio.CancelScope(shield=True):
             await sources.aclose()
+
+
+async def _download_via_daemon(socket_path, request, expected, output, timeout) -> str | None:
+    """Hand the download to the daemon behind ``socket_path``; None if none answers there."""
+    import grpc
+
+    from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+    from dffs.rpc import bridge
+
+    channel = bridge.insecure_channel(f"unix:{socket_path}")
+    try:
+        try:
+            await trio.to_thread.run_sync(lambda: grpc.channel_ready_future(channel).result(timeout=1))
+        except grpc.FutureTimeoutError:
+            log.info("event=daemon_unavailable socket=%s action=embedded", socket_path)
+            return None
+        download = common_pb2.Download(url=request.url, tag=request.tag, application=request.application,
+                                       request_header=dict(request.headers), output_path=str(output))
+        if expected is not None:
+            download.digest = str(expected)
+        if timeout:
+            download.timeout.FromNanoseconds(int(timeout * 1e9))
+        stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        summary = "done by the daemon"
+        try:
+            async with bridge.open_unary_stream(stub.DownloadTask,
+                                                dfdaemon_pb2.DownloadTaskRequest(download=download)) as stream:
+                async for response in stream:
+                    if response.WhichOneof("response") == "download_task_started_response":
+                        started = response.download_task_started_response
+                        headers = started.response_header
+                        summary = (f"{started.content_length} bytes via the daemon: "
+                                   f"{headers.get('x-dffs-origin-bytes', '?')} from the origin, "
+                                   f"{headers.get('x-dffs-peer-bytes', '?')} from peers")
+        except grpc.RpcError as exc:
+            raise DffsError(exc.details() or str(exc.code())) from None
+        return summary
+    finally:
+        channel.close()
 
 
 class _NoProgress:

@@ -101,3 +101,50 @@ class UploadService:
                 download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
                     piece=common_pb2.Piece(number=number, offset=span.offset, length=span.length)),
             )
+
+
+class DownloadService:
+    """DfdaemonDownload on the daemon's Unix socket: ``dffs get --socket`` hands its download here."""
+
+    def __init__(self, tasks: TaskManager, host_id: str):
+        self.tasks = tasks
+        self.host_id = host_id
+
+    def register(self, server: grpc.Server) -> None:
+        servicer = dfdaemon_pb2_grpc.DfdaemonDownloadServicer()
+        servicer.DownloadTask = bridge.trio_unary_stream(self.download_task)
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(servicer, server)
+
+    async def download_task(self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.ServicerContext):
+        from pathlib import Path
+
+        from dffs.digest import ExpectedDigest
+        from dffs.errors import UsageError
+        from dffs.peertask.download import download_to_file
+
+        download = request.download
+        if not download.url or not download.HasField("output_path"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "download.url and download.output_path are required")
+        try:
+            expected = ExpectedDigest.parse(download.digest) if download.HasField("digest") else None
+        except UsageError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        req = DownloadRequest(url=download.url, headers=dict(download.request_header), tag=download.tag,
+                              application=download.application)
+        timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0
+        try:
+            with trio.fail_after(timeout or float("inf")):
+                result = await download_to_file(self.tasks, req, Path(download.output_path), expected=expected)
+        except trio.TooSlowError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{download.url}: did not finish within {timeout:g}s")
+        except UsageError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DffsError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            host_id=self.host_id, task_id=result.task_id,
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=result.size, is_finished=True,
+                response_header={"x-dffs-origin-bytes": str(result.origin_bytes),
+                                 "x-dffs-peer-bytes": str(result.peer_bytes)}),
+        )

@@ -9,6 +9,7 @@ and the optional FUSE mount.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import grpc
@@ -17,7 +18,7 @@ import trio
 from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from dffs.daemon.config import DaemonConfig
 from dffs.daemon.p2p import P2PContext, P2PFetcher
-from dffs.daemon.rpc import UploadService
+from dffs.daemon.rpc import DownloadService, UploadService
 from dffs.fs.mount import MountConfig
 from dffs.fs.mount import serve as serve_mount
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
@@ -73,8 +74,13 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.ports["upload"] = await nursery.start(self.upload.serve)
+                socket_path = self.cfg.data_dir / "dffs.sock"
+                socket_path.unlink(missing_ok=True)
+                download_service = DownloadService(self.tasks, self.cfg.host_id)
                 async with bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}",
-                                                   upload_service.register) as server:
+                                                   upload_service.register) as server, \
+                        bridge.open_grpc_server(f"unix:{socket_path}", download_service.register):
+                    os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
                     self.ports["rpc"] = server.port
                     channel = None
                     if self.cfg.schedulers:
