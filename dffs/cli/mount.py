@@ -66,9 +66,12 @@ def parse_sources(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
     file_values = config_module.load_toml(args.config) if args.config else {}
+    from dffs.daemon.config import DaemonConfig
+
     cfg = config_module.build(
         MountConfig,
-        {k: v for k, v in file_values.items() if k not in ("scheduler", "manager")},
+        {k: v for k, v in file_values.items()
+         if k not in ("manager",) and k not in {f.name for f in attrs.fields(DaemonConfig)} - {"data_dir"}},
         {
             "mountpoint": Path(mountpoint),
             "data_dir": args.data_dir,

@@ -10,6 +10,7 @@ scheduler says so (or after ``parent_rounds`` fruitless waits).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 
@@ -27,6 +28,12 @@ from dffs.upload.client import PeerError, PieceClient
 log = logging.getLogger(__name__)
 
 
+class _SchedulerUnreachable(Exception):
+    def __init__(self, *, started: bool):
+        super().__init__("scheduler unreachable")
+        self.started = started
+
+
 @attrs.define(eq=False)
 class Parent:
     id: str
@@ -42,15 +49,23 @@ class Parent:
 class P2PContext:
     """What every fetcher of one daemon shares."""
 
-    def __init__(self, *, host_id: str, scheduler: scheduler_pb2_grpc.SchedulerStub, piece_client: PieceClient,
-                 parent_wait: float, parent_rounds: int, seed: bool):
+    def __init__(self, *, host_id: str, schedulers: dict[str, scheduler_pb2_grpc.SchedulerStub],
+                 piece_client: PieceClient, parent_wait: float, parent_rounds: int, seed: bool):
         self.host_id = host_id
-        self.scheduler = scheduler
+        #: scheduler address -> stub
+        self.schedulers = schedulers
         self.piece_client = piece_client
         self.parent_wait = parent_wait
         self.parent_rounds = parent_rounds
         self.seed = seed
         self._channels: dict[str, grpc.Channel] = {}
+
+    def schedulers_for(self, task_id: str) -> list[tuple[str, scheduler_pb2_grpc.SchedulerStub]]:
+        """Schedulers in the order this task tries them: rendezvous hashing on the task ID,
+        so every daemon picks the same one, and a dead one's tasks spread over the rest."""
+        order = sorted(self.schedulers, key=lambda addr: hashlib.sha256(f"{task_id}|{addr}".encode()).digest(),
+                       reverse=True)
+        return [(addr, self.schedulers[addr]) for addr in order]
 
     def upload_stub(self, ip: str, port: int) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
         target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
@@ -116,21 +131,16 @@ class P2PFetcher:
         )
         started = False
         try:
-            async with bridge.open_bidi_stream(self.ctx.scheduler.AnnouncePeer) as stream:
-                self._stream = stream
-                await self._send(self._message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download)))
-                task_status.started()
-                started = True
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._finish_when_complete, stream)
-                    try:
-                        async for response in stream:
-                            self._handle(response)
-                    except grpc.RpcError as exc:
-                        log.info("task=%s peer=%s event=announce_ended code=%s detail=%s",
-                                 self.task.task_id, self.peer_id, exc.code(), exc.details())
-                    nursery.cancel_scope.cancel()
+            for address, stub in self.ctx.schedulers_for(self.task.task_id):
+                try:
+                    await self._converse(stub, download, task_status if not started else trio.TASK_STATUS_IGNORED)
+                    started = True
+                    return
+                except _SchedulerUnreachable as exc:
+                    started = started or exc.started
+                    log.warning("task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
+                                self.task.task_id, self.peer_id, address)
+            log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task.task_id, self.peer_id)
         except (grpc.RpcError, DffsError) as exc:
             log.info("task=%s peer=%s event=announce_ended error=%s", self.task.task_id, self.peer_id, exc)
         finally:
@@ -139,6 +149,32 @@ class P2PFetcher:
             if not self.task.store.is_complete():
                 self._give_up_on_scheduler()  # nobody left to ask: the origin it is
             self._stream = None
+
+    async def _converse(self, stub, download, task_status) -> None:
+        """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered."""
+        async with bridge.open_bidi_stream(stub.AnnouncePeer) as stream:
+            self._stream = stream
+            await self._send(self._message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download)))
+            try:
+                first = await stream.receive()
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self._stream = None
+                    self.back_to_source = False
+                    raise _SchedulerUnreachable(started=False) from None
+                raise
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._finish_when_complete, stream)
+                self._handle(first)
+                try:
+                    async for response in stream:
+                        self._handle(response)
+                except grpc.RpcError as exc:
+                    log.info("task=%s peer=%s event=announce_ended code=%s detail=%s",
+                             self.task.task_id, self.peer_id, exc.code(), exc.details())
+                nursery.cancel_scope.cancel()
 
     async def _finish_when_complete(self, stream: bridge.BidiStream) -> None:
         await self.task.wait_complete()
@@ -219,7 +255,9 @@ class P2PFetcher:
                 return True, None
             with trio.move_on_after(self.ctx.parent_wait) as waited:
                 await changed.wait()
-            if waited.cancelled_caught:
+            if not waited.cancelled_caught:
+                rounds = 0  # progress somewhere (new pieces, parents, a decision): keep waiting
+            else:
                 rounds += 1
                 if rounds >= self.ctx.parent_rounds:
                     log.warning("task=%s piece=%d event=no_parent_serves action=back_to_source", task.task_id, number)

@@ -51,14 +51,16 @@ class Daemon:
             idc=self.cfg.idc, location=self.cfg.location,
         )
 
-    async def _announce_host(self, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
+    async def _announce_host(self, address: str, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
+        """Announce this host every interval (a restarted scheduler relearns it within one)."""
         request = scheduler_pb2.AnnounceHostRequest(host=self._host())
         request.interval.FromNanoseconds(int(self.cfg.announce_interval * 1e9))
         while True:
             try:
                 await bridge.unary(stub.AnnounceHost, request, timeout=5)
             except grpc.RpcError as exc:
-                log.warning("host=%s event=announce_host_failed code=%s", self.cfg.host_id, exc.code())
+                log.warning("host=%s event=announce_host_failed scheduler=%s code=%s", self.cfg.host_id, address,
+                            exc.code())
             await trio.sleep(self.cfg.announce_interval)
 
     async def _attach_p2p(self, task: PeerTask, request: DownloadRequest) -> None:
@@ -82,15 +84,15 @@ class Daemon:
                         bridge.open_grpc_server(f"unix:{socket_path}", download_service.register):
                     os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
                     self.ports["rpc"] = server.port
-                    channel = None
-                    if self.cfg.schedulers:
-                        channel = bridge.insecure_channel(self.cfg.schedulers[0])
-                        stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                        self.p2p = P2PContext(host_id=self.cfg.host_id, scheduler=stub, piece_client=piece_client,
+                    channels = {addr: bridge.insecure_channel(addr) for addr in self.cfg.schedulers}
+                    if channels:
+                        stubs = {addr: scheduler_pb2_grpc.SchedulerStub(ch) for addr, ch in channels.items()}
+                        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=stubs, piece_client=piece_client,
                                               parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds,
                                               seed=self.cfg.seed)
                         self.tasks.on_open = self._attach_p2p
-                        nursery.start_soon(self._announce_host, stub)
+                        for addr, stub in stubs.items():  # every scheduler knows every host
+                            nursery.start_soon(self._announce_host, addr, stub)
                     log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
                              self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
                     print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
@@ -105,7 +107,7 @@ class Daemon:
                         nursery.cancel_scope.cancel()
                         if self.p2p is not None:
                             self.p2p.close()
-                        if channel is not None:
+                        for channel in channels.values():
                             channel.close()
         finally:
             with trio.CancelScope(shield=True):
