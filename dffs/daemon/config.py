@@ -27,6 +27,8 @@ class DaemonConfig:
     location: str = ""
     announce_interval: float = 10.0
     max_concurrent_uploads: int = 16
+    #: Upload bandwidth cap for all uploads together, bytes per second (0: none).
+    upload_rate_limit: int = 0
     #: Seconds a piece may wait for any parent to have it before asking for new parents.
     parent_wait: float = 3.0
     #: Such waits before going to the origin anyway.

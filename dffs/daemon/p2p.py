@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import uuid
 
 import attrs
@@ -92,6 +93,7 @@ class P2PFetcher:
         self._stream: bridge.BidiStream | None = None
         self._send_lock = trio.Lock()
         self._piece_parent: dict[int, str] = {}
+        self._random = random.Random()
         self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------ conversation
@@ -266,6 +268,15 @@ class P2PFetcher:
                 avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if p.failures >= 3]
                 await self._send(self._message(reschedule_request=scheduler_pb2.RescheduleRequest(
                     candidate_parents=avoid, description=f"no parent has piece {number}")))
+
+    def choose(self, candidates: list[int]) -> int:
+        """Rarest first among pieces some parent has (random tie-break, so peers
+        diverge and trade); before any parent has any, a random one."""
+        held = {n: sum(1 for p in self.parents.values() if n in p.pieces and p.failures < 3) for n in candidates}
+        available = [n for n, count in held.items() if count]
+        if not available:
+            return min(candidates) if self.back_to_source else self._random.choice(candidates)
+        return min(available, key=lambda n: (held[n], self._random.random()))
 
     async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
         span = task.store.span(number)

@@ -39,7 +39,8 @@ class Daemon:
         self.sources = SourceRegistry()
         self.tasks = TaskManager(self.storage, self.sources)
         self.upload = PieceUploadServer(self.storage, host=cfg.ip, port=cfg.upload_port,
-                                        max_concurrent_uploads=cfg.max_concurrent_uploads)
+                                        max_concurrent_uploads=cfg.max_concurrent_uploads,
+                                        rate_limit_bytes_per_sec=cfg.upload_rate_limit or None)
         self.ports: dict[str, int] = {}
         self.p2p: P2PContext | None = None
         self._nursery: trio.Nursery | None = None

@@ -33,6 +33,9 @@ class PieceFetcher(Protocol):
     async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
         """Piece ``number`` is now on disk (report it to the scheduler)."""
 
+    def choose(self, candidates: list[int]) -> int:
+        """Which of the missing pieces a background worker should fetch next."""
+
 #: Called with the number of bytes a piece added (whether fetched or found locally).
 ProgressCallback = Callable[[int], None]
 
@@ -236,10 +239,25 @@ class PeerTask:
         await self._fetch_streamed(progress)
 
     async def _fetch_ranged(self, concurrency: int, progress: ProgressCallback) -> None:
-        queue = iter(self.store.missing_pieces())
+        missing = self.store.missing_pieces()  # ascending; only pieces no worker has chosen yet
+        window = 512  # P2P chooses among this many upcoming pieces: bounded work per choice
+
+        def next_piece() -> int | None:
+            # From the origin: in order. From peers: the fetcher picks (rarest
+            # first), so a swarm's peers fetch different pieces and trade them.
+            # Readers that need a piece now never wait here: they call ensure_piece.
+            if not missing:
+                return None
+            if self.fetcher is None:
+                return missing.pop(0)
+            upcoming = missing[:window]
+            candidates = [n for n in upcoming if n not in self._inflight and not self.store.has_piece(n)]
+            number = self.fetcher.choose(candidates) if candidates else upcoming[0]
+            missing.remove(number)
+            return number
 
         async def worker() -> None:
-            for number in queue:
+            while (number := next_piece()) is not None:
                 await self.fetch_piece(number)
                 progress(self.store.span(number).length)
 
