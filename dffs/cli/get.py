@@ -20,7 +20,7 @@ import trio
 from dffs import config as config_module
 from dffs.config import GetConfig
 from dffs.digest import ExpectedDigest
-from dffs.errors import DffsError, SourceError, StorageError, UsageError
+from dffs.errors import DffsError, SourceError, StorageError, UsageError, primary_error
 from dffs.peertask import DownloadRequest, TaskManager
 from dffs.peertask.download import download_to_file
 from dffs.peertask.export import check_output_path
@@ -75,8 +75,8 @@ def run_get(args: argparse.Namespace) -> int:
         check_output_path(output)
     except StorageError as exc:
         raise UsageError(str(exc)) from None
-    if cfg.scheduler or cfg.manager:
-        log.warning("event=p2p_unavailable detail='peer-to-peer is not built yet; downloading from the origin'")
+    if cfg.manager:
+        log.warning("event=manager_unavailable detail='the manager is not built yet; use --scheduler'")
     request = DownloadRequest(url=args.url, headers=headers, tag=args.tag, application=args.application)
     show_progress = not args.quiet and sys.stderr.isatty()
     started = time.monotonic()
@@ -84,6 +84,8 @@ def run_get(args: argparse.Namespace) -> int:
     summary = None
     if socket_path.exists():
         summary = trio.run(_download_via_daemon, socket_path, request, expected, output, cfg.timeout)
+    if summary is None and cfg.scheduler:
+        summary = trio.run(_download_embedded_peer, cfg, request, expected, output)
     if summary is None:
         summary = trio.run(_download, cfg, sources, request, expected, output, show_progress)
     if show_progress:
@@ -123,6 +125,28 @@ async def _download(
         storage.close()
         with trio.CancelScope(shield=True):
             await sources.aclose()
+
+
+async def _download_embedded_peer(cfg, request, expected, output) -> str:
+    """No daemon here but a scheduler given: join the swarm for this one download,
+    as a peer that takes pieces and is never offered as a parent (it is about to leave)."""
+    from dffs.daemon.config import DaemonConfig
+    from dffs.daemon.service import Daemon
+
+    daemon = Daemon(DaemonConfig(data_dir=cfg.data_dir, scheduler=cfg.scheduler, upload_port=0, rpc_port=0,
+                                 disable_shared=True), embedded=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            with trio.fail_after(cfg.timeout or math.inf):
+                result = await download_to_file(daemon.tasks, request, output, expected=expected,
+                                                concurrency=cfg.concurrency)
+            nursery.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise SourceError(f"{request.url}: download did not finish within {cfg.timeout:g}s") from None
+    except BaseExceptionGroup as group:
+        raise primary_error(group) from None
+    return result.summary()
 
 
 async def _download_via_daemon(socket_path, request, expected, output, timeout) -> str | None:

@@ -29,6 +29,8 @@ class DaemonConfig:
     max_concurrent_uploads: int = 16
     #: Upload bandwidth cap for all uploads together, bytes per second (0: none).
     upload_rate_limit: int = 0
+    #: Download through P2P but never be offered as a parent (short-lived embedded peers).
+    disable_shared: bool = False
     #: Seconds a piece may wait for any parent to have it before asking for new parents.
     parent_wait: float = 3.0
     #: Such waits before going to the origin anyway.

@@ -8,6 +8,7 @@ and the optional FUSE mount.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, mount: MountConfig | None = None):
+    def __init__(self, cfg: DaemonConfig, mount: MountConfig | None = None, *, embedded: bool = False):
         self.cfg = cfg
+        #: Run for one caller's download (``dffs get --scheduler`` without a daemon): no signals, no socket.
+        self.embedded = embedded
         self.mount = mount
         self.storage = StorageManager(cfg.data_dir)
         self.sources = SourceRegistry()
@@ -49,7 +52,7 @@ class Daemon:
         return common_pb2.Host(
             id=self.cfg.host_id, type=common_pb2.HOST_TYPE_SEED if self.cfg.seed else common_pb2.HOST_TYPE_NORMAL,
             hostname=self.cfg.hostname, ip=self.cfg.ip, port=self.ports["rpc"], download_port=self.ports["upload"],
-            idc=self.cfg.idc, location=self.cfg.location,
+            idc=self.cfg.idc, location=self.cfg.location, disable_shared=self.cfg.disable_shared,
         )
 
     async def _announce_host(self, address: str, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
@@ -78,12 +81,15 @@ class Daemon:
                 self._nursery = nursery
                 self.ports["upload"] = await nursery.start(self.upload.serve)
                 socket_path = self.cfg.data_dir / "dffs.sock"
-                socket_path.unlink(missing_ok=True)
                 download_service = DownloadService(self.tasks, self.cfg.host_id)
-                async with bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}",
-                                                   upload_service.register) as server, \
-                        bridge.open_grpc_server(f"unix:{socket_path}", download_service.register):
-                    os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
+                async with contextlib.AsyncExitStack() as servers:
+                    server = await servers.enter_async_context(
+                        bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_service.register))
+                    if not self.embedded:
+                        socket_path.unlink(missing_ok=True)
+                        await servers.enter_async_context(
+                            bridge.open_grpc_server(f"unix:{socket_path}", download_service.register))
+                        os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
                     self.ports["rpc"] = server.port
                     channels = {addr: bridge.insecure_channel(addr) for addr in self.cfg.schedulers}
                     if channels:
@@ -96,11 +102,14 @@ class Daemon:
                             nursery.start_soon(self._announce_host, addr, stub)
                     log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
                              self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
-                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
-                          flush=True)
+                    if not self.cfg.disable_shared:
+                        print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
+                              flush=True)
                     task_status.started(self)
                     try:
-                        if self.mount is not None:
+                        if self.embedded:
+                            await trio.sleep_forever()  # the caller cancels when its download is done
+                        elif self.mount is not None:
                             await serve_mount(self.mount, tasks=self.tasks)
                         else:
                             await _wait_for_signal()
