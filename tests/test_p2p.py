@@ -4,66 +4,63 @@ from __future__ import annotations
 
 import pytest
 
-from cli import sha256_file
+from cli import run_dffs, sha256_file
 from cluster import Daemon, scheduler
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
-def procs():
+def swarm(tmp_path, nginx_origin):
+    """An nginx origin serving tmp_path/www, a scheduler and a seed; ``swarm.peer(name, mount=)`` adds
+    daemons. Every process is stopped at teardown."""
     started = []
-    yield started
-    for p in reversed(started):
-        p.stop()
+
+    class Swarm:
+        root = tmp_path / "www"
+
+        def start(self):
+            self.root.mkdir()
+            self.origin = nginx_origin(self.root)
+            started.append(sched := scheduler(tmp_path))
+            self.addr = f"127.0.0.1:{sched.match.group(2)}"
+            self.seed = self.peer("seed", seed=True)
+            return self
+
+        def peer(self, name, **kwargs):
+            daemon = Daemon(tmp_path, name, self.addr, **kwargs)
+            started.append(daemon)
+            return daemon.start()
+
+    yield Swarm()
+    for process in reversed(started):
+        process.stop()
 
 
 @pytest.mark.slow
-def test_seed_then_peers_share_pieces_through_mounts(tmp_path, nginx_origin, make_file, procs):
-    root = tmp_path / "www"
-    root.mkdir()
-    digest = make_file(root / "f.bin", 24 * MiB + 5, seed=31)
-    origin = nginx_origin(root)
-    sched = scheduler(tmp_path)
-    procs.append(sched)
-    addr = f"127.0.0.1:{sched.match.group(2)}"
-    seed = Daemon(tmp_path, "seed", addr, seed=True)
-    procs.append(seed)
-    seed.start()
-    a = Daemon(tmp_path, "peer-a", addr, mount=True)
-    procs.append(a)
-    a.start()
-    b = Daemon(tmp_path, "peer-b", addr, mount=True)
-    procs.append(b)
-    b.start()
+def test_seed_then_peers_share_pieces_through_mounts(swarm, make_file):
+    swarm.start()
+    digest = make_file(swarm.root / "f.bin", 24 * MiB + 5, seed=31)
+    origin = swarm.origin
+    a, b = swarm.peer("peer-a", mount=True), swarm.peer("peer-b", mount=True)
 
     assert sha256_file(a.path("/f.bin", origin)) == digest
     origin.wait_for_requests(2)
     first = origin.body_bytes("/f.bin", "GET")
-    assert first <= 1.05 * (24 * MiB + 5), (first, a.output(), seed.output())
+    assert first <= 1.05 * (24 * MiB + 5), (first, a.output(), swarm.seed.output())
 
     assert sha256_file(b.path("/f.bin", origin)) == digest
     assert origin.body_bytes("/f.bin", "GET") == first  # B's bytes all came from peers
 
 
-def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(tmp_path, nginx_origin, make_file, procs):
-    from cli import run_dffs
-
-    root = tmp_path / "www"
-    root.mkdir()
-    digest = make_file(root / "g.bin", 12 * MiB + 3, seed=32)
-    origin = nginx_origin(root)
-    sched = scheduler(tmp_path)
-    procs.append(sched)
-    addr = f"127.0.0.1:{sched.match.group(2)}"
-    seed = Daemon(tmp_path, "seed", addr, seed=True)
-    procs.append(seed)
-    seed.start()
+def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(swarm, make_file, tmp_path):
+    swarm.start()
+    digest = make_file(swarm.root / "g.bin", 12 * MiB + 3, seed=32)
     out = tmp_path / "g.out"
-    result = run_dffs("get", origin.url("/g.bin"), "-O", str(out), "--data-dir", str(tmp_path / "embedded"),
-                      "--scheduler", addr, timeout=60)
+    result = run_dffs("get", swarm.origin.url("/g.bin"), "-O", str(out), "--data-dir", str(tmp_path / "embedded"),
+                      "--scheduler", swarm.addr, timeout=60)
     assert result.returncode == 0, result.stderr
     assert sha256_file(out) == digest
     # the embedded peer took every piece from the seed: the origin served the seed alone
-    origin.wait_for_requests(2)
-    assert origin.body_bytes("/g.bin", "GET") == 12 * MiB + 3
+    swarm.origin.wait_for_requests(2)
+    assert swarm.origin.body_bytes("/g.bin", "GET") == 12 * MiB + 3
