@@ -30,9 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class _SchedulerUnreachable(Exception):
-    def __init__(self, *, started: bool):
-        super().__init__("scheduler unreachable")
-        self.started = started
+    """The scheduler never answered the register: try the next one."""
 
 
 @attrs.define(eq=False)
@@ -95,6 +93,7 @@ class P2PFetcher:
         self._piece_parent: dict[int, str] = {}
         self._random = random.Random()
         self._nursery: trio.Nursery | None = None
+        self._started_status = None
 
     # ------------------------------------------------------ conversation
     def _message(self, **request) -> scheduler_pb2.AnnouncePeerRequest:
@@ -131,28 +130,31 @@ class P2PFetcher:
             piece_length=meta.piece_length, request_header=dict(self.request.headers),
             need_back_to_source=self.ctx.seed,
         )
-        started = False
+        self._started_status = task_status
         try:
             for address, stub in self.ctx.schedulers_for(self.task.task_id):
                 try:
-                    await self._converse(stub, download, task_status if not started else trio.TASK_STATUS_IGNORED)
-                    started = True
+                    await self._converse(stub, download)
                     return
-                except _SchedulerUnreachable as exc:
-                    started = started or exc.started
+                except _SchedulerUnreachable:
                     log.warning("task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
                                 self.task.task_id, self.peer_id, address)
             log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task.task_id, self.peer_id)
         except (grpc.RpcError, DffsError) as exc:
             log.info("task=%s peer=%s event=announce_ended error=%s", self.task.task_id, self.peer_id, exc)
         finally:
-            if not started:
-                task_status.started()
+            self._report_started()
             if not self.task.store.is_complete():
                 self._give_up_on_scheduler()  # nobody left to ask: the origin it is
             self._stream = None
 
-    async def _converse(self, stub, download, task_status) -> None:
+    def _report_started(self) -> None:
+        """Tell whoever started us (once) that the task may begin fetching."""
+        status, self._started_status = self._started_status, None
+        if status is not None:
+            status.started()
+
+    async def _converse(self, stub, download) -> None:
         """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered."""
         async with bridge.open_bidi_stream(stub.AnnouncePeer) as stream:
             self._stream = stream
@@ -163,9 +165,9 @@ class P2PFetcher:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     self._stream = None
                     self.back_to_source = False
-                    raise _SchedulerUnreachable(started=False) from None
+                    raise _SchedulerUnreachable() from None
                 raise
-            task_status.started()
+            self._report_started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._finish_when_complete, stream)
