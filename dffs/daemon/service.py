@@ -73,54 +73,63 @@ class Daemon:
         task.fetcher = fetcher
         await self._nursery.start(fetcher.run)
 
+    def _join_schedulers(self, nursery: trio.Nursery, piece_client: PieceClient) -> list[grpc.Channel]:
+        """Channels to every --scheduler; P2P for every task opened from now on."""
+        channels = {addr: bridge.insecure_channel(addr) for addr in self.cfg.schedulers}
+        if not channels:
+            return []
+        stubs = {addr: scheduler_pb2_grpc.SchedulerStub(ch) for addr, ch in channels.items()}
+        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=stubs, piece_client=piece_client,
+                              parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds, seed=self.cfg.seed)
+        self.tasks.on_open = self._attach_p2p
+        for addr, stub in stubs.items():  # every scheduler knows every host
+            nursery.start_soon(self._announce_host, addr, stub)
+        return list(channels.values())
+
+    async def _main_job(self) -> None:
+        if self.embedded:
+            await trio.sleep_forever()  # the caller cancels when its download is done
+        elif self.mount is not None:
+            await serve_mount(self.mount, tasks=self.tasks)
+        else:
+            await _wait_for_signal()
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        upload_service = UploadService(self.storage, self.tasks, self.cfg.host_id)
+        """Serve until SIGINT/SIGTERM (or the mount is unmounted, or the caller cancels)."""
         piece_client = PieceClient()
+        channels: list[grpc.Channel] = []
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as servers:
                 self._nursery = nursery
                 self.ports["upload"] = await nursery.start(self.upload.serve)
-                socket_path = self.cfg.data_dir / "dffs.sock"
-                download_service = DownloadService(self.tasks, self.cfg.host_id)
-                async with contextlib.AsyncExitStack() as servers:
-                    server = await servers.enter_async_context(
-                        bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_service.register))
-                    if not self.embedded:
-                        socket_path.unlink(missing_ok=True)
-                        await servers.enter_async_context(
-                            bridge.open_grpc_server(f"unix:{socket_path}", download_service.register))
-                        os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
-                    self.ports["rpc"] = server.port
-                    channels = {addr: bridge.insecure_channel(addr) for addr in self.cfg.schedulers}
-                    if channels:
-                        stubs = {addr: scheduler_pb2_grpc.SchedulerStub(ch) for addr, ch in channels.items()}
-                        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=stubs, piece_client=piece_client,
-                                              parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds,
-                                              seed=self.cfg.seed)
-                        self.tasks.on_open = self._attach_p2p
-                        for addr, stub in stubs.items():  # every scheduler knows every host
-                            nursery.start_soon(self._announce_host, addr, stub)
-                    log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
-                             self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
-                    if not self.cfg.disable_shared:
-                        print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
-                              flush=True)
-                    task_status.started(self)
-                    try:
-                        if self.embedded:
-                            await trio.sleep_forever()  # the caller cancels when its download is done
-                        elif self.mount is not None:
-                            await serve_mount(self.mount, tasks=self.tasks)
-                        else:
-                            await _wait_for_signal()
-                    finally:
-                        nursery.cancel_scope.cancel()
-                        if self.p2p is not None:
-                            self.p2p.close()
-                        for channel in channels.values():
-                            channel.close()
+                upload_rpc = UploadService(self.storage, self.tasks, self.cfg.host_id)
+                server = await servers.enter_async_context(
+                    bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_rpc.register))
+                self.ports["rpc"] = server.port
+                if not self.embedded:
+                    socket_path = self.cfg.data_dir / "dffs.sock"
+                    socket_path.unlink(missing_ok=True)
+                    download_rpc = DownloadService(self.tasks, self.cfg.host_id)
+                    await servers.enter_async_context(bridge.open_grpc_server(f"unix:{socket_path}",
+                                                                              download_rpc.register))
+                    os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
+                channels = self._join_schedulers(nursery, piece_client)
+                log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
+                         self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
+                if not self.embedded:
+                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
+                          flush=True)
+                task_status.started(self)
+                try:
+                    await self._main_job()
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                if self.p2p is not None:
+                    self.p2p.close()
+                for channel in channels:
+                    channel.close()
                 await piece_client.aclose()
                 self.storage.close()
                 await self.sources.aclose()
