@@ -11,6 +11,7 @@ packages=(
   nginx-light curl                                             # the demo origin and test origins
   iproute2 procps                                              # network namespaces, process tools in tests
   rclone                                                       # the lazy-mount competitor in scripts/bench
+  postgresql                                                   # the manager's PostgreSQL tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pg import own_pg_cluster, pg_cluster  # noqa: F401  (a throwaway PostgreSQL, one per session)
 from s3_server import moto_s3, s3  # noqa: F401  (moto's S3 server fixtures)
 
 try:  # tests/ as a package, or tests/ on sys.path (pytest's default "prepend")

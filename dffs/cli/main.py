@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = commands.add_parser("scheduler", help="run the scheduler (parent choice for P2P)")
     add_scheduler_arguments(scheduler)
+
+    from dffs.cli.manager import add_manager_arguments
+
+    manager = commands.add_parser("manager", help="run the manager (cluster membership, config, jobs)")
+    add_manager_arguments(manager)
     return parser
 
 
@@ -90,6 +95,10 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.scheduler import run_scheduler
 
             return run_scheduler(args)
+        if args.command == "manager":
+            from dffs.cli.manager import run_manager
+
+            return run_manager(args)
         raise UsageError(f"unknown command {args.command!r}")
     except DffsError as exc:
         if debug:

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the manager's schema (applied by ``dffs manager`` on start)."""

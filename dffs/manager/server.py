@@ -1,0 +1,101 @@
+"""Run the manager: migrate the database, bind gRPC and HTTP, print the
+addresses, expire silent members, serve until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+import grpc
+
+from dffs.api import manager_pb2_grpc
+from dffs.errors import DffsError
+from dffs.manager import db
+from dffs.manager.config import ManagerConfig
+from dffs.manager.http import Api, HttpApiServer
+from dffs.manager.jobs import JobStore
+from dffs.manager.service import ManagerService
+from dffs.manager.store import Store
+from dffs.rpc.bridge import server_options
+
+log = logging.getLogger("dffs.manager")
+
+STOP_GRACE = 0.5
+
+
+async def expire_loop(store: Store, interval: float) -> None:
+    """Marks members whose keepalive is older than the TTL inactive, forever."""
+    while True:
+        try:
+            count = await asyncio.to_thread(store.expire)
+            if count:
+                log.info("event=members_expired count=%d", count)
+        except db.DatabaseUnavailable as exc:
+            log.warning("event=expire_failed error=%r", str(exc))
+        await asyncio.sleep(interval)
+
+
+async def serve(
+    config: ManagerConfig, stop: asyncio.Event, *, ready: Callable[[str, int, str, int | None], None] | None = None
+) -> None:
+    engine = db.create_engine(config.db, connect_timeout=config.db_connect_timeout)
+    try:
+        revision = await asyncio.to_thread(db.migrate, engine)
+        log.info("event=schema_ready revision=%s", revision)
+        store = Store(engine, keepalive_ttl=config.keepalive_ttl)
+        jobs = JobStore(engine)
+        service = ManagerService(store, jobs)
+        server = grpc.aio.server(options=server_options())
+        manager_pb2_grpc.add_ManagerServicer_to_server(service, server)
+        try:
+            port = server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise DffsError(f"manager cannot listen on {config.listen}: {exc}") from None
+        http = HttpApiServer(config.http_listen, Api(store, jobs)) if config.http_listen else None
+        await server.start()
+        if http is not None:
+            http.start()
+        interval = config.expire_interval or max(config.keepalive_ttl / 3, 0.05)
+        expirer = asyncio.create_task(expire_loop(store, interval))
+        try:
+            log.info("event=listening address=%s port=%d", config.listen, port)
+            if ready is not None:
+                ready(config.listen, port, config.http_listen, http.port if http else None)
+            await stop.wait()
+            log.info("event=stopping")
+        finally:
+            service.stopping = True
+            expirer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expirer
+            await server.stop(STOP_GRACE)
+            if http is not None:
+                await asyncio.to_thread(http.close)
+    finally:
+        engine.dispose()
+
+
+def _print_ready(address: str, port: int, http_address: str, http_port: int | None) -> None:
+    print(f"dffs manager: listening on {address.rpartition(':')[0]}:{port} (port {port})", flush=True)
+    if http_port is not None:
+        host = http_address.rpartition(":")[0]
+        print(f"dffs manager: http api on http://{host}:{http_port}/api/v1 (port {http_port})", flush=True)
+
+
+def run(config: ManagerConfig) -> int:
+    """The ``dffs manager`` process: serve until SIGINT or SIGTERM, then exit 0."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop, ready=_print_ready)
+
+    asyncio.run(main())
+    sys.stdout.flush()
+    return 0
