@@ -363,3 +363,16 @@ def test_mount_raises_kernel_readahead(www, nginx_origin, mount):
     m = mount()
     device = mountinfo_entry(m.mountpoint)[2]
     assert (Path("/sys/class/bdi") / device / "read_ahead_kb").read_text().strip() == "4096"
+
+
+def test_unmount_logs_what_the_mount_did(www, nginx_origin, mount):
+    (www / "a.txt").write_text("hello")
+    origin = nginx_origin(www)
+    m = mount()
+    assert (m.mountpoint / origin_path(origin, "/a.txt")).read_text() == "hello"
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.mountpoint / origin_path(origin, "/missing"))
+    assert m.stop() == 0
+    line = next(l for l in m.output().splitlines() if "event=unmounted" in l)
+    assert "reads=1" in line and "read_bytes=5" in line and "read_errors=0" in line
+    assert "origin_metadata_requests=2" in line  # one HEAD for a.txt, one for missing

@@ -165,7 +165,9 @@ async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_stat
             if owned:
                 storage.close()
                 await sources.aclose()
-        log.info("event=unmounted mountpoint=%s", mountpoint)
+        counters = " ".join(f"{k}={v}" for k, v in operations.counters.items())
+        log.info("event=unmounted mountpoint=%s %s origin_metadata_requests=%d", mountpoint, counters,
+                 operations.ns.origin_requests)
 
 
 async def _tune_read_ahead(mountpoint: Path, kb: int) -> None:
