@@ -158,26 +158,32 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         )
         return scheduler_pb(row, seeds)
 
-    async def UpdateScheduler(self, request, context):
+    async def _register(self, context, kind, request, **extra):
+        """Register or refresh a member (scheduler or seed peer) and log it."""
         row = await self._call(
             context,
             self.store.register,
-            SCHEDULER,
+            kind,
             hostname=request.hostname,
             ip=request.ip,
             port=request.port,
             cluster_id=request.cluster_id,
             idc=request.idc,
             location=request.location,
+            **extra,
         )
         log.info(
-            "event=scheduler_registered hostname=%s ip=%s port=%d cluster=%d",
+            "event=%s_registered hostname=%s ip=%s port=%d cluster=%d",
+            "scheduler" if kind == SCHEDULER else "seed_peer",
             row["hostname"],
             row["ip"],
             row["port"],
             row["cluster_id"],
         )
-        return scheduler_pb(row)
+        return row
+
+    async def UpdateScheduler(self, request, context):
+        return scheduler_pb(await self._register(context, SCHEDULER, request))
 
     async def ListSeedPeers(self, request, context):
         rows = await self._call(
@@ -186,25 +192,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return pb.ListSeedPeersResponse(seed_peers=[seed_peer_pb(r) for r in rows])
 
     async def UpdateSeedPeer(self, request, context):
-        row = await self._call(
-            context,
-            self.store.register,
-            SEED_PEER,
-            hostname=request.hostname,
-            ip=request.ip,
-            port=request.port,
-            cluster_id=request.cluster_id,
-            idc=request.idc,
-            location=request.location,
-            download_port=request.download_port,
-            type=request.type,
-        )
-        log.info(
-            "event=seed_peer_registered hostname=%s ip=%s port=%d cluster=%d",
-            row["hostname"],
-            row["ip"],
-            row["port"],
-            row["cluster_id"],
+        row = await self._register(
+            context, SEED_PEER, request, download_port=request.download_port, type=request.type
         )
         return seed_peer_pb(row)
 
