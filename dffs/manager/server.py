@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 from collections.abc import Callable
 
 import grpc
 
+from dffs.aioserver import run_until_signal
 from dffs.api import manager_pb2_grpc
 from dffs.errors import DffsError
 from dffs.manager import db
@@ -88,14 +87,4 @@ def _print_ready(address: str, port: int, http_address: str, http_port: int | No
 
 def run(config: ManagerConfig) -> int:
     """The ``dffs manager`` process: serve until SIGINT or SIGTERM, then exit 0."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop, ready=_print_ready)
-
-    asyncio.run(main())
-    sys.stdout.flush()
-    return 0
+    return run_until_signal(lambda stop: serve(config, stop, ready=_print_ready))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
 from collections.abc import Callable
 
 import grpc
 
+from dffs.aioserver import run_until_signal
 from dffs.errors import DffsError
 from dffs.rpc.bridge import channel_options, is_unix_address, server_options
 from dffs.scheduler.config import SchedulerConfig
@@ -66,14 +65,4 @@ def _print_ready(address: str, port: int) -> None:
 
 def run(config: SchedulerConfig) -> int:
     """The ``dffs scheduler`` process: serve until SIGINT or SIGTERM, then exit 0."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop, ready=_print_ready)
-
-    asyncio.run(main())
-    sys.stdout.flush()
-    return 0
+    return run_until_signal(lambda stop: serve(config, stop, ready=_print_ready))
