@@ -193,6 +193,16 @@ class DeleteTaskRequest(_message.Message):
     task_id: str
     def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
+class DeletePiecesRequest(_message.Message):
+    __slots__ = ("host_id", "task_id", "piece_numbers")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PIECE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    task_id: str
+    piece_numbers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ..., piece_numbers: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class AnnounceHostRequest(_message.Message):
     __slots__ = ("host", "interval")
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -206,3 +216,9 @@ class DeleteHostRequest(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[_common_pb2.Host, _Mapping]]] = ...) -> None: ...

@@ -61,6 +61,11 @@ class SchedulerStub:
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.DeletePieces = channel.unary_unary(
+                '/dffs.scheduler.Scheduler/DeletePieces',
+                request_serializer=dffs_dot_api_dot_scheduler__pb2.DeletePiecesRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.AnnounceHost = channel.unary_unary(
                 '/dffs.scheduler.Scheduler/AnnounceHost',
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostRequest.SerializeToString,
@@ -70,6 +75,11 @@ class SchedulerStub:
                 '/dffs.scheduler.Scheduler/DeleteHost',
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.DeleteHostRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListHosts = channel.unary_unary(
+                '/dffs.scheduler.Scheduler/ListHosts',
+                request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.FromString,
                 _registered_method=True)
 
 
@@ -110,6 +120,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeletePieces(self, request, context):
+        """The host no longer holds some pieces of the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AnnounceHost(self, request, context):
         """Register or refresh a host and its load figures.
         """
@@ -118,6 +135,12 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteHost(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHosts(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +174,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.DeleteTaskRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'DeletePieces': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePieces,
+                    request_deserializer=dffs_dot_api_dot_scheduler__pb2.DeletePiecesRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
             'AnnounceHost': grpc.unary_unary_rpc_method_handler(
                     servicer.AnnounceHost,
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostRequest.FromString,
@@ -160,6 +188,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.DeleteHost,
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.DeleteHostRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHosts,
+                    request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                    response_serializer=dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +341,33 @@ class Scheduler:
             _registered_method=True)
 
     @staticmethod
+    def DeletePieces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.scheduler.Scheduler/DeletePieces',
+            dffs_dot_api_dot_scheduler__pb2.DeletePiecesRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AnnounceHost(request,
             target,
             options=(),
@@ -351,6 +411,33 @@ class Scheduler:
             '/dffs.scheduler.Scheduler/DeleteHost',
             dffs_dot_api_dot_scheduler__pb2.DeleteHostRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.scheduler.Scheduler/ListHosts',
+            google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,8 +75,6 @@ def run_get(args: argparse.Namespace) -> int:
         check_output_path(output)
     except StorageError as exc:
         raise UsageError(str(exc)) from None
-    if cfg.manager:
-        log.warning("event=manager_unavailable detail='the manager is not built yet; use --scheduler'")
     request = DownloadRequest(url=args.url, headers=headers, tag=args.tag, application=args.application)
     show_progress = not args.quiet and sys.stderr.isatty()
     started = time.monotonic()
@@ -84,7 +82,7 @@ def run_get(args: argparse.Namespace) -> int:
     summary = None
     if socket_path.exists():
         summary = trio.run(_download_via_daemon, socket_path, request, expected, output, cfg.timeout)
-    if summary is None and cfg.scheduler:
+    if summary is None and (cfg.scheduler or cfg.manager):
         summary = trio.run(_download_embedded_peer, cfg, request, expected, output)
     if summary is None:
         summary = trio.run(_download, cfg, sources, request, expected, output, show_progress)
@@ -128,13 +126,13 @@ async def _download(
 
 
 async def _download_embedded_peer(cfg, request, expected, output) -> str:
-    """No daemon here but a scheduler given: join the swarm for this one download,
+    """No daemon here but a scheduler (or a manager) given: join the swarm for this one download,
     as a peer that takes pieces and is never offered as a parent (it is about to leave)."""
     from dffs.daemon.config import DaemonConfig
     from dffs.daemon.service import Daemon
 
-    daemon = Daemon(DaemonConfig(data_dir=cfg.data_dir, scheduler=cfg.scheduler, upload_port=0, rpc_port=0,
-                                 disable_shared=True), embedded=True)
+    daemon = Daemon(DaemonConfig(data_dir=cfg.data_dir, scheduler=cfg.scheduler, manager=cfg.manager, upload_port=0,
+                                 rpc_port=0, disable_shared=True), embedded=True)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)

@@ -83,8 +83,6 @@ def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
     )
     if cfg.read_timeout <= 0:
         raise UsageError("--read-timeout must be positive")
-    if args.manager:
-        log.warning("event=manager_unavailable detail='the manager is not built yet; use --scheduler'")
     return cfg
 
 
@@ -96,8 +94,9 @@ def daemon_config(args: argparse.Namespace):
         DaemonConfig,
         file_values,
         {name: getattr(args, name, None) for name in
-         ("data_dir", "ip", "hostname", "upload_port", "rpc_port", "scheduler", "seed", "idc", "location")},
-        ignore=[f.name for f in attrs.fields(MountConfig)] + ["manager"],
+         ("data_dir", "ip", "hostname", "upload_port", "rpc_port", "scheduler", "manager", "seed", "idc",
+          "location")},
+        ignore=[f.name for f in attrs.fields(MountConfig)],
     )
 
 
@@ -105,7 +104,7 @@ def run_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint if args.command == "mount" else args.mount
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
-    if args.command == "mount" and not args.scheduler:
+    if args.command == "mount" and not args.scheduler and not args.manager:
         trio.run(serve, mount_config(args, mountpoint))  # no P2P: no ports opened
         return 0
     from dffs.daemon.service import Daemon

@@ -14,7 +14,7 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", metavar="ADDR", help=f"gRPC address, HOST:PORT or unix:PATH (default {DEFAULT_LISTEN})"
     )
-    parser.add_argument("--manager", metavar="ADDR", help="manager to register with (not used yet)")
+    parser.add_argument("--manager", metavar="ADDR", help="manager to register with (gRPC HOST:PORT); it hands this scheduler to daemons")
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags and the tunables")
 
 
@@ -35,10 +35,6 @@ def run_scheduler(args: argparse.Namespace) -> int:
         # bind, for one), which we already report in one line.  Read when grpc
         # initialises, so before dffs.scheduler.server imports it.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    if cfg.manager:
-        scheduler_log.warning(
-            "event=manager_unused manager=%s detail='manager registration is not built yet'", cfg.manager
-        )
     from dffs.scheduler.server import run
 
     return run(cfg)

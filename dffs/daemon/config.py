@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from pathlib import Path
 
 import attrs
 
 from dffs.config import DEFAULT_DATA_DIR
+from dffs.idgen import host_id
 
 
 @attrs.frozen
@@ -22,6 +22,13 @@ class DaemonConfig:
     #: gRPC DfdaemonUpload (SyncPieces, seed triggers).
     rpc_port: int = 65000
     scheduler: str | None = None
+    #: Manager (gRPC HOST:PORT) that hands out schedulers and the cluster's config;
+    #: with it no static ``scheduler`` list is needed.
+    manager: str | None = None
+    #: Seconds between refreshes of the scheduler list and cluster config (and seed keepalives).
+    manager_refresh_interval: float = 10.0
+    #: Manager cluster a seed joins (0: the default cluster).
+    cluster_id: int = 0
     seed: bool = False
     idc: str = ""
     location: str = ""
@@ -38,8 +45,7 @@ class DaemonConfig:
 
     @property
     def host_id(self) -> str:
-        kind = "seed" if self.seed else "normal"
-        return hashlib.sha256(f"{self.ip}|{self.hostname}|{kind}".encode()).hexdigest()[:32]
+        return host_id(self.ip, self.hostname, self.seed)
 
     @property
     def schedulers(self) -> list[str]:

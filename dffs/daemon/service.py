@@ -18,10 +18,13 @@ import trio
 
 from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from dffs.daemon.config import DaemonConfig
+from dffs.daemon.membership import ManagerLink
 from dffs.daemon.p2p import P2PContext, P2PFetcher
 from dffs.daemon.rpc import DownloadService, UploadService
+from dffs.daemon.schedulers import SchedulerPool
 from dffs.fs.mount import MountConfig
 from dffs.fs.mount import serve as serve_mount
+from dffs.manager.tunables import ClientTunables
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
 from dffs.rpc import bridge
 from dffs.source import SourceRegistry
@@ -46,6 +49,9 @@ class Daemon:
                                         rate_limit_bytes_per_sec=cfg.upload_rate_limit or None)
         self.ports: dict[str, int] = {}
         self.p2p: P2PContext | None = None
+        self.schedulers: SchedulerPool | None = None
+        #: The cluster's dynamic config as last read from the manager (None: no manager).
+        self.cluster_tunables: ClientTunables | None = None
         self._nursery: trio.Nursery | None = None
 
     def _host(self) -> common_pb2.Host:
@@ -73,18 +79,27 @@ class Daemon:
         task.fetcher = fetcher
         await self._nursery.start(fetcher.run)
 
-    def _join_schedulers(self, nursery: trio.Nursery, piece_client: PieceClient) -> list[grpc.Channel]:
-        """Channels to every --scheduler; P2P for every task opened from now on."""
-        channels = {addr: bridge.insecure_channel(addr) for addr in self.cfg.schedulers}
-        if not channels:
-            return []
-        stubs = {addr: scheduler_pb2_grpc.SchedulerStub(ch) for addr, ch in channels.items()}
-        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=stubs, piece_client=piece_client,
+    async def _join_schedulers(self, nursery: trio.Nursery, piece_client: PieceClient) -> None:
+        """P2P for every task opened from now on, through the --scheduler list or the
+        schedulers the --manager hands out (refreshed while the daemon runs)."""
+        if not self.cfg.schedulers and not self.cfg.manager:
+            return
+        self.schedulers = SchedulerPool(nursery, self._announce_host)
+        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=self.schedulers.stubs, piece_client=piece_client,
                               parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds, seed=self.cfg.seed)
         self.tasks.on_open = self._attach_p2p
-        for addr, stub in stubs.items():  # every scheduler knows every host
-            nursery.start_soon(self._announce_host, addr, stub)
-        return list(channels.values())
+        # Every scheduler knows every host. With a manager, a static list only
+        # serves until the manager's first answer replaces it.
+        self.schedulers.update(self.cfg.schedulers)
+        if self.cfg.manager:
+            link = ManagerLink(self.cfg, self.schedulers, self.ports, self._apply_cluster_config)
+            await nursery.start(link.run)  # each call times out: a manager that is down does not block the start
+
+    def _apply_cluster_config(self, tunables: ClientTunables) -> None:
+        """The cluster's dynamic config, picked up without a restart."""
+        self.cluster_tunables = tunables
+        limit = tunables.upload_limit if tunables.upload_limit is not None else self.cfg.upload_rate_limit
+        self.upload.set_rate_limit(limit or None)
 
     async def _main_job(self) -> None:
         if self.embedded:
@@ -97,7 +112,6 @@ class Daemon:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGINT/SIGTERM (or the mount is unmounted, or the caller cancels)."""
         piece_client = PieceClient()
-        channels: list[grpc.Channel] = []
         try:
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as servers:
                 self._nursery = nursery
@@ -113,7 +127,7 @@ class Daemon:
                     await servers.enter_async_context(bridge.open_grpc_server(f"unix:{socket_path}",
                                                                               download_rpc.register))
                     os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
-                channels = self._join_schedulers(nursery, piece_client)
+                await self._join_schedulers(nursery, piece_client)
                 log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
                          self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
                 if not self.embedded:
@@ -128,8 +142,8 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 if self.p2p is not None:
                     self.p2p.close()
-                for channel in channels:
-                    channel.close()
+                if self.schedulers is not None:
+                    self.schedulers.close()
                 await piece_client.aclose()
                 self.storage.close()
                 await self.sources.aclose()

@@ -1,5 +1,6 @@
 """Task identity and piece arithmetic: the rules every peer must agree on."""
 
+from dffs.idgen.hostid import host_id
 from dffs.idgen.pieces import (
     DEFAULT_PIECE_LENGTH,
     MAX_PIECE_LENGTH,
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_PIECE_LENGTH",
     "MIN_PIECE_LENGTH",
     "PieceSpan",
+    "host_id",
     "normalize_url",
     "piece_count",
     "piece_length_for",

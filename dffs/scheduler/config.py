@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import attrs
 
 from dffs.errors import UsageError
@@ -34,8 +36,19 @@ class SchedulerConfig:
 
     #: gRPC address: HOST:PORT (port 0 picks a free one), or unix:PATH.
     listen: str = DEFAULT_LISTEN
-    #: Manager to register with (not used yet).
+    #: Manager to register with (HOST:PORT of its gRPC API); None: standalone.
     manager: str | None = None
+    #: The address daemons reach this scheduler at, as told to the manager
+    #: (default: the listen host, or 127.0.0.1 when that is a wildcard).
+    advertise_ip: str | None = None
+    hostname: str = attrs.field(factory=socket.gethostname)
+    idc: str = ""
+    location: str = ""
+    #: Manager cluster to join (0: the default cluster).
+    cluster_id: int = _count(0)
+    #: Seconds between keepalives to the manager, and between refreshes of the
+    #: cluster's dynamic config and seed peers.
+    manager_refresh_interval: float = _seconds(default=10.0)
     #: Parents offered per answer (K).
     candidate_parent_limit: int = _count(4, _positive)
     #: A peer silent this long is forgotten.

@@ -30,10 +30,11 @@ from collections.abc import Callable
 import attrs
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from dffs.api import common_pb2, scheduler_pb2
+from dffs.api import common_pb2, manager_pb2, scheduler_pb2
+from dffs.idgen import host_id
 from dffs.scheduler import policy
 from dffs.scheduler.config import SchedulerConfig
-from dffs.scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from dffs.scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, SchedulerError
 from dffs.scheduler.resource import (
     ACTIVE_STATES,
     LIVE_STATES,
@@ -144,6 +145,60 @@ class SchedulerCore:
         )
         #: The most recent seed triggers, for logs and introspection.
         self.triggers: deque[SeedTriggerRequest] = deque(maxlen=256)
+        #: Hostnames the cluster's dynamic config blocks (never parents, never triggered).
+        self.blocked_hostnames: frozenset[str] = frozenset()
+        #: Seed hosts added from the manager's list rather than by their own announcement.
+        self.manager_seed_ids: set[str] = set()
+
+    # ---- dynamic config ---------------------------------------------------
+
+    def apply_tunables(self, tunables) -> bool:
+        """Apply the cluster's dynamic config (a ``SchedulerTunables``); True when something changed."""
+        changes = {}
+        if tunables.candidate_parent_limit is not None:
+            changes["candidate_parent_limit"] = tunables.candidate_parent_limit
+        else:
+            changes["candidate_parent_limit"] = self.config.candidate_parent_limit
+        changes["filter_parent_limit"] = tunables.filter_parent_limit or 0
+        policy_now = attrs.evolve(self.policy, **changes)
+        changed = policy_now != self.policy or tunables.blocked_hosts != self.blocked_hostnames
+        if changed:
+            self.policy = policy_now
+            self.blocked_hostnames = tunables.blocked_hosts
+            log.info("event=cluster_config_applied candidate_parent_limit=%d filter_parent_limit=%d blocked_hosts=%s",
+                     policy_now.candidate_parent_limit, policy_now.filter_parent_limit,
+                     ",".join(sorted(self.blocked_hostnames)) or "-")
+        return changed
+
+    def blocklist(self) -> frozenset[str]:
+        """Host ids of the blocked hostnames (the evaluator matches peer and host ids)."""
+        if not self.blocked_hostnames:
+            return frozenset()
+        return frozenset(h.id for h in self.graph.hosts.values() if h.hostname in self.blocked_hostnames)
+
+    def learn_seed_peers(self, seeds: list[manager_pb2.SeedPeer], interval: float) -> list[str]:
+        """Add the manager's active seed peers that have not announced themselves here;
+        returns the ids of hosts that are new. A seed that announces itself is left alone."""
+        new = []
+        for seed in seeds:
+            hid = host_id(seed.ip, seed.hostname, True)
+            known = self.graph.hosts.get(hid)
+            if known is not None and hid not in self.manager_seed_ids:
+                continue  # announced by the seed daemon itself: its own figures win
+            try:
+                request = scheduler_pb2.AnnounceHostRequest(host=common_pb2.Host(
+                    id=hid, type=common_pb2.HOST_TYPE_SEED, hostname=seed.hostname, ip=seed.ip, port=seed.port,
+                    download_port=seed.download_port, idc=seed.idc, location=seed.location))
+                request.interval.CopyFrom(_duration(interval))
+                if self.announce_host(request):
+                    new.append(hid)
+                self.manager_seed_ids.add(hid)
+            except SchedulerError as exc:
+                log.warning("event=manager_seed_rejected hostname=%s ip=%s error=%r", seed.hostname, seed.ip, str(exc))
+        return new
+
+    def list_hosts(self) -> scheduler_pb2.ListHostsResponse:
+        return scheduler_pb2.ListHostsResponse(hosts=[self.host_message(h) for h in self.graph.hosts.values()])
 
     # ---- hosts ------------------------------------------------------------
 
@@ -153,6 +208,7 @@ class SchedulerCore:
             raise InvalidArgument("announce_host_request without host")
         h = request.host
         _check_id("host", h.id)
+        self.manager_seed_ids.discard(h.id)  # the host speaks for itself now
         if h.type not in _HOST_TYPES:
             raise InvalidArgument(f"host {h.id!r}: unknown host type {h.type}")
         try:
@@ -370,7 +426,7 @@ class SchedulerCore:
         peer = self._session_peer(session)
         if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
             raise FailedPrecondition(f"peer in state {peer.state.value} needs no parents")
-        decision = policy.decide(peer, self.graph, rounds=rounds, config=self.policy)
+        decision = policy.decide(peer, self.graph, rounds=rounds, config=self.policy, blocklist=self.blocklist())
         graph = self.graph
         task = peer.task
         Response = scheduler_pb2.AnnouncePeerResponse

@@ -58,6 +58,7 @@ when it exceeds mean + 3 standard deviations and twice the mean.
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Collection, Iterable, Sequence
 
@@ -250,11 +251,17 @@ def rank_parents(
     return ranked
 
 
-def filter_parents(peer: Peer, blocklist: Collection[str] = ()) -> tuple[list[Peer], dict[str, str]]:
-    """(usable parents, {excluded peer id: reason}) among the peer's task's peers."""
+def filter_parents(
+    peer: Peer, blocklist: Collection[str] = (), *, sample: int = 0
+) -> tuple[list[Peer], dict[str, str]]:
+    """(usable parents, {excluded peer id: reason}) among the peer's task's peers
+    (a random ``sample`` of them when it is positive and the task has more)."""
     usable: list[Peer] = []
     excluded: dict[str, str] = {}
-    for other in peer.task.peers.values():
+    others = list(peer.task.peers.values())
+    if 0 < sample < len(others):
+        others = random.sample(others, sample)
+    for other in others:
         reason = exclusion(other, peer, blocklist)
         if reason is None:
             usable.append(other)
@@ -270,6 +277,7 @@ def candidate_parents(
     limit: int = 4,
     blocklist: Collection[str] = frozenset(),
     weights: Weights = DEFAULT_WEIGHTS,
+    sample: int = 0,
 ) -> list[Peer]:
     """The best ``limit`` parents for ``peer``, best first; empty when none is usable.
 
@@ -278,5 +286,5 @@ def candidate_parents(
     """
     if limit <= 0:
         return []
-    usable, _ = filter_parents(peer, blocklist)
+    usable, _ = filter_parents(peer, blocklist, sample=sample)
     return [c.peer for c in rank_parents(peer, usable, weights=weights)[:limit]]

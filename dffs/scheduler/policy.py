@@ -57,6 +57,8 @@ TASK_TYPE_PERSISTENT = 1
 @attrs.frozen
 class PolicyConfig:
     candidate_parent_limit: int = 4
+    #: Peers of the task examined per round, a random sample (0: all of them).
+    filter_parent_limit: int = 0
     back_to_source_limit: int = 3
     back_to_source_limit_with_seed: int = 1
     retry_back_to_source_rounds: int = 3
@@ -153,7 +155,8 @@ def decide(
         return BackToSource("the download asked for the origin")
 
     parents = candidate_parents(
-        peer, graph, limit=config.candidate_parent_limit, blocklist=blocklist, weights=config.weights
+        peer, graph, limit=config.candidate_parent_limit, blocklist=blocklist, weights=config.weights,
+        sample=config.filter_parent_limit,
     )
     if parents:
         return UseParents(tuple(parents))

@@ -13,6 +13,7 @@ from dffs.errors import DffsError
 from dffs.rpc.bridge import channel_options, is_unix_address, server_options
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore
+from dffs.scheduler.membership import ManagerMembership
 from dffs.scheduler.service import SchedulerService, add_to_server
 from dffs.scheduler.trigger import GrpcSeedTrigger, SeedTrigger
 
@@ -45,6 +46,10 @@ async def serve(
         raise DffsError(f"scheduler cannot listen on {config.listen}: {exc}") from None
     await server.start()
     service.start()
+    membership = None
+    if config.manager:
+        membership = asyncio.create_task(
+            ManagerMembership(core, config, port, on_change=service.notify_all).run(), name="manager-membership")
     try:
         log.info("event=listening address=%s port=%d", config.listen, port)
         if ready is not None:
@@ -52,6 +57,9 @@ async def serve(
         await stop.wait()
         log.info("event=stopping")
     finally:
+        if membership is not None:
+            membership.cancel()
+            await asyncio.gather(membership, return_exceptions=True)
         await server.stop(STOP_GRACE)
         await service.aclose()
 

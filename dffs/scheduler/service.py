@@ -167,7 +167,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if event is not None:
             event.set()
 
-    def _notify_all(self) -> None:
+    def notify_all(self) -> None:
         for task_id in list(self._changed):
             self._notify(task_id)
 
@@ -269,7 +269,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @_unary
     def AnnounceHost(self, request):
         if self.core.announce_host(request):
-            self._notify_all()  # a new host (a seed) may unblock waiting peers
+            self.notify_all()  # a new host (a seed) may unblock waiting peers
         return empty_pb2.Empty()
 
     @_unary
@@ -291,6 +291,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @_unary
     def StatPeer(self, request):
         return self.core.stat_peer(request)
+
+    @_unary
+    def ListHosts(self, request):
+        return self.core.list_hosts()
 
     @_unary
     def DeletePeer(self, request):
