@@ -69,13 +69,54 @@ def scheduler(tmp: Path, listen: str = "127.0.0.1:0", *, prefix=None) -> Process
                    r"listening on (\S+):(\d+)", prefix=prefix).start()
 
 
+class Manager(Process):
+    """``dffs manager`` on SQLite (or ``db``); ``grpc_address`` and ``http_url`` once started."""
+
+    def __init__(self, tmp: Path, ip: str = "127.0.0.1", *, db: str | None = None, prefix=None,
+                 config: str = "keepalive_ttl = 3\njob_poll_interval = 0.2\n"):
+        self.ip = ip
+        conf = tmp / "manager.toml"
+        conf.write_text(config)
+        db = db or f"sqlite:///{tmp / 'manager.db'}"
+        super().__init__(["manager", "--listen", f"{ip}:0", "--http-listen", f"{ip}:0", "--db", db,
+                          "--config", str(conf)], tmp / "manager.log", r"listening on \S+ \(port (\d+)\)",
+                         prefix=prefix)
+
+    def start(self, timeout: float = 20) -> Manager:
+        super().start(timeout)
+        self.grpc_address = f"{self.ip}:{self.match.group(1)}"
+        http_line = self.proc.stdout.readline()  # printed right after the gRPC line
+        http_port = re.search(r"http api on http://\S+:(\d+)/api/v1", http_line)
+        assert http_port, (http_line, self.output())
+        self.http_url = f"http://{self.ip}:{http_port.group(1)}/api/v1"
+        return self
+
+    def http(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.http_url + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+
 class Daemon(Process):
-    def __init__(self, tmp: Path, name: str, scheduler_addr: str, *, ip: str = "127.0.0.1", seed: bool = False,
-                 mount: bool = False, prefix=None, extra: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, name: str, scheduler_addr: str | None, *, ip: str = "127.0.0.1",
+                 seed: bool = False, mount: bool = False, prefix=None, extra: tuple[str, ...] = (),
+                 manager: str | None = None):
         self.data_dir = tmp / f"{name}-data"
         self.mountpoint = tmp / f"{name}-mnt" if mount else None
         argv = ["daemon", "--data-dir", str(self.data_dir), "--ip", ip, "--hostname", name,
-                "--upload-port", "0", "--rpc-port", "0", "--scheduler", scheduler_addr, "-v", *extra]
+                "--upload-port", "0", "--rpc-port", "0", "-v", *extra]
+        if scheduler_addr:
+            argv += ["--scheduler", scheduler_addr]
+        if manager:
+            argv += ["--manager", manager]
         if seed:
             argv.append("--seed")
         if mount:

@@ -142,6 +142,19 @@ def manager(manager_factory, db_url):
     return manager_factory(db_url)
 
 
+def wait_for_job(manager: ManagerProcess, job_id: int, timeout: float = 20) -> dict:
+    """The job once it has finished (succeeded or failed)."""
+    finished: dict = {}
+
+    def done() -> bool:
+        status, job = manager.http("GET", f"/api/v1/jobs/{job_id}")
+        finished.update(job)
+        return status == 200 and job["state"] in ("succeeded", "failed")
+
+    wait_for(done, timeout=timeout, message=f"job {job_id} to finish")
+    return finished
+
+
 def register_scheduler(stub, hostname, ip, **kw):
     return stub.UpdateScheduler(
         pb.UpdateSchedulerRequest(source_type=pb.SOURCE_TYPE_SCHEDULER, hostname=hostname, ip=ip, port=8002, **kw),
@@ -245,12 +258,14 @@ def test_jobs_http_and_grpc(manager):
         {"type": "preheat", "urls": ["http://example.com/a", "oci://reg:5000/lib/bb:1"], "scope": "all"},
     )
     assert status == 201 and job["state"] == "pending" and job["scope"] == "all", job
+    # The executor picks it up at once; the image's registry does not exist, so it fails, saying why.
+    final = wait_for_job(manager, job["id"])
+    assert final["state"] == "failed" and "cannot reach registry reg:5000" in final["description"], final
     status, body = manager.http("GET", "/api/v1/jobs")
-    assert status == 200 and [(j["id"], j["state"]) for j in body["jobs"]] == [(job["id"], "pending")]
-    status, same = manager.http("GET", f"/api/v1/jobs/{job['id']}")
-    assert status == 200 and same == job
+    assert status == 200 and [(j["id"], j["state"]) for j in body["jobs"]] == [(job["id"], "failed")]
     via_grpc = manager.stub.GetJob(pb.GetJobRequest(id=job["id"]), timeout=5)
-    assert via_grpc.state == pb.JOB_STATE_PENDING and via_grpc.scope == pb.JOB_SCOPE_ALL_PEERS
+    assert via_grpc.state == pb.JOB_STATE_FAILED and via_grpc.scope == pb.JOB_SCOPE_ALL_PEERS
+    assert list(via_grpc.preheat.urls) == job["args"]["urls"]
     created = manager.stub.CreateJob(
         pb.CreateJobRequest(
             type=pb.JOB_TYPE_PREHEAT,
@@ -260,6 +275,8 @@ def test_jobs_http_and_grpc(manager):
         timeout=5,
     )
     assert [j.id for j in manager.stub.ListJobs(pb.ListJobsRequest(), timeout=5).jobs] == [created.id, job["id"]]
+    no_seeds = wait_for_job(manager, created.id)
+    assert no_seeds["state"] == "failed" and no_seeds["description"] == "no active seed peer in cluster any", no_seeds
     for bad, message in [
         (b"{nope", "bad JSON"),
         ({"type": "preheat", "urls": ["http://a/b"], "scope": "planet"}, "scope must be one of seed, all-seeds, all"),
@@ -287,6 +304,7 @@ def test_restart_keeps_jobs_and_membership(manager_factory, db_url):
     wait_for(lambda: keepalive.sent >= 2, message="keepalives")
     status, job = first.http("POST", "/api/v1/jobs", {"type": "preheat", "urls": ["http://example.com/a"]})
     assert status == 201
+    job = wait_for_job(first, job["id"])  # no seed peer: failed, with its reason
     first.http("PUT", "/api/v1/clusters/1/config", {"candidate_parent_limit": 9})
     assert first.stop() == 0
     keepalive.close()

@@ -32,6 +32,12 @@ class ManagerConfig:
     expire_interval: float = attrs.field(default=0.0, converter=float)
     #: Seconds to wait for the database when connecting.
     db_connect_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive)
+    #: How often pending preheat jobs are looked for.
+    job_poll_interval: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    #: Seconds one host may take for one preheat download.
+    preheat_timeout: float = attrs.field(default=3600.0, converter=float, validator=_positive)
+    #: Seconds per request to an image registry (manifest, token).
+    registry_timeout: float = attrs.field(default=10.0, converter=float, validator=_positive)
 
 
 def check_host_port(value: str, what: str) -> None:

@@ -1,7 +1,7 @@
 """Preheat jobs: validation of a job request, and the job table.
 
-The manager only stores jobs; whoever executes them (the seed-peer wiring)
-moves them along with ``JobStore.update(job_id, state, results)``:
+``dffs.manager.preheat`` executes them: it claims a pending job and moves it
+along with ``JobStore.update(job_id, state, results)``:
 pending -> running -> succeeded | failed.
 """
 
@@ -146,6 +146,17 @@ class JobStore:
             query = query.where(db.jobs.c.type == job_type)
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(query)]
+
+    @db.guard()
+    def claim(self, job_id: int) -> bool:
+        """pending -> running if nobody else did it first (one executor per job)."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                sa.update(db.jobs)
+                .where((db.jobs.c.id == job_id) & (db.jobs.c.state == PENDING))
+                .values(state=RUNNING, updated_at=time.time())
+            ).rowcount
+        return claimed == 1
 
     @db.guard()
     def update(

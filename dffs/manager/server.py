@@ -17,8 +17,10 @@ from dffs.manager import db
 from dffs.manager.config import ManagerConfig
 from dffs.manager.http import Api, HttpApiServer
 from dffs.manager.jobs import JobStore
+from dffs.manager.preheat import PreheatExecutor
 from dffs.manager.service import ManagerService
 from dffs.manager.store import Store
+from dffs.oci.registry import RegistryClient
 from dffs.rpc.bridge import server_options
 
 log = logging.getLogger("dffs.manager")
@@ -60,6 +62,9 @@ async def serve(
             http.start()
         interval = config.expire_interval or max(config.keepalive_ttl / 3, 0.05)
         expirer = asyncio.create_task(expire_loop(store, interval))
+        executor = asyncio.create_task(PreheatExecutor(
+            store, jobs, poll_interval=config.job_poll_interval, download_timeout=config.preheat_timeout,
+            registry=RegistryClient(timeout=config.registry_timeout)).run(), name="preheat-executor")
         try:
             log.info("event=listening address=%s port=%d", config.listen, port)
             if ready is not None:
@@ -68,9 +73,10 @@ async def serve(
             log.info("event=stopping")
         finally:
             service.stopping = True
-            expirer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expirer
+            for background in (expirer, executor):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await server.stop(STOP_GRACE)
             if http is not None:
                 await asyncio.to_thread(http.close)

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
+from dffs.api import common_pb2
 from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
 from dffs.errors import UsageError
@@ -87,6 +88,13 @@ def cluster_config_pb(cluster: dict[str, Any]) -> pb.ClusterConfig:
     )
 
 
+def _result_task(result: dict[str, Any]) -> common_pb2.Task:
+    task = common_pb2.Task(id=str(result.get("task_id", "")), url=str(result["url"]))
+    if isinstance(result.get("content_length"), int):
+        task.content_length = result["content_length"]
+    return task
+
+
 def job_pb(job: dict[str, Any]) -> pb.Job:
     args = job["args"]
     preheat = pb.PreheatArgs(
@@ -113,6 +121,7 @@ def job_pb(job: dict[str, Any]) -> pb.Job:
                 host_id=str(r.get("host_id", "")),
                 success=bool(r.get("success", False)),
                 description=str(r.get("reason") or r.get("description") or ""),
+                tasks=[_result_task(r)] if r.get("url") else [],
             )
             for r in job.get("results") or []
             if isinstance(r, dict)

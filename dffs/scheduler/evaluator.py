@@ -258,7 +258,7 @@ def filter_parents(
     (a random ``sample`` of them when it is positive and the task has more)."""
     usable: list[Peer] = []
     excluded: dict[str, str] = {}
-    others = list(peer.task.peers.values())
+    others = [p for p in peer.task.peers.values() if p is not peer]
     if 0 < sample < len(others):
         others = random.sample(others, sample)
     for other in others:

@@ -1,0 +1,118 @@
+"""Resolve an image reference into the blob URLs a pull fetches (blocking I/O; run it in a thread).
+
+The scheme is https unless the registry answers TLS with plain HTTP (a
+registry on a private port, as containerd's ``--plain-http``); the 401 →
+token → retry dance is done at most once per request; a manifest pinned by
+digest is checked against that digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+import attrs
+
+from dffs.errors import SourceError
+from dffs.oci import auth, manifest
+from dffs.oci.reference import ImageReference
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+DEFAULT_PLATFORM = "linux/amd64"
+
+
+@attrs.frozen
+class ResolvedImage:
+    reference: ImageReference
+    base_url: str
+    manifest_digest: str
+    blobs: tuple[manifest.Blob, ...]
+    #: Headers the blob downloads need (the bearer token, or the caller's own Authorization).
+    headers: Mapping[str, str]
+
+    def blob_url(self, blob: manifest.Blob) -> str:
+        return f"{self.base_url}/v2/{self.reference.repository}/blobs/{blob.digest}"
+
+    @property
+    def blob_urls(self) -> list[str]:
+        return [self.blob_url(b) for b in self.blobs]
+
+
+class RegistryClient:
+    def __init__(self, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+
+    def _fetch(self, url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        request = urllib.request.Request(url, headers=dict(headers))
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
+                return response.status, response.headers, response.read(MAX_MANIFEST_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.headers, exc.read(64 * 1024)
+
+    def _base_url(self, ref: ImageReference, headers: Mapping[str, str]) -> str:
+        """https, or http when the registry speaks plain HTTP on that port."""
+        for scheme in ("https", "http"):
+            try:
+                self._fetch(f"{scheme}://{ref.registry}/v2/", headers)
+                return f"{scheme}://{ref.registry}"
+            except urllib.error.URLError as exc:
+                if scheme == "https" and isinstance(exc.reason, ssl.SSLError):
+                    continue  # TLS spoken to a plain-HTTP registry
+                raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc.reason}") from None
+            except (TimeoutError, OSError) as exc:
+                raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _get(self, ref: ImageReference, url: str, headers: dict[str, str]) -> tuple[Mapping[str, str], bytes]:
+        """GET with the token dance; ``headers`` gains the Authorization that worked."""
+        try:
+            status, answer_headers, body = self._fetch(url, headers)
+            if status == 401:
+                scheme, params = auth.parse_challenge(answer_headers.get("WWW-Authenticate", ""))
+                if scheme != "bearer":
+                    raise SourceError(f"{ref}: registry wants {scheme or 'unknown'} authentication; pass an "
+                                      "Authorization header with the job")
+                token_status, _, token_body = self._fetch(auth.token_request_url(params, ref.repository),
+                                                          {k: v for k, v in headers.items()
+                                                           if k.lower() == "authorization"})
+                if token_status != 200:
+                    raise SourceError(f"{ref}: registry token service answered {token_status}")
+                headers["Authorization"] = f"Bearer {auth.parse_token_response(token_body)}"
+                status, answer_headers, body = self._fetch(url, headers)
+        except urllib.error.URLError as exc:
+            raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc.reason}") from None
+        except (TimeoutError, OSError) as exc:
+            raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc}") from None
+        if status == 404:
+            raise SourceError(f"{ref}: image not found (404 from {ref.registry})", status=404)
+        if status in (401, 403):
+            raise SourceError(f"{ref}: access denied ({status} from {ref.registry})", status=status)
+        if status != 200:
+            raise SourceError(f"{ref}: registry answered {status} for the manifest", status=status)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise SourceError(f"{ref}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        return answer_headers, body
+
+    def resolve(self, ref: ImageReference, *, platform: str = "", headers: Mapping[str, str] | None = None
+                ) -> ResolvedImage:
+        request_headers = dict(headers or {})
+        base = self._base_url(ref, request_headers)
+        wanted = ref.reference
+        for _ in range(2):  # an index, then the platform's manifest
+            request_headers["Accept"] = manifest.ACCEPT
+            answer_headers, body = self._get(ref, f"{base}/v2/{ref.repository}/manifests/{wanted}", request_headers)
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            if wanted.startswith("sha256:") and digest != wanted:
+                raise SourceError(f"{ref}: manifest digest is {digest}, not the {wanted} asked for")
+            parsed = manifest.parse(body, answer_headers.get("Content-Type", ""))
+            if isinstance(parsed, manifest.Manifest):
+                request_headers.pop("Accept")
+                return ResolvedImage(ref, base, digest, parsed.blobs, request_headers)
+            wanted = parsed.select(platform or DEFAULT_PLATFORM)
+        raise SourceError(f"{ref}: an image index points at another index")
