@@ -12,6 +12,8 @@ packages=(
   iproute2 procps                                              # network namespaces, process tools in tests
   rclone                                                       # the lazy-mount competitor in scripts/bench
   postgresql                                                   # the manager's PostgreSQL tests
+  docker-registry containerd runc                              # the registry-mirror tests: real registry and runtime
+  skopeo umoci busybox-static                                  # test images built offline and pushed
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -155,8 +155,10 @@ def test_common_task_timestamps_and_optional_length():
                 "DeletePeer": (False, False),
                 "StatTask": (False, False),
                 "DeleteTask": (False, False),
+                "DeletePieces": (False, False),
                 "AnnounceHost": (False, False),
                 "DeleteHost": (False, False),
+                "ListHosts": (False, False),
             },
         ),
         (
@@ -176,6 +178,7 @@ def test_common_task_timestamps_and_optional_length():
                 "ImportTask": (False, False),
                 "ExportTask": (False, False),
                 "Health": (False, False),
+                "RunGC": (False, False),
             },
         ),
         (

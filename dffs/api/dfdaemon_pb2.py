@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from dffs.api import common_pb2 as dffs_dot_api_dot_common__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x66\x66s/api/dfdaemon.proto\x12\rdffs.dfdaemon\x1a\x15\x64\x66\x66s/api/common.proto\x1a\x1bgoogle/protobuf/empty.proto\"W\n\x11SyncPiecesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12 \n\x18interested_piece_numbers\x18\x03 \x03(\r\"T\n\x12SyncPiecesResponse\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"N\n\x14\x44ownloadPieceRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0cpiece_number\x18\x03 \x01(\r\":\n\x15\x44ownloadPieceResponse\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"\"\n\x0fStatTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\">\n\x13\x44ownloadTaskRequest\x12\'\n\x08\x64ownload\x18\x01 \x01(\x0b\x32\x15.dffs.common.Download\"\xb0\x02\n\x1b\x44ownloadTaskStartedResponse\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x12.dffs.common.RangeH\x00\x88\x01\x01\x12W\n\x0fresponse_header\x18\x03 \x03(\x0b\x32>.dffs.dfdaemon.DownloadTaskStartedResponse.ResponseHeaderEntry\x12\"\n\x06pieces\x18\x04 \x03(\x0b\x32\x12.dffs.common.Piece\x12\x13\n\x0bis_finished\x18\x05 \x01(\x08\x1a\x35\n\x13ResponseHeaderEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_range\"B\n\x1d\x44ownloadPieceFinishedResponse\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"\x85\x02\n\x14\x44ownloadTaskResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12T\n\x1e\x64ownload_task_started_response\x18\x04 \x01(\x0b\x32*.dffs.dfdaemon.DownloadTaskStartedResponseH\x00\x12X\n download_piece_finished_response\x18\x05 \x01(\x0b\x32,.dffs.dfdaemon.DownloadPieceFinishedResponseH\x00\x42\n\n\x08response\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x12\n\x10ListTasksRequest\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dffs.common.Task\"J\n\x11ImportTaskRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x08\x64ownload\x18\x02 \x01(\x0b\x32\x15.dffs.common.Download\"\x84\x01\n\x11\x45xportTaskRequest\x12\x11\n\x07task_id\x18\x01 \x01(\tH\x00\x12)\n\x08\x64ownload\x18\x02 \x01(\x0b\x32\x15.dffs.common.DownloadH\x00\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\x12\x12\n\nlocal_only\x18\x04 \x01(\x08\x42\x08\n\x06target\"C\n\x0eHealthResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x32\xdb\x02\n\x0e\x44\x66\x64\x61\x65monUpload\x12S\n\nSyncPieces\x12 .dffs.dfdaemon.SyncPiecesRequest\x1a!.dffs.dfdaemon.SyncPiecesResponse0\x01\x12Z\n\rDownloadPiece\x12#.dffs.dfdaemon.DownloadPieceRequest\x1a$.dffs.dfdaemon.DownloadPieceResponse\x12=\n\x08StatTask\x12\x1e.dffs.dfdaemon.StatTaskRequest\x1a\x11.dffs.common.Task\x12Y\n\x0c\x44ownloadTask\x12\".dffs.dfdaemon.DownloadTaskRequest\x1a#.dffs.dfdaemon.DownloadTaskResponse0\x01\x32\x8b\x04\n\x10\x44\x66\x64\x61\x65monDownload\x12Y\n\x0c\x44ownloadTask\x12\".dffs.dfdaemon.DownloadTaskRequest\x1a#.dffs.dfdaemon.DownloadTaskResponse0\x01\x12=\n\x08StatTask\x12\x1e.dffs.dfdaemon.StatTaskRequest\x1a\x11.dffs.common.Task\x12\x46\n\nDeleteTask\x12 .dffs.dfdaemon.DeleteTaskRequest\x1a\x16.google.protobuf.Empty\x12N\n\tListTasks\x12\x1f.dffs.dfdaemon.ListTasksRequest\x1a .dffs.dfdaemon.ListTasksResponse\x12\x41\n\nImportTask\x12 .dffs.dfdaemon.ImportTaskRequest\x1a\x11.dffs.common.Task\x12\x41\n\nExportTask\x12 .dffs.dfdaemon.ExportTaskRequest\x1a\x11.dffs.common.Task\x12?\n\x06Health\x12\x16.google.protobuf.Empty\x1a\x1d.dffs.dfdaemon.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x66\x66s/api/dfdaemon.proto\x12\rdffs.dfdaemon\x1a\x15\x64\x66\x66s/api/common.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x11SyncPiecesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12 \n\x18interested_piece_numbers\x18\x03 \x03(\r\"T\n\x12SyncPiecesResponse\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"N\n\x14\x44ownloadPieceRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0cpiece_number\x18\x03 \x01(\r\":\n\x15\x44ownloadPieceResponse\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"\"\n\x0fStatTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\">\n\x13\x44ownloadTaskRequest\x12\'\n\x08\x64ownload\x18\x01 \x01(\x0b\x32\x15.dffs.common.Download\"\xb0\x02\n\x1b\x44ownloadTaskStartedResponse\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12&\n\x05range\x18\x02 \x01(\x0b\x32\x12.dffs.common.RangeH\x00\x88\x01\x01\x12W\n\x0fresponse_header\x18\x03 \x03(\x0b\x32>.dffs.dfdaemon.DownloadTaskStartedResponse.ResponseHeaderEntry\x12\"\n\x06pieces\x18\x04 \x03(\x0b\x32\x12.dffs.common.Piece\x12\x13\n\x0bis_finished\x18\x05 \x01(\x08\x1a\x35\n\x13ResponseHeaderEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_range\"B\n\x1d\x44ownloadPieceFinishedResponse\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"\x85\x02\n\x14\x44ownloadTaskResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12T\n\x1e\x64ownload_task_started_response\x18\x04 \x01(\x0b\x32*.dffs.dfdaemon.DownloadTaskStartedResponseH\x00\x12X\n download_piece_finished_response\x18\x05 \x01(\x0b\x32,.dffs.dfdaemon.DownloadPieceFinishedResponseH\x00\x42\n\n\x08response\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x12\n\x10ListTasksRequest\"\xc7\x01\n\tLocalTask\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.dffs.common.Task\x12\x1b\n\x13present_piece_count\x18\x02 \x01(\r\x12\x15\n\rpresent_bytes\x18\x03 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x04\x12/\n\x0blast_access\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08imported\x18\x06 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x07 \x01(\x08\"<\n\x11ListTasksResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.dffs.dfdaemon.LocalTask\"J\n\x11ImportTaskRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x08\x64ownload\x18\x02 \x01(\x0b\x32\x15.dffs.common.Download\"\x84\x01\n\x11\x45xportTaskRequest\x12\x11\n\x07task_id\x18\x01 \x01(\tH\x00\x12)\n\x08\x64ownload\x18\x02 \x01(\x0b\x32\x15.dffs.common.DownloadH\x00\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\x12\x12\n\nlocal_only\x18\x04 \x01(\x08\x42\x08\n\x06target\"\x0e\n\x0cRunGCRequest\"\xb7\x01\n\rRunGCResponse\x12\x15\n\revicted_tasks\x18\x01 \x01(\r\x12\x16\n\x0e\x65victed_pieces\x18\x02 \x01(\r\x12\x13\n\x0b\x66reed_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14high_watermark_bytes\x18\x06 \x01(\x04\x12\x1b\n\x13low_watermark_bytes\x18\x07 \x01(\x04\"C\n\x0eHealthResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x32\xdb\x02\n\x0e\x44\x66\x64\x61\x65monUpload\x12S\n\nSyncPieces\x12 .dffs.dfdaemon.SyncPiecesRequest\x1a!.dffs.dfdaemon.SyncPiecesResponse0\x01\x12Z\n\rDownloadPiece\x12#.dffs.dfdaemon.DownloadPieceRequest\x1a$.dffs.dfdaemon.DownloadPieceResponse\x12=\n\x08StatTask\x12\x1e.dffs.dfdaemon.StatTaskRequest\x1a\x11.dffs.common.Task\x12Y\n\x0c\x44ownloadTask\x12\".dffs.dfdaemon.DownloadTaskRequest\x1a#.dffs.dfdaemon.DownloadTaskResponse0\x01\x32\xe4\x04\n\x10\x44\x66\x64\x61\x65monDownload\x12Y\n\x0c\x44ownloadTask\x12\".dffs.dfdaemon.DownloadTaskRequest\x1a#.dffs.dfdaemon.DownloadTaskResponse0\x01\x12\x44\n\x08StatTask\x12\x1e.dffs.dfdaemon.StatTaskRequest\x1a\x18.dffs.dfdaemon.LocalTask\x12\x46\n\nDeleteTask\x12 .dffs.dfdaemon.DeleteTaskRequest\x1a\x16.google.protobuf.Empty\x12N\n\tListTasks\x12\x1f.dffs.dfdaemon.ListTasksRequest\x1a .dffs.dfdaemon.ListTasksResponse\x12H\n\nImportTask\x12 .dffs.dfdaemon.ImportTaskRequest\x1a\x18.dffs.dfdaemon.LocalTask\x12H\n\nExportTask\x12 .dffs.dfdaemon.ExportTaskRequest\x1a\x18.dffs.dfdaemon.LocalTask\x12?\n\x06Health\x12\x16.google.protobuf.Empty\x1a\x1d.dffs.dfdaemon.HealthResponse\x12\x42\n\x05RunGC\x12\x1b.dffs.dfdaemon.RunGCRequest\x1a\x1c.dffs.dfdaemon.RunGCResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +36,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._loaded_options = None
   _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._serialized_options = b'8\001'
-  _globals['_SYNCPIECESREQUEST']._serialized_start=94
-  _globals['_SYNCPIECESREQUEST']._serialized_end=181
-  _globals['_SYNCPIECESRESPONSE']._serialized_start=183
-  _globals['_SYNCPIECESRESPONSE']._serialized_end=267
-  _globals['_DOWNLOADPIECEREQUEST']._serialized_start=269
-  _globals['_DOWNLOADPIECEREQUEST']._serialized_end=347
-  _globals['_DOWNLOADPIECERESPONSE']._serialized_start=349
-  _globals['_DOWNLOADPIECERESPONSE']._serialized_end=407
-  _globals['_STATTASKREQUEST']._serialized_start=409
-  _globals['_STATTASKREQUEST']._serialized_end=443
-  _globals['_DOWNLOADTASKREQUEST']._serialized_start=445
-  _globals['_DOWNLOADTASKREQUEST']._serialized_end=507
-  _globals['_DOWNLOADTASKSTARTEDRESPONSE']._serialized_start=510
-  _globals['_DOWNLOADTASKSTARTEDRESPONSE']._serialized_end=814
-  _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._serialized_start=751
-  _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._serialized_end=804
-  _globals['_DOWNLOADPIECEFINISHEDRESPONSE']._serialized_start=816
-  _globals['_DOWNLOADPIECEFINISHEDRESPONSE']._serialized_end=882
-  _globals['_DOWNLOADTASKRESPONSE']._serialized_start=885
-  _globals['_DOWNLOADTASKRESPONSE']._serialized_end=1146
-  _globals['_DELETETASKREQUEST']._serialized_start=1148
-  _globals['_DELETETASKREQUEST']._serialized_end=1184
-  _globals['_LISTTASKSREQUEST']._serialized_start=1186
-  _globals['_LISTTASKSREQUEST']._serialized_end=1204
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1206
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1259
-  _globals['_IMPORTTASKREQUEST']._serialized_start=1261
-  _globals['_IMPORTTASKREQUEST']._serialized_end=1335
-  _globals['_EXPORTTASKREQUEST']._serialized_start=1338
-  _globals['_EXPORTTASKREQUEST']._serialized_end=1470
-  _globals['_HEALTHRESPONSE']._serialized_start=1472
-  _globals['_HEALTHRESPONSE']._serialized_end=1539
-  _globals['_DFDAEMONUPLOAD']._serialized_start=1542
-  _globals['_DFDAEMONUPLOAD']._serialized_end=1889
-  _globals['_DFDAEMONDOWNLOAD']._serialized_start=1892
-  _globals['_DFDAEMONDOWNLOAD']._serialized_end=2415
+  _globals['_SYNCPIECESREQUEST']._serialized_start=127
+  _globals['_SYNCPIECESREQUEST']._serialized_end=214
+  _globals['_SYNCPIECESRESPONSE']._serialized_start=216
+  _globals['_SYNCPIECESRESPONSE']._serialized_end=300
+  _globals['_DOWNLOADPIECEREQUEST']._serialized_start=302
+  _globals['_DOWNLOADPIECEREQUEST']._serialized_end=380
+  _globals['_DOWNLOADPIECERESPONSE']._serialized_start=382
+  _globals['_DOWNLOADPIECERESPONSE']._serialized_end=440
+  _globals['_STATTASKREQUEST']._serialized_start=442
+  _globals['_STATTASKREQUEST']._serialized_end=476
+  _globals['_DOWNLOADTASKREQUEST']._serialized_start=478
+  _globals['_DOWNLOADTASKREQUEST']._serialized_end=540
+  _globals['_DOWNLOADTASKSTARTEDRESPONSE']._serialized_start=543
+  _globals['_DOWNLOADTASKSTARTEDRESPONSE']._serialized_end=847
+  _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._serialized_start=784
+  _globals['_DOWNLOADTASKSTARTEDRESPONSE_RESPONSEHEADERENTRY']._serialized_end=837
+  _globals['_DOWNLOADPIECEFINISHEDRESPONSE']._serialized_start=849
+  _globals['_DOWNLOADPIECEFINISHEDRESPONSE']._serialized_end=915
+  _globals['_DOWNLOADTASKRESPONSE']._serialized_start=918
+  _globals['_DOWNLOADTASKRESPONSE']._serialized_end=1179
+  _globals['_DELETETASKREQUEST']._serialized_start=1181
+  _globals['_DELETETASKREQUEST']._serialized_end=1217
+  _globals['_LISTTASKSREQUEST']._serialized_start=1219
+  _globals['_LISTTASKSREQUEST']._serialized_end=1237
+  _globals['_LOCALTASK']._serialized_start=1240
+  _globals['_LOCALTASK']._serialized_end=1439
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1441
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1501
+  _globals['_IMPORTTASKREQUEST']._serialized_start=1503
+  _globals['_IMPORTTASKREQUEST']._serialized_end=1577
+  _globals['_EXPORTTASKREQUEST']._serialized_start=1580
+  _globals['_EXPORTTASKREQUEST']._serialized_end=1712
+  _globals['_RUNGCREQUEST']._serialized_start=1714
+  _globals['_RUNGCREQUEST']._serialized_end=1728
+  _globals['_RUNGCRESPONSE']._serialized_start=1731
+  _globals['_RUNGCRESPONSE']._serialized_end=1914
+  _globals['_HEALTHRESPONSE']._serialized_start=1916
+  _globals['_HEALTHRESPONSE']._serialized_end=1983
+  _globals['_DFDAEMONUPLOAD']._serialized_start=1986
+  _globals['_DFDAEMONUPLOAD']._serialized_end=2333
+  _globals['_DFDAEMONDOWNLOAD']._serialized_start=2336
+  _globals['_DFDAEMONDOWNLOAD']._serialized_end=2948
 # @@protoc_insertion_point(module_scope)

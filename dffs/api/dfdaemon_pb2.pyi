@@ -1,5 +1,8 @@
+import datetime
+
 from dffs.api import common_pb2 as _common_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -109,11 +112,29 @@ class ListTasksRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LocalTask(_message.Message):
+    __slots__ = ("task", "present_piece_count", "present_bytes", "disk_bytes", "last_access", "imported", "active")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_PIECE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    task: _common_pb2.Task
+    present_piece_count: int
+    present_bytes: int
+    disk_bytes: int
+    last_access: _timestamp_pb2.Timestamp
+    imported: bool
+    active: bool
+    def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., present_piece_count: _Optional[int] = ..., present_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., last_access: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ..., active: _Optional[bool] = ...) -> None: ...
+
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks",)
     TASKS_FIELD_NUMBER: _ClassVar[int]
-    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[LocalTask]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LocalTask, _Mapping]]] = ...) -> None: ...
 
 class ImportTaskRequest(_message.Message):
     __slots__ = ("path", "download")
@@ -134,6 +155,28 @@ class ExportTaskRequest(_message.Message):
     output_path: str
     local_only: bool
     def __init__(self, task_id: _Optional[str] = ..., download: _Optional[_Union[_common_pb2.Download, _Mapping]] = ..., output_path: _Optional[str] = ..., local_only: _Optional[bool] = ...) -> None: ...
+
+class RunGCRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunGCResponse(_message.Message):
+    __slots__ = ("evicted_tasks", "evicted_pieces", "freed_bytes", "used_bytes", "quota_bytes", "high_watermark_bytes", "low_watermark_bytes")
+    EVICTED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_PIECES_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOW_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    evicted_tasks: int
+    evicted_pieces: int
+    freed_bytes: int
+    used_bytes: int
+    quota_bytes: int
+    high_watermark_bytes: int
+    low_watermark_bytes: int
+    def __init__(self, evicted_tasks: _Optional[int] = ..., evicted_pieces: _Optional[int] = ..., freed_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
     __slots__ = ("host_id", "version", "serving")

@@ -249,7 +249,7 @@ class DfdaemonDownloadStub:
         self.StatTask = channel.unary_unary(
                 '/dffs.dfdaemon.DfdaemonDownload/StatTask',
                 request_serializer=dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.SerializeToString,
-                response_deserializer=dffs_dot_api_dot_common__pb2.Task.FromString,
+                response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
                 _registered_method=True)
         self.DeleteTask = channel.unary_unary(
                 '/dffs.dfdaemon.DfdaemonDownload/DeleteTask',
@@ -264,17 +264,22 @@ class DfdaemonDownloadStub:
         self.ImportTask = channel.unary_unary(
                 '/dffs.dfdaemon.DfdaemonDownload/ImportTask',
                 request_serializer=dffs_dot_api_dot_dfdaemon__pb2.ImportTaskRequest.SerializeToString,
-                response_deserializer=dffs_dot_api_dot_common__pb2.Task.FromString,
+                response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
                 _registered_method=True)
         self.ExportTask = channel.unary_unary(
                 '/dffs.dfdaemon.DfdaemonDownload/ExportTask',
                 request_serializer=dffs_dot_api_dot_dfdaemon__pb2.ExportTaskRequest.SerializeToString,
-                response_deserializer=dffs_dot_api_dot_common__pb2.Task.FromString,
+                response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
                 _registered_method=True)
         self.Health = channel.unary_unary(
                 '/dffs.dfdaemon.DfdaemonDownload/Health',
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
                 response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.HealthResponse.FromString,
+                _registered_method=True)
+        self.RunGC = channel.unary_unary(
+                '/dffs.dfdaemon.DfdaemonDownload/RunGC',
+                request_serializer=dffs_dot_api_dot_dfdaemon__pb2.RunGCRequest.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_dfdaemon__pb2.RunGCResponse.FromString,
                 _registered_method=True)
 
 
@@ -295,7 +300,8 @@ class DfdaemonDownloadServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete the task's pieces here (and tell the scheduler this host has none).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -307,7 +313,8 @@ class DfdaemonDownloadServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Seed a local file into the cluster: pieces, digests, complete, announced.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -324,6 +331,13 @@ class DfdaemonDownloadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunGC(self, request, context):
+        """One GC pass now (quota watermarks and task TTL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DfdaemonDownloadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,7 +349,7 @@ def add_DfdaemonDownloadServicer_to_server(servicer, server):
             'StatTask': grpc.unary_unary_rpc_method_handler(
                     servicer.StatTask,
                     request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.FromString,
-                    response_serializer=dffs_dot_api_dot_common__pb2.Task.SerializeToString,
+                    response_serializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.SerializeToString,
             ),
             'DeleteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTask,
@@ -350,17 +364,22 @@ def add_DfdaemonDownloadServicer_to_server(servicer, server):
             'ImportTask': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportTask,
                     request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.ImportTaskRequest.FromString,
-                    response_serializer=dffs_dot_api_dot_common__pb2.Task.SerializeToString,
+                    response_serializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.SerializeToString,
             ),
             'ExportTask': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportTask,
                     request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.ExportTaskRequest.FromString,
-                    response_serializer=dffs_dot_api_dot_common__pb2.Task.SerializeToString,
+                    response_serializer=dffs_dot_api_dot_dfdaemon__pb2.LocalTask.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
                     request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                     response_serializer=dffs_dot_api_dot_dfdaemon__pb2.HealthResponse.SerializeToString,
+            ),
+            'RunGC': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunGC,
+                    request_deserializer=dffs_dot_api_dot_dfdaemon__pb2.RunGCRequest.FromString,
+                    response_serializer=dffs_dot_api_dot_dfdaemon__pb2.RunGCResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,7 +435,7 @@ class DfdaemonDownload:
             target,
             '/dffs.dfdaemon.DfdaemonDownload/StatTask',
             dffs_dot_api_dot_dfdaemon__pb2.StatTaskRequest.SerializeToString,
-            dffs_dot_api_dot_common__pb2.Task.FromString,
+            dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
             options,
             channel_credentials,
             insecure,
@@ -497,7 +516,7 @@ class DfdaemonDownload:
             target,
             '/dffs.dfdaemon.DfdaemonDownload/ImportTask',
             dffs_dot_api_dot_dfdaemon__pb2.ImportTaskRequest.SerializeToString,
-            dffs_dot_api_dot_common__pb2.Task.FromString,
+            dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
             options,
             channel_credentials,
             insecure,
@@ -524,7 +543,7 @@ class DfdaemonDownload:
             target,
             '/dffs.dfdaemon.DfdaemonDownload/ExportTask',
             dffs_dot_api_dot_dfdaemon__pb2.ExportTaskRequest.SerializeToString,
-            dffs_dot_api_dot_common__pb2.Task.FromString,
+            dffs_dot_api_dot_dfdaemon__pb2.LocalTask.FromString,
             options,
             channel_credentials,
             insecure,
@@ -552,6 +571,33 @@ class DfdaemonDownload:
             '/dffs.dfdaemon.DfdaemonDownload/Health',
             google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             dffs_dot_api_dot_dfdaemon__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunGC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.dfdaemon.DfdaemonDownload/RunGC',
+            dffs_dot_api_dot_dfdaemon__pb2.RunGCRequest.SerializeToString,
+            dffs_dot_api_dot_dfdaemon__pb2.RunGCResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     manager = commands.add_parser("manager", help="run the manager (cluster membership, config, jobs)")
     add_manager_arguments(manager)
+
+    from dffs.cli.ctl import add_ctl_arguments
+
+    ctl = commands.add_parser("ctl", help="inspect and control a running daemon (tasks, import, export, gc)")
+    add_ctl_arguments(ctl, _Parser)
+
+    from dffs.cli.up import add_up_arguments
+
+    up = commands.add_parser("up", help="manager, scheduler, seed and daemon with the mount, on this host")
+    add_up_arguments(up)
     return parser
 
 
@@ -99,6 +109,14 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.manager import run_manager
 
             return run_manager(args)
+        if args.command == "up":
+            from dffs.cli.up import run_up
+
+            return run_up(args)
+        if args.command == "ctl":
+            from dffs.cli.ctl import run_ctl
+
+            return run_ctl(args)
         raise UsageError(f"unknown command {args.command!r}")
     except DffsError as exc:
         if debug:

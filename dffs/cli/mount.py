@@ -37,6 +37,14 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", action="store_true", default=None, help="act as a seed peer")
     parser.add_argument("--idc", help="data centre label, to prefer close parents")
     parser.add_argument("--location", help="location label 'area|country|city'")
+    parser.add_argument("--proxy-port", type=int, metavar="N",
+                        help="HTTP proxy / registry mirror port (default 4001; 0: any free port; -1: off)")
+    parser.add_argument("--registry-mirror", metavar="URL",
+                        help="upstream registry the proxy mirrors, e.g. http://10.0.0.5:5000")
+    parser.add_argument("--storage-quota", metavar="SIZE|PCT%",
+                        help="GC disk budget for the cache, e.g. 20GiB or 80%% of the data dir's filesystem")
+    parser.add_argument("--metrics-port", type=int, metavar="N",
+                        help="Prometheus /metrics and /healthy port (default 4002; 0: any free port; -1: off)")
 
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +103,7 @@ def daemon_config(args: argparse.Namespace):
         file_values,
         {name: getattr(args, name, None) for name in
          ("data_dir", "ip", "hostname", "upload_port", "rpc_port", "scheduler", "manager", "seed", "idc",
-          "location")},
+          "location", "proxy_port", "registry_mirror", "storage_quota", "metrics_port")},
         ignore=[f.name for f in attrs.fields(MountConfig)],
     )
 
@@ -104,8 +112,9 @@ def run_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint if args.command == "mount" else args.mount
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
-    if args.command == "mount" and not args.scheduler and not args.manager:
-        trio.run(serve, mount_config(args, mountpoint))  # no P2P: no ports opened
+    if (args.command == "mount" and not args.scheduler and not args.manager and not args.storage_quota
+            and args.metrics_port is None):
+        trio.run(serve, mount_config(args, mountpoint))  # no P2P, GC quota or metrics: no ports opened
         return 0
     from dffs.daemon.service import Daemon
 

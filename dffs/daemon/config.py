@@ -42,6 +42,33 @@ class DaemonConfig:
     parent_wait: float = 3.0
     #: Such waits before going to the origin anyway.
     parent_rounds: int = 3
+    #: GC disk budget: bytes ("20GiB", "500MB", 1048576) or a share of the data dir's
+    #: filesystem ("80%"); "" or 0: no quota (the task TTL still applies).
+    storage_quota: str | int = ""
+    #: GC watermarks, fractions of the quota: above ``gc_high_watermark`` pieces go,
+    #: least recently used first, until usage is at ``gc_low_watermark``.
+    gc_high_watermark: float = 0.8
+    gc_low_watermark: float = 0.6
+    #: Seconds between background GC passes.
+    gc_interval: float = 60.0
+    #: A task unused this long is evicted whole (seconds; 0: never).
+    task_ttl: float = 7 * 24 * 3600.0
+    #: Prometheus metrics and /healthy on this port (0: any free port; -1: off).
+    metrics_port: int = 4002
+    #: HTTP proxy / registry mirror (dffs/proxy). None: 4001 if free (else no proxy, with a
+    #: warning); an explicit port must bind; 0: any free port; -1: off.
+    proxy_port: int | None = None
+    #: The proxy's listen address: loopback unless clients in ``proxy_allow`` need it wider.
+    proxy_listen: str = "127.0.0.1"
+    #: Upstream registry of mirror mode, e.g. ``http://10.0.0.5:5000``.
+    registry_mirror: str | None = None
+    #: URL regexes that go through P2P (default: registry blobs); lists or comma-separated.
+    proxy_rules: tuple[str, ...] | None = None
+    #: Hosts (fnmatch patterns) that never go through P2P.
+    proxy_bypass: tuple[str, ...] = ()
+    #: Client networks (CIDR) allowed to use the proxy besides loopback.
+    proxy_allow: tuple[str, ...] = ()
+    proxy_max_connections: int = 512
 
     @property
     def host_id(self) -> str:

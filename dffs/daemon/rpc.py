@@ -110,10 +110,18 @@ class DownloadService:
         self.tasks = tasks
         self.host_id = host_id
 
-    def register(self, server: grpc.Server) -> None:
+    def register(self, server: grpc.Server, control=None) -> None:
         servicer = dfdaemon_pb2_grpc.DfdaemonDownloadServicer()
         servicer.DownloadTask = bridge.trio_unary_stream(self.download_task)
+        if control is not None:  # dffs ctl's RPCs (dffs/daemon/control.py)
+            control.install(servicer)
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(servicer, server)
+
+    def register_with_control(self, daemon):
+        from dffs.daemon.control import ControlService
+
+        control = ControlService(daemon)
+        return lambda server: self.register(server, control)
 
     async def download_task(self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.ServicerContext):
         from pathlib import Path

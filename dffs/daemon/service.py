@@ -52,6 +52,11 @@ class Daemon:
         self.schedulers: SchedulerPool | None = None
         #: The cluster's dynamic config as last read from the manager (None: no manager).
         self.cluster_tunables: ClientTunables | None = None
+        #: The HTTP proxy / registry mirror (dffs/proxy), built here so a bad setting fails before anything runs.
+        self.proxy = None if embedded or cfg.proxy_port == -1 else self._make_proxy()
+        #: The cache GC (dffs.gc), started with the daemon unless embedded.
+        self.gc = None
+        self.gc_limits = _gc_limits(cfg)
         self._nursery: trio.Nursery | None = None
 
     def _host(self) -> common_pb2.Host:
@@ -101,6 +106,52 @@ class Daemon:
         limit = tunables.upload_limit if tunables.upload_limit is not None else self.cfg.upload_rate_limit
         self.upload.set_rate_limit(limit or None)
 
+    def _make_proxy(self):
+        from dffs.proxy import ProxyConfig, ProxyServer
+
+        cfg = self.cfg
+        options = dict(port=cfg.proxy_port, listen=cfg.proxy_listen, registry_mirror=cfg.registry_mirror,
+                       bypass=cfg.proxy_bypass, allow=cfg.proxy_allow, max_connections=cfg.proxy_max_connections)
+        if cfg.proxy_rules is not None:
+            options["rules"] = cfg.proxy_rules
+        proxy = ProxyServer(self.tasks, ProxyConfig(**options))
+        proxy.bind()
+        return proxy
+
+    async def _start_proxy(self, nursery: trio.Nursery) -> None:
+        """The HTTP proxy and registry mirror on --proxy-port, in this nursery."""
+        if self.proxy is not None and (port := await nursery.start(self.proxy.serve)) is not None:
+            self.ports["proxy"] = port
+
+    async def _start_gc_and_metrics(self, nursery: trio.Nursery) -> None:
+        """The cache GC and the metrics endpoint (dffs/gc, dffs/metrics), in this nursery."""
+        from dffs.daemon.control import report_evictions, swarm_stat
+        from dffs.gc.service import GcService
+        from dffs.metrics import DAEMON
+        from dffs.metrics.server import serve_trio
+
+        async def report(result) -> None:
+            if self.p2p is not None:
+                await report_evictions(self.p2p, result)
+
+        async def stat_fallback(request, error):
+            return await swarm_stat(self.p2p, request, error) if self.p2p is not None else None
+
+        def busy(tid: str) -> bool:
+            task = self.tasks.active(tid)
+            return task is not None and task.filling > 0
+
+        self.tasks.stat_fallback = stat_fallback
+        self.gc = GcService(self.storage, self.gc_limits, interval=self.cfg.gc_interval,
+                            is_active=lambda tid: self.tasks.active(tid) is not None, is_busy=busy, report=report)
+        await nursery.start(self.gc.run)
+        if self.cfg.metrics_port >= 0:
+            try:
+                self.ports["metrics"] = await nursery.start(serve_trio, self.cfg.ip, self.cfg.metrics_port, DAEMON)
+            except OSError as exc:  # metrics are not worth failing the daemon for (a busy port)
+                log.warning("host=%s event=metrics_unavailable port=%d error=%s", self.cfg.host_id,
+                            self.cfg.metrics_port, exc.strerror)
+
     async def _main_job(self) -> None:
         if self.embedded:
             await trio.sleep_forever()  # the caller cancels when its download is done
@@ -121,17 +172,22 @@ class Daemon:
                     bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_rpc.register))
                 self.ports["rpc"] = server.port
                 if not self.embedded:
+                    await self._start_gc_and_metrics(nursery)
+                if not self.embedded:
                     socket_path = self.cfg.data_dir / "dffs.sock"
                     socket_path.unlink(missing_ok=True)
                     download_rpc = DownloadService(self.tasks, self.cfg.host_id)
                     await servers.enter_async_context(bridge.open_grpc_server(f"unix:{socket_path}",
-                                                                              download_rpc.register))
+                                                                              download_rpc.register_with_control(self)))
                     os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
                 await self._join_schedulers(nursery, piece_client)
+                await self._start_proxy(nursery)
                 log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
                          self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
                 if not self.embedded:
-                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}",
+                    proxy = f" proxy_port={self.ports['proxy']}" if "proxy" in self.ports else ""
+                    proxy += f" metrics_port={self.ports['metrics']}" if "metrics" in self.ports else ""
+                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}{proxy}",
                           flush=True)
                 task_status.started(self)
                 try:
@@ -147,6 +203,19 @@ class Daemon:
                 await piece_client.aclose()
                 self.storage.close()
                 await self.sources.aclose()
+
+
+def _gc_limits(cfg: DaemonConfig):
+    """The GC's limits from the config (UsageError when malformed, before anything starts)."""
+    from dffs.errors import UsageError
+    from dffs.gc.policy import GcLimits, parse_quota
+
+    st = os.statvfs(cfg.data_dir)
+    quota = parse_quota(cfg.storage_quota, st.f_blocks * st.f_frsize)
+    try:
+        return GcLimits(quota=quota, high=cfg.gc_high_watermark, low=cfg.gc_low_watermark, task_ttl=cfg.task_ttl)
+    except ValueError as exc:
+        raise UsageError(f"bad GC settings: {exc}") from None
 
 
 async def _wait_for_signal() -> None:

@@ -26,6 +26,7 @@ from dffs.fs.nodes import Node, attributes
 from dffs.fs.prefetch import Prefetcher
 from dffs.fs.readahead import SequentialDetector
 from dffs.idgen import pieces_for_range
+from dffs.metrics import daemon as metrics
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
 from dffs.peertask.export import verify_task
 
@@ -95,10 +96,16 @@ class DffsOperations(pyfuse3.Operations):
     # ----------------------------------------------------------- metadata
     async def lookup(self, parent_inode, name, ctx=None):
         self.counters["lookups"] += 1
+        metrics.fuse_ops.labels("lookup").inc()
         parent = self._node(parent_inode)
         if not parent.is_dir:
             raise fuse_error(errno.ENOTDIR)
-        node = await self.ns.lookup(parent, os.fsdecode(name))
+        with metrics.fuse_seconds.labels("lookup").time():
+            try:
+                node = await self.ns.lookup(parent, os.fsdecode(name))
+            except BaseException:
+                metrics.fuse_errors.labels("lookup").inc()
+                raise
         return self._attr(node)
 
     async def getattr(self, inode, ctx=None):
@@ -165,6 +172,7 @@ class DffsOperations(pyfuse3.Operations):
             raise fuse_error(errno.EBADF)
         node = handle.node
         self.counters["reads"] += 1
+        metrics.fuse_ops.labels("read").inc()
         if node.digest_check == "bad":
             log.warning("event=read_refused path=%s reason=digest_mismatch", node.path())
             raise fuse_error(errno.EIO)
@@ -184,10 +192,13 @@ class DffsOperations(pyfuse3.Operations):
         self.counters["read_bytes"] += len(data)
         log.debug("task=%s event=read offset=%d size=%d ms=%.2f", handle.task.task_id if handle.task else "-",
                   off, size, 1000 * (time.monotonic() - started))
+        metrics.fuse_seconds.labels("read").observe(time.monotonic() - started)
+        metrics.fuse_read_bytes.inc(len(data))
         return data
 
     def _read_failed(self, handle: OpenFile, off: int, size: int, cause) -> NoReturn:
         self.counters["read_errors"] += 1
+        metrics.fuse_errors.labels("read").inc()
         log.warning(
             "task=%s event=read_failed path=%s offset=%d size=%d error=%s",
             handle.task.task_id if handle.task else "-", handle.node.path(), off, size, cause,
@@ -202,6 +213,19 @@ class DffsOperations(pyfuse3.Operations):
             return b""
         size = min(size, meta.content_length - off)
         needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
+        # Pinned from before the wait until the bytes are copied: the GC never
+        # evicts a piece between "present" and the pread.
+        with store.pinned(needed):
+            return await self._read_pinned(handle, task, store, needed, off, size)
+
+    async def _read_pinned(self, handle: OpenFile, task: PeerTask, store, needed: list[int], off: int,
+                           size: int) -> bytes:
+        hits = sum(1 for n in needed if store.has_piece(n))
+        metrics.cache_requests.labels("hit").inc(hits)
+        metrics.cache_requests.labels("miss").inc(len(needed) - hits)
+        store.touch(needed)
+        if hits == len(needed):
+            metrics.download_bytes.labels("local").inc(size)
         if len(needed) == 1 and size <= COLD_READ_MAX and self.prefetcher is not None:
             span = store.span(needed[0])
             data = await task.read_cold(needed[0], off - span.offset, size, self.prefetcher.nursery)

@@ -53,6 +53,7 @@ class Api:
         ("GET", re.compile(r"^/api/v1/jobs$"), "list_jobs"),
         ("GET", re.compile(r"^/api/v1/jobs/(\d+)$"), "get_job"),
         ("GET", re.compile(r"^/healthy$"), "healthy"),
+        ("GET", re.compile(r"^/metrics$"), "metrics"),
     ]
 
     def __init__(self, store: Store, jobs: JobStore) -> None:
@@ -99,6 +100,25 @@ class Api:
     def healthy(self, *, query, body):
         return 200, {"ok": True}
 
+    def metrics(self, *, query, body):
+        """Prometheus text: jobs by state and active members, read from the database now."""
+        import sqlalchemy as sa
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from dffs.manager import db as manager_db
+        from dffs.manager.jobs import STATES
+        from dffs.metrics import MANAGER
+        from dffs.metrics import manager as metrics
+
+        with self.jobs.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(manager_db.jobs.c.state, sa.func.count())
+                                       .group_by(manager_db.jobs.c.state)).all())
+        for state in STATES:
+            metrics.jobs.labels(state).set(counts.get(state, 0))
+        for kind in (SCHEDULER, SEED_PEER):
+            metrics.members.labels(kind).set(len(self.store.list_members(kind, active_only=True)))
+        return 200, RawBody(generate_latest(MANAGER), CONTENT_TYPE_LATEST)
+
     def list_clusters(self, *, query, body):
         return 200, {"clusters": self.store.list_clusters()}
 
@@ -141,15 +161,26 @@ class Api:
         return 200, self.jobs.get(int(job_id))
 
 
+class RawBody:
+    """A non-JSON answer (the Prometheus text of /metrics)."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "dffs-manager"
     protocol_version = "HTTP/1.1"
     api: Api  # set on the subclass
 
     def _respond(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload, sort_keys=True).encode() + b"\n"
+        if isinstance(payload, RawBody):
+            data, content_type = payload.data, payload.content_type
+        else:
+            data, content_type = json.dumps(payload, sort_keys=True).encode() + b"\n", "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":

@@ -52,6 +52,7 @@ async def download_to_file(
     a user rejected.
     """
     task = await tasks.open(request)
+    fetched_before = task.source_bytes + task.peer_bytes
     on_start(task)
     await task.fetch_all(concurrency=concurrency, on_progress=on_progress)
     for _ in range(3):
@@ -69,6 +70,11 @@ async def download_to_file(
         raise StorageError(f"task {task.task_id}: pieces keep failing verification")
     method = await trio.to_thread.run_sync(export_task, task.store, output)
     result = DownloadResult(task.task_id, task.store.meta.content_length, task.source_bytes, task.peer_bytes, method)
+    task.store.touch()
+    from dffs.metrics import daemon as metrics
+
+    fetched = task.source_bytes + task.peer_bytes - fetched_before
+    metrics.download_bytes.labels("local").inc(max(0, result.size - fetched))
     log.info("task=%s event=download_done bytes=%d origin_bytes=%d peer_bytes=%d export=%s",
              task.task_id, result.size, result.origin_bytes, result.peer_bytes, method)
     return result

@@ -12,7 +12,7 @@ from dffs.errors import SourceError
 from dffs.idgen import piece_length_for, task_id
 from dffs.peertask.buffers import BufferPool
 from dffs.peertask.task import PeerTask
-from dffs.source import SourceRegistry, Validators
+from dffs.source import SourceRegistry, SourceStat, Validators
 from dffs.storage import StorageManager, TaskMeta
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ class TaskManager:
         #: ``async (task, request)`` run once for every task opened; the daemon uses it
         #: to install the P2P fetcher.
         self.on_open: Callable[[PeerTask, DownloadRequest], Awaitable[None]] | None = None
+        #: ``async (request, error) -> SourceStat | None``: asked when the origin cannot
+        #: say what the object is (down, gone); the daemon asks the scheduler, so a task
+        #: imported elsewhere (``dffs ctl import``) can be fetched with no origin at all.
+        self.stat_fallback: Callable[[DownloadRequest, SourceError], Awaitable[SourceStat | None]] | None = None
         self._tasks: dict[str, PeerTask] = {}
         self._opening: dict[str, trio.Lock] = {}
         self._opened: dict[str, trio.Event] = {}
@@ -60,7 +64,11 @@ class TaskManager:
             if task is not None:
                 return task
             store = await trio.to_thread.run_sync(self.storage.open_task, tid)
-            if store is not None:
+            if store is not None and store.meta.imported:
+                # Seeded from a local file: there is no origin to revalidate against.
+                meta = store.meta
+                stat = SourceStat(url=request.url, content_length=meta.content_length, etag=meta.etag)
+            elif store is not None:
                 meta = store.meta
                 stat = await source.stat(
                     request.url,
@@ -71,7 +79,7 @@ class TaskManager:
                     log.info("task=%s event=origin_changed action=restart url=%s", tid, request.url)
                     store = None
             else:
-                stat = await source.stat(request.url, headers=request.headers)
+                stat = await self._stat(source, request)
             if store is None:
                 if stat.content_length is None:
                     raise SourceError(f"{request.url}: the origin does not report the object's size")
@@ -93,6 +101,19 @@ class TaskManager:
             self._tasks[tid] = task
             self._opened.pop(tid, trio.Event()).set()
             return task
+
+    async def _stat(self, source, request: DownloadRequest) -> SourceStat:
+        try:
+            return await source.stat(request.url, headers=request.headers)
+        except SourceError as exc:
+            if self.stat_fallback is None:
+                raise
+            stat = await self.stat_fallback(request, exc)
+            if stat is None:
+                raise
+            log.info("task=%s event=origin_stat_failed action=use_swarm_metadata size=%s error=%s",
+                     request.task_id, stat.content_length, exc)
+            return stat
 
     def active(self, tid: str) -> PeerTask | None:
         """The task's PeerTask if this process has it open."""

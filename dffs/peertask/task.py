@@ -17,6 +17,7 @@ from typing import Protocol
 import trio
 
 from dffs.errors import DffsError, RangeNotSupported, SourceError, primary_error
+from dffs.metrics import daemon as metrics
 from dffs.peertask.buffers import BufferPool
 from dffs.source.base import Source, SourceStat, Validators
 from dffs.storage import TaskStore
@@ -68,6 +69,8 @@ class PeerTask:
         #: Bytes received from other peers.
         self.peer_bytes = 0
         self._listeners: set[trio.MemorySendChannel] = set()
+        #: Whole-task downloads (fetch_all) running: the GC leaves such a task alone.
+        self.filling = 0
         self._note_written()
 
     def _note_written(self, number: int | None = None) -> None:
@@ -182,6 +185,7 @@ class PeerTask:
                         validators=self.validators,
                     )
             self.source_bytes += span.length
+            metrics.download_bytes.labels("origin").inc(span.length)
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
             self._note_written(number)
         except DffsError as exc:  # a background job: record it for the waiters, never crash the owner
@@ -205,6 +209,9 @@ class PeerTask:
                 self.source_bytes += span.length
             else:
                 self.peer_bytes += span.length
+            kind = "origin" if origin else "peer"
+            metrics.download_bytes.labels(kind).inc(span.length)
+            metrics.piece_seconds.labels(kind).observe(time.monotonic() - started)
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
         if self.fetcher is not None:  # report before completion can be announced
             await self.fetcher.stored(self, number, origin, time.monotonic() - started)
@@ -222,6 +229,13 @@ class PeerTask:
     async def fetch_all(self, *, concurrency: int = 8, on_progress: ProgressCallback | None = None) -> None:
         """Make every piece present: ranged fetches ``concurrency`` at a time,
         or one sequential stream if the origin does not do ranges."""
+        self.filling += 1
+        try:
+            await self._fetch_all(concurrency, on_progress)
+        finally:
+            self.filling -= 1
+
+    async def _fetch_all(self, concurrency: int, on_progress: ProgressCallback | None) -> None:
         progress = on_progress or (lambda n: None)
         await trio.to_thread.run_sync(self.store.verify_all)
         present = self.store.present_bytes()
@@ -317,6 +331,7 @@ class PeerTask:
                                 )
                             filled += got
                         self.source_bytes += span.length
+                        metrics.download_bytes.labels("origin").inc(span.length)
                         await full_send.send((number, buffer, span.length))
         except BaseExceptionGroup as group:
             raise primary_error(group) from None

@@ -84,6 +84,8 @@ class SchedulerConfig:
     max_piece_count: int = _count(1 << 17, _positive)
     #: Largest gRPC message accepted or sent.
     max_message_bytes: int = _count(16 * 1024 * 1024, _positive)
+    #: Prometheus /metrics and /healthy (HTTP) on the listen address's host; 0: any free port, -1: off.
+    metrics_port: int = attrs.field(default=8000, converter=int)
     #: Pieces a child fetches at once across its parents (0 = the daemon's default).
     concurrent_piece_count: int = _count(0)
 

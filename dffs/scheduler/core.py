@@ -262,6 +262,14 @@ class SchedulerCore:
         log.info("event=task_deleted_from_host task=%s host=%s peers=%d", request.task_id, request.host_id, len(peers))
         return {request.task_id}
 
+    def delete_pieces(self, request: scheduler_pb2.DeletePiecesRequest) -> set[str]:
+        _check_id("host", request.host_id)
+        _check_id("task", request.task_id)
+        peers = self.graph.delete_pieces(request.host_id, request.task_id, request.piece_numbers)
+        log.info("event=pieces_deleted_from_host task=%s host=%s peers=%d pieces=%d", request.task_id,
+                 request.host_id, len(peers), len(request.piece_numbers))
+        return {request.task_id}
+
     def _peer_for(self, host_id: str, task_id: str, peer_id: str) -> Peer:
         _check_id("peer", peer_id)
         peer = self.graph.peer(peer_id)

@@ -709,6 +709,36 @@ class Graph:
             self.leave_peer(peer)
         return peers
 
+    def delete_pieces(self, host_id: str, task_id: str, numbers: Iterable[int]) -> list[Peer]:
+        """The host evicted these pieces (its cache GC): its peers of the task no longer hold them.
+
+        The peers keep their state (a succeeded peer still serves what it has;
+        children learn the exact set from its SyncPieces), but parent choice
+        uses the piece bitmap, so nobody is sent here for pieces it lacks. A
+        peer left holding nothing leaves the task.
+        """
+        host = self.host(host_id)
+        task = self.task(task_id)
+        numbers = list(numbers)
+        for number in numbers:
+            self.check_piece_number(task, number)
+        peers = [p for p in host.peers.values() if p.task is task]
+        if not peers:
+            raise NotFound(f"host {host_id!r} holds no peer of task {task_id!r}")
+        mask = 0
+        for number in numbers:
+            mask |= 1 << number
+        for peer in peers:
+            removed = peer.pieces & mask
+            if removed:
+                peer.pieces &= ~mask
+                peer.finished_count -= bin(removed).count("1")
+                self._touch(peer)
+            if not peer.pieces and peer.state is PeerState.SUCCEEDED:
+                self.leave_peer(peer)
+        task.updated_at = self.clock()
+        return peers
+
     # ---- GC ---------------------------------------------------------------
 
     def gc(self) -> GcReport:

@@ -46,6 +46,7 @@ async def serve(
         raise DffsError(f"scheduler cannot listen on {config.listen}: {exc}") from None
     await server.start()
     service.start()
+    metrics_server = None
     membership = None
     if config.manager:
         membership = asyncio.create_task(
@@ -54,6 +55,7 @@ async def serve(
         log.info("event=listening address=%s port=%d", config.listen, port)
         if ready is not None:
             ready(config.listen, port)
+        metrics_server = await _start_metrics(config, core)
         await stop.wait()
         log.info("event=stopping")
     finally:
@@ -62,6 +64,30 @@ async def serve(
             await asyncio.gather(membership, return_exceptions=True)
         await server.stop(STOP_GRACE)
         await service.aclose()
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+async def _start_metrics(config: SchedulerConfig, core: SchedulerCore):
+    """Prometheus text and /healthy on ``metrics_port`` (a busy port is logged, not fatal)."""
+    if config.metrics_port < 0:
+        return None
+    from dffs.metrics import SCHEDULER
+    from dffs.metrics import scheduler as metrics
+    from dffs.metrics.server import start_asyncio
+
+    graph = core.graph
+    metrics.hosts.set_function(lambda: len(graph.hosts))
+    metrics.tasks.set_function(lambda: len(graph.tasks))
+    metrics.peers.set_function(lambda: len(graph.peers))
+    host = "127.0.0.1" if is_unix_address(config.listen) else config.listen.rpartition(":")[0].strip("[]")
+    try:
+        server, port = await start_asyncio(host, config.metrics_port, SCHEDULER)
+    except OSError as exc:
+        log.warning("event=metrics_unavailable port=%d error=%s", config.metrics_port, exc.strerror)
+        return None
+    print(f"dffs scheduler: metrics on http://{host}:{port}/metrics (port {port})", flush=True)
+    return server
 
 
 def _print_ready(address: str, port: int) -> None:

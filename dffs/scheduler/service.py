@@ -91,6 +91,7 @@ from google.protobuf import empty_pb2, message_factory
 from google.protobuf.message import DecodeError
 
 from dffs.api import scheduler_pb2, scheduler_pb2_grpc
+from dffs.metrics import scheduler as metrics
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
 from dffs.scheduler.errors import InvalidArgument, SchedulerError
@@ -99,6 +100,9 @@ from dffs.scheduler.trigger import SeedTrigger
 log = logging.getLogger("dffs.scheduler")
 
 SERVICE_NAME = "dffs.scheduler.Scheduler"
+#: Answer kinds as metric labels.
+_DECISIONS = {"normal_task_response": "parents", "need_back_to_source_response": "back_to_source",
+              "empty_task_response": "empty"}
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -157,6 +161,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             except Exception:  # a bug in GC must not stop future passes
                 log.exception("event=gc_failed")
                 continue
+            for kind in ("hosts", "peers", "tasks"):
+                metrics.gc_removed.labels(kind).inc(len(getattr(report, kind)))
             for task_id in report.touched_tasks:
                 self._notify(task_id)
 
@@ -216,7 +222,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     wants_answer = self.core.handle(session, request)
                 self._notify(session.task_id)
                 if wants_answer:
+                    asked = asyncio.get_running_loop().time()
                     response = await self._answer(session)
+                    metrics.schedule_seconds.observe(asyncio.get_running_loop().time() - asked)
+                    metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
                     self._notify(session.task_id)
                     yield response
         except SchedulerError as exc:
@@ -286,6 +295,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def DeleteTask(self, request):
         for task_id in self.core.delete_task(request):
             self._notify(task_id)
+        return empty_pb2.Empty()
+
+    @_unary
+    def DeletePieces(self, request):
+        for task_id in self.core.delete_pieces(request):
+            self._notify(task_id)
+        metrics.pieces_deleted.inc(len(request.piece_numbers))
         return empty_pb2.Empty()
 
     @_unary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from dffs.errors import StorageError
@@ -32,6 +33,10 @@ class StorageManager:
         self._lock = threading.Lock()
         self._used_bytes = 0
         self._usage_lock = threading.Lock()
+        #: Called (in the writing thread) with a new piece's length before it is
+        #: written: the daemon's GC uses it to keep the disk under its watermark.
+        #: It may return a callable, called once that write is over (or failed).
+        self.reserve: Callable[[int], Callable[[], None] | None] | None = None
 
     # ------------------------------------------------------------- layout
     def task_dir(self, task_id: str) -> Path:
@@ -57,7 +62,8 @@ class StorageManager:
             if not (directory / META_FILE).exists():
                 return None
             try:
-                store = TaskStore.open(directory, memory=self.memory, on_usage_change=self._account)
+                store = TaskStore.open(directory, memory=self.memory, on_usage_change=self._account,
+                                       before_write=self._before_write)
             except StorageError as exc:
                 log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
                 shutil.rmtree(directory, ignore_errors=True)
@@ -73,7 +79,8 @@ class StorageManager:
                 self._account(-old.present_bytes())
                 old.close_dirty()
             store = TaskStore.create(
-                self.task_dir(meta.task_id), meta, memory=self.memory, on_usage_change=self._account
+                self.task_dir(meta.task_id), meta, memory=self.memory, on_usage_change=self._account,
+                before_write=self._before_write,
             )
             self._open[meta.task_id] = store
             return store
@@ -93,7 +100,16 @@ class StorageManager:
                 store.close()
             self._open.clear()
 
+    def open_stores(self) -> dict[str, TaskStore]:
+        """The tasks this process has open, by ID (a snapshot)."""
+        with self._lock:
+            return dict(self._open)
+
     # ------------------------------------------------------------- usage
+    def _before_write(self, length: int):
+        reserve = self.reserve
+        return reserve(length) if reserve is not None else None
+
     def _account(self, delta: int) -> None:
         with self._usage_lock:
             self._used_bytes += delta

@@ -26,6 +26,8 @@ class TaskMeta:
     tag: str = ""
     application: str = ""
     created_at: float = attrs.field(factory=time.time)
+    #: Seeded from a local file (``dffs ctl import``): no origin to revalidate against.
+    imported: bool = False
 
     @property
     def piece_count(self) -> int:

@@ -24,7 +24,10 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from dffs.digest import PIECE_DIGEST_SIZE, piece_digest
@@ -40,6 +43,10 @@ META_FILE = "meta.json"
 CONTENT_FILE = "content"
 JOURNAL_FILE = "pieces.journal"
 CLEAN_MARKER = "clean"
+#: Its mtime is the task's last access (persisted cheaply, so LRU survives a restart).
+ACCESS_FILE = "access"
+#: The access file is touched at most this often per task (seconds).
+ACCESS_PERSIST_INTERVAL = 5.0
 
 _VERIFY_CHUNK = 4 * 1024 * 1024
 
@@ -66,6 +73,7 @@ class TaskStore:
         *,
         memory: MemoryTier | None = None,
         on_usage_change: Callable[[int], None] | None = None,
+        before_write: Callable[[int], None] | None = None,
     ):
         self.directory = directory
         self.meta = meta
@@ -76,7 +84,16 @@ class TaskStore:
         self._lock = threading.Lock()
         self._memory = memory
         self._on_usage_change = on_usage_change or (lambda delta: None)
+        #: Called with a new piece's length before it is written (the GC makes room);
+        #: what it returns, if callable, is called once the write is over.
+        self._before_write = before_write
         self._closed = False
+        #: Pieces being read or uploaded right now: never evicted (refcounts).
+        self._pins: Counter[int] = Counter()
+        #: Wall-clock last access per piece, this process; the task's is persisted.
+        self._access: dict[int, float] = {}
+        self.last_access = read_last_access(directory, meta)
+        self._access_persisted = 0.0
 
     # ----------------------------------------------------------- lifecycle
     @classmethod
@@ -214,18 +231,26 @@ class TaskStore:
             raise StorageError(f"task {self.task_id}: piece {number} is {len(view)} bytes, expected {span.length}")
         if digest is None:
             digest = piece_digest(view)
+        release = None
+        if self._before_write is not None and number not in self._present:
+            release = self._before_write(span.length)  # may evict to make room; returns a release
+        self.touch((number,))
         try:
-            _pwrite_all(self._content_fd, view, span.offset)
-        except OSError as exc:
-            raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
-        record = journal.PieceRecord(number, span.length, True, digest)
-        with self._lock:
-            if self._closed:
-                raise StorageError(f"task {self.task_id} is closed")
-            os.write(self._journal_fd, journal.encode_record(record))
-            had = number in self._present
-            self._present[number] = record
-            self._verified.add(number)
+            try:
+                _pwrite_all(self._content_fd, view, span.offset)
+            except OSError as exc:
+                raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
+            record = journal.PieceRecord(number, span.length, True, digest)
+            with self._lock:
+                if self._closed:
+                    raise StorageError(f"task {self.task_id} is closed")
+                os.write(self._journal_fd, journal.encode_record(record))
+                had = number in self._present
+                self._present[number] = record
+                self._verified.add(number)
+        finally:
+            if release is not None:
+                release()
         if not had:
             self._on_usage_change(span.length)
         if self._memory is not None and self._memory.admits(span.length):
@@ -249,6 +274,85 @@ class TaskStore:
             self._memory.discard((self.task_id, number))
         _punch_hole(self._content_fd, span.offset, span.length)
         self._on_usage_change(-span.length)
+
+    # ------------------------------------------------- access, pins, eviction
+    def touch(self, numbers: Iterable[int] = ()) -> None:
+        """Record an access (for LRU eviction); persists the task's at most every few seconds."""
+        now = time.time()
+        for number in numbers:
+            self._access[number] = now
+        self.last_access = now
+        if now - self._access_persisted >= ACCESS_PERSIST_INTERVAL and not self._closed:
+            self._access_persisted = now
+            path = self.directory / ACCESS_FILE
+            try:
+                os.utime(path, (now, now))
+            except FileNotFoundError:
+                try:
+                    path.touch()
+                except OSError:
+                    pass
+            except OSError:
+                pass
+
+    def piece_access(self, number: int) -> float:
+        """When piece ``number`` was last used (the task's last access if not this process)."""
+        return self._access.get(number, self.last_access)
+
+    def pin(self, numbers: Iterable[int]) -> None:
+        with self._lock:
+            self._pins.update(numbers)
+
+    def unpin(self, numbers: Iterable[int]) -> None:
+        with self._lock:
+            self._pins.subtract(numbers)
+            for number in [n for n, c in self._pins.items() if c <= 0]:
+                del self._pins[number]
+
+    @contextmanager
+    def pinned(self, numbers: Iterable[int]):
+        """Pieces that must not be evicted while the block runs (a read or upload)."""
+        numbers = list(numbers)
+        self.pin(numbers)
+        try:
+            yield
+        finally:
+            self.unpin(numbers)
+
+    def pinned_pieces(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._pins)
+
+    def evict_piece(self, number: int) -> int:
+        """Drop a piece unless it is pinned; returns the bytes freed (0 if pinned or absent).
+
+        The hole is punched under the lock, so a fresh copy of the piece can
+        never be written before the punch lands on it.
+        """
+        span = self.span(number)
+        with self._lock:
+            if self._closed or self._pins.get(number) or number not in self._present:
+                return 0
+            self._detach_if_linked()
+            del self._present[number]
+            self._verified.discard(number)
+            self._access.pop(number, None)
+            os.write(
+                self._journal_fd,
+                journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
+            )
+            _punch_hole(self._content_fd, span.offset, span.length)
+        if self._memory is not None:
+            self._memory.discard((self.task_id, number))
+        self._on_usage_change(-span.length)
+        return span.length
+
+    def disk_bytes(self) -> int:
+        """Bytes the content file occupies on disk."""
+        try:
+            return os.fstat(self._content_fd).st_blocks * 512
+        except OSError:
+            return 0
 
     # ------------------------------------------------------------- reading
     def read_piece(self, number: int) -> bytes:
@@ -340,6 +444,14 @@ class TaskStore:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             os.close(self._journal_fd)
             self._journal_fd = fd
+
+
+def read_last_access(directory: Path, meta: TaskMeta) -> float:
+    """A task's persisted last access: the access file's mtime, else its creation time."""
+    try:
+        return os.stat(directory / ACCESS_FILE).st_mtime
+    except OSError:
+        return meta.created_at
 
 
 def _read_all(fd: int) -> bytes:

@@ -36,6 +36,7 @@ import h11
 import trio
 
 from dffs.errors import StorageError
+from dffs.metrics import daemon as metrics
 from dffs.storage import StorageManager
 from dffs.upload.protocol import (
     Busy,
@@ -131,6 +132,8 @@ class _Prepared:
     digest: bytes
     task_length: int
     piece_length: int
+    #: Releases the piece's GC pin once the upload is over.
+    unpin: object = None
 
 
 class _Close(Exception):
@@ -216,6 +219,18 @@ class PieceUploadServer:
         )
 
     # -------------------------------------------------------------- serving
+    @property
+    def rate_limit(self) -> float | None:
+        return self._bucket.rate if self._bucket else None
+
+    def set_rate_limit(self, bytes_per_sec: float | None) -> None:
+        """Change the upload cap while serving (the cluster's dynamic config); None or 0: no cap.
+        Uploads in progress pick it up at their next chunk."""
+        if not bytes_per_sec:
+            self._bucket = None
+        elif self._bucket is None or self._bucket.rate != bytes_per_sec:
+            self._bucket = TokenBucket(bytes_per_sec)
+
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``nursery.start`` gets the bound port."""
         listeners = await self._open_listeners()
@@ -367,6 +382,8 @@ class PieceUploadServer:
                 await self._send_piece(conn, sock, request, prepared)
             finally:
                 os.close(prepared.fd)
+                if prepared.unpin is not None:
+                    prepared.unpin()
         finally:
             if slot:
                 self._uploads_active -= 1
@@ -375,6 +392,7 @@ class PieceUploadServer:
         """In a worker thread: find, verify and pin the piece (opening a task may
         verify it after a crash, and verifying reads the whole piece)."""
         n = request.number
+        pinned = False
         try:
             store = self.storage.open_task(request.task_id)
             if store is None:
@@ -383,8 +401,11 @@ class PieceUploadServer:
             check_piece_number(
                 n, task_length=meta.content_length, piece_length=meta.piece_length, piece_count=meta.piece_count
             )
+            store.pin((n,))  # the GC never evicts a piece while it is uploaded
+            pinned = True
             if not store.has_piece(n):
                 raise NotFound(f"piece {n} of task {request.task_id} is not here")
+            store.touch((n,))
             verified_before = store.is_verified(n)
             if not verified_before and not store.ensure_verified(n):
                 log.warning("task=%s piece=%d event=upload_refused reason=corrupt", request.task_id, n)
@@ -396,14 +417,21 @@ class PieceUploadServer:
             # A private fd: the store may swap or close its own while we send.
             fd = os.dup(store.content_fd)
         except (OSError, StorageError) as exc:
+            if pinned:
+                store.unpin((n,))
             log.warning("task=%s piece=%d event=upload_refused reason=storage error=%s", request.task_id, n, exc)
             raise NotFound(f"piece {n} of task {request.task_id} is unavailable") from None
+        except BaseException:
+            if pinned:
+                store.unpin((n,))
+            raise
         if verified_before and not request.is_head and hasattr(os, "posix_fadvise"):
             try:  # start reading it in if it left the page cache; sendfile would block the loop
                 os.posix_fadvise(fd, span.offset, span.length, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass
-        return _Prepared(fd, span.offset, span.length, digest, meta.content_length, meta.piece_length)
+        return _Prepared(fd, span.offset, span.length, digest, meta.content_length, meta.piece_length,
+                         unpin=lambda: store.unpin((n,)))
 
     # ------------------------------------------------------------- answers
     async def _send_piece(self, conn: h11.Connection, sock, request: PieceRequest, piece: _Prepared) -> None:
@@ -431,6 +459,8 @@ class PieceUploadServer:
             raise
         self._uploads_served += 1
         self._bytes_uploaded += piece.length
+        metrics.uploads.inc()
+        metrics.upload_bytes.inc(piece.length)
         log.debug("task=%s piece=%d event=piece_uploaded bytes=%d", request.task_id, request.number, piece.length)
 
     async def _send_error(
