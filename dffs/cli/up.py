@@ -1,0 +1,25 @@
+"""``dffs up MOUNTPOINT [--data-dir DIR]``: manager, scheduler, seed and daemon with the mount, on this host."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from pathlib import Path
+
+import trio
+
+from dffs.config import DEFAULT_DATA_DIR
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="where to mount the lazy filesystem")
+    parser.add_argument("--data-dir", metavar="DIR", help=f"everything dffs keeps (default {DEFAULT_DATA_DIR})")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from dffs.up.supervisor import up
+
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).absolute()
+    return trio.run(functools.partial(up, data_dir, Path(args.mountpoint).absolute(), debug=debug))

@@ -1,0 +1,134 @@
+"""Run ``dffs up``'s children: start them in order, stop them in reverse on Ctrl-C/SIGTERM.
+
+Children run in their own session, so a terminal's Ctrl-C reaches only the
+supervisor, which then stops them in reverse order (the mount first, so it
+unmounts while the rest is still up). If any child exits on its own, the rest
+are stopped and ``dffs up`` fails, naming it and its log. (PR_SET_PDEATHSIG is
+not used: trio forks from a worker thread, and the signal fires when that
+thread exits, not the process.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from dffs.errors import DffsError
+from dffs.up.plan import CONFIGS, IP, Child, children
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+class Running:
+    def __init__(self, child: Child, process: trio.Process, log_path: Path):
+        self.child = child
+        self.process = process
+        self.log_path = log_path
+        self.port: int | None = None
+
+
+async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> Running:
+    log_path = logs / f"{child.name}.log"
+    argv = [sys.executable, "-m", "dffs", *(["--debug"] if debug else []), *child.argv(manager)]
+    with open(log_path, "ab") as stderr:
+        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr,
+                                                   start_new_session=True)
+    running = Running(child, process, log_path)
+    buffer = b""
+    with trio.move_on_after(START_TIMEOUT):
+        async for chunk in process.stdout:
+            buffer += chunk
+            match = child.ready.search(buffer.decode(errors="replace"))
+            if match:
+                running.port = int(match["port"])
+                return running
+    process.kill()
+    await process.wait()
+    raise DffsError(f"dffs up: {child.name} did not start (see {log_path})")
+
+
+async def _drain(running: Running) -> None:
+    """Keep reading a child's stdout so it never blocks on a full pipe."""
+    async for _ in running.process.stdout:
+        pass
+
+
+async def _stop(running: Running) -> None:
+    process = running.process
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("event=child_killed child=%s", running.child.name)
+            process.kill()
+            await process.wait()
+
+
+async def _wait_mounted(mountpoint: Path, running: Running) -> None:
+    with trio.move_on_after(START_TIMEOUT):
+        while not os.path.ismount(mountpoint):
+            if running.process.returncode is not None:
+                break
+            await trio.sleep(0.05)
+        else:
+            return
+    raise DffsError(f"dffs up: the mount at {mountpoint} did not come up (see {running.log_path})")
+
+
+async def up(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> int:
+    config_dir, logs = data_dir / "up", data_dir / "logs"
+    for directory in (data_dir, config_dir, logs, mountpoint):
+        directory.mkdir(parents=True, exist_ok=True)
+    for name, text in CONFIGS.items():
+        if not (config_dir / name).exists():  # the user's edits win
+            (config_dir / name).write_text(text)
+    started: list[Running] = []
+    manager: str | None = None
+    failure: str | None = None
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def watch_signals() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch_signals)
+                for child in children(data_dir, mountpoint, debug=debug):
+                    running = await _start(child, manager, logs, debug)
+                    started.append(running)
+                    nursery.start_soon(_drain, running)
+                    if child.name == "manager":
+                        manager = f"{IP}:{running.port}"
+                await _wait_mounted(mountpoint, started[-1])
+                print(f"dffs up: manager {manager}, mount {mountpoint}, data {data_dir}, logs {logs}\n"
+                      f"dffs up: ready; read https://HOST/PATH at {mountpoint}/https/HOST/PATH; Ctrl-C stops",
+                      flush=True)
+
+                async def watch(running: Running) -> None:
+                    nonlocal failure
+                    await running.process.wait()
+                    failure = (f"dffs up: {running.child.name} exited with {running.process.returncode} "
+                               f"(see {running.log_path})")
+                    nursery.cancel_scope.cancel()
+
+                for running in started:
+                    nursery.start_soon(watch, running)
+    finally:
+        with trio.CancelScope(shield=True):
+            for running in reversed(started):
+                await _stop(running)
+    if failure:
+        raise DffsError(failure)
+    print("dffs up: stopped", flush=True)
+    return 0
