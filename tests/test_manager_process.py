@@ -356,3 +356,22 @@ def test_database_down_gives_unavailable_and_process_stays_up(manager_factory, o
     # Back without a manager restart.
     wait_for(lambda: manager.http("GET", "/api/v1/jobs")[0] == 200, message="manager reconnects")
     assert listed(manager.stub) == ["s1"]
+
+
+def test_a_job_left_running_by_a_stopped_manager_runs_again(manager_factory, tmp_path):
+    """A manager that died mid-job left it ``running``; the next one runs it to the end."""
+    from dffs.manager import db as db_module
+    from dffs.manager.jobs import JobStore
+
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    engine = db_module.create_engine(url)
+    db_module.migrate(engine)
+    jobs = JobStore(engine)
+    job = jobs.create({"type": "preheat", "urls": ["http://example.com/a"], "scope": "all-seeds"})
+    assert jobs.claim(job["id"]) and not jobs.claim(job["id"])  # claimed once, by one executor
+    assert jobs.get(job["id"])["state"] == "running"
+    engine.dispose()
+
+    manager = manager_factory(url)
+    finished = wait_for_job(manager, job["id"])
+    assert finished["state"] == "failed" and finished["description"] == "no active seed peer in cluster any"

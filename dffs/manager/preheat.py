@@ -227,7 +227,7 @@ class PreheatExecutor:
             result["image"] = download.image
         request = dfdaemon_pb2.DownloadTaskRequest(download=common_pb2.Download(
             url=download.url, tag=args.get("tag", ""), application=args.get("application", ""),
-            request_header=download.headers, piece_length=args.get("piece_length", 0)))
+            request_header=download.headers))  # piece length: the standard rule, so task IDs match every reader's
         try:
             async with grpc.aio.insecure_channel(target.address, options=channel_options()) as channel:
                 call = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel).DownloadTask(request,
