@@ -308,7 +308,7 @@ async def announce_import(ctx: P2PContext, store: TaskStore, request: DownloadRe
             return True
         except (grpc.RpcError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
             log.warning("task=%s event=import_announce_failed scheduler=%s error=%s", tid, address,
-                        getattr(exc, "details", lambda: exc)() if isinstance(exc, grpc.RpcError) else exc)
+                        exc.details() if isinstance(exc, grpc.RpcError) else exc)
     return False
 
 

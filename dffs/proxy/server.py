@@ -27,7 +27,6 @@ one client can never take the daemon down.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -46,6 +45,7 @@ from dffs.proxy.config import DEFAULT_PROXY_PORT, ProxyConfig
 from dffs.proxy.mirror import Passthrough, Reject, RequestHead, Router, Tunnel, ViaP2P, normalize_upstream
 from dffs.proxy.protocol import UNSATISFIABLE, ByteRange, parse_range
 from dffs.proxy.rules import ProxyRules, is_loopback_address
+from dffs.upload.server import FileSpan
 from dffs.proxy.upstream import AbortClient, UpstreamError, UpstreamPool
 from dffs.source.http.protocol import parse_target
 
@@ -63,26 +63,8 @@ _REASONS = {
 }
 
 
-def _pinned(store, number: int):
-    """Pin a piece against eviction where the store supports it (``TaskStore.pinned``)."""
-    pinned = getattr(store, "pinned", None)
-    return pinned([number]) if pinned is not None else contextlib.nullcontext()
-
-
 class _Close(Exception):
     """End this client connection."""
-
-
-class _FileSpan:
-    """A body h11 frames but never sees (sent by sendfile)."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class _Client:
@@ -102,7 +84,7 @@ class _Client:
             view = view[sent:]
 
     async def send(self, event) -> None:
-        if isinstance(event, h11.Data) and isinstance(event.data, _FileSpan):
+        if isinstance(event, h11.Data) and isinstance(event.data, FileSpan):
             self.conn.send_with_data_passthrough(event)
             return
         data = self.conn.send(event)
@@ -492,7 +474,7 @@ class ProxyServer:
         pieces = pieces_for_range(start, length, meta.content_length, meta.piece_length)
         head_sent = False
         for n in pieces:
-            with _pinned(store, n):  # the GC leaves a piece alone while it is being sent
+            with store.pinned([n]):  # the GC leaves a piece alone while it is being sent
                 try:
                     with trio.fail_after(self.cfg.piece_timeout):
                         await task.ensure_piece(n)
@@ -513,7 +495,7 @@ class ProxyServer:
                 try:
                     if not head_sent:
                         await client.send(response)
-                        client.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(length)))
+                        client.conn.send_with_data_passthrough(h11.Data(data=FileSpan(length)))
                         head_sent = True
                     span = store.span(n)
                     lo, hi = max(start, span.offset), min(start + length, span.offset + span.length)

@@ -140,8 +140,9 @@ class _Close(Exception):
     """End this connection (after an answer that said so, or a timeout)."""
 
 
-class _FileSpan:
-    """Stands for a body h11 frames but never sees (``send_with_data_passthrough``)."""
+class FileSpan:
+    """Stands for a body h11 frames but never sees (``send_with_data_passthrough``):
+    the bytes go from the content file to the socket by sendfile. Shared with the proxy."""
 
     __slots__ = ("length",)
 
@@ -448,7 +449,7 @@ class PieceUploadServer:
             self._heads_served += 1
             return
         # Tell h11 the body went out (it checks the length), then really send it.
-        conn.send_with_data_passthrough(h11.Data(data=_FileSpan(piece.length)))
+        conn.send_with_data_passthrough(h11.Data(data=FileSpan(piece.length)))
         tail = conn.send(h11.EndOfMessage())
         assert not tail  # Content-Length framing has no trailer
         await self._send_bytes(sock, head, _MSG_MORE)
