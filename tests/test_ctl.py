@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -166,3 +168,41 @@ def test_ctl_errors_are_one_line(tmp_path):
     with socket_module.socket(socket_module.AF_UNIX) as s:
         s.bind(str(stale / "dffs.sock"))
     assert_one_line_error(run_dffs("ctl", "--data-dir", str(stale), "tasks"), 1, "no daemon is answering")
+
+
+def test_import_on_one_host_then_another_reads_it_with_no_origin(tmp_path, make_file):
+    """Hosts as network namespaces: a file imported on host a is fetched by host b through P2P;
+    the URL's origin address does not exist on the network at all."""
+    from netns import Network
+
+    digest = make_file(tmp_path / "local.bin", 9 * MiB + 11, seed=71)
+    config = tmp_path / "daemon.toml"
+    config.write_text("announce_interval = 1\nparent_wait = 1\nparent_rounds = 2\n")
+    with Network(subnet="10.81.0") as net:
+        hosts = {name: net.add_host(name) for name in ("sched", "a", "b")}
+        url = "http://10.81.0.250:8080/imported/local.bin"  # no such host
+        procs = []
+        try:
+            sched = Process(["scheduler", "--listen", f"{hosts['sched'].ip}:8002"], tmp_path / "ns-scheduler.log",
+                            r"listening on (\S+):(\d+)", prefix=hosts["sched"].command([]))
+            procs.append(sched.start())
+            daemons = {}
+            for name in ("a", "b"):
+                daemon = Daemon(tmp_path, f"ns-{name}", f"{hosts['sched'].ip}:8002", ip=hosts[name].ip,
+                                prefix=hosts[name].command([]),
+                                extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1"))
+                procs.append(daemon.start())
+                daemons[name] = daemon
+            imported = subprocess.run(hosts["a"].command([
+                sys.executable, "-m", "dffs", "ctl", "--data-dir", str(daemons["a"].data_dir), "import",
+                str(tmp_path / "local.bin"), "--url", url]), capture_output=True, text=True, timeout=60)
+            assert imported.returncode == 0, (imported.stderr, daemons["a"].output()[-2000:])
+            out = tmp_path / "b.out"
+            got = subprocess.run(hosts["b"].command([
+                sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemons["b"].data_dir)]),
+                capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0, (got.stderr, daemons["b"].output()[-3000:])
+            assert sha256_file(out) == digest
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
