@@ -3,7 +3,9 @@ with a real manager, scheduler, seed and peer (all on loopback)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -69,10 +71,12 @@ def test_image_preheat_covers_every_blob_then_peers_read_without_the_registry(tm
         processes.append(sched)
         wait_for(lambda: manager.http("GET", "/schedulers")[1]["schedulers"], what="scheduler registered")
         seed = Daemon(tmp_path, "seed", None, manager=manager.grpc_address, seed=True,
-                      extra=("--config", str(tmp_path / "daemon.toml"))).start()
+                      extra=("--config", str(tmp_path / "daemon.toml"), "--proxy-port", "-1",
+                             "--metrics-port", "-1")).start()
         processes.append(seed)
         peer = Daemon(tmp_path, "peer", None, manager=manager.grpc_address,
-                      extra=("--config", str(tmp_path / "daemon.toml"))).start()
+                      extra=("--config", str(tmp_path / "daemon.toml"), "--registry-mirror", registry.url,
+                             "--proxy-port", "0", "--metrics-port", "-1")).start()
         processes.append(peer)
 
         # Bad input first: an unknown image fails the job with the reason; nothing else changes.
@@ -100,6 +104,16 @@ def test_image_preheat_covers_every_blob_then_peers_read_without_the_registry(tm
         assert got.returncode == 0, (got.stderr, peer.output()[-3000:])
         assert "sha256:" + sha256_file(out) == layer
         assert registry.blob_gets(layer) == 1
+
+        # The peer's registry mirror asks for the same blob URL, hence the same task: a layer the
+        # preheat put on the seed comes through the mirror without the registry.
+        proxy_port = re.search(r"proxy_port=(\d+)", peer.match.string).group(1)
+        first_layer = image.layers[0]
+        mirrored = subprocess.run(["curl", "-sSf", f"http://127.0.0.1:{proxy_port}/v2/test/preheat/blobs/{first_layer}"
+                                   f"?ns={registry.address}"], capture_output=True, timeout=60)
+        assert mirrored.returncode == 0, (mirrored.stderr, peer.output()[-3000:])
+        assert "sha256:" + hashlib.sha256(mirrored.stdout).hexdigest() == first_layer
+        assert registry.blob_gets(first_layer) == 1
 
         # Scope "all": every host the scheduler knows downloads it, the normal peer too.
         config_url = f"{registry.url}/v2/test/preheat/blobs/{image.config_digest}"
