@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 
+import attrs
 import grpc
 import trio
 
@@ -105,6 +106,16 @@ class Daemon:
         self.cluster_tunables = tunables
         limit = tunables.upload_limit if tunables.upload_limit is not None else self.cfg.upload_rate_limit
         self.upload.set_rate_limit(limit or None)
+        high = tunables.gc_high_threshold / 100 if tunables.gc_high_threshold else self.cfg.gc_high_watermark
+        low = tunables.gc_low_threshold / 100 if tunables.gc_low_threshold else self.cfg.gc_low_watermark
+        try:
+            limits = attrs.evolve(self.gc_limits, high=high, low=low)
+        except ValueError as exc:  # e.g. a cluster low above this host's high: keep what works
+            log.warning("host=%s event=cluster_gc_thresholds_ignored error=%s", self.cfg.host_id, exc)
+        else:
+            self.gc_limits = limits
+            if self.gc is not None:
+                self.gc.limits = limits
 
     def _make_proxy(self):
         from dffs.proxy import ProxyConfig, ProxyServer
