@@ -20,7 +20,7 @@ from dffs.peertask import TaskManager
 from dffs.proxy import ProxyConfig, ProxyServer
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
-from origins import Behavior, FaultyOrigin
+from origins import Behavior
 from registry import Registry
 
 MiB = 1024 * 1024
@@ -35,16 +35,6 @@ def sha(data: bytes) -> str:
 def registry(tmp_path_factory):
     with Registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
-
-
-@pytest.fixture
-def faulty():
-    origin = FaultyOrigin()
-    origin.start()
-    try:
-        yield origin
-    finally:
-        origin.stop()
 
 
 @pytest.fixture
@@ -174,17 +164,17 @@ async def test_a_range_on_a_blob_nobody_has_fetches_only_its_pieces(registry, pr
     assert task.store.present_pieces() == [2, 3, 4]
 
 
-async def test_the_answer_streams_before_the_blob_is_complete(faulty, proxies):
+async def test_the_answer_streams_before_the_blob_is_complete(faulty_origin, proxies):
     data = random.Random(64).randbytes(3 * PIECE)
     digest = sha(data)
     path = f"/v2/test/stream/blobs/{digest}"
-    faulty.add(path, data)
-    proxy = await proxies(registry_mirror=faulty.url("/").rstrip("/"))
+    faulty_origin.add(path, data)
+    proxy = await proxies(registry_mirror=faulty_origin.url("/").rstrip("/"))
     status, _, body = await request(proxy.port, "GET", path, {"Range": "bytes=0-0"})  # piece 0 only
     assert status == 206 and body == data[:1]
     # From now on the origin answers nothing: only piece 0 is here, yet the whole-blob
     # GET must start, and deliver piece 0, at once.
-    faulty.add(path, data, behavior=Behavior.stall(after=None).replace(methods=("GET",)))
+    faulty_origin.add(path, data, behavior=Behavior.stall(after=None).replace(methods=("GET",)))
 
     def first_piece():
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
@@ -201,13 +191,13 @@ async def test_the_answer_streams_before_the_blob_is_complete(faulty, proxies):
     assert not task.store.is_complete()
 
 
-async def test_a_blob_that_does_not_match_its_digest_is_never_served_whole(faulty, proxies):
-    proxy = await proxies(registry_mirror=faulty.url("/").rstrip("/"))
+async def test_a_blob_that_does_not_match_its_digest_is_never_served_whole(faulty_origin, proxies):
+    proxy = await proxies(registry_mirror=faulty_origin.url("/").rstrip("/"))
     small, big = b"the registry lies" * 10, random.Random(65).randbytes(2 * PIECE + 100)
     small_path = f"/v2/test/bad/blobs/{sha(b'something else')}"
     big_path = f"/v2/test/bad/blobs/{sha(b'another thing')}"
-    faulty.add(small_path, small)
-    faulty.add(big_path, big)
+    faulty_origin.add(small_path, small)
+    faulty_origin.add(big_path, big)
     for _ in range(2):  # the bad task is dropped, so the second try starts over and fails again
         status, _, body = await request(proxy.port, "GET", small_path)
         assert status == 502 and b"digest mismatch" in body
@@ -248,7 +238,7 @@ async def test_manifests_pass_through_and_writes_are_refused(registry, proxies):
     assert status == 405
 
 
-async def test_bad_input_gets_4xx_or_5xx_and_the_proxy_stays_up(registry, faulty, proxies):
+async def test_bad_input_gets_4xx_or_5xx_and_the_proxy_stays_up(registry, faulty_origin, proxies):
     proxy = await proxies(registry_mirror=registry.url)
     port = proxy.port
     digest = sha(b"x")
@@ -271,14 +261,14 @@ async def test_bad_input_gets_4xx_or_5xx_and_the_proxy_stays_up(registry, faulty
     # Origins that refuse: the client sees the origin's own status (and challenge).
     status, _, _ = await request(port, "GET", f"/v2/test/none/blobs/{digest}")  # the real registry: unknown blob
     assert status == 404
-    faulty.add("/v2/auth/blobs/" + digest, b"x", behavior=Behavior.status(
+    faulty_origin.add("/v2/auth/blobs/" + digest, b"x", behavior=Behavior.status(
         401, headers=[("WWW-Authenticate", 'Bearer realm="http://auth.example/token",service="registry"')]))
-    faulty.add("/v2/broken/blobs/" + digest, b"x", behavior=Behavior.status(500))
-    status, headers, _ = await request(port, "GET", f"{faulty.url('/v2/auth/blobs/')}{digest}",
+    faulty_origin.add("/v2/broken/blobs/" + digest, b"x", behavior=Behavior.status(500))
+    status, headers, _ = await request(port, "GET", f"{faulty_origin.url('/v2/auth/blobs/')}{digest}",
                                        {"Authorization": "Bearer expired"})
     assert status == 401 and headers["www-authenticate"].startswith("Bearer realm=")
-    assert faulty.requests("/v2/auth/blobs/" + digest)[-1].headers.get("authorization") == "Bearer expired"
-    status, _, _ = await request(port, "GET", f"{faulty.url('/v2/broken/blobs/')}{digest}")
+    assert faulty_origin.requests("/v2/auth/blobs/" + digest)[-1].headers.get("authorization") == "Bearer expired"
+    status, _, _ = await request(port, "GET", f"{faulty_origin.url('/v2/broken/blobs/')}{digest}")
     assert status == 500
 
     # Still serving.

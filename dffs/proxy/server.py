@@ -28,6 +28,8 @@ one client can never take the daemon down.
 from __future__ import annotations
 
 import errno
+import functools
+import http
 import logging
 import os
 import socket
@@ -38,6 +40,7 @@ import trio
 
 from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, DigestMismatch, SourceError, StorageError, UsageError
+from dffs.httpserve import FileSpan, accept_loop
 from dffs.idgen import pieces_for_range
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
 from dffs.peertask.export import verify_task
@@ -45,7 +48,6 @@ from dffs.proxy.config import DEFAULT_PROXY_PORT, ProxyConfig
 from dffs.proxy.mirror import Passthrough, Reject, RequestHead, Router, Tunnel, ViaP2P, normalize_upstream
 from dffs.proxy.protocol import UNSATISFIABLE, ByteRange, parse_range
 from dffs.proxy.rules import ProxyRules, is_loopback_address
-from dffs.upload.server import FileSpan
 from dffs.proxy.upstream import AbortClient, UpstreamError, UpstreamPool
 from dffs.source.http.protocol import parse_target
 
@@ -54,13 +56,13 @@ log = logging.getLogger(__name__)
 _HEAD_RECV = 4096
 _TUNNEL_RECV = 64 * 1024
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_REASONS = {
-    200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 416: "Range Not Satisfiable",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout", 508: "Loop Detected",
-}
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class _Close(Exception):
@@ -251,25 +253,14 @@ class ProxyServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener, nursery)
+                    nursery.start_soon(functools.partial(accept_loop, listener, nursery, self._handle_connection,
+                                                         name="proxy"))
                 task_status.started(self.port)
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             with trio.CancelScope(shield=True):
                 await self.pool.aclose()
-
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                    raise
-                log.warning("event=proxy_accept_failed error=%s action=pause", exc.strerror)
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(self._handle_connection, stream)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         self.connections_active += 1
@@ -303,7 +294,7 @@ class ProxyServer:
 
     async def _raw_error(self, stream: trio.SocketStream, status: int, message: str) -> None:
         body = f"{message}\n".encode()
-        data = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        data = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         with trio.move_on_after(1):
             await stream.send_all(data)
@@ -377,11 +368,11 @@ class ProxyServer:
             headers.append(("Connection", "close"))
         if client.conn.their_state is h11.ERROR:
             # h11 refuses to frame anything after a protocol error: write the answer by hand.
-            data = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            data = (f"HTTP/1.1 {status} {_reason(status)}\r\n"
                     + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode() + body
             await client.send_bytes(data)
             raise _Close()
-        await client.send(h11.Response(status_code=status, reason=_REASONS.get(status, ""), headers=headers))
+        await client.send(h11.Response(status_code=status, reason=_reason(status), headers=headers))
         if client.conn.our_state is h11.SEND_BODY:  # not for HEAD
             await client.send(h11.Data(data=body))
         await client.send(h11.EndOfMessage())
@@ -435,7 +426,7 @@ class ProxyServer:
             wanted = parse_range(route.range, size)
         if wanted is UNSATISFIABLE:
             self.counts["status_416"] += 1
-            await client.send(h11.Response(status_code=416, reason=_REASONS[416], headers=[
+            await client.send(h11.Response(status_code=416, reason=_reason(416), headers=[
                 ("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]))
             await client.send(h11.EndOfMessage())
             return
@@ -450,7 +441,7 @@ class ProxyServer:
         if wanted is not None:
             headers.append(("Content-Range", wanted.content_range()))
         response = h11.Response(status_code=200 if wanted is None else 206,
-                                reason=_REASONS[200 if wanted is None else 206], headers=headers)
+                                reason=_reason(200 if wanted is None else 206), headers=headers)
         if route.head:
             await client.send(response)
             await client.send(h11.EndOfMessage())

@@ -25,6 +25,7 @@ What it protects:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ import h11
 import trio
 
 from dffs.errors import StorageError
+from dffs.httpserve import FileSpan, accept_loop
 from dffs.metrics import daemon as metrics
 from dffs.storage import StorageManager
 from dffs.upload.protocol import (
@@ -62,7 +64,6 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 _HEAD_RECV = 4096
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _FALLBACK_CHUNK = 1024 * 1024
-_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _NO_SENDFILE_ERRORS = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
@@ -138,19 +139,6 @@ class _Prepared:
 
 class _Close(Exception):
     """End this connection (after an answer that said so, or a timeout)."""
-
-
-class FileSpan:
-    """Stands for a body h11 frames but never sees (``send_with_data_passthrough``):
-    the bytes go from the content file to the socket by sendfile. Shared with the proxy."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class PieceUploadServer:
@@ -241,7 +229,8 @@ class PieceUploadServer:
                      ",".join(str(lst.socket.getsockname()[:2]) for lst in listeners))
             async with trio.open_nursery() as nursery:
                 for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener, nursery)
+                    nursery.start_soon(functools.partial(accept_loop, listener, nursery, self._handle_connection,
+                                                         name="upload", on_accept=self._count_accept))
                 task_status.started(self.port)
         finally:
             for listener in listeners:
@@ -270,18 +259,8 @@ class PieceUploadServer:
             listeners = listeners[:1]
         return listeners
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                    raise
-                log.warning("event=upload_accept_failed error=%s action=pause", exc.strerror)
-                await trio.sleep(0.1)
-                continue
-            self._connections_accepted += 1
-            nursery.start_soon(self._handle_connection, stream)
+    def _count_accept(self) -> None:
+        self._connections_accepted += 1
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         self._connections_active += 1
