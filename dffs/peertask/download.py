@@ -12,6 +12,7 @@ import trio
 
 from dffs.digest import ExpectedDigest
 from dffs.errors import DigestMismatch, StorageError
+from dffs.metrics import daemon as metrics
 from dffs.peertask.export import export_task, verify_task
 from dffs.peertask.manager import DownloadRequest, TaskManager
 from dffs.peertask.task import PeerTask
@@ -71,8 +72,6 @@ async def download_to_file(
     method = await trio.to_thread.run_sync(export_task, task.store, output)
     result = DownloadResult(task.task_id, task.store.meta.content_length, task.source_bytes, task.peer_bytes, method)
     task.store.touch()
-    from dffs.metrics import daemon as metrics
-
     fetched = task.source_bytes + task.peer_bytes - fetched_before
     metrics.download_bytes.labels("local").inc(max(0, result.size - fetched))
     log.info("task=%s event=download_done bytes=%d origin_bytes=%d peer_bytes=%d export=%s",

@@ -257,23 +257,32 @@ class TaskStore:
             self._memory.put((self.task_id, number), bytes(view))
         return digest
 
-    def remove_piece(self, number: int) -> None:
-        """Forget a piece (bad digest, or evicted) and release its disk blocks."""
+    def remove_piece(self, number: int, *, unless_pinned: bool = False) -> int:
+        """Forget a piece (bad digest, or evicted) and release its disk blocks; returns the
+        bytes freed (0 if absent, or pinned and ``unless_pinned``).
+
+        The hole is punched under the lock, after the piece stops being present, so a
+        fresh copy of it can never be written before the punch lands on it.
+        """
         span = self.span(number)
         with self._lock:
+            if unless_pinned and self._pins.get(number):
+                return 0
             record = self._present.pop(number, None)
             self._verified.discard(number)
+            self._access.pop(number, None)
             if record is None or self._closed:
-                return
+                return 0
             self._detach_if_linked()
             os.write(
                 self._journal_fd,
                 journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
             )
+            _punch_hole(self._content_fd, span.offset, span.length)
         if self._memory is not None:
             self._memory.discard((self.task_id, number))
-        _punch_hole(self._content_fd, span.offset, span.length)
         self._on_usage_change(-span.length)
+        return span.length
 
     # ------------------------------------------------- access, pins, eviction
     def touch(self, numbers: Iterable[int] = ()) -> None:
@@ -324,28 +333,8 @@ class TaskStore:
             return frozenset(self._pins)
 
     def evict_piece(self, number: int) -> int:
-        """Drop a piece unless it is pinned; returns the bytes freed (0 if pinned or absent).
-
-        The hole is punched under the lock, so a fresh copy of the piece can
-        never be written before the punch lands on it.
-        """
-        span = self.span(number)
-        with self._lock:
-            if self._closed or self._pins.get(number) or number not in self._present:
-                return 0
-            self._detach_if_linked()
-            del self._present[number]
-            self._verified.discard(number)
-            self._access.pop(number, None)
-            os.write(
-                self._journal_fd,
-                journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
-            )
-            _punch_hole(self._content_fd, span.offset, span.length)
-        if self._memory is not None:
-            self._memory.discard((self.task_id, number))
-        self._on_usage_change(-span.length)
-        return span.length
+        """The GC's removal: nothing happens to a pinned piece; returns the bytes freed."""
+        return self.remove_piece(number, unless_pinned=True)
 
     def disk_bytes(self) -> int:
         """Bytes the content file occupies on disk."""
