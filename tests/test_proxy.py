@@ -339,7 +339,9 @@ async def test_never_an_open_relay_limits_and_timeouts(proxies):
 
     small = await proxies(max_connections=2, head_timeout=0.5)
     with socket.create_connection(("127.0.0.1", small.port)), socket.create_connection(("127.0.0.1", small.port)):
-        await trio.sleep(0.2)  # both accepted
+        with trio.fail_after(10):
+            while small.connections_active < 2:  # both accepted
+                await trio.sleep(0.01)
         assert status_of(await raw(small.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")) == 503
     # A head that never completes gets 408 and the connection closes.
     assert status_of(await raw(small.port, b"GET /v2/ HTTP/1.1\r\nHost:")) == 408
