@@ -76,12 +76,10 @@ async def _stop(running: Running) -> None:
 
 async def _wait_mounted(mountpoint: Path, running: Running) -> None:
     with trio.move_on_after(START_TIMEOUT):
-        while not os.path.ismount(mountpoint):
-            if running.process.returncode is not None:
-                break
+        while running.process.returncode is None:
+            if os.path.ismount(mountpoint):
+                return
             await trio.sleep(0.05)
-        else:
-            return
     raise DffsError(f"dffs up: the mount at {mountpoint} did not come up (see {running.log_path})")
 
 
