@@ -28,9 +28,14 @@ class FileSpan:
         return self.length
 
 
-async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
-                      handle: Callable[[trio.SocketStream], Awaitable[None]], *, name: str,
-                      on_accept: Callable[[], None] | None = None) -> None:
+async def accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    *,
+    name: str,
+    on_accept: Callable[[], None] | None = None,
+) -> None:
     """Accept forever, one ``handle(stream)`` task per connection in ``nursery``; when out of
     file descriptors or memory, log (``event={name}_accept_failed``) and pause briefly."""
     while True:

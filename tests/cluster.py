@@ -24,8 +24,9 @@ class Process:
 
     def start(self, timeout: float = 20) -> Process:
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
+        )
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
@@ -65,22 +66,36 @@ class Process:
 
 
 def scheduler(tmp: Path, listen: str = "127.0.0.1:0", *, prefix=None) -> Process:
-    return Process(["scheduler", "--listen", listen], tmp / f"scheduler-{listen.replace(':', '_')}.log",
-                   r"listening on (\S+):(\d+)", prefix=prefix).start()
+    return Process(
+        ["scheduler", "--listen", listen],
+        tmp / f"scheduler-{listen.replace(':', '_')}.log",
+        r"listening on (\S+):(\d+)",
+        prefix=prefix,
+    ).start()
 
 
 class Manager(Process):
     """``dffs manager`` on SQLite (or ``db``); ``grpc_address`` and ``http_url`` once started."""
 
-    def __init__(self, tmp: Path, ip: str = "127.0.0.1", *, db: str | None = None, prefix=None,
-                 config: str = "keepalive_ttl = 3\njob_poll_interval = 0.2\n"):
+    def __init__(
+        self,
+        tmp: Path,
+        ip: str = "127.0.0.1",
+        *,
+        db: str | None = None,
+        prefix=None,
+        config: str = "keepalive_ttl = 3\njob_poll_interval = 0.2\n",
+    ):
         self.ip = ip
         conf = tmp / "manager.toml"
         conf.write_text(config)
         db = db or f"sqlite:///{tmp / 'manager.db'}"
-        super().__init__(["manager", "--listen", f"{ip}:0", "--http-listen", f"{ip}:0", "--db", db,
-                          "--config", str(conf)], tmp / "manager.log", r"listening on \S+ \(port (\d+)\)",
-                         prefix=prefix)
+        super().__init__(
+            ["manager", "--listen", f"{ip}:0", "--http-listen", f"{ip}:0", "--db", db, "--config", str(conf)],
+            tmp / "manager.log",
+            r"listening on \S+ \(port (\d+)\)",
+            prefix=prefix,
+        )
 
     def start(self, timeout: float = 20) -> Manager:
         super().start(timeout)
@@ -106,13 +121,36 @@ class Manager(Process):
 
 
 class Daemon(Process):
-    def __init__(self, tmp: Path, name: str, scheduler_addr: str | None, *, ip: str = "127.0.0.1",
-                 seed: bool = False, mount: bool = False, prefix=None, extra: tuple[str, ...] = (),
-                 manager: str | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        scheduler_addr: str | None,
+        *,
+        ip: str = "127.0.0.1",
+        seed: bool = False,
+        mount: bool = False,
+        prefix=None,
+        extra: tuple[str, ...] = (),
+        manager: str | None = None,
+    ):
         self.data_dir = tmp / f"{name}-data"
         self.mountpoint = tmp / f"{name}-mnt" if mount else None
-        argv = ["daemon", "--data-dir", str(self.data_dir), "--ip", ip, "--hostname", name,
-                "--upload-port", "0", "--rpc-port", "0", "-v", *extra]
+        argv = [
+            "daemon",
+            "--data-dir",
+            str(self.data_dir),
+            "--ip",
+            ip,
+            "--hostname",
+            name,
+            "--upload-port",
+            "0",
+            "--rpc-port",
+            "0",
+            "-v",
+            *extra,
+        ]
         if scheduler_addr:
             argv += ["--scheduler", scheduler_addr]
         if manager:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from pg import own_pg_cluster, pg_cluster  # noqa: F401  (a throwaway PostgreSQL, one per session)
 from s3_server import moto_s3, s3  # noqa: F401  (moto's S3 server fixtures)
 

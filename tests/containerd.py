@@ -51,8 +51,9 @@ class Containerd:
         )
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(["containerd", "--config", str(config)]),
-                                         stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(["containerd", "--config", str(config)]), stdout=log, stderr=log, start_new_session=True
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -66,11 +67,14 @@ class Containerd:
 
     def ctr(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         """``ctr --address SOCK ARGS`` in this instance's network namespace."""
-        result = subprocess.run(self.command(["ctr", "--address", self.address, *args]),
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            self.command(["ctr", "--address", self.address, *args]), capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-                                 f"\n--- containerd log ---\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"ctr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+                f"\n--- containerd log ---\n{self.log_path.read_text(errors='replace')[-3000:]}"
+            )
         return result
 
     def pull(self, ref: str, *, hosts_dir: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

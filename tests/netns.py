@@ -88,9 +88,27 @@ class Network:
     def limit(self, host: Host, rate: str = "200mbit") -> None:
         """Shape the host's outgoing traffic with a token bucket (tc tbf)."""
         subprocess.run(
-            ["ip", "netns", "exec", host.netns, "tc", "qdisc", "add", "dev", host.veth, "root", "tbf",
-             "rate", rate, "burst", "256kb", "latency", "50ms"],
-            check=True, capture_output=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                host.veth,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "256kb",
+                "latency",
+                "50ms",
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def set_link(self, host: Host, up: bool) -> None:

@@ -35,9 +35,9 @@ import termios
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 __all__ = [
     "AccessEntry",
@@ -168,7 +168,7 @@ class AccessEntry:
     time: float = 0.0
 
     @classmethod
-    def parse(cls, line: str) -> "AccessEntry":
+    def parse(cls, line: str) -> AccessEntry:
         d = json.loads(line)
         uri = d["uri"]
         path, _, query = uri.partition("?")
@@ -228,7 +228,7 @@ class NginxOrigin:
     """
 
     #: Every NginxOrigin made in this process (for leak checks: ``processes()``).
-    instances: list["NginxOrigin"] = []
+    instances: list[NginxOrigin] = []
 
     def __init__(
         self,
@@ -272,7 +272,7 @@ class NginxOrigin:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self) -> "NginxOrigin":
+    def __enter__(self) -> NginxOrigin:
         self.start()
         return self
 
@@ -366,13 +366,15 @@ class NginxOrigin:
         except FileNotFoundError:
             pass
         err_start = self.error_log_path.stat().st_size if self.error_log_path.exists() else 0
-        cmd = [NGINX_BINARY, "-p", f"{self.workdir}/", "-c", str(self.conf_path),
-               "-e", str(self.error_log_path)]
+        cmd = [NGINX_BINARY, "-p", f"{self.workdir}/", "-c", str(self.conf_path), "-e", str(self.error_log_path)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         with open(self.output_path, "ab") as out:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,  # own process group: kill() takes workers too
             )
         self._sessions.append(self._proc.pid)
@@ -382,15 +384,16 @@ class NginxOrigin:
                 rc = self._proc.returncode
                 self._proc = None
                 raise OriginError(
-                    f"nginx exited with {rc} while starting on {self.host}:{self.port}\n"
-                    + self._diagnostics(err_start))
+                    f"nginx exited with {rc} while starting on {self.host}:{self.port}\n" + self._diagnostics(err_start)
+                )
             if self._ready():
                 return
             if time.monotonic() > deadline:
                 self.kill()
                 raise OriginError(
                     f"nginx did not accept connections on {self.host}:{self.port} "
-                    f"within {self.start_timeout}s\n" + self._diagnostics(err_start))
+                    f"within {self.start_timeout}s\n" + self._diagnostics(err_start)
+                )
             time.sleep(0.005)
 
     def _ready(self) -> bool:
@@ -413,8 +416,7 @@ class NginxOrigin:
 
     def _diagnostics(self, err_start: int = 0) -> str:
         parts = []
-        for label, p, off in (("error.log", self.error_log_path, err_start),
-                              ("output", self.output_path, 0)):
+        for label, p, off in (("error.log", self.error_log_path, err_start), ("output", self.output_path, 0)):
             try:
                 with open(p, "rb") as f:
                     f.seek(off)
@@ -528,10 +530,12 @@ class NginxOrigin:
         """Access-log entries written since start or the last :meth:`clear_log`."""
         with self._lock:
             self._refresh()
-            entries = self._entries[self._first:]
-        return [e for e in entries
-                if (path is None or _same_path(e.path, path))
-                and (method is None or e.method == method.upper())]
+            entries = self._entries[self._first :]
+        return [
+            e
+            for e in entries
+            if (path is None or _same_path(e.path, path)) and (method is None or e.method == method.upper())
+        ]
 
     def body_bytes(self, path: str | None = None, method: str | None = None) -> int:
         """Sum of ``$body_bytes_sent`` over :meth:`requests` matching the filters."""
@@ -547,21 +551,22 @@ class NginxOrigin:
         """
         with self._lock:
             self._refresh()
-            dropped = self._entries[self._first:]
+            dropped = self._entries[self._first :]
             self._first = len(self._entries)
         return dropped
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0, *, path: str | None = None,
-                          method: str | None = None) -> list[AccessEntry]:
+    def wait_for_requests(
+        self, n: int, timeout: float = 5.0, *, path: str | None = None, method: str | None = None
+    ) -> list[AccessEntry]:
         """Poll until at least ``n`` matching entries are logged; return them.
 
         nginx logs a request when it finishes (or is aborted), not when it starts.
         """
         return _poll(lambda: self.requests(path, method), n, timeout)
 
-    async def async_wait_for_requests(self, n: int, timeout: float = 5.0, *,
-                                      path: str | None = None,
-                                      method: str | None = None) -> list[AccessEntry]:
+    async def async_wait_for_requests(
+        self, n: int, timeout: float = 5.0, *, path: str | None = None, method: str | None = None
+    ) -> list[AccessEntry]:
         """:meth:`wait_for_requests` for trio tests (sleeps with ``trio.sleep``, so
         clients running in the same trio loop make progress meanwhile)."""
         return await _apoll(lambda: self.requests(path, method), n, timeout)
@@ -591,7 +596,8 @@ class Behavior:
 
     Build with the class methods. Any behavior takes ``times=N``: apply it to
     the first N requests of the path (counted from when it was set), then act
-    normally. ``.replace(methods=("GET",))`` limits it to some methods. ``rate`` (bytes/s of body) and ``headers`` (extra response
+    normally. ``.replace(methods=("GET",))`` limits it to some methods.
+    ``rate`` (bytes/s of body) and ``headers`` (extra response
     headers) apply with any kind.
     """
 
@@ -610,21 +616,20 @@ class Behavior:
     #: Apply only to these methods (e.g. ``("GET",)``); None: to every method.
     methods: tuple[str, ...] | None = None
 
-    def replace(self, **changes) -> "Behavior":
+    def replace(self, **changes) -> Behavior:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def normal(cls) -> "Behavior":
+    def normal(cls) -> Behavior:
         return cls()
 
     @classmethod
-    def status(cls, code: int, *, times: int | None = None,
-               headers: Iterable[tuple[str, str]] = ()) -> "Behavior":
+    def status(cls, code: int, *, times: int | None = None, headers: Iterable[tuple[str, str]] = ()) -> Behavior:
         """Answer ``code`` with an empty body (then normal after ``times``)."""
         return cls(STATUS, times=times, code=code, headers=tuple(headers))
 
     @classmethod
-    def reset(cls, after: int | None = None, *, times: int | None = None) -> "Behavior":
+    def reset(cls, after: int | None = None, *, times: int | None = None) -> Behavior:
         """Abort with a TCP RST (SO_LINGER 0).
 
         ``after=None``: before any response byte. ``after=N``: after the headers
@@ -634,54 +639,54 @@ class Behavior:
         return cls(RESET, times=times, after=after)
 
     @classmethod
-    def truncate(cls, after: int | None = None, *, times: int | None = None) -> "Behavior":
+    def truncate(cls, after: int | None = None, *, times: int | None = None) -> Behavior:
         """Announce the full Content-Length, send ``after`` body bytes (default:
         half; always fewer than announced), then close cleanly (FIN)."""
         return cls(TRUNCATE, times=times, after=after)
 
     @classmethod
-    def bad_content_range(cls, shift: int = 1, *, times: int | None = None) -> "Behavior":
+    def bad_content_range(cls, shift: int = 1, *, times: int | None = None) -> Behavior:
         """Answer a Range with 206 whose Content-Range (and body, consistently)
         covers other bytes than asked: shifted by ``shift`` (or shortened by one
         byte when it covers the whole body). Requests without Range: normal."""
         return cls(BAD_CONTENT_RANGE, times=times, shift=shift)
 
     @classmethod
-    def ignore_range(cls, *, times: int | None = None) -> "Behavior":
+    def ignore_range(cls, *, times: int | None = None) -> Behavior:
         """Advertise ``Accept-Ranges: bytes`` but answer 200 with the full body."""
         return cls(IGNORE_RANGE, times=times)
 
     @classmethod
-    def no_range_support(cls, *, times: int | None = None) -> "Behavior":
+    def no_range_support(cls, *, times: int | None = None) -> Behavior:
         """No ``Accept-Ranges`` header, and Range is ignored (200, full body)."""
         return cls(NO_RANGE_SUPPORT, times=times)
 
     @classmethod
-    def no_head(cls, *, times: int | None = None) -> "Behavior":
+    def no_head(cls, *, times: int | None = None) -> Behavior:
         """HEAD gets 405 (``Allow: GET``); GET is normal."""
         return cls(NO_HEAD, times=times)
 
     @classmethod
-    def stall(cls, after: int | None = 0, *, duration: float | None = None,
-              resume: bool = True, times: int | None = None) -> "Behavior":
+    def stall(
+        cls, after: int | None = 0, *, duration: float | None = None, resume: bool = True, times: int | None = None
+    ) -> Behavior:
         """Send headers and ``after`` body bytes (``after=None``: nothing at
         all), then hang without closing until the origin stops or ``duration``
         seconds pass; then send the rest (``resume``) or close."""
         return cls(STALL, times=times, after=after, duration=duration, resume=resume)
 
     @classmethod
-    def slow(cls, rate: float, *, times: int | None = None) -> "Behavior":
+    def slow(cls, rate: float, *, times: int | None = None) -> Behavior:
         """Cap the body at ``rate`` bytes per second (paced, no initial burst)."""
         return cls(SLOW, times=times, rate=rate)
 
     @classmethod
-    def chunked(cls, chunk_size: int = 16384, *, times: int | None = None) -> "Behavior":
+    def chunked(cls, chunk_size: int = 16384, *, times: int | None = None) -> Behavior:
         """``Transfer-Encoding: chunked`` and no Content-Length (ranges still work)."""
         return cls(CHUNKED, times=times, chunk_size=chunk_size)
 
     @classmethod
-    def redirect(cls, target: str, code: int = 302, *, absolute: bool = False,
-                 times: int | None = None) -> "Behavior":
+    def redirect(cls, target: str, code: int = 302, *, absolute: bool = False, times: int | None = None) -> Behavior:
         """Redirect to ``target``: a path, sent as is (relative) or made into
         this origin's URL (``absolute=True``), or a full URL sent as is."""
         return cls(REDIRECT, times=times, code=code, target=target, absolute=absolute)
@@ -790,8 +795,7 @@ class FaultyOrigin:
     :meth:`wait_idle` waits until every response so far is through.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128,
-                 ssl_context=None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128, ssl_context=None) -> None:
         #: An ``ssl.SSLContext`` (server side) to speak HTTPS instead of HTTP.
         self.ssl_context = ssl_context
         self.host = host
@@ -813,9 +817,15 @@ class FaultyOrigin:
 
     # -- configuration -----------------------------------------------------
 
-    def add(self, path: str, body: bytes, *, etag: str | bool | None = None,
-            last_modified: float | str | bool | None = None,
-            behavior: Behavior | None = None) -> str:
+    def add(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        etag: str | bool | None = None,
+        last_modified: float | str | bool | None = None,
+        behavior: Behavior | None = None,
+    ) -> str:
         """Serve ``body`` at ``path`` (replacing any previous one); returns the URL."""
         if etag is None:
             etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
@@ -830,8 +840,7 @@ class FaultyOrigin:
         elif isinstance(last_modified, (int, float)):
             last_modified = email.utils.formatdate(last_modified, usegmt=True)
         with self._lock:
-            self._resources[path] = _Resource(bytes(body), etag, last_modified,
-                                              behavior or Behavior())
+            self._resources[path] = _Resource(bytes(body), etag, last_modified, behavior or Behavior())
         return self.url(path)
 
     def remove(self, path: str) -> None:
@@ -857,9 +866,11 @@ class FaultyOrigin:
 
     def requests(self, path: str | None = None, method: str | None = None) -> list[FaultyRequest]:
         with self._lock:
-            return [dataclasses.replace(r, headers=dict(r.headers)) for r in self._log
-                    if (path is None or r.path == path)
-                    and (method is None or r.method == method.upper())]
+            return [
+                dataclasses.replace(r, headers=dict(r.headers))
+                for r in self._log
+                if (path is None or r.path == path) and (method is None or r.method == method.upper())
+            ]
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return len(self.requests(path, method))
@@ -889,15 +900,16 @@ class FaultyOrigin:
             self._log.clear()
             self._connections = 0
 
-    def wait_for_requests(self, n: int, timeout: float = 5.0, *, path: str | None = None,
-                          method: str | None = None) -> list[FaultyRequest]:
+    def wait_for_requests(
+        self, n: int, timeout: float = 5.0, *, path: str | None = None, method: str | None = None
+    ) -> list[FaultyRequest]:
         """Poll until at least ``n`` matching requests have been read (a request
         is recorded when its headers are read, before it is answered)."""
         return _poll(lambda: self.requests(path, method), n, timeout)
 
-    async def async_wait_for_requests(self, n: int, timeout: float = 5.0, *,
-                                      path: str | None = None,
-                                      method: str | None = None) -> list[FaultyRequest]:
+    async def async_wait_for_requests(
+        self, n: int, timeout: float = 5.0, *, path: str | None = None, method: str | None = None
+    ) -> list[FaultyRequest]:
         """:meth:`wait_for_requests` for trio tests."""
         return await _apoll(lambda: self.requests(path, method), n, timeout)
 
@@ -934,7 +946,7 @@ class FaultyOrigin:
     def url(self, path: str = "/") -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
-    def __enter__(self) -> "FaultyOrigin":
+    def __enter__(self) -> FaultyOrigin:
         self.start()
         return self
 
@@ -952,9 +964,9 @@ class FaultyOrigin:
         self.port = ls.getsockname()[1]
         self._stopping.clear()
         self._listener = ls
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(ls,),
-                                               name=f"faulty-origin-{self.port}-accept",
-                                               daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(ls,), name=f"faulty-origin-{self.port}-accept", daemon=True
+        )
         self._accept_thread.start()
 
     def threads(self) -> list[threading.Thread]:
@@ -1008,8 +1020,9 @@ class FaultyOrigin:
                     return
                 self._connections += 1
                 cid = self._connections
-                t = threading.Thread(target=self._serve, args=(conn, cid),
-                                     name=f"faulty-origin-{self.port}-conn-{cid}", daemon=True)
+                t = threading.Thread(
+                    target=self._serve, args=(conn, cid), name=f"faulty-origin-{self.port}-conn-{cid}", daemon=True
+                )
                 self._conns.add(conn)
                 self._threads.add(t)
             t.start()
@@ -1112,8 +1125,9 @@ class FaultyOrigin:
             path, query = split.path or "/", split.query
         else:
             path, _, query = target.partition("?")
-        req = FaultyRequest(method=method.upper(), path=path, query=query, version=version,
-                            headers=headers, connection=cid)
+        req = FaultyRequest(
+            method=method.upper(), path=path, query=query, version=version, headers=headers, connection=cid
+        )
         with self._lock:
             self._log.append(req)
         return req, rest
@@ -1125,8 +1139,9 @@ class FaultyOrigin:
             return "keep-alive" in conn
         return "close" not in conn
 
-    def _send_head(self, sock, req: FaultyRequest | None, status: int,
-                   headers: list[tuple[str, str]], keep: bool) -> None:
+    def _send_head(
+        self, sock, req: FaultyRequest | None, status: int, headers: list[tuple[str, str]], keep: bool
+    ) -> None:
         try:
             reason = http.HTTPStatus(status).phrase
         except ValueError:
@@ -1134,9 +1149,11 @@ class FaultyOrigin:
         if req is not None:
             with self._lock:
                 req.status = status
-        lines = [f"HTTP/1.1 {status} {reason}",
-                 f"Date: {email.utils.formatdate(usegmt=True)}",
-                 "Server: dffs-faulty-origin"]
+        lines = [
+            f"HTTP/1.1 {status} {reason}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            "Server: dffs-faulty-origin",
+        ]
         lines += [f"{k}: {v}" for k, v in headers]
         lines.append("Connection: keep-alive" if keep else "Connection: close")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -1151,8 +1168,14 @@ class FaultyOrigin:
         if self._stopping.wait(seconds):
             raise _Stopped()
 
-    def _send_body(self, sock, req: FaultyRequest, data: bytes | memoryview,
-                   rate: float | None = None, chunked_size: int | None = None) -> None:
+    def _send_body(
+        self,
+        sock,
+        req: FaultyRequest,
+        data: bytes | memoryview,
+        rate: float | None = None,
+        chunked_size: int | None = None,
+    ) -> None:
         view = memoryview(data)
         piece = 65536
         if rate:
@@ -1168,7 +1191,7 @@ class FaultyOrigin:
                 due = start + sent / rate - time.monotonic()
                 if due > 0:
                     self._wait(due)
-            chunk = view[sent:sent + piece]
+            chunk = view[sent : sent + piece]
             if chunked_size:
                 sock.sendall(f"{len(chunk):x}\r\n".encode())
             off = 0
@@ -1281,14 +1304,14 @@ class FaultyOrigin:
             parsed = parse_range(rng, size)
             if parsed == _UNSATISFIABLE:
                 return self._send_simple(
-                    sock, req, 416,
-                    [("Content-Range", f"bytes */{size}"), *accept, *validators, *extra])
+                    sock, req, 416, [("Content-Range", f"bytes */{size}"), *accept, *validators, *extra]
+                )
             if parsed is not None:
                 status, (first, last) = 206, parsed
                 if kind == BAD_CONTENT_RANGE:
                     first, last = self._wrong_range(first, last, size, b.shift)
                 content_range = f"bytes {first}-{last}/{size}"
-        part = memoryview(body)[first:last + 1]
+        part = memoryview(body)[first : last + 1]
         headers = [("Content-Type", "application/octet-stream"), *accept, *validators]
         if content_range:
             headers.append(("Content-Range", content_range))
@@ -1312,14 +1335,14 @@ class FaultyOrigin:
             self._send_body(sock, req, part[:n], b.rate)
             self._close_gracefully(sock)
         if kind == RESET:
-            self._send_body(sock, req, part[:b.after], b.rate)
+            self._send_body(sock, req, part[: b.after], b.rate)
             self._drain_then_reset(sock)
         if kind == STALL and b.after is not None:
-            self._send_body(sock, req, part[:b.after], b.rate)
+            self._send_body(sock, req, part[: b.after], b.rate)
             self._wait(b.duration)
             if not b.resume:
                 self._close_gracefully(sock)
-            self._send_body(sock, req, part[b.after:], b.rate)
+            self._send_body(sock, req, part[b.after :], b.rate)
             return keep
         if chunked:
             self._send_body(sock, req, part, b.rate, chunked_size=b.chunk_size)
@@ -1335,8 +1358,12 @@ class FaultyOrigin:
             return True
         cond = cond.strip()
         if cond.startswith('"') or cond.startswith("W/"):
-            return (res.etag is not None and not cond.startswith("W/")
-                    and not res.etag.startswith("W/") and cond == res.etag)
+            return (
+                res.etag is not None
+                and not cond.startswith("W/")
+                and not res.etag.startswith("W/")
+                and cond == res.etag
+            )
         return res.last_modified is not None and cond == res.last_modified
 
     @staticmethod

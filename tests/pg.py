@@ -59,7 +59,7 @@ class PgCluster:
             raise RuntimeError(f"{cmd[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
         return result
 
-    def init(self) -> "PgCluster":
+    def init(self) -> PgCluster:
         self._as_postgres(
             str(self.bindir / "initdb"),
             "-D",
@@ -74,7 +74,7 @@ class PgCluster:
         )
         return self.start()
 
-    def start(self) -> "PgCluster":
+    def start(self) -> PgCluster:
         options = f"-k {self.dir} -h 127.0.0.1 -p {self.port} -c fsync=off -c full_page_writes=off"
         self._as_postgres(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start"

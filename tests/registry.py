@@ -33,12 +33,12 @@ from pathlib import Path
 import attrs
 
 _ACCESS_RE = re.compile(
-    r'^(?P<client>\S+) \S+ \S+ \[[^\]]*\] '
-    r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
+    r"^(?P<client>\S+) \S+ \S+ \[[^\]]*\] "
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)'
+)
 _LISTENING_RE = re.compile(r'msg="listening on (?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:"]*)):(?P<port>\d+)"')
 
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json,"
-                  "application/vnd.docker.distribution.manifest.v2+json")
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json"
 
 
 @attrs.frozen
@@ -94,8 +94,9 @@ class Registry:
         )
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(["docker-registry", "serve", str(config)]),
-                                         stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(["docker-registry", "serve", str(config)]), stdout=log, stderr=log, start_new_session=True
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -114,8 +115,9 @@ class Registry:
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
-            result = subprocess.run(self.command(["curl", "-sf", "-o", "/dev/null", f"{self.url}/v2/"]),
-                                    capture_output=True)
+            result = subprocess.run(
+                self.command(["curl", "-sf", "-o", "/dev/null", f"{self.url}/v2/"]), capture_output=True
+            )
             if result.returncode == 0:
                 return
             if time.monotonic() > deadline:
@@ -157,13 +159,23 @@ class Registry:
             match = _ACCESS_RE.search(line)
             if match and "msg=" not in line:
                 size = match.group("bytes")
-                result.append(Access(match.group("client"), match.group("method"), match.group("path"),
-                                     int(match.group("status")), 0 if size == "-" else int(size)))
+                result.append(
+                    Access(
+                        match.group("client"),
+                        match.group("method"),
+                        match.group("path"),
+                        int(match.group("status")),
+                        0 if size == "-" else int(size),
+                    )
+                )
         return result
 
     def _blob_accesses(self, digest: str) -> list[Access]:
-        return [a for a in self.accesses()
-                if a.method == "GET" and a.status in (200, 206) and a.path.split("?")[0].endswith(f"/blobs/{digest}")]
+        return [
+            a
+            for a in self.accesses()
+            if a.method == "GET" and a.status in (200, 206) and a.path.split("?")[0].endswith(f"/blobs/{digest}")
+        ]
 
     def blob_gets(self, digest: str) -> int:
         """GET requests for blob ``digest`` that the registry answered with bytes (200/206)."""
@@ -188,30 +200,62 @@ class Registry:
         blob = self.workdir / f"upload-{digest[7:19]}"
         blob.write_bytes(data)
         try:
-            out = subprocess.run(self.command([
-                "curl", "-sS", "-f", "-i", "-X", "POST", f"{self.url}/v2/{repo}/blobs/uploads/"]),
-                check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                self.command(["curl", "-sS", "-f", "-i", "-X", "POST", f"{self.url}/v2/{repo}/blobs/uploads/"]),
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             location = re.search(r"(?im)^location:\s*(\S+)", out).group(1)
             if location.startswith("/"):
                 location = self.url + location
             separator = "&" if "?" in location else "?"
-            subprocess.run(self.command([
-                "curl", "-sS", "-f", "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-                "--data-binary", f"@{blob}", f"{location}{separator}digest={digest}"]), check=True, capture_output=True)
+            subprocess.run(
+                self.command(
+                    [
+                        "curl",
+                        "-sS",
+                        "-f",
+                        "-o",
+                        "/dev/null",
+                        "-X",
+                        "PUT",
+                        "-H",
+                        "Content-Type: application/octet-stream",
+                        "--data-binary",
+                        f"@{blob}",
+                        f"{location}{separator}digest={digest}",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+            )
         finally:
             blob.unlink(missing_ok=True)
         return digest
 
     def get_manifest(self, repo: str, reference: str) -> tuple[str, dict]:
         """The manifest's digest and document, as the registry serves it."""
-        raw = subprocess.run(self.command([
-            "curl", "-sS", "-f", "-H", f"Accept: {MANIFEST_TYPES}", f"{self.url}/v2/{repo}/manifests/{reference}"]),
-            check=True, capture_output=True).stdout
+        raw = subprocess.run(
+            self.command(
+                ["curl", "-sS", "-f", "-H", f"Accept: {MANIFEST_TYPES}", f"{self.url}/v2/{repo}/manifests/{reference}"]
+            ),
+            check=True,
+            capture_output=True,
+        ).stdout
         return "sha256:" + hashlib.sha256(raw).hexdigest(), json.loads(raw)
 
 
-def build_busybox_image(registry: Registry, repo: str, tag: str, *, layers: int = 2, message: str | None = None,
-                        payload_bytes: int = 64 * 1024, workdir: Path | None = None) -> Image:
+def build_busybox_image(
+    registry: Registry,
+    repo: str,
+    tag: str,
+    *,
+    layers: int = 2,
+    message: str | None = None,
+    payload_bytes: int = 64 * 1024,
+    workdir: Path | None = None,
+) -> Image:
     """Build an image offline and push it to ``registry``; returns its digests.
 
     Layer 1 holds ``/bin/busybox`` (busybox-static), layer 2 ``/etc/message``,
@@ -247,16 +291,41 @@ def build_busybox_image(registry: Registry, repo: str, tag: str, *, layers: int 
             (rootfs / f"payload{index}.bin").write_bytes(os.urandom(payload_bytes))
         umoci("repack", "--image", image, str(bundle))
         shutil.rmtree(bundle, ignore_errors=True)
-    umoci("config", "--image", image, "--config.cmd", "/bin/busybox", "--config.cmd", "cat",
-          "--config.cmd", "/etc/message")
-    subprocess.run(registry.command([
-        "skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{image}",
-        f"docker://{registry.address}/{repo}:{tag}"]), check=True, capture_output=True, timeout=120)
+    umoci(
+        "config",
+        "--image",
+        image,
+        "--config.cmd",
+        "/bin/busybox",
+        "--config.cmd",
+        "cat",
+        "--config.cmd",
+        "/etc/message",
+    )
+    subprocess.run(
+        registry.command(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{image}",
+                f"docker://{registry.address}/{repo}:{tag}",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     digest, manifest = registry.get_manifest(repo, tag)
     shutil.rmtree(work, ignore_errors=True)
     return Image(
-        ref=f"{registry.address}/{repo}:{tag}", repo=repo, tag=tag, manifest_digest=digest,
-        config_digest=manifest["config"]["digest"], layers=tuple(layer["digest"] for layer in manifest["layers"]),
+        ref=f"{registry.address}/{repo}:{tag}",
+        repo=repo,
+        tag=tag,
+        manifest_digest=digest,
+        config_digest=manifest["config"]["digest"],
+        layers=tuple(layer["digest"] for layer in manifest["layers"]),
         message=message,
         sizes={d["digest"]: d["size"] for d in (manifest["config"], *manifest["layers"])},
     )

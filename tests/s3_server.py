@@ -70,9 +70,16 @@ class MotoS3:
     def env(self, monkeypatch, *, secret_key: str | None = None) -> None:
         """The standard AWS variables for this server; nothing else from the host's AWS setup."""
         for name in (
-            "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-            "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
         ):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
@@ -130,7 +137,9 @@ def moto_s3(tmp_path_factory):
         iam.put_user_policy(UserName="dffs", PolicyName="s3-all", PolicyDocument=json.dumps(policy))
         assume = {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
         iam.put_user_policy(
-            UserName="dffs", PolicyName="assume", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [assume]})
+            UserName="dffs",
+            PolicyName="assume",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [assume]}),
         )
         key = iam.create_access_key(UserName="dffs")["AccessKey"]
         # A role to assume, for temporary credentials with a session token.

@@ -42,8 +42,10 @@ def test_apache_listing_has_no_exact_sizes():
 
 
 def test_nginx_json_listing():
-    body = b'[{"name":"x.bin","type":"file","mtime":"Tue, 24 Nov 2026 02:47:35 GMT","size":42},' \
-           b'{"name":"d","type":"directory","mtime":"Tue, 24 Nov 2026 02:47:35 GMT"},{"name":".."}]'
+    body = (
+        b'[{"name":"x.bin","type":"file","mtime":"Tue, 24 Nov 2026 02:47:35 GMT","size":42},'
+        b'{"name":"d","type":"directory","mtime":"Tue, 24 Nov 2026 02:47:35 GMT"},{"name":".."}]'
+    )
     entries = {e.name: e for e in parse_index("http://h/", "application/json", body)}
     assert entries["x.bin"].size == 42 and entries["x.bin"].url == "http://h/x.bin"
     assert entries["d"].is_dir and entries["d"].url == "http://h/d/"

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from cli import run_dffs, sha256_file
+
 from dffs.storage import journal
 
 MiB = 1024 * 1024

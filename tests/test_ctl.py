@@ -16,10 +16,9 @@ import sys
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from cli import assert_one_line_error, run_dffs, sha256_file
 from cluster import Daemon, Process
+from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1024 * 1024
 #: Nothing listens on the discard port: an origin that does not exist.
@@ -29,8 +28,11 @@ NO_ORIGIN = "http://127.0.0.1:9/datasets/imported.bin"
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} from a /metrics endpoint."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def metric(samples, name: str, **labels) -> float:
@@ -49,8 +51,11 @@ def swarm(tmp_path):
     sched_config.write_text("metrics_port = 0\n")
     procs = []
     try:
-        sched = Process(["scheduler", "--listen", "127.0.0.1:0", "--config", str(sched_config)],
-                        tmp_path / "scheduler.log", r"listening on (\S+):(\d+)")
+        sched = Process(
+            ["scheduler", "--listen", "127.0.0.1:0", "--config", str(sched_config)],
+            tmp_path / "scheduler.log",
+            r"listening on (\S+):(\d+)",
+        )
         procs.append(sched)
         sched.start()
         metrics_line = sched.proc.stdout.readline()
@@ -58,8 +63,9 @@ def swarm(tmp_path):
         addr = f"127.0.0.1:{sched.match.group(2)}"
         daemons = []
         for name in ("alpha", "beta"):
-            d = Daemon(tmp_path, name, addr, extra=("--config", str(config), "--metrics-port", "0",
-                                                    "--proxy-port", "-1"))
+            d = Daemon(
+                tmp_path, name, addr, extra=("--config", str(config), "--metrics-port", "0", "--proxy-port", "-1")
+            )
             procs.append(d)
             d.start()
             d.metrics_port = int(re.search(r"metrics_port=(\d+)", d.match.string).group(1))
@@ -89,8 +95,9 @@ def test_every_ctl_command_and_import_shared_with_no_origin(swarm, tmp_path, mak
     assert result.returncode == 0, result.stderr + alpha.output()[-3000:]
     assert "imported" in result.stdout and "3 pieces" in result.stdout
     tasks = ok_json(ctl(alpha, "tasks", "--json"))
-    assert [(t["url"], t["size"], t["pieces_present"], t["piece_count"], t["imported"]) for t in tasks] == \
-        [(NO_ORIGIN, size, 3, 3, True)]
+    assert [(t["url"], t["size"], t["pieces_present"], t["piece_count"], t["imported"]) for t in tasks] == [
+        (NO_ORIGIN, size, 3, 3, True)
+    ]
     task_id = tasks[0]["task_id"]
     table = ctl(alpha, "tasks")
     assert table.returncode == 0 and task_id[:16] in table.stdout and "3/3" in table.stdout
@@ -129,8 +136,9 @@ def test_every_ctl_command_and_import_shared_with_no_origin(swarm, tmp_path, mak
     assert result.returncode == 0, result.stderr
     assert sha256_file(exported) == digest
     exported.unlink()
-    assert ok_json(ctl(alpha, "export", NO_ORIGIN, "-O", str(exported), "--local-only", "--json"))["output"] \
-        == str(exported)
+    assert ok_json(ctl(alpha, "export", NO_ORIGIN, "-O", str(exported), "--local-only", "--json"))["output"] == str(
+        exported
+    )
     assert sha256_file(exported) == digest
 
     # gc: nothing to evict without a quota, but the pass runs and reports usage.
@@ -153,12 +161,14 @@ def test_ctl_errors_are_one_line(tmp_path):
     assert_one_line_error(run_dffs("ctl", "--data-dir", str(no_daemon), "tasks"), 1, "no daemon is running")
     assert_one_line_error(run_dffs("ctl", "--socket", str(tmp_path / "x.sock"), "gc"), 1, "no daemon")
     assert_one_line_error(run_dffs("ctl", "stat", "not-a-task"), 2, "neither a task ID")
-    assert_one_line_error(run_dffs("ctl", "import", str(tmp_path / "missing.bin"), "--url", "http://h/x"), 2,
-                          "no such file")
+    assert_one_line_error(
+        run_dffs("ctl", "import", str(tmp_path / "missing.bin"), "--url", "http://h/x"), 2, "no such file"
+    )
     (tmp_path / "f").write_bytes(b"x")
     assert_one_line_error(run_dffs("ctl", "import", str(tmp_path / "f"), "--url", "nourl"), 2, "not a URL")
-    assert_one_line_error(run_dffs("ctl", "export", "http://h/x", "-O", str(tmp_path / "no/dir/out")), 2,
-                          "not a directory")
+    assert_one_line_error(
+        run_dffs("ctl", "export", "http://h/x", "-O", str(tmp_path / "no/dir/out")), 2, "not a directory"
+    )
     assert_one_line_error(run_dffs("ctl", "frobnicate"), 2)
     # A stale socket file with no daemon behind it.
     stale = tmp_path / "stale"
@@ -183,24 +193,54 @@ def test_import_on_one_host_then_another_reads_it_with_no_origin(tmp_path, make_
         url = "http://10.81.0.250:8080/imported/local.bin"  # no such host
         procs = []
         try:
-            sched = Process(["scheduler", "--listen", f"{hosts['sched'].ip}:8002"], tmp_path / "ns-scheduler.log",
-                            r"listening on (\S+):(\d+)", prefix=hosts["sched"].command([]))
+            sched = Process(
+                ["scheduler", "--listen", f"{hosts['sched'].ip}:8002"],
+                tmp_path / "ns-scheduler.log",
+                r"listening on (\S+):(\d+)",
+                prefix=hosts["sched"].command([]),
+            )
             procs.append(sched.start())
             daemons = {}
             for name in ("a", "b"):
-                daemon = Daemon(tmp_path, f"ns-{name}", f"{hosts['sched'].ip}:8002", ip=hosts[name].ip,
-                                prefix=hosts[name].command([]),
-                                extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1"))
+                daemon = Daemon(
+                    tmp_path,
+                    f"ns-{name}",
+                    f"{hosts['sched'].ip}:8002",
+                    ip=hosts[name].ip,
+                    prefix=hosts[name].command([]),
+                    extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1"),
+                )
                 procs.append(daemon.start())
                 daemons[name] = daemon
-            imported = subprocess.run(hosts["a"].command([
-                sys.executable, "-m", "dffs", "ctl", "--data-dir", str(daemons["a"].data_dir), "import",
-                str(tmp_path / "local.bin"), "--url", url]), capture_output=True, text=True, timeout=60)
+            imported = subprocess.run(
+                hosts["a"].command(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dffs",
+                        "ctl",
+                        "--data-dir",
+                        str(daemons["a"].data_dir),
+                        "import",
+                        str(tmp_path / "local.bin"),
+                        "--url",
+                        url,
+                    ]
+                ),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert imported.returncode == 0, (imported.stderr, daemons["a"].output()[-2000:])
             out = tmp_path / "b.out"
-            got = subprocess.run(hosts["b"].command([
-                sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemons["b"].data_dir)]),
-                capture_output=True, text=True, timeout=60)
+            got = subprocess.run(
+                hosts["b"].command(
+                    [sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemons["b"].data_dir)]
+                ),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert got.returncode == 0, (got.stderr, daemons["b"].output()[-3000:])
             assert sha256_file(out) == digest
         finally:

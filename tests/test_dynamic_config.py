@@ -14,9 +14,19 @@ from dffs.scheduler.testing import FakeClock, add_host, add_peer
 
 
 def test_scheduler_and_client_keys_are_split_and_validated():
-    text = json.dumps({"candidate_parent_limit": 6, "blocked_hosts": ["h1"], "upload_limit": 5,
-                       "gc_high_threshold": 90, "future_key": 1})
-    assert scheduler_tunables(text) == (SchedulerTunables(candidate_parent_limit=6, blocked_hosts=frozenset({"h1"})), [])
+    text = json.dumps(
+        {
+            "candidate_parent_limit": 6,
+            "blocked_hosts": ["h1"],
+            "upload_limit": 5,
+            "gc_high_threshold": 90,
+            "future_key": 1,
+        }
+    )
+    assert scheduler_tunables(text) == (
+        SchedulerTunables(candidate_parent_limit=6, blocked_hosts=frozenset({"h1"})),
+        [],
+    )
     assert client_tunables(text) == (ClientTunables(upload_limit=5, gc_high_threshold=90), [])
 
 
@@ -71,9 +81,19 @@ def test_seeds_learned_from_the_manager_and_their_own_announcement_wins():
     # The seed daemon announces itself: from now on the manager's copy does not overwrite it.
     from dffs.api import common_pb2, scheduler_pb2
 
-    core.announce_host(scheduler_pb2.AnnounceHostRequest(host=common_pb2.Host(
-        id=host.id, type=common_pb2.HOST_TYPE_SEED, hostname="s1", ip="10.0.0.5", port=65000, download_port=4000,
-        idc="own")))
+    core.announce_host(
+        scheduler_pb2.AnnounceHostRequest(
+            host=common_pb2.Host(
+                id=host.id,
+                type=common_pb2.HOST_TYPE_SEED,
+                hostname="s1",
+                ip="10.0.0.5",
+                port=65000,
+                download_port=4000,
+                idc="own",
+            )
+        )
+    )
     core.learn_seed_peers([seed], interval=10)
     assert core.graph.hosts[host.id].idc == "own"
     # A malformed entry is skipped, not fatal.

@@ -19,10 +19,9 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from cli import run_dffs
 from mounts import MountProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1024 * 1024
 QUOTA = 24 * MiB
@@ -52,21 +51,40 @@ def read_file(path: Path, chunk: int = MiB, on_chunk=lambda: None) -> str:
 
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        s.name + json.dumps(s.labels, sort_keys=True): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_quota_holds_while_a_stream_reads_and_evicted_pieces_come_back(tmp_path, nginx_origin, make_file):
     www = tmp_path / "www"
     www.mkdir()
-    digests = {name: make_file(www / name, SIZE, seed=i) for i, name in
-               enumerate(["stream.bin", "a.bin", "b.bin", "c.bin", "d.bin"])}
+    digests = {
+        name: make_file(www / name, SIZE, seed=i)
+        for i, name in enumerate(["stream.bin", "a.bin", "b.bin", "c.bin", "d.bin"])
+    }
     origin = nginx_origin(www)
     config = tmp_path / "daemon.toml"
     config.write_text("gc_interval = 0.5\n")
-    mount = MountProcess(tmp_path / "mnt", tmp_path / "data", "--upload-port", "0", "--rpc-port", "0",
-                         "--metrics-port", "0", "--proxy-port", "-1", "--storage-quota", "24MiB",
-                         "--config", str(config), command=("daemon",))
+    mount = MountProcess(
+        tmp_path / "mnt",
+        tmp_path / "data",
+        "--upload-port",
+        "0",
+        "--rpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--proxy-port",
+        "-1",
+        "--storage-quota",
+        "24MiB",
+        "--config",
+        str(config),
+        command=("daemon",),
+    )
     try:
         mount.start()
         base = mount.mountpoint / "http" / f"{origin.host}:{origin.port}"
@@ -108,13 +126,15 @@ def test_quota_holds_while_a_stream_reads_and_evicted_pieces_come_back(tmp_path,
 
         port = int(re.search(r"metrics_port=(\d+)", mount.output()).group(1))
         m = scrape(port)
-        assert m['dffs_daemon_gc_evicted_pieces_total{}'] >= 3
-        assert m['dffs_daemon_storage_quota_bytes{}'] == QUOTA
+        assert m["dffs_daemon_gc_evicted_pieces_total{}"] >= 3
+        assert m["dffs_daemon_storage_quota_bytes{}"] == QUOTA
         assert m['dffs_daemon_fuse_operations_total{"op": "read"}'] > 0
         assert m['dffs_daemon_download_bytes_total{"source": "origin"}'] >= 6 * SIZE
         assert m['dffs_daemon_cache_requests_total{"result": "miss"}'] > 0
-        assert m['dffs_daemon_fuse_operation_seconds_count{"op": "read"}'] == \
-            m['dffs_daemon_fuse_operations_total{"op": "read"}']
+        assert (
+            m['dffs_daemon_fuse_operation_seconds_count{"op": "read"}']
+            == m['dffs_daemon_fuse_operations_total{"op": "read"}']
+        )
     finally:
         code = mount.stop()
     assert code == 0, mount.output()[-3000:]

@@ -16,9 +16,12 @@ MiB = 1024 * 1024
 
 def task(tid: str, access: float, pieces: int, *, length=MiB, piece_access=None, **kw) -> TaskState:
     return TaskState(
-        task_id=tid, last_access=access,
+        task_id=tid,
+        last_access=access,
         pieces=tuple(PieceState(n, length, (piece_access or {}).get(n, access)) for n in range(pieces)),
-        disk_bytes=pieces * length, **kw)
+        disk_bytes=pieces * length,
+        **kw,
+    )
 
 
 LIMITS = GcLimits(quota=10 * MiB, high=0.8, low=0.5)
@@ -60,8 +63,12 @@ def test_active_tasks_lose_pieces_but_are_not_deleted():
 
 def test_task_ttl():
     limits = GcLimits(task_ttl=60)
-    tasks = [task("cold", 10, 2), task("warm", 90, 2), task("pinned", 10, 2, pinned=frozenset({1})),
-             task("open", 10, 2, active=True)]
+    tasks = [
+        task("cold", 10, 2),
+        task("warm", 90, 2),
+        task("pinned", 10, 2, pinned=frozenset({1})),
+        task("open", 10, 2, active=True),
+    ]
     assert plan(tasks, used=0, limits=limits, now=100).delete_tasks == (("cold", "ttl"),)
 
 
@@ -70,10 +77,20 @@ def test_bad_limits():
         GcLimits(quota=1, high=0.5, low=0.6)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("20GiB", 20 << 30), ("500MB", 500_000_000), ("1048576", 1 << 20), ("1.5KiB", 1536), ("50%", 500),
-    ("", 0), (None, 0), (4096, 4096), ("32mib", 32 << 20),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20GiB", 20 << 30),
+        ("500MB", 500_000_000),
+        ("1048576", 1 << 20),
+        ("1.5KiB", 1536),
+        ("50%", 500),
+        ("", 0),
+        (None, 0),
+        (4096, 4096),
+        ("32mib", 32 << 20),
+    ],
+)
 def test_parse_quota(text, expected):
     assert parse_quota(text, filesystem_bytes=1000) == expected
 

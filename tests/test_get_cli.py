@@ -6,7 +6,6 @@ import hashlib
 import time
 
 import pytest
-
 from cli import assert_no_output_left, assert_one_line_error, run_dffs, sha256_file
 from origins import Behavior
 
@@ -195,7 +194,16 @@ def test_connection_refused(tmp_path):
         Behavior.redirect("/real.bin", 302),
         Behavior.redirect("/real.bin", 307, absolute=True),
     ],
-    ids=["503-then-ok", "reset-then-ok", "truncated-then-ok", "no-ranges", "ignores-range", "no-head", "redirect", "redirect-abs"],
+    ids=[
+        "503-then-ok",
+        "reset-then-ok",
+        "truncated-then-ok",
+        "no-ranges",
+        "ignores-range",
+        "no-head",
+        "redirect",
+        "redirect-abs",
+    ],
 )
 def test_origin_quirks_and_transient_faults_still_succeed(tmp_path, faulty_origin, behavior):
     faulty_origin.add("/real.bin", BODY)

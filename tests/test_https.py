@@ -6,12 +6,12 @@ import ssl
 
 import pytest
 import trustme
-
 from cli import assert_one_line_error, run_dffs
-from dffs.errors import SourceError
-from dffs.source import HttpOptions, HttpSource
 from mounts import MountProcess
 from origins import FaultyOrigin
+
+from dffs.errors import SourceError
+from dffs.source import HttpOptions, HttpSource
 
 BODY = bytes(range(256)) * 20_000  # ~5 MB: two pieces
 

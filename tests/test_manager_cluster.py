@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import sha256_file
 from cluster import Daemon, Manager, Process
 from netns import Network
@@ -32,8 +31,9 @@ def net():
 
 
 def ctl(net, host, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(host.command([sys.executable, "-m", "dffs", "ctl", *args]), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        host.command([sys.executable, "-m", "dffs", "ctl", *args]), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def api(net, host, manager: Manager, method: str, path: str, body: dict | None = None) -> dict:
@@ -44,8 +44,7 @@ def api(net, host, manager: Manager, method: str, path: str, body: dict | None =
     return json.loads(net.check_output(host, argv))
 
 
-def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(net, tmp_path, nginx_origin,
-                                                                                 make_file):
+def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(net, tmp_path, nginx_origin, make_file):
     hosts = {name: net.add_host(name) for name in ("manager", "sched", "origin", "seed", "p1", "p2")}
     (tmp_path / "www").mkdir()
     size = 20 * MiB + 3
@@ -64,16 +63,37 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
     try:
         manager = Manager(tmp_path, hosts["manager"].ip, prefix=hosts["manager"].command([]))
         started(manager.start())
-        sched = Process(["scheduler", "--listen", f"{hosts['sched'].ip}:8002", "--manager", manager.grpc_address,
-                         "--config", str(tmp_path / "scheduler.toml")], tmp_path / "scheduler.log",
-                        r"listening on (\S+):(\d+)", prefix=hosts["sched"].command([]))
+        sched = Process(
+            [
+                "scheduler",
+                "--listen",
+                f"{hosts['sched'].ip}:8002",
+                "--manager",
+                manager.grpc_address,
+                "--config",
+                str(tmp_path / "scheduler.toml"),
+            ],
+            tmp_path / "scheduler.log",
+            r"listening on (\S+):(\d+)",
+            prefix=hosts["sched"].command([]),
+        )
         started(sched.start())
-        wait_for(lambda: api(net, hosts["p1"], manager, "GET", "/schedulers")["schedulers"], what="scheduler registered")
+        wait_for(
+            lambda: api(net, hosts["p1"], manager, "GET", "/schedulers")["schedulers"], what="scheduler registered"
+        )
         daemons = {}
         for name in ("seed", "p1", "p2"):
-            daemon = Daemon(tmp_path, name, None, manager=manager.grpc_address, ip=hosts[name].ip, seed=name == "seed",
-                            mount=name == "p1", prefix=hosts[name].command([]),
-                            extra=("--config", str(tmp_path / "daemon.toml")))
+            daemon = Daemon(
+                tmp_path,
+                name,
+                None,
+                manager=manager.grpc_address,
+                ip=hosts[name].ip,
+                seed=name == "seed",
+                mount=name == "p1",
+                prefix=hosts[name].command([]),
+                extra=("--config", str(tmp_path / "daemon.toml")),
+            )
             daemons[name] = started(daemon.start())
         for daemon in daemons.values():  # no --scheduler anywhere: the manager handed it out
             assert f"schedulers_from_manager schedulers={hosts['sched'].ip}:8002" in daemon.output()
@@ -90,31 +110,55 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
 
         # Normal peers read it: dffs get through p2's daemon, and p1's mount.
         out = tmp_path / "p2.out"
-        got = subprocess.run(hosts["p2"].command([sys.executable, "-m", "dffs", "get", url, "-O", str(out),
-                                                  "--data-dir", str(daemons["p2"].data_dir)]),
-                             capture_output=True, text=True, timeout=90)
+        got = subprocess.run(
+            hosts["p2"].command(
+                [sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemons["p2"].data_dir)]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert got.returncode == 0, (got.stderr, daemons["p2"].output()[-3000:])
         assert sha256_file(out) == digest
         assert sha256_file(daemons["p1"].path("/pre.bin", origin)) == digest
         assert origin.body_bytes("/pre.bin", "GET") == preheated  # not one more byte from the origin
 
         # Dynamic config reaches the running scheduler and daemons, no restart.
-        api(net, hosts["p1"], manager, "PUT", "/clusters/1/config",
-            {"candidate_parent_limit": 2, "blocked_hosts": ["p2"], "upload_limit": 50_000_000})
-        wait_for(lambda: "event=cluster_config_applied candidate_parent_limit=2 filter_parent_limit=0 "
-                         "blocked_hosts=p2" in sched.output(), what="the scheduler to apply the config")
+        api(
+            net,
+            hosts["p1"],
+            manager,
+            "PUT",
+            "/clusters/1/config",
+            {"candidate_parent_limit": 2, "blocked_hosts": ["p2"], "upload_limit": 50_000_000},
+        )
+        wait_for(
+            lambda: (
+                "event=cluster_config_applied candidate_parent_limit=2 filter_parent_limit=0 "
+                "blocked_hosts=p2" in sched.output()
+            ),
+            what="the scheduler to apply the config",
+        )
         for daemon in daemons.values():
-            wait_for(lambda daemon=daemon: '"upload_limit": 50000000' in daemon.output(),
-                     what=f"{daemon.log_path.name} to apply the config")
+            wait_for(
+                lambda daemon=daemon: '"upload_limit": 50000000' in daemon.output(),
+                what=f"{daemon.log_path.name} to apply the config",
+            )
 
         # The scheduler stops: its keepalive stream ends, the manager marks it
         # inactive, and daemons drop it at their next refresh.
         sched.stop()
-        wait_for(lambda: not api(net, hosts["p1"], manager, "GET", "/schedulers")["schedulers"],
-                 what="scheduler inactive at the manager")
+        wait_for(
+            lambda: not api(net, hosts["p1"], manager, "GET", "/schedulers")["schedulers"],
+            what="scheduler inactive at the manager",
+        )
         for name in ("p1", "p2"):
-            wait_for(lambda name=name: f"event=scheduler_removed scheduler={hosts['sched'].ip}:8002"
-                     in daemons[name].output(), what=f"{name} to drop the scheduler")
+            wait_for(
+                lambda name=name: (
+                    f"event=scheduler_removed scheduler={hosts['sched'].ip}:8002" in daemons[name].output()
+                ),
+                what=f"{name} to drop the scheduler",
+            )
         all_schedulers = api(net, hosts["p1"], manager, "GET", "/schedulers?state=all")["schedulers"]
         assert [s["state"] for s in all_schedulers] == ["inactive"]
     finally:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pg import wait_for
 
 from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
-
-from pg import wait_for
 
 TTL = 1.0
 
@@ -36,7 +35,7 @@ class ManagerProcess:
         self.proc: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
 
-    def start(self) -> "ManagerProcess":
+    def start(self) -> ManagerProcess:
         self.stderr = open(self.workdir / "manager.stderr", "ab")
         cmd = [sys.executable, "-m", "dffs", "manager", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
         cmd += ["--db", self.db_url, "--config", str(self.config)]

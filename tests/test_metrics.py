@@ -11,19 +11,21 @@ import re
 import urllib.error
 import urllib.request
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
-
 from cli import run_dffs, sha256_file
 from cluster import Process
 from mounts import MountProcess
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1024 * 1024
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def get(url: str) -> tuple[int, str]:
@@ -56,8 +58,19 @@ def test_daemon_metrics_move_with_downloads(tmp_path, nginx_origin, make_file):
     www.mkdir()
     digest = make_file(www / "f.bin", 6 * MiB, seed=3)
     origin = nginx_origin(www)
-    daemon = MountProcess(tmp_path / "mnt", tmp_path / "data", "--upload-port", "0", "--rpc-port", "0",
-                          "--metrics-port", "0", "--proxy-port", "-1", command=("daemon",))
+    daemon = MountProcess(
+        tmp_path / "mnt",
+        tmp_path / "data",
+        "--upload-port",
+        "0",
+        "--rpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--proxy-port",
+        "-1",
+        command=("daemon",),
+    )
     try:
         daemon.start()
         port = int(re.search(r"metrics_port=(\d+)", daemon.output()).group(1))
@@ -85,9 +98,19 @@ def test_daemon_metrics_move_with_downloads(tmp_path, nginx_origin, make_file):
 
 
 def test_manager_metrics_and_health(tmp_path):
-    manager = Process(["manager", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                       "--db", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path / "manager.log",
-                      r"dffs manager: listening on")
+    manager = Process(
+        [
+            "manager",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--db",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ],
+        tmp_path / "manager.log",
+        r"dffs manager: listening on",
+    )
     try:
         manager.start()
         http_line = manager.proc.stdout.readline()  # printed right after the first line
@@ -99,12 +122,15 @@ def test_manager_metrics_and_health(tmp_path):
         jobs = {labels: v for (name, labels), v in samples(text).items() if name == "dffs_manager_jobs"}
         assert sum(jobs.values()) == 0 and len(jobs) == 4
         request = urllib.request.Request(
-            f"{base}/api/v1/jobs", method="POST",
-            data=json.dumps({"type": "preheat", "urls": ["http://127.0.0.1:9/x.bin"], "scope": "seed"}).encode())
+            f"{base}/api/v1/jobs",
+            method="POST",
+            data=json.dumps({"type": "preheat", "urls": ["http://127.0.0.1:9/x.bin"], "scope": "seed"}).encode(),
+        )
         with urllib.request.urlopen(request, timeout=10) as r:
             assert r.status == 201
-        jobs = {labels: v for (name, labels), v in samples(get(f"{base}/metrics")[1]).items()
-                if name == "dffs_manager_jobs"}
+        jobs = {
+            labels: v for (name, labels), v in samples(get(f"{base}/metrics")[1]).items() if name == "dffs_manager_jobs"
+        }
         assert sum(jobs.values()) == 1
     finally:
         manager.stop()

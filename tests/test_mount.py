@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -12,12 +13,10 @@ import signal
 import subprocess
 import threading
 import time
-
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli import run_dffs, sha256_file
 from mounts import MountProcess, force_unmount, is_mounted
 
@@ -67,7 +66,8 @@ def test_sha256_dd_and_mmap_through_the_mount(www, nginx_origin, make_file, moun
         block = rng.randrange(0, (len(original) - 4096) // 4096)
         got = subprocess.run(
             ["dd", f"if={path}", "bs=4096", f"skip={block}", "count=1", "status=none"],
-            capture_output=True, check=True,
+            capture_output=True,
+            check=True,
         ).stdout
         assert got == original[block * 4096 : block * 4096 + 4096]
 
@@ -112,7 +112,7 @@ def test_two_readers_cause_one_origin_fetch_per_piece(www, nginx_origin, make_fi
         tuple(int(x) for x in g.range.removeprefix("bytes=").split("-")) for g in origin.requests("/shared.bin", "GET")
     )
     assert spans[0][0] == 0 and spans[-1][1] == 32 * MiB - 1, spans
-    assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:])), spans
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans)), spans
     assert origin.body_bytes("/shared.bin", "GET") == 32 * MiB
 
 
@@ -167,8 +167,9 @@ def test_nginx_autoindex_listing_makes_no_per_entry_requests(www, nginx_origin, 
     (d / "sub").mkdir()
     origin = nginx_origin(www)
     m = mount()
-    listing = subprocess.run(["ls", "-l", str(m.mountpoint / origin_path(origin, "/many"))],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["ls", "-l", str(m.mountpoint / origin_path(origin, "/many"))], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert len(listing) == 10_002  # "total" line + entries
     sizes = {line.split()[-1]: int(line.split()[4]) for line in listing[1:]}
     assert sizes["f00006.txt"] == 6 and sizes["f00007.txt"] == 0
@@ -197,13 +198,24 @@ def test_manifest_lays_out_files_without_listing_calls(www, nginx_origin, make_f
     origin = nginx_origin(www)
     manifest = tmp_path / "dataset.jsonl"
     with open(manifest, "w") as f:
-        f.write(json.dumps({"path": "data/real.bin", "url": origin.url("/real.bin"), "size": 3 * MiB,
-                            "digest": f"sha256:{digest}", "mtime": 1_700_000_000}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "path": "data/real.bin",
+                    "url": origin.url("/real.bin"),
+                    "size": 3 * MiB,
+                    "digest": f"sha256:{digest}",
+                    "mtime": 1_700_000_000,
+                }
+            )
+            + "\n"
+        )
         for i in range(10_000):
             f.write(json.dumps({"path": f"data/shard/{i:05d}.bin", "url": origin.url(f"/nope/{i}"), "size": i}) + "\n")
     m = mount("--manifest", str(manifest))
-    listing = subprocess.run(["ls", "-l", str(m.mountpoint / "data" / "shard")], capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["ls", "-l", str(m.mountpoint / "data" / "shard")], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert len(listing) == 10_001
     assert os.stat(m.mountpoint / "data" / "shard" / "09999.bin").st_size == 9999
     assert os.stat(m.mountpoint / "data" / "real.bin").st_mtime == 1_700_000_000
@@ -217,8 +229,7 @@ def test_manifest_lays_out_files_without_listing_calls(www, nginx_origin, make_f
         ('{"path": "a", "url": "http://h/a", "size": 1}\n{"path": "b", "url": "http://h/b"}\n', "line 2"),
         ('{"path": "../etc/passwd", "url": "http://h/a", "size": 1}\n', "line 1"),
         ("not json\n", "line 1: not JSON"),
-        ('{"path": "a", "url": "http://h/a", "size": 1}\n{"path": "a/b", "url": "http://h/b", "size": 1}\n',
-         "line 2"),
+        ('{"path": "a", "url": "http://h/a", "size": 1}\n{"path": "a/b", "url": "http://h/b", "size": 1}\n', "line 2"),
         ('{"path": "x", "url": "ftp://h/a", "size": 1}\n', "unsupported URL scheme"),
         ('{"path": "http", "url": "http://h/a", "size": 1}\n', "collides"),
     ],
@@ -263,8 +274,12 @@ def test_read_only(www, nginx_origin, mount):
     origin = nginx_origin(www)
     m = mount()
     target = m.mountpoint / origin_path(origin, "/a.txt")
-    for attempt in (lambda: open(target, "w"), lambda: open(target, "a"),
-                    lambda: open(m.mountpoint / origin_path(origin, "/new.txt"), "w"), lambda: os.mkdir(m.mountpoint / "x")):
+    for attempt in (
+        lambda: open(target, "w"),
+        lambda: open(target, "a"),
+        lambda: open(m.mountpoint / origin_path(origin, "/new.txt"), "w"),
+        lambda: os.mkdir(m.mountpoint / "x"),
+    ):
         with pytest.raises(OSError) as info:
             attempt()
         assert info.value.errno == errno.EROFS
@@ -332,10 +347,14 @@ def test_prefetch_whole_and_manifest_digests(www, nginx_origin, make_file, mount
     origin = nginx_origin(www)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
-        json.dumps({"path": "good.bin", "url": origin.url("/good.bin"), "size": 12 * MiB + 1,
-                    "digest": f"sha256:{good}"}) + "\n"
-        + json.dumps({"path": "bad.bin", "url": origin.url("/bad.bin"), "size": 5 * MiB,
-                      "digest": "sha256:" + "0" * 64}) + "\n"
+        json.dumps(
+            {"path": "good.bin", "url": origin.url("/good.bin"), "size": 12 * MiB + 1, "digest": f"sha256:{good}"}
+        )
+        + "\n"
+        + json.dumps(
+            {"path": "bad.bin", "url": origin.url("/bad.bin"), "size": 5 * MiB, "digest": "sha256:" + "0" * 64}
+        )
+        + "\n"
     )
     m = mount("--manifest", str(manifest), "--prefetch", "whole")
     with open(m.mountpoint / "good.bin", "rb") as f:
@@ -373,6 +392,6 @@ def test_unmount_logs_what_the_mount_did(www, nginx_origin, mount):
     with pytest.raises(FileNotFoundError):
         os.stat(m.mountpoint / origin_path(origin, "/missing"))
     assert m.stop() == 0
-    line = next(l for l in m.output().splitlines() if "event=unmounted" in l)
+    line = next(line for line in m.output().splitlines() if "event=unmounted" in line)
     assert "reads=1" in line and "read_bytes=5" in line and "read_errors=0" in line
     assert "origin_metadata_requests=2" in line  # one HEAD for a.txt, one for missing

@@ -8,11 +8,11 @@ import pyfuse3
 import pytest
 import trio
 
+from dffs.errors import UsageError
 from dffs.fs.manifest import parse_manifest_lines
 from dffs.fs.namespace import Namespace, valid_host
 from dffs.fs.nodes import Role
 from dffs.source import SourceRegistry
-from dffs.errors import UsageError
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from netns import Network
 
 
@@ -25,11 +24,15 @@ def test_hosts_reach_each_other_and_cleanup_is_total(tmp_path, nginx_origin):
         out = net.check_output(b, ["curl", "-s", "--max-time", "5", f"http://{a.ip}:8080/hello.txt"])
         assert out == "hello from a"
         # the root namespace's loopback servers are out of reach from a host
-        root = subprocess.Popen([sys.executable, "-m", "http.server", "-b", "127.0.0.1", "0"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        root = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            failed = subprocess.run(b.command(["curl", "-s", "--max-time", "2", f"http://127.0.0.1:{origin.port}/"]),
-                                    capture_output=True)
+            failed = subprocess.run(
+                b.command(["curl", "-s", "--max-time", "2", f"http://127.0.0.1:{origin.port}/"]), capture_output=True
+            )
             assert failed.returncode != 0
         finally:
             root.kill()

@@ -29,22 +29,35 @@ def blob(digest: str, size: int = 10, media_type: str = "application/vnd.oci.ima
 # ---------------------------------------------------------------- references
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("oci://reg:5000/lib/busybox:1.36", ("reg:5000", "lib/busybox", "1.36", None)),
-    ("oci://registry.example.com/a", ("registry.example.com", "a", "latest", None)),
-    (f"oci://reg/a/b@{D}", ("reg", "a/b", None, D)),
-    (f"oci://reg/a:v1@{D}", ("reg", "a", "v1", D)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("oci://reg:5000/lib/busybox:1.36", ("reg:5000", "lib/busybox", "1.36", None)),
+        ("oci://registry.example.com/a", ("registry.example.com", "a", "latest", None)),
+        (f"oci://reg/a/b@{D}", ("reg", "a/b", None, D)),
+        (f"oci://reg/a:v1@{D}", ("reg", "a", "v1", D)),
+    ],
+)
 def test_reference_parse(text, expected):
     ref = ImageReference.parse(text)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
     assert ref.reference == (expected[3] or expected[2])
 
 
-@pytest.mark.parametrize("text", [
-    "oci://", "oci://reg", "oci://reg/", "oci://reg/UPPER:1", "http://reg/a:1", "oci://reg/a:", "oci://reg/a@sha256:xyz",
-    "oci://reg:99999999/a", "oci://reg/a b:1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "oci://",
+        "oci://reg",
+        "oci://reg/",
+        "oci://reg/UPPER:1",
+        "http://reg/a:1",
+        "oci://reg/a:",
+        "oci://reg/a@sha256:xyz",
+        "oci://reg:99999999/a",
+        "oci://reg/a b:1",
+    ],
+)
 def test_bad_references_are_usage_errors(text):
     with pytest.raises(UsageError, match="bad OCI reference"):
         ImageReference.parse(text)
@@ -55,12 +68,17 @@ def test_bad_references_are_usage_errors(text):
 
 def test_parse_challenge_and_token_url():
     scheme, params = auth.parse_challenge(
-        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"')
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"'
+    )
     assert scheme == "bearer"
-    assert params == {"realm": "https://auth.example/token", "service": "registry.example",
-                      "scope": "repository:a/b:pull"}
+    assert params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:a/b:pull",
+    }
     assert auth.token_request_url(params, "a/b") == (
-        "https://auth.example/token?service=registry.example&scope=repository%3Aa%2Fb%3Apull")
+        "https://auth.example/token?service=registry.example&scope=repository%3Aa%2Fb%3Apull"
+    )
     # No scope in the challenge: ask for pull on the repository.
     assert auth.token_request_url({"realm": "http://t/x?y=1"}, "r") == "http://t/x?y=1&scope=repository%3Ar%3Apull"
     with pytest.raises(SourceError, match="realm"):
@@ -82,15 +100,22 @@ def test_bad_token_responses(body):
 
 
 def test_manifest_and_index_parsing():
-    doc = {"schemaVersion": 2, "mediaType": manifest.OCI_MANIFEST, "config": blob(D, 5, "cfg"),
-           "layers": [blob("sha256:" + "b" * 64), blob("sha256:" + "c" * 64)]}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": manifest.OCI_MANIFEST,
+        "config": blob(D, 5, "cfg"),
+        "layers": [blob("sha256:" + "b" * 64), blob("sha256:" + "c" * 64)],
+    }
     parsed = manifest.parse(json.dumps(doc).encode())
     assert isinstance(parsed, manifest.Manifest)
     assert [b.digest for b in parsed.blobs] == [D, "sha256:" + "b" * 64, "sha256:" + "c" * 64]
-    index = {"mediaType": manifest.OCI_INDEX, "manifests": [
-        {**blob("sha256:" + "1" * 64), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {**blob("sha256:" + "2" * 64), "platform": {"os": "linux", "architecture": "amd64"}},
-    ]}
+    index = {
+        "mediaType": manifest.OCI_INDEX,
+        "manifests": [
+            {**blob("sha256:" + "1" * 64), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {**blob("sha256:" + "2" * 64), "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }
     parsed = manifest.parse(json.dumps(index).encode())
     assert isinstance(parsed, manifest.Index)
     assert parsed.select("linux/amd64") == "sha256:" + "2" * 64
@@ -99,15 +124,18 @@ def test_manifest_and_index_parsing():
         parsed.select("windows/amd64")
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"<html>", "not JSON"),
-    (b"[1]", "not a JSON object"),
-    (b'{"schemaVersion": 1, "fsLayers": []}', "unsupported manifest type"),
-    (json.dumps({"layers": [blob("sha256:zz")], "config": blob(D)}).encode(), "bad digest"),
-    (json.dumps({"layers": [blob(D, -1)], "config": blob(D)}).encode(), "bad size"),
-    (json.dumps({"layers": "x", "config": blob(D)}).encode(), "no layers list"),
-    (json.dumps({"mediaType": manifest.OCI_INDEX, "manifests": {}}).encode(), "no manifests list"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"<html>", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"schemaVersion": 1, "fsLayers": []}', "unsupported manifest type"),
+        (json.dumps({"layers": [blob("sha256:zz")], "config": blob(D)}).encode(), "bad digest"),
+        (json.dumps({"layers": [blob(D, -1)], "config": blob(D)}).encode(), "bad size"),
+        (json.dumps({"layers": "x", "config": blob(D)}).encode(), "no layers list"),
+        (json.dumps({"mediaType": manifest.OCI_INDEX, "manifests": {}}).encode(), "no manifests list"),
+    ],
+)
 def test_malformed_manifests(body, message):
     with pytest.raises(SourceError, match=message):
         manifest.parse(body)
@@ -153,8 +181,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, b'{"token": "secret-token"}')
         if self.headers.get("Authorization") != "Bearer secret-token":
             realm = f"http://{self.server.registry}/token"
-            return self._send(401, b"{}", {"WWW-Authenticate":
-                                           f'Bearer realm="{realm}",service="test-registry",scope="repository:a/b:pull"'})
+            return self._send(
+                401,
+                b"{}",
+                {"WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry",scope="repository:a/b:pull"'},
+            )
         if self.server.status_override:
             return self._send(self.server.status_override, b"{}")
         if self.path == "/v2/":
@@ -168,11 +199,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def token_registry():
-    image = json.dumps({"schemaVersion": 2, "mediaType": manifest.OCI_MANIFEST, "config": blob(D, 3, "cfg"),
-                        "layers": [blob("sha256:" + "e" * 64, 100)]}).encode()
+    image = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": manifest.OCI_MANIFEST,
+            "config": blob(D, 3, "cfg"),
+            "layers": [blob("sha256:" + "e" * 64, 100)],
+        }
+    ).encode()
     image_digest = "sha256:" + hashlib.sha256(image).hexdigest()
-    index = json.dumps({"mediaType": manifest.OCI_INDEX, "manifests": [
-        {**blob(image_digest, len(image)), "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    index = json.dumps(
+        {
+            "mediaType": manifest.OCI_INDEX,
+            "manifests": [{**blob(image_digest, len(image)), "platform": {"os": "linux", "architecture": "amd64"}}],
+        }
+    ).encode()
     server = TokenRegistry({"v1": index, image_digest: image})
     server.image_digest = image_digest
     yield server
@@ -184,7 +225,9 @@ def test_token_dance_index_and_platform_manifest(token_registry):
     resolved = RegistryClient(timeout=5).resolve(ImageReference.parse(f"oci://{token_registry.registry}/a/b:v1"))
     assert resolved.base_url == f"http://{token_registry.registry}"  # TLS refused: plain HTTP registry
     assert resolved.manifest_digest == token_registry.image_digest
-    assert resolved.blob_urls == [f"http://{token_registry.registry}/v2/a/b/blobs/{d}" for d in (D, "sha256:" + "e" * 64)]
+    assert resolved.blob_urls == [
+        f"http://{token_registry.registry}/v2/a/b/blobs/{d}" for d in (D, "sha256:" + "e" * 64)
+    ]
     assert resolved.headers == {"Authorization": "Bearer secret-token"}  # what the seeds send for the blobs
     assert token_registry.token_requests and "service=test-registry" in token_registry.token_requests[0]
 

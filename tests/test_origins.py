@@ -25,8 +25,7 @@ def sha256(data: bytes) -> str:
 
 
 def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True,
-                          check=check)
+    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, check=check)
 
 
 def raw_request(port: int, request: bytes, timeout: float = 5.0) -> tuple[bytes, BaseException | None]:
@@ -104,7 +103,7 @@ def test_nginx_range_head_and_query_accounting(nginx_origin, served):
     conn.close()
     rng, head = origin.wait_for_requests(2)
     assert rng.status == 206 and rng.body_bytes == 1000 and rng.range == "bytes=1000-1999"
-    assert rng.path == "/blob.bin" and rng.query == 'x=1&y=%22q%22'
+    assert rng.path == "/blob.bin" and rng.query == "x=1&y=%22q%22"
     assert head.method == "HEAD" and head.status == 200 and head.body_bytes == 0
     assert origin.body_bytes() == 1000
     assert origin.body_bytes(method="HEAD") == 0
@@ -257,8 +256,9 @@ def test_nginx_in_network_namespace(nginx_origin, served):
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         origin = nginx_origin(root, netns=ns, host="127.0.0.1", port=8080)
-        r = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", origin.url("blob.bin")],
-                           capture_output=True, check=True)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "curl", "-sS", origin.url("blob.bin")], capture_output=True, check=True
+        )
         assert sha256(r.stdout) == digest
         assert origin.wait_for_requests(1)[0].body_bytes == size
         origin.stop()
@@ -409,7 +409,7 @@ def test_faulty_bad_content_range(faulty_origin):
     status, headers, body = split_response(data)
     assert status == 206 and headers["content-range"] != f"bytes 100-199/{len(BODY)}"
     first, last = map(int, headers["content-range"].split()[1].split("/")[0].split("-"))
-    assert body == BODY[first:last + 1] and len(body) == 100
+    assert body == BODY[first : last + 1] and len(body) == 100
     data, _ = raw_request(o.port, get(o.port, "/f"))
     assert split_response(data)[::2] == (200, BODY)
 
@@ -539,9 +539,7 @@ def test_faulty_redirects(faulty_origin):
     o.add("/rel", b"", behavior=Behavior.redirect("/target"))
     o.add("/abs", b"", behavior=Behavior.redirect("/target", 301, absolute=True))
     o.add("/tmp", b"", behavior=Behavior.redirect("target", 307))
-    for path, code, location in (("/rel", 302, "/target"),
-                                 ("/abs", 301, o.url("/target")),
-                                 ("/tmp", 307, "target")):
+    for path, code, location in (("/rel", 302, "/target"), ("/abs", 301, o.url("/target")), ("/tmp", 307, "target")):
         data, _ = raw_request(o.port, get(o.port, path))
         status, headers, body = split_response(data)
         assert (status, headers["location"], body) == (code, location, b"")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cli import run_dffs, sha256_file
 from cluster import Daemon, scheduler
 
@@ -57,8 +56,17 @@ def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(swarm, make_fi
     swarm.start()
     digest = make_file(swarm.root / "g.bin", 12 * MiB + 3, seed=32)
     out = tmp_path / "g.out"
-    result = run_dffs("get", swarm.origin.url("/g.bin"), "-O", str(out), "--data-dir", str(tmp_path / "embedded"),
-                      "--scheduler", swarm.addr, timeout=60)
+    result = run_dffs(
+        "get",
+        swarm.origin.url("/g.bin"),
+        "-O",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "embedded"),
+        "--scheduler",
+        swarm.addr,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert sha256_file(out) == digest
     # the embedded peer took every piece from the seed: the origin served the seed alone

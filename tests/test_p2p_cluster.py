@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import sha256_file
 from cluster import Daemon, Process
 from netns import Network
@@ -29,15 +28,32 @@ DAEMON_CONFIG = "announce_interval = 1\nparent_wait = 2\nparent_rounds = 3\n"
 
 
 def start_scheduler(net, host, tmp_path, name="scheduler"):
-    sched = Process(["scheduler", "--listen", f"{host.ip}:8002"], tmp_path / f"{name}.log",
-                    r"listening on (\S+):(\d+)", prefix=host.command([])).start()
+    sched = Process(
+        ["scheduler", "--listen", f"{host.ip}:8002"],
+        tmp_path / f"{name}.log",
+        r"listening on (\S+):(\d+)",
+        prefix=host.command([]),
+    ).start()
     net.processes.append(sched.proc)
     return sched
 
 
-def start_cluster(net, tmp_path, nginx_origin, peers: int, *, mounts: bool = False, schedulers: int = 1,
-                  seed_rate: str | None = None, daemon_config: str = DAEMON_CONFIG):
-    names = [f"sched{i}" for i in range(1, schedulers + 1)] + ["origin", "seed", *[f"p{i}" for i in range(1, peers + 1)]]
+def start_cluster(
+    net,
+    tmp_path,
+    nginx_origin,
+    peers: int,
+    *,
+    mounts: bool = False,
+    schedulers: int = 1,
+    seed_rate: str | None = None,
+    daemon_config: str = DAEMON_CONFIG,
+):
+    names = [f"sched{i}" for i in range(1, schedulers + 1)] + [
+        "origin",
+        "seed",
+        *[f"p{i}" for i in range(1, peers + 1)],
+    ]
     hosts = {name: net.add_host(name) for name in names}
     origin = nginx_origin(tmp_path / "www", host=hosts["origin"].ip, port=8080, netns=hosts["origin"].netns)
     scheds = [start_scheduler(net, hosts[f"sched{i}"], tmp_path, f"scheduler{i}") for i in range(1, schedulers + 1)]
@@ -48,8 +64,16 @@ def start_cluster(net, tmp_path, nginx_origin, peers: int, *, mounts: bool = Fal
         net.limit(hosts["seed"], seed_rate)
     daemons = {}
     for name in ["seed", *[f"p{i}" for i in range(1, peers + 1)]]:
-        d = Daemon(tmp_path, name, addr, ip=hosts[name].ip, seed=name == "seed", mount=mounts and name != "seed",
-                   prefix=hosts[name].command([]), extra=("--config", str(config)))
+        d = Daemon(
+            tmp_path,
+            name,
+            addr,
+            ip=hosts[name].ip,
+            seed=name == "seed",
+            mount=mounts and name != "seed",
+            prefix=hosts[name].command([]),
+            extra=("--config", str(config)),
+        )
         d.start()
         net.processes.append(d.proc)
         daemons[name] = d
@@ -67,7 +91,10 @@ def stop_all(sched, daemons):
 def get(url, out, daemon, timeout=120):
     return subprocess.Popen(
         [sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemon.data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_ok(proc, what, daemon=None, timeout=120):
@@ -83,7 +110,7 @@ def journaled(daemon) -> int:
     if not found:
         return 0
     data = found[0].read_bytes()
-    records, _ = journal.decode_records(data[journal.HEADER.size:])
+    records, _ = journal.decode_records(data[journal.HEADER.size :])
     return len(journal.replay(records))
 
 
@@ -109,16 +136,33 @@ def test_five_peers_get_one_file_at_once(net, tmp_path, nginx_origin, make_file)
     digest = make_file(tmp_path / "www" / "big.bin", size, seed=41)
     # Patient parents: on 2 shared cores a busy seed can be quiet for seconds, and this test is
     # about sharing, not about the fallback (the failure tests below use short waits).
-    origin, sched, daemons = start_cluster(net, tmp_path, nginx_origin, peers=5,
-                                           daemon_config="announce_interval = 1\nparent_wait = 10\n")
+    origin, sched, daemons = start_cluster(
+        net, tmp_path, nginx_origin, peers=5, daemon_config="announce_interval = 1\nparent_wait = 10\n"
+    )
     try:
         url = f"http://{origin.host}:8080/big.bin"
         gets = {}
         for name in [f"p{i}" for i in range(1, 6)]:
             out = tmp_path / f"{name}.out"
-            gets[name] = (out, subprocess.Popen(
-                [sys.executable, "-m", "dffs", "get", url, "-O", str(out), "--data-dir", str(daemons[name].data_dir)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            gets[name] = (
+                out,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dffs",
+                        "get",
+                        url,
+                        "-O",
+                        str(out),
+                        "--data-dir",
+                        str(daemons[name].data_dir),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
         for name, (out, proc) in gets.items():
             _, err = proc.communicate(timeout=240)
             assert proc.returncode == 0, (name, err, daemons[name].output()[-3000:])
@@ -208,8 +252,10 @@ def test_scheduler_killed_and_restarted_mid_transfer(net, tmp_path, nginx_origin
         wait_ok(proc, "p1", daemons["p1"])
         assert sha256_file(tmp_path / "p1.out") == digest
         # daemons re-register with the new scheduler (announce interval 1 s)
-        wait_for(lambda: all(f"ip={net.cluster_hosts[n].ip}" in restarted.output() for n in ("seed", "p1")),
-                 what="daemons to re-announce")
+        wait_for(
+            lambda: all(f"ip={net.cluster_hosts[n].ip}" in restarted.output() for n in ("seed", "p1")),
+            what="daemons to re-announce",
+        )
     finally:
         stop_all(sched, daemons)
 

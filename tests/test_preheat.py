@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import sha256_file
 from cluster import Daemon, Manager, Process
-from dffs.manager.preheat import Download, Target, choose_seed, plan, summarize
 from registry import Registry, build_busybox_image
 from test_p2p_cluster import wait_for
+
+from dffs.manager.preheat import Download, Target, choose_seed, plan, summarize
 
 
 def seeds(*specs):
@@ -66,26 +66,72 @@ def test_image_preheat_covers_every_blob_then_peers_read_without_the_registry(tm
     try:
         manager = Manager(tmp_path).start()
         processes.append(manager)
-        sched = Process(["scheduler", "--listen", "127.0.0.1:0", "--manager", manager.grpc_address, "--config",
-                         str(tmp_path / "sched.toml")], tmp_path / "sched.log", r"listening on (\S+):(\d+)").start()
+        sched = Process(
+            [
+                "scheduler",
+                "--listen",
+                "127.0.0.1:0",
+                "--manager",
+                manager.grpc_address,
+                "--config",
+                str(tmp_path / "sched.toml"),
+            ],
+            tmp_path / "sched.log",
+            r"listening on (\S+):(\d+)",
+        ).start()
         processes.append(sched)
         wait_for(lambda: manager.http("GET", "/schedulers")[1]["schedulers"], what="scheduler registered")
-        seed = Daemon(tmp_path, "seed", None, manager=manager.grpc_address, seed=True,
-                      extra=("--config", str(tmp_path / "daemon.toml"), "--proxy-port", "-1",
-                             "--metrics-port", "-1")).start()
+        seed = Daemon(
+            tmp_path,
+            "seed",
+            None,
+            manager=manager.grpc_address,
+            seed=True,
+            extra=("--config", str(tmp_path / "daemon.toml"), "--proxy-port", "-1", "--metrics-port", "-1"),
+        ).start()
         processes.append(seed)
-        peer = Daemon(tmp_path, "peer", None, manager=manager.grpc_address,
-                      extra=("--config", str(tmp_path / "daemon.toml"), "--registry-mirror", registry.url,
-                             "--proxy-port", "0", "--metrics-port", "-1")).start()
+        peer = Daemon(
+            tmp_path,
+            "peer",
+            None,
+            manager=manager.grpc_address,
+            extra=(
+                "--config",
+                str(tmp_path / "daemon.toml"),
+                "--registry-mirror",
+                registry.url,
+                "--proxy-port",
+                "0",
+                "--metrics-port",
+                "-1",
+            ),
+        ).start()
         processes.append(peer)
 
         # Bad input first: an unknown image fails the job with the reason; nothing else changes.
-        missing = ctl("--manager", manager.grpc_address, "preheat", f"oci://{registry.address}/test/nothing:v9",
-                      "--wait", "--timeout", "30")
+        missing = ctl(
+            "--manager",
+            manager.grpc_address,
+            "preheat",
+            f"oci://{registry.address}/test/nothing:v9",
+            "--wait",
+            "--timeout",
+            "30",
+        )
         assert missing.returncode == 1 and "image not found (404" in missing.stderr, missing
 
-        done = ctl("--manager", manager.grpc_address, "--json", "preheat", f"oci://{registry.address}/test/preheat:v1",
-                   "--scope", "all-seeds", "--wait", "--timeout", "60")
+        done = ctl(
+            "--manager",
+            manager.grpc_address,
+            "--json",
+            "preheat",
+            f"oci://{registry.address}/test/preheat:v1",
+            "--scope",
+            "all-seeds",
+            "--wait",
+            "--timeout",
+            "60",
+        )
         assert done.returncode == 0, (done.stdout, done.stderr, manager.output()[-3000:])
         job = json.loads(done.stdout)
         assert job["state"] == "succeeded"
@@ -98,9 +144,22 @@ def test_image_preheat_covers_every_blob_then_peers_read_without_the_registry(tm
         # A normal peer pulls a layer: from the seed, not the registry.
         layer = image.layers[-1]
         out = tmp_path / "layer.tar"
-        got = subprocess.run([sys.executable, "-m", "dffs", "get", f"{registry.url}/v2/test/preheat/blobs/{layer}",
-                              "-O", str(out), "--data-dir", str(peer.data_dir)], capture_output=True, text=True,
-                             timeout=60)
+        got = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dffs",
+                "get",
+                f"{registry.url}/v2/test/preheat/blobs/{layer}",
+                "-O",
+                str(out),
+                "--data-dir",
+                str(peer.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert got.returncode == 0, (got.stderr, peer.output()[-3000:])
         assert "sha256:" + sha256_file(out) == layer
         assert registry.blob_gets(layer) == 1
@@ -109,16 +168,33 @@ def test_image_preheat_covers_every_blob_then_peers_read_without_the_registry(tm
         # preheat put on the seed comes through the mirror without the registry.
         proxy_port = re.search(r"proxy_port=(\d+)", peer.match.string).group(1)
         first_layer = image.layers[0]
-        mirrored = subprocess.run(["curl", "-sSf", f"http://127.0.0.1:{proxy_port}/v2/test/preheat/blobs/{first_layer}"
-                                   f"?ns={registry.address}"], capture_output=True, timeout=60)
+        mirrored = subprocess.run(
+            [
+                "curl",
+                "-sSf",
+                f"http://127.0.0.1:{proxy_port}/v2/test/preheat/blobs/{first_layer}?ns={registry.address}",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         assert mirrored.returncode == 0, (mirrored.stderr, peer.output()[-3000:])
         assert "sha256:" + hashlib.sha256(mirrored.stdout).hexdigest() == first_layer
         assert registry.blob_gets(first_layer) == 1
 
         # Scope "all": every host the scheduler knows downloads it, the normal peer too.
         config_url = f"{registry.url}/v2/test/preheat/blobs/{image.config_digest}"
-        everywhere = ctl("--manager", manager.grpc_address, "--json", "preheat", config_url, "--scope", "all",
-                         "--wait", "--timeout", "60")
+        everywhere = ctl(
+            "--manager",
+            manager.grpc_address,
+            "--json",
+            "preheat",
+            config_url,
+            "--scope",
+            "all",
+            "--wait",
+            "--timeout",
+            "60",
+        )
         assert everywhere.returncode == 0, (everywhere.stdout, everywhere.stderr)
         assert sorted(r["hostname"] for r in json.loads(everywhere.stdout)["results"]) == ["peer", "seed"]
         assert (peer.data_dir / "tasks").exists()

@@ -164,8 +164,12 @@ def test_common_task_timestamps_and_optional_length():
         (
             dfdaemon_pb2,
             "DfdaemonUpload",
-            {"SyncPieces": (False, True), "DownloadPiece": (False, False), "StatTask": (False, False),
-             "DownloadTask": (False, True)},
+            {
+                "SyncPieces": (False, True),
+                "DownloadPiece": (False, False),
+                "StatTask": (False, False),
+                "DownloadTask": (False, True),
+            },
         ),
         (
             dfdaemon_pb2,

@@ -14,14 +14,14 @@ import subprocess
 
 import pytest
 import trio
+from origins import Behavior
+from registry import Registry
 
 from dffs.idgen import DEFAULT_PIECE_LENGTH, pieces_for_range
 from dffs.peertask import TaskManager
 from dffs.proxy import ProxyConfig, ProxyServer
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
-from origins import Behavior
-from registry import Registry
 
 MiB = 1024 * 1024
 PIECE = DEFAULT_PIECE_LENGTH
@@ -43,6 +43,7 @@ async def proxies(tmp_path):
     its own storage; all stopped (and their storage closed) at teardown."""
     made = []
     async with trio.open_nursery() as nursery:
+
         async def make(**options) -> ProxyServer:
             storage = StorageManager(tmp_path / f"data{len(made)}")
             sources = SourceRegistry()
@@ -117,13 +118,18 @@ async def test_blob_through_the_mirror_with_many_ranges(registry, proxies):
 
     rng = random.Random(62)
     size = len(data)
-    cases = [(f"bytes={a}-{b}", a, b) for a, b in
-             (sorted((rng.randrange(size), rng.randrange(size))) for _ in range(60))]
+    cases = [
+        (f"bytes={a}-{b}", a, b) for a, b in (sorted((rng.randrange(size), rng.randrange(size))) for _ in range(60))
+    ]
     cases += [(f"bytes={a}-", a, size - 1) for a in (0, 1, PIECE - 1, PIECE, size - 1, rng.randrange(size))]
     cases += [(f"bytes=-{n}", size - n, size - 1) for n in (1, 2, 100, PIECE + 7, size)]
-    cases += [("bytes=-99999999999", 0, size - 1), (f"bytes={size - 1}-{size - 1}", size - 1, size - 1),
-              (f"bytes=0-{size + 1000}", 0, size - 1), ("bytes=0-0", 0, 0),
-              (f"bytes={PIECE - 1}-{PIECE}", PIECE - 1, PIECE)]
+    cases += [
+        ("bytes=-99999999999", 0, size - 1),
+        (f"bytes={size - 1}-{size - 1}", size - 1, size - 1),
+        (f"bytes=0-{size + 1000}", 0, size - 1),
+        ("bytes=0-0", 0, 0),
+        (f"bytes={PIECE - 1}-{PIECE}", PIECE - 1, PIECE),
+    ]
 
     def check_all():
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)  # one keep-alive connection
@@ -132,7 +138,7 @@ async def test_blob_through_the_mirror_with_many_ranges(registry, proxies):
                 status, headers, body = _request(proxy.port, "GET", path, {"Range": value}, conn=conn)
                 assert status == 206, value
                 assert headers["content-range"] == f"bytes {start}-{end}/{size}", value
-                assert body == data[start:end + 1], value
+                assert body == data[start : end + 1], value
             for value in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
                 status, headers, body = _request(proxy.port, "GET", path, {"Range": value}, conn=conn)
                 assert status == 416 and headers["content-range"] == f"bytes */{size}", value
@@ -156,7 +162,7 @@ async def test_a_range_on_a_blob_nobody_has_fetches_only_its_pieces(registry, pr
         value = f"bytes={start}-{'' if end is None else end}"
         end = len(data) - 1 if end is None else end
         status, headers, body = await request(proxy.port, "GET", path, {"Range": value})
-        assert status == 206 and body == data[start:end + 1]
+        assert status == 206 and body == data[start : end + 1]
         fetched |= set(pieces_for_range(start, end - start + 1, len(data), PIECE))
         assert registry.blob_bytes(digest) == sum(min(PIECE, len(data) - n * PIECE) for n in fetched)
     assert sorted(fetched) == [2, 3, 4]
@@ -225,12 +231,14 @@ async def test_manifests_pass_through_and_writes_are_refused(registry, proxies):
     image = build_busybox_image(registry, "test/manifest", "v1")
     proxy = await proxies(registry_mirror=registry.url)
     accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-    status, headers, body = await request(proxy.port, "GET", f"/v2/test/manifest/manifests/v1?ns={registry.address}",
-                                          accept)
+    status, headers, body = await request(
+        proxy.port, "GET", f"/v2/test/manifest/manifests/v1?ns={registry.address}", accept
+    )
     assert status == 200 and sha(body) == image.manifest_digest
     assert headers["docker-content-digest"] == image.manifest_digest and "x-dffs-task-id" not in headers
-    status, headers, _ = await request(proxy.port, "HEAD", f"/v2/test/manifest/manifests/{image.manifest_digest}",
-                                       accept)
+    status, headers, _ = await request(
+        proxy.port, "HEAD", f"/v2/test/manifest/manifests/{image.manifest_digest}", accept
+    )
     assert status == 200 and headers["docker-content-digest"] == image.manifest_digest
     status, _, body = await request(proxy.port, "GET", "/v2/")
     assert status == 200
@@ -261,11 +269,17 @@ async def test_bad_input_gets_4xx_or_5xx_and_the_proxy_stays_up(registry, faulty
     # Origins that refuse: the client sees the origin's own status (and challenge).
     status, _, _ = await request(port, "GET", f"/v2/test/none/blobs/{digest}")  # the real registry: unknown blob
     assert status == 404
-    faulty_origin.add("/v2/auth/blobs/" + digest, b"x", behavior=Behavior.status(
-        401, headers=[("WWW-Authenticate", 'Bearer realm="http://auth.example/token",service="registry"')]))
+    faulty_origin.add(
+        "/v2/auth/blobs/" + digest,
+        b"x",
+        behavior=Behavior.status(
+            401, headers=[("WWW-Authenticate", 'Bearer realm="http://auth.example/token",service="registry"')]
+        ),
+    )
     faulty_origin.add("/v2/broken/blobs/" + digest, b"x", behavior=Behavior.status(500))
-    status, headers, _ = await request(port, "GET", f"{faulty_origin.url('/v2/auth/blobs/')}{digest}",
-                                       {"Authorization": "Bearer expired"})
+    status, headers, _ = await request(
+        port, "GET", f"{faulty_origin.url('/v2/auth/blobs/')}{digest}", {"Authorization": "Bearer expired"}
+    )
     assert status == 401 and headers["www-authenticate"].startswith("Bearer realm=")
     assert faulty_origin.requests("/v2/auth/blobs/" + digest)[-1].headers.get("authorization") == "Bearer expired"
     status, _, _ = await request(port, "GET", f"{faulty_origin.url('/v2/broken/blobs/')}{digest}")
@@ -287,16 +301,21 @@ async def test_forward_proxy_connect_and_bypass(registry, proxies):
     location = headers["location"]
     location = location if location.startswith("http") else registry.url + location
     digest = sha(data)
-    status, _, _ = await request(port, "PUT", f"{location}&digest={digest}",
-                                 {"Content-Type": "application/octet-stream"}, body=data)
+    status, _, _ = await request(
+        port, "PUT", f"{location}&digest={digest}", {"Content-Type": "application/octet-stream"}, body=data
+    )
     assert status == 201
     # A blob URL through the forward proxy goes through P2P (a task), with ranges.
-    status, headers, body = await request(port, "GET", f"{registry.url}/v2/test/fwd/blobs/{digest}",
-                                          {"Range": "bytes=-10"})
+    status, headers, body = await request(
+        port, "GET", f"{registry.url}/v2/test/fwd/blobs/{digest}", {"Range": "bytes=-10"}
+    )
     assert status == 206 and body == data[-10:] and "x-dffs-task-id" in headers
     # CONNECT: a byte tunnel (here HTTP inside it, to see it work).
-    response = await raw(port, f"CONNECT {registry.address} HTTP/1.1\r\nHost: {registry.address}\r\n\r\n"
-                               f"GET /v2/ HTTP/1.1\r\nHost: {registry.address}\r\nConnection: close\r\n\r\n".encode())
+    response = await raw(
+        port,
+        f"CONNECT {registry.address} HTTP/1.1\r\nHost: {registry.address}\r\n\r\n"
+        f"GET /v2/ HTTP/1.1\r\nHost: {registry.address}\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert response.startswith(b"HTTP/1.1 200") and b"\r\n\r\nHTTP/1.1 200 OK" in response
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -353,10 +372,25 @@ def test_dffs_daemon_runs_the_mirror_and_refuses_bad_settings(registry, tmp_path
 
     data = random.Random(67).randbytes(300_000)
     digest = registry.push_blob("test/daemon", data)
-    base = [sys.executable, "-m", "dffs", "daemon", "--data-dir", str(tmp_path / "data"), "--upload-port", "0",
-            "--rpc-port", "0"]
-    proc = subprocess.Popen([*base, "--proxy-port", "0", "--registry-mirror", registry.url],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = [
+        sys.executable,
+        "-m",
+        "dffs",
+        "daemon",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--upload-port",
+        "0",
+        "--rpc-port",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        [*base, "--proxy-port", "0", "--registry-mirror", registry.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"proxy_port=(\d+)", line)
@@ -369,12 +403,14 @@ def test_dffs_daemon_runs_the_mirror_and_refuses_bad_settings(registry, tmp_path
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == 0
-    bad = subprocess.run([*base, "--proxy-port", "0", "--registry-mirror", "ftp://registry"], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [*base, "--proxy-port", "0", "--registry-mirror", "ftp://registry"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--registry-mirror" in bad.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        busy = subprocess.run([*base, "--proxy-port", str(taken.getsockname()[1])], capture_output=True, text=True,
-                              timeout=60)
+        busy = subprocess.run(
+            [*base, "--proxy-port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=60
+        )
     assert busy.returncode == 1 and "Address already in use" in busy.stderr and busy.stderr.count("\n") == 1

@@ -13,7 +13,6 @@ Processes, mounts and namespaces are torn down even on failure.
 from __future__ import annotations
 
 import pytest
-
 from cluster import Daemon, Process
 from containerd import Containerd, write_hosts_toml
 from netns import Network
@@ -32,10 +31,15 @@ def test_containerd_pulls_through_the_mirror_on_two_hosts(tmp_path):
         try:
             registry.start()
             # busybox, the message, and a 6 MiB random layer (two pieces: shared piece by piece)
-            image = build_busybox_image(registry, "test/busybox", "v1", layers=3, payload_bytes=6 * MiB,
-                                        message="hello through the dffs mirror")
-            sched = Process(["scheduler", "--listen", f"{hosts['sched'].ip}:8002"], tmp_path / "scheduler.log",
-                            r"listening on (\S+):(\d+)", prefix=hosts["sched"].command([]))
+            image = build_busybox_image(
+                registry, "test/busybox", "v1", layers=3, payload_bytes=6 * MiB, message="hello through the dffs mirror"
+            )
+            sched = Process(
+                ["scheduler", "--listen", f"{hosts['sched'].ip}:8002"],
+                tmp_path / "scheduler.log",
+                r"listening on (\S+):(\d+)",
+                prefix=hosts["sched"].command([]),
+            )
             started.append(sched.start())
             net.processes.append(sched.proc)
             config = tmp_path / "daemon.toml"
@@ -45,8 +49,15 @@ def test_containerd_pulls_through_the_mirror_on_two_hosts(tmp_path):
                 extra = ["--config", str(config)]
                 if name != "seed":
                     extra += ["--registry-mirror", registry.url, "--proxy-port", "4001"]
-                daemon = Daemon(tmp_path, name, f"{hosts['sched'].ip}:8002", ip=hosts[name].ip, seed=name == "seed",
-                                prefix=hosts[name].command([]), extra=tuple(extra))
+                daemon = Daemon(
+                    tmp_path,
+                    name,
+                    f"{hosts['sched'].ip}:8002",
+                    ip=hosts[name].ip,
+                    seed=name == "seed",
+                    prefix=hosts[name].command([]),
+                    extra=tuple(extra),
+                )
                 started.append(daemon.start())
                 net.processes.append(daemon.proc)
                 daemons[name] = daemon

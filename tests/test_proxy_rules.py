@@ -26,9 +26,11 @@ REGISTRY = "http://10.0.0.5:5000"
 
 
 def router(upstream: str | None = REGISTRY, **rules) -> Router:
-    return Router(ProxyRules.build(rules.pop("rules", DEFAULT_P2P_RULES), **rules),
-                  normalize_upstream(upstream) if upstream else None,
-                  frozenset({"127.0.0.1:4001", "localhost:4001"}))
+    return Router(
+        ProxyRules.build(rules.pop("rules", DEFAULT_P2P_RULES), **rules),
+        normalize_upstream(upstream) if upstream else None,
+        frozenset({"127.0.0.1:4001", "localhost:4001"}),
+    )
 
 
 def req(method: str, target: str, *headers: tuple[str, str], body: bool = False) -> RequestHead:
@@ -80,8 +82,14 @@ def test_config_accepts_lists_or_comma_separated_strings():
 
 # --------------------------------------------------------------- routing
 def test_mirror_blob_goes_through_p2p_under_the_upstream_url_without_ns():
-    route = router().route(req("GET", f"/v2/library/busybox/blobs/{DIGEST}?ns=10.0.0.5:5000",
-                               ("Authorization", "Bearer tok"), ("Range", "bytes=0-9")))
+    route = router().route(
+        req(
+            "GET",
+            f"/v2/library/busybox/blobs/{DIGEST}?ns=10.0.0.5:5000",
+            ("Authorization", "Bearer tok"),
+            ("Range", "bytes=0-9"),
+        )
+    )
     assert isinstance(route, ViaP2P)
     assert route.url == f"{REGISTRY}/v2/library/busybox/blobs/{DIGEST}"
     assert route.digest == DIGEST and route.range == "bytes=0-9" and not route.head
@@ -99,8 +107,9 @@ def test_one_task_id_per_blob_whatever_the_path_to_it():
 
 def test_mirror_ns_names_the_upstream():
     r = router()
-    assert r.route(req("GET", "/v2/x/manifests/v1?ns=docker.io")).url == \
-        "https://registry-1.docker.io/v2/x/manifests/v1"
+    assert (
+        r.route(req("GET", "/v2/x/manifests/v1?ns=docker.io")).url == "https://registry-1.docker.io/v2/x/manifests/v1"
+    )
     assert r.route(req("GET", "/v2/x/manifests/v1?ns=ghcr.io")).url == "https://ghcr.io/v2/x/manifests/v1"
     assert r.route(req("GET", "/v2/?ns=10.0.0.5:5000")).url == f"{REGISTRY}/v2/"
     assert isinstance(r.route(req("GET", "/v2/?ns=a/b")), Reject)
@@ -111,10 +120,17 @@ def test_mirror_ns_names_the_upstream():
 
 def test_mirror_passes_manifests_tags_and_version_check_through():
     r = router()
-    for path in ("/v2/", "/v2/x/manifests/latest", f"/v2/x/manifests/{DIGEST}", "/v2/x/tags/list?n=10",
-                 "/v2/_catalog"):
-        route = r.route(req("GET", path, ("Authorization", "Basic abc"), ("Connection", "keep-alive, X-Hop"),
-                            ("X-Hop", "1"), ("Proxy-Authorization", "secret")))
+    for path in ("/v2/", "/v2/x/manifests/latest", f"/v2/x/manifests/{DIGEST}", "/v2/x/tags/list?n=10", "/v2/_catalog"):
+        route = r.route(
+            req(
+                "GET",
+                path,
+                ("Authorization", "Basic abc"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Proxy-Authorization", "secret"),
+            )
+        )
         assert isinstance(route, Passthrough), path
         names = [k.lower() for k, _ in route.headers]
         assert "authorization" in names
@@ -126,8 +142,14 @@ def test_mirror_refuses_writes_traversal_and_bodies():
     r = router()
     assert r.route(req("POST", "/v2/x/blobs/uploads/")).status == 405
     assert r.route(req("PUT", "/v2/x/manifests/v1")).status == 405
-    for path in ("/v2/../../etc/passwd", "/v2/a/../b/blobs/" + DIGEST, "/v2/a/%2e%2e/blobs/" + DIGEST,
-                 "/v2/a/%2E%2E%2Fb/manifests/x", "/v2//etc/passwd", "/v2/a\\..\\b"):
+    for path in (
+        "/v2/../../etc/passwd",
+        "/v2/a/../b/blobs/" + DIGEST,
+        "/v2/a/%2e%2e/blobs/" + DIGEST,
+        "/v2/a/%2E%2E%2Fb/manifests/x",
+        "/v2//etc/passwd",
+        "/v2/a\\..\\b",
+    ):
         route = r.route(req("GET", path))
         assert isinstance(route, Reject) and route.status == 400, (path, route)
     assert r.route(req("GET", "/etc/passwd")).status == 404
@@ -137,8 +159,14 @@ def test_mirror_refuses_writes_traversal_and_bodies():
 def test_blob_path_grammar():
     assert BLOB_PATH_RE.match(f"/v2/library/busybox/blobs/{DIGEST}")
     assert BLOB_PATH_RE.match(f"/v2/a-b/c__d/e.f/blobs/sha512:{'0' * 128}")
-    for bad in (f"/v2/../blobs/{DIGEST}", f"/v2/A/blobs/{DIGEST}", f"/v2/a//b/blobs/{DIGEST}",
-                "/v2/a/blobs/sha256:abc", f"/v2/a/blobs/{DIGEST}/x", f"/v2/a%2f/blobs/{DIGEST}"):
+    for bad in (
+        f"/v2/../blobs/{DIGEST}",
+        f"/v2/A/blobs/{DIGEST}",
+        f"/v2/a//b/blobs/{DIGEST}",
+        "/v2/a/blobs/sha256:abc",
+        f"/v2/a/blobs/{DIGEST}/x",
+        f"/v2/a%2f/blobs/{DIGEST}",
+    ):
         assert not BLOB_PATH_RE.match(bad), bad
 
 
@@ -156,9 +184,16 @@ def test_forward_proxy_routes_by_rules():
 
 def test_forward_proxy_rejects_bad_targets():
     r = router()
-    for target, status in [("ftp://example.com/x", 400), ("gopher://x/", 400), ("http:///nohost", 400),
-                           ("http://example.com:99999/", 400), ("http://user@example.com/", 400),
-                           ("http://example.com/a/../../etc/passwd", 400), ("example.com/x", 400), ("*", 400)]:
+    for target, status in [
+        ("ftp://example.com/x", 400),
+        ("gopher://x/", 400),
+        ("http:///nohost", 400),
+        ("http://example.com:99999/", 400),
+        ("http://user@example.com/", 400),
+        ("http://example.com/a/../../etc/passwd", 400),
+        ("example.com/x", 400),
+        ("*", 400),
+    ]:
         route = r.route(req("GET", target))
         assert isinstance(route, Reject) and route.status == status, (target, route)
 
@@ -186,26 +221,29 @@ def test_request_head_from_h11():
 
 
 # ------------------------------------------------------------ Range rules
-@pytest.mark.parametrize("value,size,expected", [
-    (None, 100, None),
-    ("bytes=0-9", 100, ByteRange(0, 9, 100)),
-    ("bytes=90-", 100, ByteRange(90, 99, 100)),
-    ("bytes=-10", 100, ByteRange(90, 99, 100)),
-    ("bytes=-1000", 100, ByteRange(0, 99, 100)),
-    ("bytes=99-99", 100, ByteRange(99, 99, 100)),
-    ("bytes=50-5000", 100, ByteRange(50, 99, 100)),
-    ("BYTES = 1 - 2", 100, ByteRange(1, 2, 100)),
-    ("bytes=100-", 100, UNSATISFIABLE),
-    ("bytes=100-200", 100, UNSATISFIABLE),
-    ("bytes=-0", 100, UNSATISFIABLE),
-    ("bytes=0-0", 0, UNSATISFIABLE),
-    ("bytes=-5", 0, UNSATISFIABLE),
-    ("bytes=9-1", 100, None),          # invalid: ignored
-    ("bytes=0-1,5-6", 100, None),      # several ranges: whole object
-    ("items=0-1", 100, None),
-    ("bytes=-", 100, None),
-    ("bytes=a-b", 100, None),
-])
+@pytest.mark.parametrize(
+    "value,size,expected",
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, ByteRange(0, 9, 100)),
+        ("bytes=90-", 100, ByteRange(90, 99, 100)),
+        ("bytes=-10", 100, ByteRange(90, 99, 100)),
+        ("bytes=-1000", 100, ByteRange(0, 99, 100)),
+        ("bytes=99-99", 100, ByteRange(99, 99, 100)),
+        ("bytes=50-5000", 100, ByteRange(50, 99, 100)),
+        ("BYTES = 1 - 2", 100, ByteRange(1, 2, 100)),
+        ("bytes=100-", 100, UNSATISFIABLE),
+        ("bytes=100-200", 100, UNSATISFIABLE),
+        ("bytes=-0", 100, UNSATISFIABLE),
+        ("bytes=0-0", 0, UNSATISFIABLE),
+        ("bytes=-5", 0, UNSATISFIABLE),
+        ("bytes=9-1", 100, None),  # invalid: ignored
+        ("bytes=0-1,5-6", 100, None),  # several ranges: whole object
+        ("items=0-1", 100, None),
+        ("bytes=-", 100, None),
+        ("bytes=a-b", 100, None),
+    ],
+)
 def test_parse_range(value, size, expected):
     assert parse_range(value, size) == expected
 
@@ -216,8 +254,20 @@ def test_byte_range_content_range():
 
 
 def test_end_to_end_headers():
-    headers = [("Connection", "close, X-Private"), ("X-Private", "1"), ("Keep-Alive", "5"), ("TE", "trailers"),
-               ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("Proxy-Authorization", "x"),
-               ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("WWW-Authenticate", 'Bearer realm="r",service="s"')]
-    assert end_to_end(headers) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
-                                   ("WWW-Authenticate", 'Bearer realm="r",service="s"')]
+    headers = [
+        ("Connection", "close, X-Private"),
+        ("X-Private", "1"),
+        ("Keep-Alive", "5"),
+        ("TE", "trailers"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Proxy-Authorization", "x"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("WWW-Authenticate", 'Bearer realm="r",service="s"'),
+    ]
+    assert end_to_end(headers) == [
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("WWW-Authenticate", 'Bearer realm="r",service="s"'),
+    ]

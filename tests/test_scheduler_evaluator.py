@@ -271,8 +271,11 @@ def swarms(draw):
     n_hosts = draw(st.integers(1, 6))
     for h in range(n_hosts):
         add_host(
-            graph, f"h{h}", seed=draw(st.booleans()),
-            labels={"upload_slots": str(draw(st.integers(0, 3)))}, idc=draw(st.sampled_from(["", "dc1", "dc2"])),
+            graph,
+            f"h{h}",
+            seed=draw(st.booleans()),
+            labels={"upload_slots": str(draw(st.integers(0, 3)))},
+            idc=draw(st.sampled_from(["", "dc1", "dc2"])),
         )
     peers = []
     for i in range(draw(st.integers(1, 10))):

@@ -155,8 +155,13 @@ def test_no_origin_means_wait_then_refuse(graph, options):
 def host_request(host_id, *, seed=False, ip="10.0.0.1", port=4000, download_port=4001, **fields):
     return scheduler_pb2.AnnounceHostRequest(
         host=common_pb2.Host(
-            id=host_id, type=common_pb2.HOST_TYPE_SEED if seed else common_pb2.HOST_TYPE_NORMAL,
-            hostname=host_id, ip=ip, port=port, download_port=download_port, **fields,
+            id=host_id,
+            type=common_pb2.HOST_TYPE_SEED if seed else common_pb2.HOST_TYPE_NORMAL,
+            hostname=host_id,
+            ip=ip,
+            port=port,
+            download_port=download_port,
+            **fields,
         )
     )
 
@@ -167,14 +172,21 @@ def announce(host_id, task_id, peer_id, **request):
 
 def register(host_id, task_id, peer_id, url="http://origin/file", **download):
     return announce(
-        host_id, task_id, peer_id,
+        host_id,
+        task_id,
+        peer_id,
         register_peer_request=scheduler_pb2.RegisterPeerRequest(download=common_pb2.Download(url=url, **download)),
     )
 
 
 def piece(number, *, parent_id=None, cost=0.05, length=4 * MiB):
-    p = common_pb2.Piece(number=number, offset=number * length, length=length, digest="blake3:00",
-                         cost=duration_pb2.Duration(nanos=int(cost * 1e9)))
+    p = common_pb2.Piece(
+        number=number,
+        offset=number * length,
+        length=length,
+        digest="blake3:00",
+        cost=duration_pb2.Duration(nanos=int(cost * 1e9)),
+    )
     if parent_id is not None:
         p.parent_id = parent_id
     return p
@@ -212,11 +224,16 @@ def test_core_full_flow(core):
 
     core.handle(s2, announce("h2", "t", "p2", download_piece_finished_request={"piece": piece(0, parent_id="p1")}))
     core.handle(s1, announce("h1", "t", "p1", download_piece_back_to_source_finished_request={"piece": piece(1)}))
-    core.handle(s1, announce("h1", "t", "p1", download_peer_back_to_source_finished_request={
-        "content_length": 8 * MiB, "piece_count": 2}))
+    core.handle(
+        s1,
+        announce(
+            "h1", "t", "p1", download_peer_back_to_source_finished_request={"content_length": 8 * MiB, "piece_count": 2}
+        ),
+    )
     core.handle(s2, announce("h2", "t", "p2", download_piece_finished_request={"piece": piece(1, parent_id="p1")}))
-    core.handle(s2, announce("h2", "t", "p2", download_peer_finished_request={
-        "content_length": 8 * MiB, "piece_count": 2}))
+    core.handle(
+        s2, announce("h2", "t", "p2", download_peer_finished_request={"content_length": 8 * MiB, "piece_count": 2})
+    )
     task = core.stat_task(scheduler_pb2.StatTaskRequest(task_id="t"))
     assert task.state == "succeeded" and task.content_length == 8 * MiB and task.piece_count == 2
     assert task.peer_count == 2 and task.has_available_peer and task.piece_length == 4 * MiB
@@ -230,8 +247,9 @@ def test_core_full_flow(core):
 def test_core_seed_trigger(core):
     core.announce_host(host_request("seed", seed=True, ip="10.0.0.9", port=4100))
     core.announce_host(host_request("h1"))
-    s = core.register(register("h1", "t", "p1", url="http://origin/big", tag="v1", piece_length=8 * MiB,
-                                request_header={"x-a": "b"}))
+    s = core.register(
+        register("h1", "t", "p1", url="http://origin/big", tag="v1", piece_length=8 * MiB, request_header={"x-a": "b"})
+    )
     answer = core.schedule(s)
     (parent,) = answer.response.normal_task_response.candidate_parents
     trigger = answer.trigger
@@ -246,8 +264,10 @@ def test_core_seed_trigger(core):
     assert kind(core.schedule(seed_session)) == "need_back_to_source_response"
     assert core.graph.peer(parent.id).id == "seed-peer"
     # The child reports a piece against the placeholder id it was given.
-    core.handle(seed_session, announce("seed", "t", "seed-peer",
-                                       download_piece_back_to_source_finished_request={"piece": piece(0)}))
+    core.handle(
+        seed_session,
+        announce("seed", "t", "seed-peer", download_piece_back_to_source_finished_request={"piece": piece(0)}),
+    )
     core.handle(s, announce("h1", "t", "p1", download_piece_finished_request={"piece": piece(0, parent_id=parent.id)}))
     assert core.graph.host("seed").upload_count == 1
 
@@ -275,8 +295,12 @@ def test_core_reschedule_and_failed_parents(core):
     s = core.register(register("h3", "t", "c"))
     parents = [p.id for p in core.schedule(s).response.normal_task_response.candidate_parents]
     assert sorted(parents) == ["a", "b"]
-    core.handle(s, announce("h3", "t", "c", download_piece_failed_request={
-        "piece_number": 0, "parent_id": "a", "temporary": False}))
+    core.handle(
+        s,
+        announce(
+            "h3", "t", "c", download_piece_failed_request={"piece_number": 0, "parent_id": "a", "temporary": False}
+        ),
+    )
     assert core.handle(s, announce("h3", "t", "c", reschedule_request={}))
     assert [p.id for p in core.schedule(s).response.normal_task_response.candidate_parents] == ["b"]
     assert core.handle(s, announce("h3", "t", "c", reschedule_request={"candidate_parents": [{"id": "b"}]}))
@@ -318,13 +342,16 @@ def test_core_stream_messages_are_checked(core):
         (register("h1", "t", "p"), FailedPrecondition),
         (announce("h1", "t", "p", download_piece_back_to_source_finished_request={}), InvalidArgument),
         (announce("h1", "t", "p", download_piece_finished_request={"piece": piece(0)}), InvalidArgument),
-        (announce("h1", "t", "p", download_piece_back_to_source_finished_request={"piece": piece(1 << 30)}),
-         InvalidArgument),
-        (announce("h1", "t", "p", download_piece_finished_request={"piece": piece(0, parent_id="p")}),
-         InvalidArgument),
+        (
+            announce("h1", "t", "p", download_piece_back_to_source_finished_request={"piece": piece(1 << 30)}),
+            InvalidArgument,
+        ),
+        (announce("h1", "t", "p", download_piece_finished_request={"piece": piece(0, parent_id="p")}), InvalidArgument),
         (announce("h1", "t", "p", download_piece_failed_request={"piece_number": 0}), InvalidArgument),
-        (announce("h1", "t", "p", download_peer_finished_request={"content_length": 5, "piece_count": 0}),
-         InvalidArgument),
+        (
+            announce("h1", "t", "p", download_peer_finished_request={"content_length": 5, "piece_count": 0}),
+            InvalidArgument,
+        ),
     ]
     for request_, error in cases:
         with pytest.raises(error):

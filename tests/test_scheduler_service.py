@@ -61,7 +61,10 @@ class SchedulerProcess:
         self.log_path = workdir / "scheduler.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.channel = None
@@ -119,7 +122,10 @@ def sched(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     s = SchedulerProcess(
-        tmp_path_factory.mktemp("tiny"), host_ttl=0.5, gc_interval=0.05, candidate_parent_limit=2,
+        tmp_path_factory.mktemp("tiny"),
+        host_ttl=0.5,
+        gc_interval=0.05,
+        candidate_parent_limit=2,
         retry_interval=0.2,
     )
     try:
@@ -141,8 +147,13 @@ _ips = iter(range(2, 250))
 def announce_host(stub, host_id, *, seed=False, ip=None, port=4000, download_port=4001, interval=None, **fields):
     request = scheduler_pb2.AnnounceHostRequest(
         host=common_pb2.Host(
-            id=host_id, type=common_pb2.HOST_TYPE_SEED if seed else common_pb2.HOST_TYPE_NORMAL,
-            hostname=host_id, ip=ip or f"10.1.0.{next(_ips)}", port=port, download_port=download_port, **fields,
+            id=host_id,
+            type=common_pb2.HOST_TYPE_SEED if seed else common_pb2.HOST_TYPE_NORMAL,
+            hostname=host_id,
+            ip=ip or f"10.1.0.{next(_ips)}",
+            port=port,
+            download_port=download_port,
+            **fields,
         )
     )
     if interval is not None:
@@ -162,15 +173,19 @@ class PeerStream:
         self.call = stub.AnnouncePeer(iter(self._queue.get, self._END), timeout=STEP * 3)
 
     def send(self, **request):
-        self._queue.put(scheduler_pb2.AnnouncePeerRequest(
-            host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request))
+        self._queue.put(
+            scheduler_pb2.AnnouncePeerRequest(
+                host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
+            )
+        )
 
     def send_raw(self, message):
         self._queue.put(message)
 
     def register(self, url="http://origin.example/file", **download):
-        self.send(register_peer_request=scheduler_pb2.RegisterPeerRequest(
-            download=common_pb2.Download(url=url, **download)))
+        self.send(
+            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=common_pb2.Download(url=url, **download))
+        )
 
     def recv(self) -> scheduler_pb2.AnnouncePeerResponse:
         return next(self.call)
@@ -190,12 +205,21 @@ class PeerStream:
         return info.value
 
     def piece_from_source(self, number, length=4 * MiB):
-        self.send(download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
-            piece=common_pb2.Piece(number=number, offset=number * length, length=length, digest="blake3:00")))
+        self.send(
+            download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                piece=common_pb2.Piece(number=number, offset=number * length, length=length, digest="blake3:00")
+            )
+        )
 
     def piece_from(self, parent_id, number, length=4 * MiB, cost_ms=20):
-        piece = common_pb2.Piece(number=number, parent_id=parent_id, offset=number * length, length=length,
-                                 digest="blake3:00", traffic_type=common_pb2.TRAFFIC_TYPE_REMOTE_PEER)
+        piece = common_pb2.Piece(
+            number=number,
+            parent_id=parent_id,
+            offset=number * length,
+            length=length,
+            digest="blake3:00",
+            traffic_type=common_pb2.TRAFFIC_TYPE_REMOTE_PEER,
+        )
         piece.cost.nanos = cost_ms * 1_000_000
         self.send(download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece))
 
@@ -265,11 +289,15 @@ def test_first_peer_goes_to_source_and_becomes_the_second_ones_parent(sched, ids
 
     second.send(download_peer_started_request={})
     second.piece_from(ids("p1"), 0)
-    first.send(download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
-        content_length=8 * MiB, piece_count=2))
+    first.send(
+        download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+            content_length=8 * MiB, piece_count=2
+        )
+    )
     second.piece_from(ids("p1"), 1)
-    second.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest(
-        content_length=8 * MiB, piece_count=2))
+    second.send(
+        download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest(content_length=8 * MiB, piece_count=2)
+    )
     first.close()
     second.close()
     stat = stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=task), timeout=STEP)
@@ -322,8 +350,11 @@ def test_empty_task(sched, ids):
     first = PeerStream(stub, ids("h1"), ids("task"), ids("p1"))
     first.register()
     assert first.recv_kind()[0] == "need_back_to_source_response"
-    first.send(download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
-        content_length=0, piece_count=0))
+    first.send(
+        download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+            content_length=0, piece_count=0
+        )
+    )
     first.close()
     second = PeerStream(stub, ids("h2"), ids("task"), ids("p2"))
     second.register()
@@ -341,15 +372,19 @@ class FakeSeed:
         def download_task(request, context):
             self.requests.put(request)
             yield dfdaemon_pb2.DownloadTaskResponse(
-                task_id="t", download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse())
-
-        handler = grpc.method_handlers_generic_handler("dffs.dfdaemon.DfdaemonUpload", {
-            "DownloadTask": grpc.unary_stream_rpc_method_handler(
-                download_task,
-                request_deserializer=dfdaemon_pb2.DownloadTaskRequest.FromString,
-                response_serializer=dfdaemon_pb2.DownloadTaskResponse.SerializeToString,
+                task_id="t", download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse()
             )
-        })
+
+        handler = grpc.method_handlers_generic_handler(
+            "dffs.dfdaemon.DfdaemonUpload",
+            {
+                "DownloadTask": grpc.unary_stream_rpc_method_handler(
+                    download_task,
+                    request_deserializer=dfdaemon_pb2.DownloadTaskRequest.FromString,
+                    response_serializer=dfdaemon_pb2.DownloadTaskResponse.SerializeToString,
+                )
+            },
+        )
         self.server.add_generic_rpc_handlers((handler,))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
@@ -382,9 +417,14 @@ def test_seed_is_triggered_and_offered_as_parent(tiny, ids, fake_seed):
 
     request = fake_seed.requests.get(timeout=STEP)
     assert (request.download.url, request.download.tag, request.download.piece_length) == (
-        "http://origin.example/big", "v2", 4 * MiB)
-    tiny.wait_log(rf"event=seed_triggered task={task} peer={ids('p1')} seed_host={seed_host.id} "
-                  rf"seed_peer={re.escape(parent.id)}")
+        "http://origin.example/big",
+        "v2",
+        4 * MiB,
+    )
+    tiny.wait_log(
+        rf"event=seed_triggered task={task} peer={ids('p1')} seed_host={seed_host.id} "
+        rf"seed_peer={re.escape(parent.id)}"
+    )
     tiny.wait_log(rf"event=seed_trigger_accepted task={task}")
     assert stat_peer(stub, parent.id).state == "triggered"
 
@@ -433,13 +473,19 @@ def test_failed_parents_are_not_offered_again(sched, ids):
     child.register()
     assert sorted(p.id for p in child.parents()) == sorted([ids("pa"), ids("pb")])
     # A permanent piece failure blocks pa for this child ...
-    child.send(download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
-        piece_number=0, parent_id=ids("pa"), temporary=False, description="digest mismatch"))
+    child.send(
+        download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+            piece_number=0, parent_id=ids("pa"), temporary=False, description="digest mismatch"
+        )
+    )
     child.send(reschedule_request=scheduler_pb2.RescheduleRequest())
     assert [p.id for p in child.parents()] == [ids("pb")]
     # ... and a parent whose own download failed is offered to nobody.
-    b.send(download_peer_back_to_source_failed_request=scheduler_pb2.DownloadPeerBackToSourceFailedRequest(
-        description="origin 500"))
+    b.send(
+        download_peer_back_to_source_failed_request=scheduler_pb2.DownloadPeerBackToSourceFailedRequest(
+            description="origin 500"
+        )
+    )
     wait_for(lambda: stat_peer(stub, ids("pb")).state == "failed", what="pb failed")
     newcomer = PeerStream(stub, ids("d"), task, ids("pd"))
     newcomer.register()
@@ -508,8 +554,11 @@ def test_bad_stream_input_gets_clean_statuses(sched, ids):
     s = PeerStream(stub, ids("h1"), task, ids("p1"))
     s.register()
     assert s.recv_kind()[0] == "need_back_to_source_response"
-    s.send_raw(scheduler_pb2.AnnouncePeerRequest(host_id=ids("h1"), task_id=task, peer_id="someone-else",
-                                                 download_peer_started_request={}))
+    s.send_raw(
+        scheduler_pb2.AnnouncePeerRequest(
+            host_id=ids("h1"), task_id=task, peer_id="someone-else", download_peer_started_request={}
+        )
+    )
     error = s.error()
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "differs" in error.details()
 
@@ -543,7 +592,8 @@ def test_bad_unary_input_gets_clean_statuses(sched, ids):
     assert code_of(stub.DeletePeer, scheduler_pb2.DeletePeerRequest(peer_id="nope")) == grpc.StatusCode.NOT_FOUND
     assert code_of(stub.DeleteHost, scheduler_pb2.DeleteHostRequest(host_id="nope")) == grpc.StatusCode.NOT_FOUND
     assert code_of(stub.DeleteTask, scheduler_pb2.DeleteTaskRequest(host_id="x", task_id="y")) == (
-        grpc.StatusCode.NOT_FOUND)
+        grpc.StatusCode.NOT_FOUND
+    )
     bad_host = scheduler_pb2.AnnounceHostRequest(host=common_pb2.Host(id=ids("h"), ip="nope", port=1, download_port=2))
     assert code_of(stub.AnnounceHost, bad_host) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(stub.AnnounceHost, scheduler_pb2.AnnounceHostRequest()) == grpc.StatusCode.INVALID_ARGUMENT
@@ -602,8 +652,9 @@ def test_signal_stops_cleanly_with_open_streams(tmp_path, sig):
 
 def test_usage_and_bind_errors_are_one_line(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-c", _CLI, "scheduler", *args], capture_output=True, text=True,
-                              timeout=STEP)
+        return subprocess.run(
+            [sys.executable, "-c", _CLI, "scheduler", *args], capture_output=True, text=True, timeout=STEP
+        )
 
     result = run("--listen", "no-port")
     assert result.returncode == 2 and result.stderr.startswith("dffs: error: bad listen address")
@@ -624,8 +675,7 @@ def test_flags_win_over_the_config_file(tmp_path):
     from dffs.cli.main import build_parser
     from dffs.cli.scheduler import scheduler_config
 
-    cfg_file = write_toml(tmp_path / "s.toml", {"listen": "127.0.0.1:9", "candidate-parent-limit": 7,
-                                                "peer_ttl": 60})
+    cfg_file = write_toml(tmp_path / "s.toml", {"listen": "127.0.0.1:9", "candidate-parent-limit": 7, "peer_ttl": 60})
     args = build_parser().parse_args(["scheduler", "--config", str(cfg_file), "--listen", "127.0.0.1:0"])
     cfg = scheduler_config(args)
     assert (cfg.listen, cfg.candidate_parent_limit, cfg.peer_ttl) == ("127.0.0.1:0", 7, 60.0)
@@ -698,7 +748,11 @@ def test_pluggable_seed_trigger_success_and_failure():
         (parent,) = first.parents()
         wait_for(lambda: calls, what="the trigger call")
         assert (calls[0].task_id, calls[0].ip, calls[0].port, calls[0].placeholder_id) == (
-            "t1", "10.9.9.9", 4100, parent.id)
+            "t1",
+            "10.9.9.9",
+            4100,
+            parent.id,
+        )
         assert calls[0].download.url == "http://origin.example/one"
         assert stat_peer(s.stub, parent.id).state == "triggered"
 

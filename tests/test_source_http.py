@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from origins import Behavior
 
 from dffs.errors import SourceChanged, SourceError
 from dffs.source import HttpOptions, HttpSource, Validators
-from origins import Behavior
 
 MiB = 1024 * 1024
 
@@ -37,8 +37,7 @@ async def test_stat_and_ranged_reads_reuse_one_connection(source, site):
     buf = bytearray(stat.content_length)
     view = memoryview(buf)
     for offset in range(0, len(buf), MiB):
-        await source.read_range(url, offset, view[offset : offset + MiB],
-                                validators=Validators(etag=stat.etag))
+        await source.read_range(url, offset, view[offset : offset + MiB], validators=Validators(etag=stat.etag))
     assert hashlib.sha256(buf).hexdigest() == digest
     assert source.pool.connections_opened == 1
     origin.wait_for_requests(5)

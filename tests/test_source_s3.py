@@ -24,14 +24,13 @@ import time
 
 import pytest
 import trio
-
 from cli import assert_one_line_error, run_dffs, sha256_file
+from s3_server import BLOB_KEY, BUCKET, MANY, ODD_KEY
+
 from dffs.errors import SourceChanged, SourceError, UsageError
 from dffs.source import SourceRegistry, Validators
 from dffs.source.http import HttpSource
 from dffs.source.s3 import S3Source, canonical_query, load_config, parse_list_page, parse_s3_url
-
-from s3_server import BLOB_KEY, BUCKET, MANY, ODD_KEY
 
 
 @pytest.fixture
@@ -59,7 +58,15 @@ async def test_stat_gives_size_etag_and_keeps_the_s3_url(s3, source):
 async def test_read_range_returns_exact_bytes(s3, source):
     size = len(s3.blob)
     url = f"s3://{BUCKET}/{BLOB_KEY}"
-    for offset, length in [(0, 1), (0, 4096), (1, 100), (1024 * 1024 - 7, 70000), (size - 10, 10), (size - 1, 1), (0, size)]:
+    for offset, length in [
+        (0, 1),
+        (0, 4096),
+        (1, 100),
+        (1024 * 1024 - 7, 70000),
+        (size - 10, 10),
+        (size - 1, 1),
+        (0, size),
+    ]:
         buffer = bytearray(length)
         await source.read_range(url, offset, memoryview(buffer))
         assert buffer == s3.blob[offset : offset + length], (offset, length)
@@ -114,7 +121,9 @@ async def test_dffs_get_downloads_an_s3_object(s3, tmp_path):
 
 async def test_dffs_get_missing_key_is_one_line_error(s3, tmp_path):
     result = await trio.to_thread.run_sync(
-        lambda: run_dffs("get", f"s3://{BUCKET}/no/such/key", "-O", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d"))
+        lambda: run_dffs(
+            "get", f"s3://{BUCKET}/no/such/key", "-O", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d")
+        )
     )
     assert_one_line_error(result, 1, "NoSuchKey")
 
@@ -137,7 +146,10 @@ async def test_list_nested_prefixes(s3, source):
     assert set(await _names(source, f"s3://{BUCKET}/tree/sub/")) == {("b.txt", False), ("deeper", True)}
     assert set(await _names(source, f"s3://{BUCKET}/tree/sub/deeper/")) == {("c.txt", False)}
     assert set(await _names(source, f"s3://{BUCKET}/")) == {
-        ("data", True), ("many", True), ("odd name", True), ("tree", True)
+        ("data", True),
+        ("many", True),
+        ("odd name", True),
+        ("tree", True),
     }
     assert set(await _names(source, f"s3://{BUCKET}")) == set(await _names(source, f"s3://{BUCKET}/"))
     assert await _names(source, f"s3://{BUCKET}/nothing-here/") == {}
@@ -161,7 +173,9 @@ async def test_listed_urls_can_be_read(s3, source):
 async def test_wrong_secret_key_is_refused_by_the_signature_check(s3, monkeypatch):
     s3.env(monkeypatch, secret_key="not-the-secret")
     async with _closing(S3Source()) as source:
-        with pytest.raises(SourceError, match=r"^s3://dffs-test/data/blob\.bin: S3 answered 403 SignatureDoesNotMatch") as info:
+        with pytest.raises(
+            SourceError, match=r"^s3://dffs-test/data/blob\.bin: S3 answered 403 SignatureDoesNotMatch"
+        ) as info:
             await source.stat(f"s3://{BUCKET}/{BLOB_KEY}")
         assert "\n" not in str(info.value) and "127.0.0.1" not in str(info.value)
         with pytest.raises(SourceError, match="403 SignatureDoesNotMatch"):
@@ -173,7 +187,9 @@ async def test_wrong_secret_key_is_refused_by_the_signature_check(s3, monkeypatc
 async def test_wrong_secret_key_fails_dffs_get_in_one_line(s3, monkeypatch, tmp_path):
     s3.env(monkeypatch, secret_key="not-the-secret")
     result = await trio.to_thread.run_sync(
-        lambda: run_dffs("get", f"s3://{BUCKET}/{BLOB_KEY}", "-O", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d"))
+        lambda: run_dffs(
+            "get", f"s3://{BUCKET}/{BLOB_KEY}", "-O", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d")
+        )
     )
     assert_one_line_error(result, 1, "SignatureDoesNotMatch")
 
@@ -243,7 +259,8 @@ async def test_wrong_region_names_the_buckets_region(nursery):
             methods.append(method)
             await stream.send_all(
                 b"HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\n"
-                b"Content-Type: application/xml\r\nContent-Length: %d\r\n\r\n" % len(document)
+                b"Content-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+                % len(document)
                 + (b"" if method == "HEAD" else document)
             )
 
@@ -251,7 +268,9 @@ async def test_wrong_region_names_the_buckets_region(nursery):
     port = listeners[0].socket.getsockname()[1]
     source = S3Source(endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", credentials=("AK", "SK"))
     try:
-        with pytest.raises(SourceError, match=r"^s3://b/k: S3 answered 301 PermanentRedirect: .*set AWS_REGION=eu-west-1\)$"):
+        with pytest.raises(
+            SourceError, match=r"^s3://b/k: S3 answered 301 PermanentRedirect: .*set AWS_REGION=eu-west-1\)$"
+        ):
             await source.stat("s3://b/k")
         assert methods == ["HEAD", "GET"]  # the failed HEAD, then a one-byte GET for the reason
         with pytest.raises(SourceError, match="301 PermanentRedirect.*AWS_REGION=eu-west-1"):
@@ -262,8 +281,15 @@ async def test_wrong_region_names_the_buckets_region(nursery):
 
 @pytest.mark.parametrize(
     "url",
-    ["s3://", "s3:///key", "s3://bad bucket/key", "s3://bucket:80/key", "s3://user@bucket/k", "s3:/bucket/key",
-     "s3://bucket/a\nb"],
+    [
+        "s3://",
+        "s3:///key",
+        "s3://bad bucket/key",
+        "s3://bucket:80/key",
+        "s3://user@bucket/k",
+        "s3:/bucket/key",
+        "s3://bucket/a\nb",
+    ],
 )
 async def test_malformed_urls_are_usage_errors(url):
     registry = SourceRegistry()
@@ -310,9 +336,15 @@ async def test_signs_only_the_minimal_header_set():
 
 
 async def test_missing_credentials_send_unsigned_requests(monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -324,8 +356,16 @@ async def test_missing_credentials_send_unsigned_requests(monkeypatch, tmp_path)
 
 
 def test_config_from_environment_and_profiles(monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(name, raising=False)
     config_file, creds_file = tmp_path / "config", tmp_path / "credentials"
     config_file.write_text(

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dffs.digest import piece_digest
-from dffs.storage import MemoryTier, StorageManager, TaskMeta, TaskStore
-from dffs.storage import journal
+from dffs.errors import StorageError
+from dffs.storage import MemoryTier, StorageManager, TaskMeta, TaskStore, journal
 from dffs.storage.task import CLEAN_MARKER, JOURNAL_FILE
 
 PIECE = 64 * 1024
@@ -24,7 +24,13 @@ def piece_bytes(n, length=PIECE):
 
 
 # ------------------------------------------------------------------ journal
-@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.booleans(), st.binary(min_size=32, max_size=32))))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.booleans(), st.binary(min_size=32, max_size=32)
+        )
+    )
+)
 def test_journal_records_round_trip(items):
     records = [journal.PieceRecord(*item) for item in items]
     data = b"".join(journal.encode_record(r) for r in records)
@@ -91,7 +97,7 @@ def test_write_read_and_missing(tmp_path):
     assert store.read_piece(5) == piece_bytes(5, 100)
     assert store.present_bytes() == 2 * PIECE + 100
     assert store.piece_digest(2) == piece_digest(piece_bytes(2))
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError, match="expected"):
         store.write_piece(1, b"short")
     store.close()
 

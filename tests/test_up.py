@@ -32,8 +32,13 @@ def test_up_serves_a_file_through_the_mount_and_ctrl_c_leaves_nothing(tmp_path, 
     digest = make_file(tmp_path / "www" / "up.bin", 6 * MiB + 5, seed=61)
     origin = nginx_origin(tmp_path / "www")
     data_dir, mountpoint = tmp_path / "data", tmp_path / "mnt"
-    up = subprocess.Popen([sys.executable, "-m", "dffs", "up", str(mountpoint), "--data-dir", str(data_dir)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dffs", "up", str(mountpoint), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         ready = ""
         deadline = time.monotonic() + 60

@@ -54,46 +54,49 @@ class TestProtocol:
         req = P.parse_request("HEAD", f"/pieces/{TID}/4294967295")
         assert req.is_head and req.number == P.MAX_PIECE_NUMBER
 
-    @pytest.mark.parametrize("target", [
-        f"/pieces/{TID}/01",  # leading zero
-        f"/pieces/{TID}/00",
-        f"/pieces/{TID}/-1",
-        f"/pieces/{TID}/+1",
-        f"/pieces/{TID}/1.0",
-        f"/pieces/{TID}/1e3",
-        f"/pieces/{TID}/0x10",
-        f"/pieces/{TID}/",
-        f"/pieces/{TID}/4294967296",  # over uint32
-        f"/pieces/{TID}/" + "9" * 5000,  # huge: refused before int()
-        f"/pieces/{TID}/\u0661",  # ARABIC-INDIC DIGIT ONE: int() would take it
-        f"/pieces/{TID.upper()}/1",
-        f"/pieces/{TID[:-1]}/1",
-        f"/pieces/{TID}0/1",
-        f"/pieces/{'g' * 64}/1",
-        f"/pieces/{TID}/1/extra",
-        f"/pieces/{TID}/1/",
-        f"/pieces//{TID}/1",
-        f"/pieces/{TID}",
-        "/pieces/",
-        "/pieces",
-        f"/pieces/{TID}/1?x=1",
-        f"/pieces/{TID}/1?",
-        f"/pieces/{TID}/1#frag",
-        f"/pieces/{TID}/1;v=1",
-        f"/pieces/{TID}/%31",  # "1", percent-encoded
-        f"/pieces/{TID}%2f1",
-        "/pieces/%2e%2e/%2e%2e/etc/passwd",
-        "/pieces/../../etc/passwd",
-        f"/pieces/{TID}/../1",
-        f"/pieces/./{TID}/1",
-        "/../pieces/x/1",
-        f"/pieces\\{TID}\\1",
-        f"/pieces/{TID}/1 HTTP/1.1",
-        f"/pieces/{TID}/1\x00",
-        f"http://example.com/pieces/{TID}/1",  # absolute-form
-        "*",
-        "",
-    ])
+    @pytest.mark.parametrize(
+        "target",
+        [
+            f"/pieces/{TID}/01",  # leading zero
+            f"/pieces/{TID}/00",
+            f"/pieces/{TID}/-1",
+            f"/pieces/{TID}/+1",
+            f"/pieces/{TID}/1.0",
+            f"/pieces/{TID}/1e3",
+            f"/pieces/{TID}/0x10",
+            f"/pieces/{TID}/",
+            f"/pieces/{TID}/4294967296",  # over uint32
+            f"/pieces/{TID}/" + "9" * 5000,  # huge: refused before int()
+            f"/pieces/{TID}/\u0661",  # ARABIC-INDIC DIGIT ONE: int() would take it
+            f"/pieces/{TID.upper()}/1",
+            f"/pieces/{TID[:-1]}/1",
+            f"/pieces/{TID}0/1",
+            f"/pieces/{'g' * 64}/1",
+            f"/pieces/{TID}/1/extra",
+            f"/pieces/{TID}/1/",
+            f"/pieces//{TID}/1",
+            f"/pieces/{TID}",
+            "/pieces/",
+            "/pieces",
+            f"/pieces/{TID}/1?x=1",
+            f"/pieces/{TID}/1?",
+            f"/pieces/{TID}/1#frag",
+            f"/pieces/{TID}/1;v=1",
+            f"/pieces/{TID}/%31",  # "1", percent-encoded
+            f"/pieces/{TID}%2f1",
+            "/pieces/%2e%2e/%2e%2e/etc/passwd",
+            "/pieces/../../etc/passwd",
+            f"/pieces/{TID}/../1",
+            f"/pieces/./{TID}/1",
+            "/../pieces/x/1",
+            f"/pieces\\{TID}\\1",
+            f"/pieces/{TID}/1 HTTP/1.1",
+            f"/pieces/{TID}/1\x00",
+            f"http://example.com/pieces/{TID}/1",  # absolute-form
+            "*",
+            "",
+        ],
+    )
     def test_malformed_targets_are_400(self, target):
         with pytest.raises(P.BadRequest) as info:
             P.parse_request("GET", target)
@@ -148,8 +151,18 @@ class TestProtocol:
         assert P.parse_piece_digest(headers[P.HEADER_PIECE_DIGEST]) == digest
         assert headers[P.HEADER_TASK_LENGTH] == str(TASK_LENGTH) and headers[P.HEADER_PIECE_LENGTH] == str(PIECE)
 
-    @pytest.mark.parametrize("value", [None, "", "blake3:", "sha256:" + "00" * 32, "blake3:" + "00" * 31,
-                                       "blake3:" + "zz" * 32, "blake3:" + "00" * 33])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            None,
+            "",
+            "blake3:",
+            "sha256:" + "00" * 32,
+            "blake3:" + "00" * 31,
+            "blake3:" + "zz" * 32,
+            "blake3:" + "00" * 33,
+        ],
+    )
     def test_malformed_digests(self, value):
         with pytest.raises(ValueError):
             P.parse_piece_digest(value)
@@ -159,14 +172,25 @@ class TestProtocol:
         assert P.piece_url("::1", 4000, TID, 0) == f"http://[::1]:4000/pieces/{TID}/0"
         assert P.piece_url("[fd00::5]", 80, TID, 0) == f"http://[fd00::5]:80/pieces/{TID}/0"
         assert P.piece_url("peer-7.example", 4000, TID, 1).startswith("http://peer-7.example:4000/")
-        for bad in [("h", 4000, TID.upper(), 0), ("h", 4000, TID, -1), ("h", 4000, TID, 2**32),
-                    ("h", 0, TID, 0), ("h", 70000, TID, 0), ("", 4000, TID, 0), ("a/b", 4000, TID, 0),
-                    ("fe80::1%eth0", 4000, TID, 0), ("h", 4000, TID, True and 1.5)]:
+        for bad in [
+            ("h", 4000, TID.upper(), 0),
+            ("h", 4000, TID, -1),
+            ("h", 4000, TID, 2**32),
+            ("h", 0, TID, 0),
+            ("h", 70000, TID, 0),
+            ("", 4000, TID, 0),
+            ("a/b", 4000, TID, 0),
+            ("fe80::1%eth0", 4000, TID, 0),
+            ("h", 4000, TID, True and 1.5),
+        ]:
             with pytest.raises(ValueError):
                 P.piece_url(*bad)
 
-    @given(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64), st.integers(0, P.MAX_PIECE_NUMBER),
-           st.sampled_from(["127.0.0.1", "::1", "fd00::1:2", "host.example"]))
+    @given(
+        st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+        st.integers(0, P.MAX_PIECE_NUMBER),
+        st.sampled_from(["127.0.0.1", "::1", "fd00::1:2", "host.example"]),
+    )
     def test_url_round_trip(self, task_id, number, host):
         url = P.piece_url(host, 4000, task_id, number)
         parts = urlsplit(url)
@@ -224,7 +248,7 @@ async def raw_connect(port: int, *, rcvbuf: int | None = None, family=socket.AF_
 async def send_all(sock, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[await sock.send(view):]
+        view = view[await sock.send(view) :]
 
 
 async def read_response(sock, pending: bytes = b"", *, head_request: bool = False):
@@ -285,8 +309,14 @@ async def test_fetch_pieces_bytes_digests_keepalive_and_sendfile(storage, client
         # The digest the scheduler announced, raw or as text, is checked too.
         buf = bytearray(PIECE)
         await client.fetch(LOCAL, server.port, TID, 1, buf, expected_digest=piece_digest(piece_bytes(1)))
-        await client.fetch(LOCAL, server.port, TID, 1, memoryview(buf),
-                           expected_digest=format_piece_digest(piece_digest(piece_bytes(1))))
+        await client.fetch(
+            LOCAL,
+            server.port,
+            TID,
+            1,
+            memoryview(buf),
+            expected_digest=format_piece_digest(piece_digest(piece_bytes(1))),
+        )
         stats = server.stats
     total = sum(piece_len(n) for n in PRESENT) + 2 * PIECE
     assert stats.uploads_served == len(PRESENT) + 2
@@ -341,9 +371,14 @@ async def test_bad_requests_on_one_raw_connection(storage):
         sock = await raw_connect(server.port)
         with sock:
             pending = b""
-            for target, status in [(f"/pieces/{TID}/01", 400), (f"/pieces/{TID}/1?x", 400),
-                                   ("/pieces/../../etc/passwd", 400), (f"/pieces/{TID}/99999999999", 400),
-                                   ("/etc/passwd", 404), (f"/pieces/{TID}/4", 404)]:
+            for target, status in [
+                (f"/pieces/{TID}/01", 400),
+                (f"/pieces/{TID}/1?x", 400),
+                ("/pieces/../../etc/passwd", 400),
+                (f"/pieces/{TID}/99999999999", 400),
+                ("/etc/passwd", 404),
+                (f"/pieces/{TID}/4", 404),
+            ]:
                 await send_all(sock, request("GET", target))
                 got, headers, body, pending = await read_response(sock, pending)
                 assert got == status, target
@@ -364,10 +399,13 @@ async def test_bad_requests_on_one_raw_connection(storage):
 
 async def test_garbage_gets_400_close_and_others_are_served(storage, client):
     async with running(PieceUploadServer(storage, host=LOCAL, port=0)) as server:
-        for garbage in [b"\x00\x01\x02 garbage \xff\xfe\r\n\r\n", b"GET /pieces HTTP/9\r\n\r\n",
-                        b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
-                        request("GET", f"/pieces/{TID}/0", "Content-Length: 5\r\n") + b"hello",
-                        request("GET", f"/pieces/{TID}/0", "Transfer-Encoding: chunked\r\n")]:
+        for garbage in [
+            b"\x00\x01\x02 garbage \xff\xfe\r\n\r\n",
+            b"GET /pieces HTTP/9\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+            request("GET", f"/pieces/{TID}/0", "Content-Length: 5\r\n") + b"hello",
+            request("GET", f"/pieces/{TID}/0", "Transfer-Encoding: chunked\r\n"),
+        ]:
             sock = await raw_connect(server.port)
             with sock:
                 await send_all(sock, garbage)
@@ -641,8 +679,11 @@ async def _fake_parent_answers(stream: trio.SocketStream) -> None:
                 await stream.send_all(b"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n")
                 continue
             elif number == 3:  # dies midway
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Dffs-Piece-Digest: %s\r\n\r\n"
-                                      % (length, format_piece_digest(digest).encode()) + body[:1000])
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Dffs-Piece-Digest: %s\r\n\r\n"
+                    % (length, format_piece_digest(digest).encode())
+                    + body[:1000]
+                )
                 return
             elif number == 4:  # a shorter piece than the child expects
                 body, length = body[:-1], length - 1

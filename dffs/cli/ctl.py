@@ -33,10 +33,15 @@ _QUICK = 30.0
 
 def add_ctl_arguments(parser: argparse.ArgumentParser, parser_class) -> None:
     common = parser_class(add_help=False)
-    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                        help="the daemon's socket (default: DATA_DIR/dffs.sock)")
-    common.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
-                        help="the daemon's data dir, to find its socket (default /var/lib/dffs)")
+    common.add_argument(
+        "--socket", metavar="PATH", default=argparse.SUPPRESS, help="the daemon's socket (default: DATA_DIR/dffs.sock)"
+    )
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the daemon's data dir, to find its socket (default /var/lib/dffs)",
+    )
     common.add_argument("--manager", metavar="ADDR", default=argparse.SUPPRESS, help="manager (preheat, jobs)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     for action in common._actions:
@@ -70,8 +75,13 @@ def add_ctl_arguments(parser: argparse.ArgumentParser, parser_class) -> None:
     pre.add_argument("--cluster-id", type=int, action="append", default=[], metavar="N")
     pre.add_argument("--wait", action="store_true", help="wait until the job finishes")
     pre.add_argument("--timeout", type=float, metavar="S", help="give up waiting after this long")
-    pre.add_argument("--header", action="append", default=[], metavar="'K: V'",
-                     help="request header for the origin or registry (repeatable), e.g. Authorization")
+    pre.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'K: V'",
+        help="request header for the origin or registry (repeatable), e.g. Authorization",
+    )
     pre.add_argument("--platform", metavar="OS/ARCH", help="which manifest of a multi-platform image (linux/amd64)")
     pre.add_argument("--tag", help="tag, part of the task ID")
     pre.add_argument("--application", help="application, part of the task ID")
@@ -154,11 +164,21 @@ def _when(seconds: float) -> str:
 def task_dict(t) -> dict:
     task = t.task
     return {
-        "task_id": task.id, "url": task.url, "tag": task.tag, "application": task.application,
-        "size": task.content_length, "piece_length": task.piece_length, "piece_count": task.piece_count,
-        "pieces_present": t.present_piece_count, "present_bytes": t.present_bytes, "disk_bytes": t.disk_bytes,
-        "state": task.state, "imported": t.imported, "active": t.active,
-        "created_at": task.created_at.ToNanoseconds() / 1e9, "last_access": t.last_access.ToNanoseconds() / 1e9,
+        "task_id": task.id,
+        "url": task.url,
+        "tag": task.tag,
+        "application": task.application,
+        "size": task.content_length,
+        "piece_length": task.piece_length,
+        "piece_count": task.piece_count,
+        "pieces_present": t.present_piece_count,
+        "present_bytes": t.present_bytes,
+        "disk_bytes": t.disk_bytes,
+        "state": task.state,
+        "imported": t.imported,
+        "active": t.active,
+        "created_at": task.created_at.ToNanoseconds() / 1e9,
+        "last_access": t.last_access.ToNanoseconds() / 1e9,
     }
 
 
@@ -169,7 +189,7 @@ def _print_json(value) -> None:
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
 
 
 # --------------------------------------------------------------- commands
@@ -211,8 +231,16 @@ def run_ctl(args: argparse.Namespace) -> int:
                 print("no tasks")
             else:
                 rows = [["TASK", "SIZE", "PIECES", "LAST ACCESS", "URL"]]
-                rows += [[t["task_id"][:16], _size(t["size"]), f"{t['pieces_present']}/{t['piece_count']}",
-                          _when(t["last_access"]), t["url"]] for t in tasks]
+                rows += [
+                    [
+                        t["task_id"][:16],
+                        _size(t["size"]),
+                        f"{t['pieces_present']}/{t['piece_count']}",
+                        _when(t["last_access"]),
+                        t["url"],
+                    ]
+                    for t in tasks
+                ]
                 _table(rows)
         elif command == "stat":
             t = task_dict(client.call("StatTask", dfdaemon_pb2.StatTaskRequest(task_id=target[0])))
@@ -231,13 +259,17 @@ def run_ctl(args: argparse.Namespace) -> int:
                 print(f"deleted {target[0]}")
         elif command == "import":
             download = common_pb2.Download(url=args.url, tag=args.tag, application=args.application)
-            t = task_dict(client.call("ImportTask", dfdaemon_pb2.ImportTaskRequest(path=str(path), download=download),
-                                      timeout=None))
+            t = task_dict(
+                client.call(
+                    "ImportTask", dfdaemon_pb2.ImportTaskRequest(path=str(path), download=download), timeout=None
+                )
+            )
             if as_json:
                 _print_json(t)
             else:
-                print(f"imported {path} as {t['url']}: task {t['task_id']}, {t['size']} bytes, "
-                      f"{t['piece_count']} pieces")
+                print(
+                    f"imported {path} as {t['url']}: task {t['task_id']}, {t['size']} bytes, {t['piece_count']} pieces"
+                )
         elif command == "export":
             request = dfdaemon_pb2.ExportTaskRequest(output_path=str(output), local_only=args.local_only)
             tid, url = target
@@ -252,15 +284,23 @@ def run_ctl(args: argparse.Namespace) -> int:
                 print(f"exported {t['task_id']} ({t['size']} bytes) to {output}")
         elif command == "gc":
             r = client.call("RunGC", dfdaemon_pb2.RunGCRequest(), timeout=None)
-            result = {"evicted_tasks": r.evicted_tasks, "evicted_pieces": r.evicted_pieces,
-                      "freed_bytes": r.freed_bytes, "used_bytes": r.used_bytes, "quota_bytes": r.quota_bytes,
-                      "high_watermark_bytes": r.high_watermark_bytes, "low_watermark_bytes": r.low_watermark_bytes}
+            result = {
+                "evicted_tasks": r.evicted_tasks,
+                "evicted_pieces": r.evicted_pieces,
+                "freed_bytes": r.freed_bytes,
+                "used_bytes": r.used_bytes,
+                "quota_bytes": r.quota_bytes,
+                "high_watermark_bytes": r.high_watermark_bytes,
+                "low_watermark_bytes": r.low_watermark_bytes,
+            }
             if as_json:
                 _print_json(result)
             else:
                 quota = f" of a {_size(r.quota_bytes)} quota" if r.quota_bytes else " (no quota)"
-                print(f"evicted {r.evicted_tasks} tasks and {r.evicted_pieces} pieces, freed {_size(r.freed_bytes)};"
-                      f" {_size(r.used_bytes)} used{quota}")
+                print(
+                    f"evicted {r.evicted_tasks} tasks and {r.evicted_pieces} pieces, freed {_size(r.freed_bytes)};"
+                    f" {_size(r.used_bytes)} used{quota}"
+                )
         else:
             raise UsageError(f"unknown ctl command {command!r}")
     finally:

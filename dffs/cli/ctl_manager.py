@@ -15,10 +15,17 @@ from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
 from dffs.errors import DffsError, UsageError
 
-_SCOPES = {"seed": pb.JOB_SCOPE_SINGLE_SEED_PEER, "all-seeds": pb.JOB_SCOPE_ALL_SEED_PEERS,
-           "all": pb.JOB_SCOPE_ALL_PEERS}
-_STATES = {"pending": pb.JOB_STATE_PENDING, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
-           "failed": pb.JOB_STATE_FAILED}
+_SCOPES = {
+    "seed": pb.JOB_SCOPE_SINGLE_SEED_PEER,
+    "all-seeds": pb.JOB_SCOPE_ALL_SEED_PEERS,
+    "all": pb.JOB_SCOPE_ALL_PEERS,
+}
+_STATES = {
+    "pending": pb.JOB_STATE_PENDING,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+}
 _STATE_NAMES = {v: k for k, v in _STATES.items()}
 _FINISHED = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED)
 _CALL_TIMEOUT = 10.0
@@ -89,13 +96,20 @@ def _headers(values: list[str]) -> dict[str, str]:
 def run_preheat(args: argparse.Namespace) -> int:
     manager = _Manager(args)
     try:
-        preheat = pb.PreheatArgs(urls=args.urls, headers=_headers(getattr(args, "header", None) or []),
-                                 platform=getattr(args, "platform", None) or "")
+        preheat = pb.PreheatArgs(
+            urls=args.urls,
+            headers=_headers(getattr(args, "header", None) or []),
+            platform=getattr(args, "platform", None) or "",
+        )
         for key in ("tag", "application"):
             if getattr(args, key, None):
                 setattr(preheat, key, getattr(args, key))
-        job = manager.call("CreateJob", pb.CreateJobRequest(
-            type=pb.JOB_TYPE_PREHEAT, scope=_SCOPES[args.scope], cluster_ids=args.cluster_id, preheat=preheat))
+        job = manager.call(
+            "CreateJob",
+            pb.CreateJobRequest(
+                type=pb.JOB_TYPE_PREHEAT, scope=_SCOPES[args.scope], cluster_ids=args.cluster_id, preheat=preheat
+            ),
+        )
         if args.wait:
             deadline = time.monotonic() + (args.timeout if args.timeout else math.inf)
             while job.state not in _FINISHED:

@@ -61,7 +61,9 @@ def run_get(args: argparse.Namespace) -> int:
     cfg = _config(args)
     sources = SourceRegistry(
         http_options=HttpOptions(
-            connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout, attempts=cfg.attempts,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            attempts=cfg.attempts,
             ca_file=cfg.ca_file,
         )
     )
@@ -111,8 +113,13 @@ async def _download(
                 bar = stack.enter_context(_progress(task.store.meta.content_length, show_progress))
 
             result = await download_to_file(
-                tasks, request, output, expected=expected, concurrency=cfg.concurrency,
-                on_start=started, on_progress=lambda n: bar.update(n),
+                tasks,
+                request,
+                output,
+                expected=expected,
+                concurrency=cfg.concurrency,
+                on_start=started,
+                on_progress=lambda n: bar.update(n),
             )
         return result.summary()
     except trio.TooSlowError:
@@ -131,14 +138,24 @@ async def _download_embedded_peer(cfg, request, expected, output) -> str:
     from dffs.daemon.config import DaemonConfig
     from dffs.daemon.service import Daemon
 
-    daemon = Daemon(DaemonConfig(data_dir=cfg.data_dir, scheduler=cfg.scheduler, manager=cfg.manager, upload_port=0,
-                                 rpc_port=0, disable_shared=True), embedded=True)
+    daemon = Daemon(
+        DaemonConfig(
+            data_dir=cfg.data_dir,
+            scheduler=cfg.scheduler,
+            manager=cfg.manager,
+            upload_port=0,
+            rpc_port=0,
+            disable_shared=True,
+        ),
+        embedded=True,
+    )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
             with trio.fail_after(cfg.timeout or math.inf):
-                result = await download_to_file(daemon.tasks, request, output, expected=expected,
-                                                concurrency=cfg.concurrency)
+                result = await download_to_file(
+                    daemon.tasks, request, output, expected=expected, concurrency=cfg.concurrency
+                )
             nursery.cancel_scope.cancel()
     except trio.TooSlowError:
         raise SourceError(f"{request.url}: download did not finish within {cfg.timeout:g}s") from None
@@ -161,8 +178,13 @@ async def _download_via_daemon(socket_path, request, expected, output, timeout) 
         except grpc.FutureTimeoutError:
             log.info("event=daemon_unavailable socket=%s action=embedded", socket_path)
             return None
-        download = common_pb2.Download(url=request.url, tag=request.tag, application=request.application,
-                                       request_header=dict(request.headers), output_path=str(output))
+        download = common_pb2.Download(
+            url=request.url,
+            tag=request.tag,
+            application=request.application,
+            request_header=dict(request.headers),
+            output_path=str(output),
+        )
         if expected is not None:
             download.digest = str(expected)
         if timeout:
@@ -170,15 +192,18 @@ async def _download_via_daemon(socket_path, request, expected, output, timeout) 
         stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
         summary = "done by the daemon"
         try:
-            async with bridge.open_unary_stream(stub.DownloadTask,
-                                                dfdaemon_pb2.DownloadTaskRequest(download=download)) as stream:
+            async with bridge.open_unary_stream(
+                stub.DownloadTask, dfdaemon_pb2.DownloadTaskRequest(download=download)
+            ) as stream:
                 async for response in stream:
                     if response.WhichOneof("response") == "download_task_started_response":
                         started = response.download_task_started_response
                         headers = started.response_header
-                        summary = (f"{started.content_length} bytes via the daemon: "
-                                   f"{headers.get('x-dffs-origin-bytes', '?')} from the origin, "
-                                   f"{headers.get('x-dffs-peer-bytes', '?')} from peers")
+                        summary = (
+                            f"{started.content_length} bytes via the daemon: "
+                            f"{headers.get('x-dffs-origin-bytes', '?')} from the origin, "
+                            f"{headers.get('x-dffs-peer-bytes', '?')} from peers"
+                        )
         except grpc.RpcError as exc:
             raise DffsError(exc.details() or str(exc.code())) from None
         return summary

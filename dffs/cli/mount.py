@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-
-import attrs
 from pathlib import Path
 
+import attrs
 import trio
 
 from dffs import config as config_module
@@ -37,25 +36,41 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", action="store_true", default=None, help="act as a seed peer")
     parser.add_argument("--idc", help="data centre label, to prefer close parents")
     parser.add_argument("--location", help="location label 'area|country|city'")
-    parser.add_argument("--proxy-port", type=int, metavar="N",
-                        help="HTTP proxy / registry mirror port (default 4001; 0: any free port; -1: off)")
-    parser.add_argument("--registry-mirror", metavar="URL",
-                        help="upstream registry the proxy mirrors, e.g. http://10.0.0.5:5000")
-    parser.add_argument("--storage-quota", metavar="SIZE|PCT%",
-                        help="GC disk budget for the cache, e.g. 20GiB or 80%% of the data dir's filesystem")
-    parser.add_argument("--metrics-port", type=int, metavar="N",
-                        help="Prometheus /metrics and /healthy port (default 4002; 0: any free port; -1: off)")
+    parser.add_argument(
+        "--proxy-port",
+        type=int,
+        metavar="N",
+        help="HTTP proxy / registry mirror port (default 4001; 0: any free port; -1: off)",
+    )
+    parser.add_argument(
+        "--registry-mirror", metavar="URL", help="upstream registry the proxy mirrors, e.g. http://10.0.0.5:5000"
+    )
+    parser.add_argument(
+        "--storage-quota",
+        metavar="SIZE|PCT%",
+        help="GC disk budget for the cache, e.g. 20GiB or 80%% of the data dir's filesystem",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="Prometheus /metrics and /healthy port (default 4002; 0: any free port; -1: off)",
+    )
 
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", action="append", default=[], metavar="NAME=URL",
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
         help="put a source's tree at MOUNT/NAME (http(s) autoindex or s3://bucket/prefix); repeatable",
     )
     parser.add_argument("--manifest", metavar="FILE", help="JSON lines {path, url, size, digest?, mtime?}")
     parser.add_argument("--prefetch", choices=PREFETCH_MODES, help="readahead policy (default sequential)")
-    parser.add_argument("--read-timeout", type=float, metavar="SECONDS",
-                        help="a read that takes longer fails with EIO (default 30)")
+    parser.add_argument(
+        "--read-timeout", type=float, metavar="SECONDS", help="a read that takes longer fails with EIO (default 30)"
+    )
 
 
 def parse_sources(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -78,8 +93,11 @@ def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
 
     cfg = config_module.build(
         MountConfig,
-        {k: v for k, v in file_values.items()
-         if k not in ("manager",) and k not in {f.name for f in attrs.fields(DaemonConfig)} - {"data_dir"}},
+        {
+            k: v
+            for k, v in file_values.items()
+            if k not in ("manager",) and k not in {f.name for f in attrs.fields(DaemonConfig)} - {"data_dir"}
+        },
         {
             "mountpoint": Path(mountpoint),
             "data_dir": args.data_dir,
@@ -101,9 +119,25 @@ def daemon_config(args: argparse.Namespace):
     return config_module.build(
         DaemonConfig,
         file_values,
-        {name: getattr(args, name, None) for name in
-         ("data_dir", "ip", "hostname", "upload_port", "rpc_port", "scheduler", "manager", "seed", "idc",
-          "location", "proxy_port", "registry_mirror", "storage_quota", "metrics_port")},
+        {
+            name: getattr(args, name, None)
+            for name in (
+                "data_dir",
+                "ip",
+                "hostname",
+                "upload_port",
+                "rpc_port",
+                "scheduler",
+                "manager",
+                "seed",
+                "idc",
+                "location",
+                "proxy_port",
+                "registry_mirror",
+                "storage_quota",
+                "metrics_port",
+            )
+        },
         ignore=[f.name for f in attrs.fields(MountConfig)],
     )
 
@@ -112,8 +146,13 @@ def run_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint if args.command == "mount" else args.mount
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
-    if (args.command == "mount" and not args.scheduler and not args.manager and not args.storage_quota
-            and args.metrics_port is None):
+    if (
+        args.command == "mount"
+        and not args.scheduler
+        and not args.manager
+        and not args.storage_quota
+        and args.metrics_port is None
+    ):
         trio.run(serve, mount_config(args, mountpoint))  # no P2P, GC quota or metrics: no ports opened
         return 0
     from dffs.daemon.service import Daemon

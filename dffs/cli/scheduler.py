@@ -14,7 +14,11 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", metavar="ADDR", help=f"gRPC address, HOST:PORT or unix:PATH (default {DEFAULT_LISTEN})"
     )
-    parser.add_argument("--manager", metavar="ADDR", help="manager to register with (gRPC HOST:PORT); it hands this scheduler to daemons")
+    parser.add_argument(
+        "--manager",
+        metavar="ADDR",
+        help="manager to register with (gRPC HOST:PORT); it hands this scheduler to daemons",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags and the tunables")
 
 

@@ -66,15 +66,24 @@ def local_task(store: TaskStore, *, active: bool) -> dfdaemon_pb2.LocalTask:
     present = store.present_pieces()
     complete = len(present) == meta.piece_count
     task = common_pb2.Task(
-        id=meta.task_id, type=common_pb2.TASK_TYPE_PERSISTENT if meta.imported else common_pb2.TASK_TYPE_STANDARD,
-        url=meta.url, tag=meta.tag, application=meta.application, piece_length=meta.piece_length,
-        content_length=meta.content_length, piece_count=meta.piece_count,
+        id=meta.task_id,
+        type=common_pb2.TASK_TYPE_PERSISTENT if meta.imported else common_pb2.TASK_TYPE_STANDARD,
+        url=meta.url,
+        tag=meta.tag,
+        application=meta.application,
+        piece_length=meta.piece_length,
+        content_length=meta.content_length,
+        piece_count=meta.piece_count,
         state="Succeeded" if complete else ("Partial" if present else "Empty"),
         created_at=_timestamp(meta.created_at),
     )
     return dfdaemon_pb2.LocalTask(
-        task=task, present_piece_count=len(present), present_bytes=sum(store.span(n).length for n in present),
-        disk_bytes=store.disk_bytes(), last_access=_timestamp(store.last_access), imported=meta.imported,
+        task=task,
+        present_piece_count=len(present),
+        present_bytes=sum(store.span(n).length for n in present),
+        disk_bytes=store.disk_bytes(),
+        last_access=_timestamp(store.last_access),
+        imported=meta.imported,
         active=active,
     )
 
@@ -135,8 +144,10 @@ class ControlService:
     async def delete_task(self, request, context) -> empty_pb2.Empty:
         store = await self._store(request.task_id, context)
         if self._active(store.task_id):
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"task {store.task_id} is being downloaded or read; try again when it is idle")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {store.task_id} is being downloaded or read; try again when it is idle",
+            )
         self.tasks.forget(store.task_id)
         await trio.to_thread.run_sync(self.storage.delete_task, store.task_id)
         log.info("task=%s event=task_deleted by=ctl", store.task_id)
@@ -155,12 +166,18 @@ class ControlService:
             self.daemon.sources.validate(download.url)
         except UsageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        req = DownloadRequest(url=download.url, tag=download.tag, application=download.application,
-                              piece_length=download.piece_length if download.HasField("piece_length") else None)
+        req = DownloadRequest(
+            url=download.url,
+            tag=download.tag,
+            application=download.application,
+            piece_length=download.piece_length if download.HasField("piece_length") else None,
+        )
         tid = req.task_id
         if self.tasks.active(tid) is not None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"task {tid} ({download.url}) is open on this host; delete it first (dffs ctl rm)")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {tid} ({download.url}) is open on this host; delete it first (dffs ctl rm)",
+            )
         gc = self.daemon.gc
         if gc is not None:
             gc.hold(tid)
@@ -172,8 +189,9 @@ class ControlService:
         finally:
             if gc is not None:
                 gc.release(tid)
-        log.info("task=%s event=task_imported url=%s bytes=%d path=%s", tid, download.url,
-                 store.meta.content_length, path)
+        log.info(
+            "task=%s event=task_imported url=%s bytes=%d path=%s", tid, download.url, store.meta.content_length, path
+        )
         if self.daemon.p2p is not None:
             await announce_import(self.daemon.p2p, store, req)
         return local_task(store, active=False)
@@ -186,9 +204,15 @@ class ControlService:
             if not stat.S_ISREG(st.st_mode):
                 raise DffsError(f"{path}: not a regular file")
             size = st.st_size
-            meta = TaskMeta(task_id=req.task_id, url=req.url, content_length=size,
-                            piece_length=req.piece_length or piece_length_for(size), tag=req.tag,
-                            application=req.application, imported=True)
+            meta = TaskMeta(
+                task_id=req.task_id,
+                url=req.url,
+                content_length=size,
+                piece_length=req.piece_length or piece_length_for(size),
+                tag=req.tag,
+                application=req.application,
+                imported=True,
+            )
             store = self.storage.create_task(meta)
             try:
                 buffer = bytearray(meta.piece_length)
@@ -226,12 +250,17 @@ class ControlService:
             d = request.download
             if not d.url:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a task id or download.url is required")
-            req = DownloadRequest(url=d.url, tag=d.tag, application=d.application,
-                                  piece_length=d.piece_length if d.HasField("piece_length") else None)
+            req = DownloadRequest(
+                url=d.url,
+                tag=d.tag,
+                application=d.application,
+                piece_length=d.piece_length if d.HasField("piece_length") else None,
+            )
             tid = req.task_id
             store = await trio.to_thread.run_sync(self.storage.open_task, tid)
         try:
             if store is not None and store.is_complete():
+
                 def local_export():
                     bad = verify_task(store, None)
                     if bad:
@@ -245,8 +274,9 @@ class ControlService:
             if request.local_only:
                 have = len(store.present_pieces()) if store is not None else 0
                 total = store.meta.piece_count if store is not None else "?"
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"task {tid} is not complete here ({have} of {total} pieces)")
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"task {tid} is not complete here ({have} of {total} pieces)"
+                )
             result = await download_to_file(self.tasks, req, output)
         except UsageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -262,9 +292,13 @@ class ControlService:
         result = await gc.run_once()
         limits = gc.limits
         return dfdaemon_pb2.RunGCResponse(
-            evicted_tasks=len(result.evicted_tasks), evicted_pieces=result.piece_count, freed_bytes=result.freed,
-            used_bytes=result.used, quota_bytes=limits.quota, high_watermark_bytes=limits.high_bytes if limits.quota
-            else 0, low_watermark_bytes=limits.low_bytes if limits.quota else 0,
+            evicted_tasks=len(result.evicted_tasks),
+            evicted_pieces=result.piece_count,
+            freed_bytes=result.freed,
+            used_bytes=result.used,
+            quota_bytes=limits.quota,
+            high_watermark_bytes=limits.high_bytes if limits.quota else 0,
+            low_watermark_bytes=limits.low_bytes if limits.quota else 0,
         )
 
 
@@ -276,8 +310,13 @@ async def announce_import(ctx: P2PContext, store: TaskStore, request: DownloadRe
     meta = store.meta
     tid = meta.task_id
     peer_id = f"{ctx.host_id[:12]}-{tid[:12]}-{uuid.uuid4().hex[:12]}"
-    download = common_pb2.Download(url=meta.url, tag=meta.tag, application=meta.application,
-                                   piece_length=meta.piece_length, need_back_to_source=True)
+    download = common_pb2.Download(
+        url=meta.url,
+        tag=meta.tag,
+        application=meta.application,
+        piece_length=meta.piece_length,
+        need_back_to_source=True,
+    )
 
     def message(**kwargs) -> scheduler_pb2.AnnouncePeerRequest:
         return scheduler_pb2.AnnouncePeerRequest(host_id=ctx.host_id, task_id=tid, peer_id=peer_id, **kwargs)
@@ -286,29 +325,49 @@ async def announce_import(ctx: P2PContext, store: TaskStore, request: DownloadRe
         try:
             with trio.fail_after(_SCHEDULER_TIMEOUT + meta.piece_count / 1000):
                 async with bridge.open_bidi_stream(stub.AnnouncePeer) as stream:
-                    await stream.send(message(register_peer_request=scheduler_pb2.RegisterPeerRequest(
-                        download=download)))
+                    await stream.send(
+                        message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
+                    )
                     await stream.receive()  # need-back-to-source (or empty task): we hold it all anyway
                     started = time.time()
                     for number in store.present_pieces():
                         span = store.span(number)
                         digest = store.piece_digest(number)
-                        piece = common_pb2.Piece(number=number, offset=span.offset, length=span.length,
-                                                 digest=format_piece_digest(digest) if digest else "",
-                                                 created_at=_timestamp(started))
-                        await stream.send(message(download_piece_back_to_source_finished_request=(
-                            scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece))))
-                    await stream.send(message(download_peer_back_to_source_finished_request=(
-                        scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
-                            content_length=meta.content_length, piece_count=meta.piece_count))))
+                        piece = common_pb2.Piece(
+                            number=number,
+                            offset=span.offset,
+                            length=span.length,
+                            digest=format_piece_digest(digest) if digest else "",
+                            created_at=_timestamp(started),
+                        )
+                        await stream.send(
+                            message(
+                                download_piece_back_to_source_finished_request=(
+                                    scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece)
+                                )
+                            )
+                        )
+                    await stream.send(
+                        message(
+                            download_peer_back_to_source_finished_request=(
+                                scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+                                    content_length=meta.content_length, piece_count=meta.piece_count
+                                )
+                            )
+                        )
+                    )
                     await stream.done_writing()
                     async for _ in stream:
                         pass
             log.info("task=%s peer=%s event=import_announced scheduler=%s", tid, peer_id, address)
             return True
         except (grpc.RpcError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
-            log.warning("task=%s event=import_announce_failed scheduler=%s error=%s", tid, address,
-                        exc.details() if isinstance(exc, grpc.RpcError) else exc)
+            log.warning(
+                "task=%s event=import_announce_failed scheduler=%s error=%s",
+                tid,
+                address,
+                exc.details() if isinstance(exc, grpc.RpcError) else exc,
+            )
     return False
 
 
@@ -317,8 +376,11 @@ async def swarm_stat(ctx: P2PContext, request: DownloadRequest, error: Exception
     tid = request.task_id
     for address, stub in ctx.schedulers_for(tid):
         try:
-            task = await bridge.unary(stub.StatTask, scheduler_pb2.StatTaskRequest(host_id=ctx.host_id, task_id=tid),
-                                      timeout=_SCHEDULER_TIMEOUT)
+            task = await bridge.unary(
+                stub.StatTask,
+                scheduler_pb2.StatTaskRequest(host_id=ctx.host_id, task_id=tid),
+                timeout=_SCHEDULER_TIMEOUT,
+            )
         except grpc.RpcError as exc:
             log.info("task=%s event=swarm_stat_failed scheduler=%s code=%s", tid, address, exc.code())
             continue
@@ -331,8 +393,11 @@ async def swarm_stat(ctx: P2PContext, request: DownloadRequest, error: Exception
 async def delete_at_scheduler(ctx: P2PContext, task_id: str) -> None:
     for address, stub in ctx.schedulers_for(task_id)[:1]:
         try:
-            await bridge.unary(stub.DeleteTask, scheduler_pb2.DeleteTaskRequest(host_id=ctx.host_id, task_id=task_id),
-                               timeout=_SCHEDULER_TIMEOUT)
+            await bridge.unary(
+                stub.DeleteTask,
+                scheduler_pb2.DeleteTaskRequest(host_id=ctx.host_id, task_id=task_id),
+                timeout=_SCHEDULER_TIMEOUT,
+            )
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 log.info("task=%s event=scheduler_delete_failed scheduler=%s code=%s", task_id, address, exc.code())
@@ -345,9 +410,16 @@ async def report_evictions(ctx: P2PContext, result: GcResult) -> None:
     for task_id, numbers in result.evicted_pieces:
         for address, stub in ctx.schedulers_for(task_id)[:1]:
             try:
-                await bridge.unary(stub.DeletePieces, scheduler_pb2.DeletePiecesRequest(
-                    host_id=ctx.host_id, task_id=task_id, piece_numbers=numbers), timeout=_SCHEDULER_TIMEOUT)
+                await bridge.unary(
+                    stub.DeletePieces,
+                    scheduler_pb2.DeletePiecesRequest(host_id=ctx.host_id, task_id=task_id, piece_numbers=numbers),
+                    timeout=_SCHEDULER_TIMEOUT,
+                )
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    log.info("task=%s event=scheduler_delete_pieces_failed scheduler=%s code=%s", task_id, address,
-                             exc.code())
+                    log.info(
+                        "task=%s event=scheduler_delete_pieces_failed scheduler=%s code=%s",
+                        task_id,
+                        address,
+                        exc.code(),
+                    )

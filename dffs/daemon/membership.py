@@ -34,8 +34,9 @@ def scheduler_address(ip: str, port: int) -> str:
 
 
 class ManagerLink:
-    def __init__(self, cfg: DaemonConfig, pool: SchedulerPool, ports: dict[str, int],
-                 apply: Callable[[ClientTunables], None]):
+    def __init__(
+        self, cfg: DaemonConfig, pool: SchedulerPool, ports: dict[str, int], apply: Callable[[ClientTunables], None]
+    ):
         assert cfg.manager
         self.cfg = cfg
         self.pool = pool
@@ -68,12 +69,20 @@ class ManagerLink:
 
     async def refresh(self, stub: manager_pb2_grpc.ManagerStub) -> None:
         try:
-            answer = await bridge.unary(stub.ListSchedulers, manager_pb2.ListSchedulersRequest(
-                **self._identity(), idc=self.cfg.idc, location=self.cfg.location), timeout=CALL_TIMEOUT)
+            answer = await bridge.unary(
+                stub.ListSchedulers,
+                manager_pb2.ListSchedulersRequest(**self._identity(), idc=self.cfg.idc, location=self.cfg.location),
+                timeout=CALL_TIMEOUT,
+            )
         except grpc.RpcError as exc:
             if self._reachable:  # once per outage
-                log.warning("host=%s event=manager_unreachable manager=%s code=%s action=keep_schedulers count=%d",
-                            self.cfg.host_id, self.cfg.manager, exc.code(), len(self.pool.addresses))
+                log.warning(
+                    "host=%s event=manager_unreachable manager=%s code=%s action=keep_schedulers count=%d",
+                    self.cfg.host_id,
+                    self.cfg.manager,
+                    exc.code(),
+                    len(self.pool.addresses),
+                )
             self._reachable = False
             return
         if not self._reachable:
@@ -81,14 +90,18 @@ class ManagerLink:
         self._reachable = True
         addresses = [scheduler_address(s.ip, s.port) for s in answer.schedulers]
         if self.pool.update(addresses):
-            log.info("host=%s event=schedulers_from_manager schedulers=%s", self.cfg.host_id,
-                     ",".join(addresses) or "-")
+            log.info(
+                "host=%s event=schedulers_from_manager schedulers=%s", self.cfg.host_id, ",".join(addresses) or "-"
+            )
         await self._refresh_config(stub)
 
     async def _refresh_config(self, stub: manager_pb2_grpc.ManagerStub) -> None:
         try:
-            cluster = await bridge.unary(stub.GetClusterConfig, manager_pb2.GetClusterConfigRequest(
-                **self._identity(), cluster_id=self.cluster_id), timeout=CALL_TIMEOUT)
+            cluster = await bridge.unary(
+                stub.GetClusterConfig,
+                manager_pb2.GetClusterConfigRequest(**self._identity(), cluster_id=self.cluster_id),
+                timeout=CALL_TIMEOUT,
+            )
         except grpc.RpcError as exc:
             log.info("host=%s event=cluster_config_unavailable code=%s", self.cfg.host_id, exc.code())
             return
@@ -99,30 +112,44 @@ class ManagerLink:
             self._problems = problems
         if tunables != self._tunables:
             self._tunables = tunables
-            log.info("host=%s event=cluster_config_applied cluster=%d config=%s", self.cfg.host_id,
-                     cluster.cluster_id, cluster.client_config_json)
+            log.info(
+                "host=%s event=cluster_config_applied cluster=%d config=%s",
+                self.cfg.host_id,
+                cluster.cluster_id,
+                cluster.client_config_json,
+            )
             self.apply(tunables)
 
     async def _seed_membership(self, stub: manager_pb2_grpc.ManagerStub) -> None:
         backoff = 1.0
         while True:
             try:
-                me = await bridge.unary(stub.UpdateSeedPeer, manager_pb2.UpdateSeedPeerRequest(
-                    **self._identity(), type=common_pb2.HOST_TYPE_SEED, port=self.ports["rpc"],
-                    download_port=self.ports["upload"], idc=self.cfg.idc, location=self.cfg.location,
-                    cluster_id=self.cfg.cluster_id), timeout=CALL_TIMEOUT)
+                me = await bridge.unary(
+                    stub.UpdateSeedPeer,
+                    manager_pb2.UpdateSeedPeerRequest(
+                        **self._identity(),
+                        type=common_pb2.HOST_TYPE_SEED,
+                        port=self.ports["rpc"],
+                        download_port=self.ports["upload"],
+                        idc=self.cfg.idc,
+                        location=self.cfg.location,
+                        cluster_id=self.cfg.cluster_id,
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
                 self.cluster_id = me.cluster_id
-                log.info("host=%s event=manager_registered kind=seed_peer cluster=%d", self.cfg.host_id,
-                         me.cluster_id)
+                log.info("host=%s event=manager_registered kind=seed_peer cluster=%d", self.cfg.host_id, me.cluster_id)
                 backoff = 1.0
                 async with bridge.open_stream_unary(stub.KeepAlive) as keepalive:
                     while True:
-                        await keepalive.send(manager_pb2.KeepAliveRequest(**self._identity(),
-                                                                          cluster_id=self.cluster_id))
+                        await keepalive.send(
+                            manager_pb2.KeepAliveRequest(**self._identity(), cluster_id=self.cluster_id)
+                        )
                         await trio.sleep(self.cfg.manager_refresh_interval)
             except (grpc.RpcError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else type(exc).__name__
-                log.warning("host=%s event=manager_membership_lost code=%s retry_in=%.0fs", self.cfg.host_id, code,
-                            backoff)
+                log.warning(
+                    "host=%s event=manager_membership_lost code=%s retry_in=%.0fs", self.cfg.host_id, code, backoff
+                )
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)

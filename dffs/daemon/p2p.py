@@ -48,8 +48,16 @@ class Parent:
 class P2PContext:
     """What every fetcher of one daemon shares."""
 
-    def __init__(self, *, host_id: str, schedulers: dict[str, scheduler_pb2_grpc.SchedulerStub],
-                 piece_client: PieceClient, parent_wait: float, parent_rounds: int, seed: bool):
+    def __init__(
+        self,
+        *,
+        host_id: str,
+        schedulers: dict[str, scheduler_pb2_grpc.SchedulerStub],
+        piece_client: PieceClient,
+        parent_wait: float,
+        parent_rounds: int,
+        seed: bool,
+    ):
         self.host_id = host_id
         #: scheduler address -> stub
         self.schedulers = schedulers
@@ -62,8 +70,9 @@ class P2PContext:
     def schedulers_for(self, task_id: str) -> list[tuple[str, scheduler_pb2_grpc.SchedulerStub]]:
         """Schedulers in the order this task tries them: rendezvous hashing on the task ID,
         so every daemon picks the same one, and a dead one's tasks spread over the rest."""
-        order = sorted(self.schedulers, key=lambda addr: hashlib.sha256(f"{task_id}|{addr}".encode()).digest(),
-                       reverse=True)
+        order = sorted(
+            self.schedulers, key=lambda addr: hashlib.sha256(f"{task_id}|{addr}".encode()).digest(), reverse=True
+        )
         return [(addr, self.schedulers[addr]) for addr in order]
 
     def upload_stub(self, ip: str, port: int) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
@@ -126,8 +135,11 @@ class P2PFetcher:
         """The AnnouncePeer conversation, for as long as the task downloads."""
         meta = self.task.store.meta
         download = common_pb2.Download(
-            url=self.request.url, tag=self.request.tag, application=self.request.application,
-            piece_length=meta.piece_length, request_header=dict(self.request.headers),
+            url=self.request.url,
+            tag=self.request.tag,
+            application=self.request.application,
+            piece_length=meta.piece_length,
+            request_header=dict(self.request.headers),
             need_back_to_source=self.ctx.seed,
         )
         self._started_status = task_status
@@ -137,8 +149,12 @@ class P2PFetcher:
                     await self._converse(stub, download)
                     return
                 except _SchedulerUnreachable:
-                    log.warning("task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
-                                self.task.task_id, self.peer_id, address)
+                    log.warning(
+                        "task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
+                        self.task.task_id,
+                        self.peer_id,
+                        address,
+                    )
             log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task.task_id, self.peer_id)
         except (grpc.RpcError, DffsError) as exc:
             log.info("task=%s peer=%s event=announce_ended error=%s", self.task.task_id, self.peer_id, exc)
@@ -176,15 +192,21 @@ class P2PFetcher:
                     async for response in stream:
                         self._handle(response)
                 except grpc.RpcError as exc:
-                    log.info("task=%s peer=%s event=announce_ended code=%s detail=%s",
-                             self.task.task_id, self.peer_id, exc.code(), exc.details())
+                    log.info(
+                        "task=%s peer=%s event=announce_ended code=%s detail=%s",
+                        self.task.task_id,
+                        self.peer_id,
+                        exc.code(),
+                        exc.details(),
+                    )
                 nursery.cancel_scope.cancel()
 
     async def _finish_when_complete(self, stream: bridge.BidiStream) -> None:
         await self.task.wait_complete()
         meta = self.task.store.meta
-        finished = scheduler_pb2.DownloadPeerFinishedRequest(content_length=meta.content_length,
-                                                             piece_count=meta.piece_count)
+        finished = scheduler_pb2.DownloadPeerFinishedRequest(
+            content_length=meta.content_length, piece_count=meta.piece_count
+        )
         await self._send(self._message(download_peer_finished_request=finished))
         async with self._send_lock:
             try:
@@ -212,8 +234,9 @@ class P2PFetcher:
         """Learn a parent's pieces as it gets them (SyncPieces)."""
         request = dfdaemon_pb2.SyncPiecesRequest(host_id=self.ctx.host_id, task_id=self.task.task_id)
         try:
-            async with bridge.open_unary_stream(self.ctx.upload_stub(parent.ip, parent.port).SyncPieces,
-                                                request) as stream:
+            async with bridge.open_unary_stream(
+                self.ctx.upload_stub(parent.ip, parent.port).SyncPieces, request
+            ) as stream:
                 async for piece in stream:
                     parent.pieces[piece.number] = piece.digest
                     self._notify()
@@ -238,16 +261,26 @@ class P2PFetcher:
                 parent.active += 1
                 try:
                     digest = await self.ctx.piece_client.fetch(
-                        parent.ip, parent.download_port, task.task_id, number, buffer,
+                        parent.ip,
+                        parent.download_port,
+                        task.task_id,
+                        number,
+                        buffer,
                         expected_digest=parent.pieces.get(number),
                     )
                 except PeerError as exc:
                     parent.failures += 1 if exc.retryable else 3
                     parent.pieces.pop(number, None)
-                    log.warning("task=%s piece=%d parent=%s event=piece_from_parent_failed error=%s",
-                                task.task_id, number, parent.id, exc)
+                    log.warning(
+                        "task=%s piece=%d parent=%s event=piece_from_parent_failed error=%s",
+                        task.task_id,
+                        number,
+                        parent.id,
+                        exc,
+                    )
                     failed = scheduler_pb2.DownloadPieceFailedRequest(
-                        piece_number=number, parent_id=parent.id, temporary=exc.retryable, description=str(exc))
+                        piece_number=number, parent_id=parent.id, temporary=exc.retryable, description=str(exc)
+                    )
                     await self._send(self._message(download_piece_failed_request=failed))
                     continue
                 finally:
@@ -268,8 +301,13 @@ class P2PFetcher:
                     self.back_to_source = True
                     continue
                 avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if p.failures >= 3]
-                await self._send(self._message(reschedule_request=scheduler_pb2.RescheduleRequest(
-                    candidate_parents=avoid, description=f"no parent has piece {number}")))
+                await self._send(
+                    self._message(
+                        reschedule_request=scheduler_pb2.RescheduleRequest(
+                            candidate_parents=avoid, description=f"no parent has piece {number}"
+                        )
+                    )
+                )
 
     def choose(self, candidates: list[int]) -> int:
         """Rarest first among pieces some parent has (random tie-break, so peers
@@ -284,17 +322,25 @@ class P2PFetcher:
         span = task.store.span(number)
         digest = task.store.piece_digest(number)
         piece = common_pb2.Piece(
-            number=number, offset=span.offset, length=span.length,
+            number=number,
+            offset=span.offset,
+            length=span.length,
             digest=format_piece_digest(digest) if digest else "",
             parent_id="" if origin else self._piece_parent.pop(number, ""),
         )
         piece.cost.FromNanoseconds(int(seconds * 1e9))
         if origin:
-            await self._send(self._message(download_piece_back_to_source_finished_request=(
-                scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece))))
+            await self._send(
+                self._message(
+                    download_piece_back_to_source_finished_request=(
+                        scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece)
+                    )
+                )
+            )
         else:
-            await self._send(self._message(download_piece_finished_request=(
-                scheduler_pb2.DownloadPieceFinishedRequest(piece=piece))))
+            await self._send(
+                self._message(download_piece_finished_request=(scheduler_pb2.DownloadPieceFinishedRequest(piece=piece)))
+            )
 
 
 __all__ = ["P2PContext", "P2PFetcher", "Parent"]

@@ -78,17 +78,23 @@ class UploadService:
         if not download.url:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "download.url is required")
         try:
-            task = await self.tasks.open(DownloadRequest(
-                url=download.url, headers=dict(download.request_header), tag=download.tag,
-                application=download.application,
-            ))
+            task = await self.tasks.open(
+                DownloadRequest(
+                    url=download.url,
+                    headers=dict(download.request_header),
+                    tag=download.tag,
+                    application=download.application,
+                )
+            )
         except DffsError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         meta = task.store.meta
         yield dfdaemon_pb2.DownloadTaskResponse(
-            host_id=self.host_id, task_id=task.task_id,
+            host_id=self.host_id,
+            task_id=task.task_id,
             download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                content_length=meta.content_length, is_finished=task.store.is_complete()),
+                content_length=meta.content_length, is_finished=task.store.is_complete()
+            ),
         )
         try:
             await task.fetch_all()
@@ -97,9 +103,11 @@ class UploadService:
         for number in task.store.present_pieces():
             span = task.store.span(number)
             yield dfdaemon_pb2.DownloadTaskResponse(
-                host_id=self.host_id, task_id=task.task_id,
+                host_id=self.host_id,
+                task_id=task.task_id,
                 download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
-                    piece=common_pb2.Piece(number=number, offset=span.offset, length=span.length)),
+                    piece=common_pb2.Piece(number=number, offset=span.offset, length=span.length)
+                ),
             )
 
 
@@ -137,8 +145,9 @@ class DownloadService:
             expected = ExpectedDigest.parse(download.digest) if download.HasField("digest") else None
         except UsageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        req = DownloadRequest(url=download.url, headers=dict(download.request_header), tag=download.tag,
-                              application=download.application)
+        req = DownloadRequest(
+            url=download.url, headers=dict(download.request_header), tag=download.tag, application=download.application
+        )
         timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0
         try:
             with trio.fail_after(timeout or float("inf")):
@@ -150,9 +159,14 @@ class DownloadService:
         except DffsError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         yield dfdaemon_pb2.DownloadTaskResponse(
-            host_id=self.host_id, task_id=result.task_id,
+            host_id=self.host_id,
+            task_id=result.task_id,
             download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                content_length=result.size, is_finished=True,
-                response_header={"x-dffs-origin-bytes": str(result.origin_bytes),
-                                 "x-dffs-peer-bytes": str(result.peer_bytes)}),
+                content_length=result.size,
+                is_finished=True,
+                response_header={
+                    "x-dffs-origin-bytes": str(result.origin_bytes),
+                    "x-dffs-peer-bytes": str(result.peer_bytes),
+                },
+            ),
         )

@@ -45,9 +45,13 @@ class Daemon:
         self.storage = StorageManager(cfg.data_dir)
         self.sources = SourceRegistry()
         self.tasks = TaskManager(self.storage, self.sources)
-        self.upload = PieceUploadServer(self.storage, host=cfg.ip, port=cfg.upload_port,
-                                        max_concurrent_uploads=cfg.max_concurrent_uploads,
-                                        rate_limit_bytes_per_sec=cfg.upload_rate_limit or None)
+        self.upload = PieceUploadServer(
+            self.storage,
+            host=cfg.ip,
+            port=cfg.upload_port,
+            max_concurrent_uploads=cfg.max_concurrent_uploads,
+            rate_limit_bytes_per_sec=cfg.upload_rate_limit or None,
+        )
         self.ports: dict[str, int] = {}
         self.p2p: P2PContext | None = None
         self.schedulers: SchedulerPool | None = None
@@ -62,9 +66,15 @@ class Daemon:
 
     def _host(self) -> common_pb2.Host:
         return common_pb2.Host(
-            id=self.cfg.host_id, type=common_pb2.HOST_TYPE_SEED if self.cfg.seed else common_pb2.HOST_TYPE_NORMAL,
-            hostname=self.cfg.hostname, ip=self.cfg.ip, port=self.ports["rpc"], download_port=self.ports["upload"],
-            idc=self.cfg.idc, location=self.cfg.location, disable_shared=self.cfg.disable_shared,
+            id=self.cfg.host_id,
+            type=common_pb2.HOST_TYPE_SEED if self.cfg.seed else common_pb2.HOST_TYPE_NORMAL,
+            hostname=self.cfg.hostname,
+            ip=self.cfg.ip,
+            port=self.ports["rpc"],
+            download_port=self.ports["upload"],
+            idc=self.cfg.idc,
+            location=self.cfg.location,
+            disable_shared=self.cfg.disable_shared,
         )
 
     async def _announce_host(self, address: str, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
@@ -75,8 +85,9 @@ class Daemon:
             try:
                 await bridge.unary(stub.AnnounceHost, request, timeout=5)
             except grpc.RpcError as exc:
-                log.warning("host=%s event=announce_host_failed scheduler=%s code=%s", self.cfg.host_id, address,
-                            exc.code())
+                log.warning(
+                    "host=%s event=announce_host_failed scheduler=%s code=%s", self.cfg.host_id, address, exc.code()
+                )
             await trio.sleep(self.cfg.announce_interval)
 
     async def _attach_p2p(self, task: PeerTask, request: DownloadRequest) -> None:
@@ -91,8 +102,14 @@ class Daemon:
         if not self.cfg.schedulers and not self.cfg.manager:
             return
         self.schedulers = SchedulerPool(nursery, self._announce_host)
-        self.p2p = P2PContext(host_id=self.cfg.host_id, schedulers=self.schedulers.stubs, piece_client=piece_client,
-                              parent_wait=self.cfg.parent_wait, parent_rounds=self.cfg.parent_rounds, seed=self.cfg.seed)
+        self.p2p = P2PContext(
+            host_id=self.cfg.host_id,
+            schedulers=self.schedulers.stubs,
+            piece_client=piece_client,
+            parent_wait=self.cfg.parent_wait,
+            parent_rounds=self.cfg.parent_rounds,
+            seed=self.cfg.seed,
+        )
         self.tasks.on_open = self._attach_p2p
         # Every scheduler knows every host. With a manager, a static list only
         # serves until the manager's first answer replaces it.
@@ -121,8 +138,14 @@ class Daemon:
         from dffs.proxy import ProxyConfig, ProxyServer
 
         cfg = self.cfg
-        options = dict(port=cfg.proxy_port, listen=cfg.proxy_listen, registry_mirror=cfg.registry_mirror,
-                       bypass=cfg.proxy_bypass, allow=cfg.proxy_allow, max_connections=cfg.proxy_max_connections)
+        options = dict(
+            port=cfg.proxy_port,
+            listen=cfg.proxy_listen,
+            registry_mirror=cfg.registry_mirror,
+            bypass=cfg.proxy_bypass,
+            allow=cfg.proxy_allow,
+            max_connections=cfg.proxy_max_connections,
+        )
         if cfg.proxy_rules is not None:
             options["rules"] = cfg.proxy_rules
         proxy = ProxyServer(self.tasks, ProxyConfig(**options))
@@ -153,15 +176,25 @@ class Daemon:
             return task is not None and task.filling > 0
 
         self.tasks.stat_fallback = stat_fallback
-        self.gc = GcService(self.storage, self.gc_limits, interval=self.cfg.gc_interval,
-                            is_active=lambda tid: self.tasks.active(tid) is not None, is_busy=busy, report=report)
+        self.gc = GcService(
+            self.storage,
+            self.gc_limits,
+            interval=self.cfg.gc_interval,
+            is_active=lambda tid: self.tasks.active(tid) is not None,
+            is_busy=busy,
+            report=report,
+        )
         await nursery.start(self.gc.run)
         if self.cfg.metrics_port >= 0:
             try:
                 self.ports["metrics"] = await nursery.start(serve_trio, self.cfg.ip, self.cfg.metrics_port, DAEMON)
             except OSError as exc:  # metrics are not worth failing the daemon for (a busy port)
-                log.warning("host=%s event=metrics_unavailable port=%d error=%s", self.cfg.host_id,
-                            self.cfg.metrics_port, exc.strerror)
+                log.warning(
+                    "host=%s event=metrics_unavailable port=%d error=%s",
+                    self.cfg.host_id,
+                    self.cfg.metrics_port,
+                    exc.strerror,
+                )
 
     async def _main_job(self) -> None:
         if self.embedded:
@@ -180,7 +213,8 @@ class Daemon:
                 self.ports["upload"] = await nursery.start(self.upload.serve)
                 upload_rpc = UploadService(self.storage, self.tasks, self.cfg.host_id)
                 server = await servers.enter_async_context(
-                    bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_rpc.register))
+                    bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_rpc.register)
+                )
                 self.ports["rpc"] = server.port
                 if not self.embedded:
                     await self._start_gc_and_metrics(nursery)
@@ -188,18 +222,27 @@ class Daemon:
                     socket_path = self.cfg.data_dir / "dffs.sock"
                     socket_path.unlink(missing_ok=True)
                     download_rpc = DownloadService(self.tasks, self.cfg.host_id)
-                    await servers.enter_async_context(bridge.open_grpc_server(f"unix:{socket_path}",
-                                                                              download_rpc.register_with_control(self)))
+                    await servers.enter_async_context(
+                        bridge.open_grpc_server(f"unix:{socket_path}", download_rpc.register_with_control(self))
+                    )
                     os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
                 await self._join_schedulers(nursery, piece_client)
                 await self._start_proxy(nursery)
-                log.info("host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
-                         self.cfg.host_id, self.cfg.ip, self.ports["upload"], self.ports["rpc"], self.cfg.seed)
+                log.info(
+                    "host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
+                    self.cfg.host_id,
+                    self.cfg.ip,
+                    self.ports["upload"],
+                    self.ports["rpc"],
+                    self.cfg.seed,
+                )
                 if not self.embedded:
                     proxy = f" proxy_port={self.ports['proxy']}" if "proxy" in self.ports else ""
                     proxy += f" metrics_port={self.ports['metrics']}" if "metrics" in self.ports else ""
-                    print(f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}{proxy}",
-                          flush=True)
+                    print(
+                        f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}{proxy}",
+                        flush=True,
+                    )
                 task_status.started(self)
                 try:
                     await self._main_job()

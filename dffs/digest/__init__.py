@@ -61,9 +61,7 @@ class ExpectedDigest:
             raise UsageError(f"bad digest {text!r}: unknown algorithm {algorithm!r} (known: {known})")
         size = _HASHERS[algorithm][1]
         if len(hexdigest) != 2 * size:
-            raise UsageError(
-                f"bad digest {text!r}: {algorithm} needs {2 * size} hex digits, got {len(hexdigest)}"
-            )
+            raise UsageError(f"bad digest {text!r}: {algorithm} needs {2 * size} hex digits, got {len(hexdigest)}")
         return cls(algorithm, hexdigest)
 
     def new_hasher(self):

@@ -92,8 +92,10 @@ def prepare_mountpoint(mountpoint: Path) -> None:
 
 
 def _unmount(mountpoint: Path, *, lazy: bool) -> None:
-    for cmd in (["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)],
-                ["umount", *(["-l"] if lazy else []), str(mountpoint)]):
+    for cmd in (
+        ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)],
+        ["umount", *(["-l"] if lazy else []), str(mountpoint)],
+    ):
         if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
             return
     raise DffsError(f"cannot unmount the stale mount at {mountpoint}")
@@ -116,10 +118,16 @@ def build(cfg: MountConfig, tasks: TaskManager | None = None) -> tuple[DffsOpera
 
     A daemon passes its own TaskManager so the mount shares its storage and P2P.
     """
-    sources = tasks.sources if tasks is not None else SourceRegistry(
-        http_options=HttpOptions(
-            connect_timeout=cfg.connect_timeout, read_timeout=cfg.origin_read_timeout, attempts=cfg.attempts,
-            ca_file=cfg.ca_file,
+    sources = (
+        tasks.sources
+        if tasks is not None
+        else SourceRegistry(
+            http_options=HttpOptions(
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.origin_read_timeout,
+                attempts=cfg.attempts,
+                ca_file=cfg.ca_file,
+            )
         )
     )
     manifest = load_manifest(cfg.manifest) if cfg.manifest else []
@@ -166,8 +174,12 @@ async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_stat
                 storage.close()
                 await sources.aclose()
         counters = " ".join(f"{k}={v}" for k, v in operations.counters.items())
-        log.info("event=unmounted mountpoint=%s %s origin_metadata_requests=%d", mountpoint, counters,
-                 operations.ns.origin_requests)
+        log.info(
+            "event=unmounted mountpoint=%s %s origin_metadata_requests=%d",
+            mountpoint,
+            counters,
+            operations.ns.origin_requests,
+        )
 
 
 async def _tune_read_ahead(mountpoint: Path, kb: int) -> None:

@@ -100,7 +100,7 @@ class Namespace:
 
     def _add_manifest_entry(self, entry: ManifestEntry) -> None:
         node = self.table.root
-        for depth, part in enumerate(entry.parts[:-1]):
+        for part in entry.parts[:-1]:
             child = node.children.get(part)
             if child is None:
                 child = self.table.add_child(node, part, Role.STATIC_DIR, static=True)
@@ -112,8 +112,14 @@ class Namespace:
             raise UsageError(f"manifest path {entry.path!r} collides with the mount's {node.children[name].path()!r}")
         self.sources.validate(entry.url)
         self.table.add_child(
-            node, name, Role.FILE, url=entry.url, size=entry.size, digest=entry.digest,
-            mtime=entry.mtime or 0.0, static=True,
+            node,
+            name,
+            Role.FILE,
+            url=entry.url,
+            size=entry.size,
+            digest=entry.digest,
+            mtime=entry.mtime or 0.0,
+            static=True,
         )
 
     # ----------------------------------------------------------- freshness
@@ -210,7 +216,12 @@ class Namespace:
             log.warning("event=lookup_no_size url=%s", url)
             raise fuse_error(errno.EIO)
         return self.table.add_child(
-            parent, name, Role.FILE, url=url, size=stat.content_length, etag=stat.etag,
+            parent,
+            name,
+            Role.FILE,
+            url=url,
+            size=stat.content_length,
+            etag=stat.etag,
             mtime=parse_http_date(stat.last_modified),
         )
 
@@ -248,7 +259,12 @@ class Namespace:
                 self.table.add_child(node, entry.name, Role.REMOTE_DIR, url=entry.url, mtime=entry.mtime or 0.0)
             else:
                 self.table.add_child(
-                    node, entry.name, Role.FILE, url=entry.url, size=entry.size, mtime=entry.mtime or 0.0,
+                    node,
+                    entry.name,
+                    Role.FILE,
+                    url=entry.url,
+                    size=entry.size,
+                    mtime=entry.mtime or 0.0,
                     etag=entry.etag,
                 )
         for name in [n for n in node.children if n not in seen]:

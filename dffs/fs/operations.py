@@ -198,8 +198,13 @@ class DffsOperations(pyfuse3.Operations):
                 raise
             self._read_failed(handle, off, size, cause)
         self.counters["read_bytes"] += len(data)
-        log.debug("task=%s event=read offset=%d size=%d ms=%.2f", handle.task.task_id if handle.task else "-",
-                  off, size, 1000 * (time.monotonic() - started))
+        log.debug(
+            "task=%s event=read offset=%d size=%d ms=%.2f",
+            handle.task.task_id if handle.task else "-",
+            off,
+            size,
+            1000 * (time.monotonic() - started),
+        )
         _READ_SECONDS.observe(time.monotonic() - started)
         metrics.fuse_read_bytes.inc(len(data))
         return data
@@ -209,7 +214,11 @@ class DffsOperations(pyfuse3.Operations):
         _READ_ERRORS.inc()
         log.warning(
             "task=%s event=read_failed path=%s offset=%d size=%d error=%s",
-            handle.task.task_id if handle.task else "-", handle.node.path(), off, size, cause,
+            handle.task.task_id if handle.task else "-",
+            handle.node.path(),
+            off,
+            size,
+            cause,
         )
         raise fuse_error(errno.EIO) from None
 
@@ -226,8 +235,9 @@ class DffsOperations(pyfuse3.Operations):
         with store.pinned(needed):
             return await self._read_pinned(handle, task, store, needed, off, size)
 
-    async def _read_pinned(self, handle: OpenFile, task: PeerTask, store, needed: list[int], off: int,
-                           size: int) -> bytes:
+    async def _read_pinned(
+        self, handle: OpenFile, task: PeerTask, store, needed: list[int], off: int, size: int
+    ) -> bytes:
         hits = sum(1 for n in needed if store.has_piece(n))
         _CACHE_HITS.inc(hits)
         _CACHE_MISSES.inc(len(needed) - hits)
@@ -257,8 +267,13 @@ class DffsOperations(pyfuse3.Operations):
         node = handle.node
         task = await self.tasks.open(DownloadRequest(url=node.url))
         if task.store.meta.content_length != node.size:
-            log.info("task=%s event=size_changed path=%s listed=%d actual=%d", task.task_id, node.path(),
-                     node.size, task.store.meta.content_length)
+            log.info(
+                "task=%s event=size_changed path=%s listed=%d actual=%d",
+                task.task_id,
+                node.path(),
+                node.size,
+                task.store.meta.content_length,
+            )
             node.size = task.store.meta.content_length
         handle.task = task
         if node.digest and node.digest_check is None and self.prefetcher is not None:
@@ -315,9 +330,7 @@ class DffsOperations(pyfuse3.Operations):
             return
         window = handle.detector.on_read(off, size)
         if window:
-            self.prefetcher.schedule(
-                task, pieces_for_range(off + size, window, meta.content_length, meta.piece_length)
-            )
+            self.prefetcher.schedule(task, pieces_for_range(off + size, window, meta.content_length, meta.piece_length))
 
     # ------------------------------------------------------------ writes
     async def _read_only(self, *args, **kwargs):

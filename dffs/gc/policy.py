@@ -90,17 +90,20 @@ def plan(tasks: Iterable[TaskState], *, used: int, limits: GcLimits, now: float,
     freed = 0
     if limits.task_ttl > 0:
         for task in tasks:
-            if (now - task.last_access > limits.task_ttl and not task.pinned and not task.active
-                    and not task.busy):
+            if now - task.last_access > limits.task_ttl and not task.pinned and not task.active and not task.busy:
                 deleted[task.task_id] = "ttl"
                 freed += task.disk_bytes
     evicted: dict[str, list[int]] = {}
     if limits.quota and used - freed + incoming > limits.high_bytes:
         target = max(0, limits.low_bytes - incoming)
         candidates = sorted(
-            ((piece.last_access, task.task_id, piece.number, piece.length)
-             for task in tasks if task.task_id not in deleted and not task.busy
-             for piece in task.pieces if piece.number not in task.pinned),
+            (
+                (piece.last_access, task.task_id, piece.number, piece.length)
+                for task in tasks
+                if task.task_id not in deleted and not task.busy
+                for piece in task.pieces
+                if piece.number not in task.pinned
+            ),
         )
         for _, task_id, number, length in candidates:
             if used - freed <= target:

@@ -48,10 +48,17 @@ Report = Callable[[GcResult], Awaitable[None]]
 
 
 class GcService:
-    def __init__(self, storage: StorageManager, limits: GcLimits, *, interval: float = 60.0,
-                 is_active: Callable[[str], bool] = lambda tid: False,
-                 is_busy: Callable[[str], bool] = lambda tid: False,
-                 report: Report | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        storage: StorageManager,
+        limits: GcLimits,
+        *,
+        interval: float = 60.0,
+        is_active: Callable[[str], bool] = lambda tid: False,
+        is_busy: Callable[[str], bool] = lambda tid: False,
+        report: Report | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.storage = storage
         self.limits = limits
         self.interval = interval
@@ -91,16 +98,19 @@ class GcService:
             store = self.storage.open_task(task_id)
             if store is None:
                 continue
-            states.append(TaskState(
-                task_id=task_id,
-                last_access=store.last_access,
-                pieces=tuple(PieceState(n, store.span(n).length, store.piece_access(n))
-                             for n in store.present_pieces()),
-                disk_bytes=store.disk_bytes(),
-                pinned=store.pinned_pieces(),
-                active=self.is_active(task_id),
-                busy=task_id in self._held or self.is_busy(task_id),
-            ))
+            states.append(
+                TaskState(
+                    task_id=task_id,
+                    last_access=store.last_access,
+                    pieces=tuple(
+                        PieceState(n, store.span(n).length, store.piece_access(n)) for n in store.present_pieces()
+                    ),
+                    disk_bytes=store.disk_bytes(),
+                    pinned=store.pinned_pieces(),
+                    active=self.is_active(task_id),
+                    busy=task_id in self._held or self.is_busy(task_id),
+                )
+            )
         return states
 
     def _apply(self, decided: Plan) -> GcResult:
@@ -153,8 +163,12 @@ class GcService:
                 except trio.RunFinishedError:
                     pass
         if self.limits.quota and after + incoming > self.limits.high_bytes:
-            log.warning("event=gc_over_high_watermark used=%d incoming=%d high=%d (pinned or busy pieces)",
-                        after, incoming, self.limits.high_bytes)
+            log.warning(
+                "event=gc_over_high_watermark used=%d incoming=%d high=%d (pinned or busy pieces)",
+                after,
+                incoming,
+                self.limits.high_bytes,
+            )
         return result
 
     def collect(self) -> GcResult:

@@ -105,7 +105,9 @@ def create_engine(url: str, *, connect_timeout: float = 5.0) -> sa.Engine:
             try:
                 Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise DatabaseUnavailable(f"database unavailable: cannot create {sa_url.database}: {exc.strerror}") from None
+                raise DatabaseUnavailable(
+                    f"database unavailable: cannot create {sa_url.database}: {exc.strerror}"
+                ) from None
         engine = sa.create_engine(sa_url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")

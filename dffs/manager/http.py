@@ -111,8 +111,11 @@ class Api:
         from dffs.metrics import manager as metrics
 
         with self.jobs.engine.connect() as conn:
-            counts = dict(conn.execute(sa.select(manager_db.jobs.c.state, sa.func.count())
-                                       .group_by(manager_db.jobs.c.state)).all())
+            counts = dict(
+                conn.execute(
+                    sa.select(manager_db.jobs.c.state, sa.func.count()).group_by(manager_db.jobs.c.state)
+                ).all()
+            )
         for state in STATES:
             metrics.jobs.labels(state).set(counts.get(state, 0))
         for kind in (SCHEDULER, SEED_PEER):

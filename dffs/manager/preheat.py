@@ -67,7 +67,9 @@ def choose_seed(url: str, seeds: list[Target]) -> Target:
     return max(seeds, key=lambda s: hashlib.sha256(f"{url}|{s.address}".encode()).digest())
 
 
-def plan(downloads: list[Download], scope: str, seeds: list[Target], hosts: list[Target]) -> list[tuple[Download, Target]]:
+def plan(
+    downloads: list[Download], scope: str, seeds: list[Target], hosts: list[Target]
+) -> list[tuple[Download, Target]]:
     """Which host downloads which URL (pure)."""
     if scope == "seed":
         by_cluster: dict[int, list[Target]] = {}
@@ -90,8 +92,17 @@ def summarize(results: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 class PreheatExecutor:
-    def __init__(self, store: Store, jobs: JobStore, *, poll_interval: float = 1.0, download_timeout: float = 3600.0,
-                 max_jobs: int = 4, max_downloads: int = 8, registry: RegistryClient | None = None):
+    def __init__(
+        self,
+        store: Store,
+        jobs: JobStore,
+        *,
+        poll_interval: float = 1.0,
+        download_timeout: float = 3600.0,
+        max_jobs: int = 4,
+        max_downloads: int = 8,
+        registry: RegistryClient | None = None,
+    ):
         self.store = store
         self.jobs = jobs
         self.poll_interval = poll_interval
@@ -163,7 +174,11 @@ class PreheatExecutor:
         pairs = plan(downloads, job["scope"], seeds, hosts)
         if not pairs:
             clusters = ",".join(map(str, job["cluster_ids"])) or "any"
-            return FAILED, f"no active seed peer{'s or hosts' if job['scope'] == 'all' else ''} in cluster {clusters}", []
+            return (
+                FAILED,
+                f"no active seed peer{'s or hosts' if job['scope'] == 'all' else ''} in cluster {clusters}",
+                [],
+            )
         results: list[dict[str, Any]] = []
 
         async def one(download: Download, target: Target) -> None:
@@ -187,10 +202,10 @@ class PreheatExecutor:
                 downloads.append(Download(url, headers))
                 continue
             ref = ImageReference.parse(url)
-            image = await asyncio.to_thread(self.registry.resolve, ref, platform=args.get("platform", ""),
-                                            headers=headers)
-            log.info("event=image_resolved image=%s manifest=%s blobs=%d", ref, image.manifest_digest,
-                     len(image.blobs))
+            image = await asyncio.to_thread(
+                self.registry.resolve, ref, platform=args.get("platform", ""), headers=headers
+            )
+            log.info("event=image_resolved image=%s manifest=%s blobs=%d", ref, image.manifest_digest, len(image.blobs))
             downloads += [Download(u, dict(image.headers), image=str(ref)) for u in image.blob_urls]
         return downloads
 
@@ -201,13 +216,16 @@ class PreheatExecutor:
             rows = self.store.list_members(kind, active_only=True)
             return [r for r in rows if not clusters or r["cluster_id"] in clusters]
 
-        seeds = [Target(r["hostname"], r["ip"], r["port"], r["cluster_id"])
-                 for r in await asyncio.to_thread(members, SEED_PEER)]
+        seeds = [
+            Target(r["hostname"], r["ip"], r["port"], r["cluster_id"])
+            for r in await asyncio.to_thread(members, SEED_PEER)
+        ]
         hosts: list[Target] = []
         if job["scope"] == "all":
             for scheduler in await asyncio.to_thread(members, SCHEDULER):
-                hosts += await self._scheduler_hosts(Target(scheduler["hostname"], scheduler["ip"], scheduler["port"],
-                                                            scheduler["cluster_id"]))
+                hosts += await self._scheduler_hosts(
+                    Target(scheduler["hostname"], scheduler["ip"], scheduler["port"], scheduler["cluster_id"])
+                )
         return seeds, hosts
 
     async def _scheduler_hosts(self, scheduler: Target) -> list[Target]:
@@ -217,21 +235,36 @@ class PreheatExecutor:
         except grpc.aio.AioRpcError as exc:
             log.warning("event=list_hosts_failed scheduler=%s code=%s", scheduler.address, exc.code().name)
             return []
-        return [Target(h.hostname, h.ip, h.port, scheduler.cluster_id, h.id) for h in answer.hosts
-                if not h.disable_shared and h.port > 0]
+        return [
+            Target(h.hostname, h.ip, h.port, scheduler.cluster_id, h.id)
+            for h in answer.hosts
+            if not h.disable_shared and h.port > 0
+        ]
 
     async def _download(self, download: Download, target: Target, args: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = {"url": download.url, "hostname": target.hostname, "ip": target.ip,
-                                  "host_id": target.host_id, "success": False, "reason": ""}
+        result: dict[str, Any] = {
+            "url": download.url,
+            "hostname": target.hostname,
+            "ip": target.ip,
+            "host_id": target.host_id,
+            "success": False,
+            "reason": "",
+        }
         if download.image:
             result["image"] = download.image
-        request = dfdaemon_pb2.DownloadTaskRequest(download=common_pb2.Download(
-            url=download.url, tag=args.get("tag", ""), application=args.get("application", ""),
-            request_header=download.headers))  # piece length: the standard rule, so task IDs match every reader's
+        request = dfdaemon_pb2.DownloadTaskRequest(
+            download=common_pb2.Download(
+                url=download.url,
+                tag=args.get("tag", ""),
+                application=args.get("application", ""),
+                request_header=download.headers,
+            )
+        )  # piece length: the standard rule, so task IDs match every reader's
         try:
             async with grpc.aio.insecure_channel(target.address, options=channel_options()) as channel:
-                call = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel).DownloadTask(request,
-                                                                                  timeout=self.download_timeout)
+                call = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel).DownloadTask(
+                    request, timeout=self.download_timeout
+                )
                 async for response in call:
                     result["task_id"] = response.task_id
                     result["host_id"] = response.host_id or result["host_id"]
@@ -240,7 +273,11 @@ class PreheatExecutor:
             result["success"] = True
         except grpc.aio.AioRpcError as exc:
             result["reason"] = f"{exc.code().name}: {exc.details()}"
-        log.info("event=preheat_download job_url=%s host=%s success=%s reason=%r", download.url, target.address,
-                 result["success"], result["reason"])
+        log.info(
+            "event=preheat_download job_url=%s host=%s success=%s reason=%r",
+            download.url,
+            target.address,
+            result["success"],
+            result["reason"],
+        )
         return result
-

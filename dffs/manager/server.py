@@ -62,9 +62,16 @@ async def serve(
             http.start()
         interval = config.expire_interval or max(config.keepalive_ttl / 3, 0.05)
         expirer = asyncio.create_task(expire_loop(store, interval))
-        executor = asyncio.create_task(PreheatExecutor(
-            store, jobs, poll_interval=config.job_poll_interval, download_timeout=config.preheat_timeout,
-            registry=RegistryClient(timeout=config.registry_timeout)).run(), name="preheat-executor")
+        executor = asyncio.create_task(
+            PreheatExecutor(
+                store,
+                jobs,
+                poll_interval=config.job_poll_interval,
+                download_timeout=config.preheat_timeout,
+                registry=RegistryClient(timeout=config.registry_timeout),
+            ).run(),
+            name="preheat-executor",
+        )
         try:
             log.info("event=listening address=%s port=%d", config.listen, port)
             if ready is not None:

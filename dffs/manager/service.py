@@ -16,9 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from dffs.api import common_pb2
+from dffs.api import common_pb2, manager_pb2_grpc
 from dffs.api import manager_pb2 as pb
-from dffs.api import manager_pb2_grpc
 from dffs.errors import UsageError
 from dffs.manager import jobs as jobs_module
 from dffs.manager.db import DatabaseUnavailable
@@ -201,9 +200,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return pb.ListSeedPeersResponse(seed_peers=[seed_peer_pb(r) for r in rows])
 
     async def UpdateSeedPeer(self, request, context):
-        row = await self._register(
-            context, SEED_PEER, request, download_port=request.download_port, type=request.type
-        )
+        row = await self._register(context, SEED_PEER, request, download_port=request.download_port, type=request.type)
         return seed_peer_pb(row)
 
     async def DeleteSeedPeer(self, request, context):

@@ -287,7 +287,7 @@ def location_affinity(a: str, b: str) -> float:
     if not left or not right:
         return 0.0
     common = 0
-    for x, y in zip(left[:MAX_LOCATION_ELEMENTS], right[:MAX_LOCATION_ELEMENTS]):
+    for x, y in zip(left[:MAX_LOCATION_ELEMENTS], right[:MAX_LOCATION_ELEMENTS], strict=False):
         if x != y:
             break
         common += 1

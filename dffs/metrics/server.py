@@ -41,13 +41,21 @@ def respond(head: bytes, registry: CollectorRegistry, healthy: Callable[[], bool
 
 def _response(status: int, body: bytes, ctype: str = "text/plain; charset=utf-8", *, head_only: bool = False) -> bytes:
     reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-    head = (f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     return head if head_only else head + body
 
 
-async def serve_trio(host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool] = lambda: True,
-                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_trio(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    healthy: Callable[[], bool] = lambda: True,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve until cancelled; ``nursery.start`` gets the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     listeners = listeners[:1]
@@ -74,8 +82,9 @@ async def serve_trio(host: str, port: int, registry: CollectorRegistry, healthy:
         task_status.started(bound)
 
 
-async def start_asyncio(host: str, port: int, registry: CollectorRegistry,
-                        healthy: Callable[[], bool] = lambda: True) -> tuple[asyncio.AbstractServer, int]:
+async def start_asyncio(
+    host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool] = lambda: True
+) -> tuple[asyncio.AbstractServer, int]:
     """Start serving on the running asyncio loop; returns the server (close it) and its port."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -89,6 +89,7 @@ def parse(body: bytes, content_type: str = "") -> Manifest | Index:
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise SourceError("image manifest has no layers list")
-        return Manifest(_blob(doc.get("config"), "config"),
-                        tuple(_blob(layer, f"layers[{i}]") for i, layer in enumerate(layers)))
+        return Manifest(
+            _blob(doc.get("config"), "config"), tuple(_blob(layer, f"layers[{i}]") for i, layer in enumerate(layers))
+        )
     raise SourceError(f"unsupported manifest type {media_type or 'unknown'!r} (schema 1 manifests are not supported)")

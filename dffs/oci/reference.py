@@ -27,7 +27,9 @@ class ImageReference:
     def parse(cls, text: str) -> ImageReference:
         match = _REFERENCE.match(text)
         if match is None:
-            raise UsageError(f"bad OCI reference {text!r} (want oci://REGISTRY/REPO:TAG or oci://REGISTRY/REPO@sha256:HEX)")
+            raise UsageError(
+                f"bad OCI reference {text!r} (want oci://REGISTRY/REPO:TAG or oci://REGISTRY/REPO@sha256:HEX)"
+            )
         tag, digest = match["tag"], match["digest"]
         if tag is None and digest is None:
             tag = "latest"

@@ -76,11 +76,14 @@ class RegistryClient:
             if status == 401:
                 scheme, params = auth.parse_challenge(answer_headers.get("WWW-Authenticate", ""))
                 if scheme != "bearer":
-                    raise SourceError(f"{ref}: registry wants {scheme or 'unknown'} authentication; pass an "
-                                      "Authorization header with the job")
-                token_status, _, token_body = self._fetch(auth.token_request_url(params, ref.repository),
-                                                          {k: v for k, v in headers.items()
-                                                           if k.lower() == "authorization"})
+                    raise SourceError(
+                        f"{ref}: registry wants {scheme or 'unknown'} authentication; pass an "
+                        "Authorization header with the job"
+                    )
+                token_status, _, token_body = self._fetch(
+                    auth.token_request_url(params, ref.repository),
+                    {k: v for k, v in headers.items() if k.lower() == "authorization"},
+                )
                 if token_status != 200:
                     raise SourceError(f"{ref}: registry token service answered {token_status}")
                 headers["Authorization"] = f"Bearer {auth.parse_token_response(token_body)}"
@@ -99,8 +102,9 @@ class RegistryClient:
             raise SourceError(f"{ref}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
         return answer_headers, body
 
-    def resolve(self, ref: ImageReference, *, platform: str = "", headers: Mapping[str, str] | None = None
-                ) -> ResolvedImage:
+    def resolve(
+        self, ref: ImageReference, *, platform: str = "", headers: Mapping[str, str] | None = None
+    ) -> ResolvedImage:
         request_headers = dict(headers or {})
         base = self._base_url(ref, request_headers)
         wanted = ref.reference

@@ -33,8 +33,10 @@ class DownloadResult:
         return max(0, self.size - self.origin_bytes - self.peer_bytes)
 
     def summary(self) -> str:
-        return (f"{self.size} bytes: {self.origin_bytes} from the origin, {self.peer_bytes} from peers, "
-                f"{self.local_bytes} from the cache")
+        return (
+            f"{self.size} bytes: {self.origin_bytes} from the origin, {self.peer_bytes} from peers, "
+            f"{self.local_bytes} from the cache"
+        )
 
 
 async def download_to_file(
@@ -74,6 +76,12 @@ async def download_to_file(
     task.store.touch()
     fetched = task.source_bytes + task.peer_bytes - fetched_before
     metrics.download_bytes.labels("local").inc(max(0, result.size - fetched))
-    log.info("task=%s event=download_done bytes=%d origin_bytes=%d peer_bytes=%d export=%s",
-             task.task_id, result.size, result.origin_bytes, result.peer_bytes, method)
+    log.info(
+        "task=%s event=download_done bytes=%d origin_bytes=%d peer_bytes=%d export=%s",
+        task.task_id,
+        result.size,
+        result.origin_bytes,
+        result.peer_bytes,
+        method,
+    )
     return result

@@ -111,8 +111,12 @@ class TaskManager:
             stat = await self.stat_fallback(request, exc)
             if stat is None:
                 raise
-            log.info("task=%s event=origin_stat_failed action=use_swarm_metadata size=%s error=%s",
-                     request.task_id, stat.content_length, exc)
+            log.info(
+                "task=%s event=origin_stat_failed action=use_swarm_metadata size=%s error=%s",
+                request.task_id,
+                stat.content_length,
+                exc,
+            )
             return stat
 
     def active(self, tid: str) -> PeerTask | None:

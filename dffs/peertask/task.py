@@ -37,6 +37,7 @@ class PieceFetcher(Protocol):
     def choose(self, candidates: list[int]) -> int:
         """Which of the missing pieces a background worker should fetch next."""
 
+
 #: Called with the number of bytes a piece added (whether fetched or found locally).
 ProgressCallback = Callable[[int], None]
 
@@ -181,7 +182,10 @@ class PeerTask:
             for lo, hi in ((0, start), (end, span.length)):
                 if hi > lo:
                     await self.source.read_range(
-                        self.stat.url, span.offset + lo, buffer[lo:hi], headers=self.headers,
+                        self.stat.url,
+                        span.offset + lo,
+                        buffer[lo:hi],
+                        headers=self.headers,
                         validators=self.validators,
                     )
             self.source_bytes += span.length
@@ -218,12 +222,18 @@ class PeerTask:
         self._note_written(number)
         log.debug(
             "task=%s piece=%d source=%s bytes=%d ms=%.1f",
-            self.task_id, number, "origin" if origin else "peer", span.length, 1000 * (time.monotonic() - started),
+            self.task_id,
+            number,
+            "origin" if origin else "peer",
+            span.length,
+            1000 * (time.monotonic() - started),
         )
 
     async def fetch_from_origin(self, number: int, buffer: memoryview) -> None:
         span = self.store.span(number)
-        await self.source.read_range(self.stat.url, span.offset, buffer, headers=self.headers, validators=self.validators)
+        await self.source.read_range(
+            self.stat.url, span.offset, buffer, headers=self.headers, validators=self.validators
+        )
 
     # -------------------------------------------------------- whole task
     async def fetch_all(self, *, concurrency: int = 8, on_progress: ProgressCallback | None = None) -> None:
@@ -316,7 +326,10 @@ class PeerTask:
                 for _ in range(writers - 1):
                     nursery.start_soon(writer, full_receive.clone())
                 nursery.start_soon(writer, full_receive)
-                async with full_send, self.source.open_stream(self.stat.url, first.offset, headers=self.headers) as body:
+                async with (
+                    full_send,
+                    self.source.open_stream(self.stat.url, first.offset, headers=self.headers) as body,
+                ):
                     for number in range(first.number, self.store.meta.piece_count):
                         span = self.store.span(number)
                         buffer = await free_receive.receive()

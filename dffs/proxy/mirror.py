@@ -39,7 +39,8 @@ BLOB_PATH_RE = re.compile(
 #: Characters a registry API path may contain (names, tags, digests, ``_catalog``).
 _REGISTRY_PATH_RE = re.compile(r"^/v2(/[A-Za-z0-9._:@+-]+)*/?$")
 _HOST_RE = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$"
+)
 _DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 _DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
 #: Request headers that reach the origin of a P2P download (and go to the seed with the
@@ -195,8 +196,9 @@ class Router:
     def _upstream_for(self, ns: str | None) -> str | Reject:
         if ns is None:
             if self.upstream is None:
-                return Reject(404, "no upstream registry: start the daemon with --registry-mirror URL, "
-                                   "or send ?ns=REGISTRY")
+                return Reject(
+                    404, "no upstream registry: start the daemon with --registry-mirror URL, or send ?ns=REGISTRY"
+                )
             return self.upstream
         if not _HOST_RE.match(ns):
             return Reject(400, f"bad ns parameter {ns[:100]!r}")
@@ -213,15 +215,20 @@ class Router:
     def _p2p(self, request: RequestHead, url: str, digest: str | None, passthrough: Passthrough) -> ViaP2P:
         auth = tuple((k, v) for k, v in request.headers if k.lower() in P2P_REQUEST_HEADERS)
         return ViaP2P(
-            url=url, headers=auth, digest=digest, head=request.method == "HEAD",
-            range=header(request.headers, "range"), if_range=header(request.headers, "if-range"),
+            url=url,
+            headers=auth,
+            digest=digest,
+            head=request.method == "HEAD",
+            range=header(request.headers, "range"),
+            if_range=header(request.headers, "if-range"),
             passthrough=passthrough,
         )
 
     def _is_self(self, authority: str) -> bool:
         authority = authority.lower()
         return authority in self.own_authorities or (
-            ":" not in authority.rpartition("]")[2] and f"{authority}:80" in self.own_authorities)
+            ":" not in authority.rpartition("]")[2] and f"{authority}:80" in self.own_authorities
+        )
 
 
 def _pass_headers(request: RequestHead) -> tuple[tuple[str, str], ...]:

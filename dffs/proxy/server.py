@@ -169,8 +169,12 @@ class BlobVerifier:
                 raise StorageError(f"task {task.task_id}: cannot read its pieces: {exc.strerror}") from None
             except DigestMismatch:
                 self.mismatches += 1
-                log.warning("task=%s event=blob_digest_mismatch action=delete expected=%s url=%s",
-                            task.task_id, expected, task.store.meta.url)
+                log.warning(
+                    "task=%s event=blob_digest_mismatch action=delete expected=%s url=%s",
+                    task.task_id,
+                    expected,
+                    task.store.meta.url,
+                )
                 await self.tasks.delete(task.task_id)
                 raise
             if not dropped:
@@ -206,8 +210,13 @@ class ProxyServer:
 
     @property
     def stats(self) -> dict:
-        return {"connections_active": self.connections_active, "p2p_bytes": self.p2p_bytes,
-                "relayed": self.pool.relayed, "digest_mismatches": self.verifier.mismatches, **self.counts}
+        return {
+            "connections_active": self.connections_active,
+            "p2p_bytes": self.p2p_bytes,
+            "relayed": self.pool.relayed,
+            "digest_mismatches": self.verifier.mismatches,
+            **self.counts,
+        }
 
     # -------------------------------------------------------------- serving
     def bind(self) -> int | None:
@@ -220,17 +229,21 @@ class ProxyServer:
             return self.port
         port = DEFAULT_PROXY_PORT if self.cfg.port is None else self.cfg.port
         try:
-            family = socket.getaddrinfo(self.cfg.listen, port, type=socket.SOCK_STREAM,
-                                        flags=socket.AI_PASSIVE)[0][0]
+            family = socket.getaddrinfo(self.cfg.listen, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
             self._socket = socket.create_server((self.cfg.listen, port), family=family, backlog=socket.SOMAXCONN)
         except OSError as exc:
             if self.cfg.port is None and exc.errno == errno.EADDRINUSE:
-                log.warning("event=proxy_unavailable port=%d error='%s' detail='give --proxy-port to choose one'",
-                            port, exc.strerror)
+                log.warning(
+                    "event=proxy_unavailable port=%d error='%s' detail='give --proxy-port to choose one'",
+                    port,
+                    exc.strerror,
+                )
                 self._unavailable = True
                 return None
-            raise DffsError(f"cannot listen on proxy address {self.cfg.listen}:{port}: "
-                            f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+            raise DffsError(
+                f"cannot listen on proxy address {self.cfg.listen}:{port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
         self.port = self._socket.getsockname()[1]
         return self.port
 
@@ -243,18 +256,26 @@ class ProxyServer:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(self._socket))]
         self._socket = None
         try:
-            own = {f"{self.cfg.listen}:{self.port}", f"localhost:{self.port}", f"127.0.0.1:{self.port}",
-                   f"[::1]:{self.port}"}
+            own = {
+                f"{self.cfg.listen}:{self.port}",
+                f"localhost:{self.port}",
+                f"127.0.0.1:{self.port}",
+                f"[::1]:{self.port}",
+            }
             self.router = Router(self.rules, self.upstream, frozenset(a.lower() for a in own))
             if not is_loopback_address(self.cfg.listen) and not self.rules.allow:
-                log.warning("event=proxy_loopback_only listen=%s detail='no proxy_allow networks: only loopback "
-                            "clients are served'", self.cfg.listen)
+                log.warning(
+                    "event=proxy_loopback_only listen=%s detail='no proxy_allow networks: only loopback "
+                    "clients are served'",
+                    self.cfg.listen,
+                )
             log.info("event=proxy_listening address=%s:%d mirror=%s", self.cfg.listen, self.port, self.upstream)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for listener in listeners:
-                    nursery.start_soon(functools.partial(accept_loop, listener, nursery, self._handle_connection,
-                                                         name="proxy"))
+                    nursery.start_soon(
+                        functools.partial(accept_loop, listener, nursery, self._handle_connection, name="proxy")
+                    )
                 task_status.started(self.port)
         finally:
             for listener in listeners:
@@ -281,8 +302,13 @@ class ProxyServer:
             await self._serve_client(_Client(stream, self.cfg), peer)
         except (_Close, AbortClient):
             pass
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                h11.ProtocolError) as exc:
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            h11.ProtocolError,
+        ) as exc:
             log.debug("event=proxy_connection_lost error=%s", exc)
         except Exception:
             # A bug met by one connection must not take the proxy (or the daemon) down with it.
@@ -294,8 +320,10 @@ class ProxyServer:
 
     async def _raw_error(self, stream: trio.SocketStream, status: int, message: str) -> None:
         body = f"{message}\n".encode()
-        data = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        data = (
+            f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
         with trio.move_on_after(1):
             await stream.send_all(data)
 
@@ -312,8 +340,13 @@ class ProxyServer:
                 if not isinstance(end, h11.EndOfMessage):
                     return
             route = self.router.route(request)
-            log.debug("event=proxy_request client=%s method=%s target=%.200s route=%s", peer, request.method,
-                      request.target, type(route).__name__)
+            log.debug(
+                "event=proxy_request client=%s method=%s target=%.200s route=%s",
+                peer,
+                request.method,
+                request.target,
+                type(route).__name__,
+            )
             if isinstance(route, Reject):
                 await self._send_error(client, route.status, route.message)
             elif isinstance(route, Tunnel):
@@ -368,8 +401,9 @@ class ProxyServer:
             headers.append(("Connection", "close"))
         if client.conn.their_state is h11.ERROR:
             # h11 refuses to frame anything after a protocol error: write the answer by hand.
-            data = (f"HTTP/1.1 {status} {_reason(status)}\r\n"
-                    + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode() + body
+            data = (
+                f"HTTP/1.1 {status} {_reason(status)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+            ).encode() + body
             await client.send_bytes(data)
             raise _Close()
         await client.send(h11.Response(status_code=status, reason=_reason(status), headers=headers))
@@ -389,7 +423,10 @@ class ProxyServer:
             return
         try:
             status = await self.pool.relay(
-                request.method, target, route.headers, send_to_client=client.send,
+                request.method,
+                target,
+                route.headers,
+                send_to_client=client.send,
                 next_client_event=client.next_event if request.has_body else None,
             )
         except UpstreamError as exc:
@@ -426,22 +463,32 @@ class ProxyServer:
             wanted = parse_range(route.range, size)
         if wanted is UNSATISFIABLE:
             self.counts["status_416"] += 1
-            await client.send(h11.Response(status_code=416, reason=_reason(416), headers=[
-                ("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]))
+            await client.send(
+                h11.Response(
+                    status_code=416,
+                    reason=_reason(416),
+                    headers=[("Content-Range", f"bytes */{size}"), ("Content-Length", "0")],
+                )
+            )
             await client.send(h11.EndOfMessage())
             return
         assert wanted is None or isinstance(wanted, ByteRange)
         start, length = (0, size) if wanted is None else (wanted.start, wanted.length)
-        headers = [("Content-Type", meta.content_type or "application/octet-stream"),
-                   ("Content-Length", str(length)), ("Accept-Ranges", "bytes"), ("X-Dffs-Task-Id", task.task_id)]
+        headers = [
+            ("Content-Type", meta.content_type or "application/octet-stream"),
+            ("Content-Length", str(length)),
+            ("Accept-Ranges", "bytes"),
+            ("X-Dffs-Task-Id", task.task_id),
+        ]
         if route.digest:
             headers.append(("Docker-Content-Digest", route.digest))
         if meta.etag:
             headers.append(("ETag", meta.etag))
         if wanted is not None:
             headers.append(("Content-Range", wanted.content_range()))
-        response = h11.Response(status_code=200 if wanted is None else 206,
-                                reason=_reason(200 if wanted is None else 206), headers=headers)
+        response = h11.Response(
+            status_code=200 if wanted is None else 206, reason=_reason(200 if wanted is None else 206), headers=headers
+        )
         if route.head:
             await client.send(response)
             await client.send(h11.EndOfMessage())
@@ -454,8 +501,9 @@ class ProxyServer:
         if route.digest and store.is_complete() and task.task_id not in self.verifier.verified:
             self._prefetch(task, route.digest)  # a ranged reader completed it: check it in the background
 
-    async def _stream(self, client: _Client, task: PeerTask, response: h11.Response, start: int, length: int,
-                      digest: str | None) -> None:
+    async def _stream(
+        self, client: _Client, task: PeerTask, response: h11.Response, start: int, length: int, digest: str | None
+    ) -> None:
         """Send the head once the first piece is here, then every piece as it arrives.
 
         With ``digest``, the last piece waits for the whole-blob check, so a
@@ -472,10 +520,18 @@ class ProxyServer:
                     if digest is not None and n == pieces[-1]:
                         await self.verifier.verify(task, digest)
                 except (DffsError, trio.TooSlowError) as exc:
-                    message = (f"piece {n} of task {task.task_id} did not arrive within "
-                               f"{self.cfg.piece_timeout:g}s" if isinstance(exc, trio.TooSlowError) else str(exc))
-                    log.warning("task=%s piece=%d event=proxy_piece_failed head_sent=%s error=%s",
-                                task.task_id, n, head_sent, message)
+                    message = (
+                        f"piece {n} of task {task.task_id} did not arrive within {self.cfg.piece_timeout:g}s"
+                        if isinstance(exc, trio.TooSlowError)
+                        else str(exc)
+                    )
+                    log.warning(
+                        "task=%s piece=%d event=proxy_piece_failed head_sent=%s error=%s",
+                        task.task_id,
+                        n,
+                        head_sent,
+                        message,
+                    )
                     if not head_sent:
                         await self._send_error(client, 502, message)
                         return
@@ -525,8 +581,12 @@ class ProxyServer:
                 upstream = await trio.open_tcp_stream(route.host, route.port)
         except (OSError, trio.TooSlowError) as exc:
             status = 504 if isinstance(exc, trio.TooSlowError) else 502
-            await self._send_error(client, status, f"cannot connect to {route.host}:{route.port}: "
-                                                   f"{getattr(exc, 'strerror', None) or 'timed out'}", close=True)
+            await self._send_error(
+                client,
+                status,
+                f"cannot connect to {route.host}:{route.port}: {getattr(exc, 'strerror', None) or 'timed out'}",
+                close=True,
+            )
             return
         try:
             await client.send(h11.Response(status_code=200, reason="Connection established", headers=[]))

@@ -92,14 +92,16 @@ class UpstreamPool:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(target.host, target.port)
                 if target.scheme == "https":
-                    stream = trio.SSLStream(stream, self._ssl_context(), server_hostname=target.host,
-                                            https_compatible=True)
+                    stream = trio.SSLStream(
+                        stream, self._ssl_context(), server_hostname=target.host, https_compatible=True
+                    )
                     await stream.do_handshake()
         except trio.TooSlowError:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-            raise UpstreamError(f"connecting to {target.host_header} timed out after {self.connect_timeout:g}s",
-                                504) from None
+            raise UpstreamError(
+                f"connecting to {target.host_header} timed out after {self.connect_timeout:g}s", 504
+            ) from None
         except (OSError, trio.BrokenResourceError) as exc:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
@@ -137,8 +139,9 @@ class UpstreamPool:
         Raises UpstreamError before anything was sent to the client (the caller
         answers 502/504), AbortClient once the answer is half sent.
         """
-        request = h11.Request(method=method, target=target.path,
-                              headers=[("Host", target.host_header), *headers, ("Via", "1.1 dffs")])
+        request = h11.Request(
+            method=method, target=target.path, headers=[("Host", target.host_header), *headers, ("Via", "1.1 dffs")]
+        )
         for attempt in (0, 1):
             up = await self._checkout(target, fresh=attempt == 1)
             try:
@@ -157,26 +160,36 @@ class UpstreamPool:
                             raise AbortClient("the client closed before sending its whole body")
                 response = await self._response_head(up, send_to_client)
                 break
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError,
-                    _ClosedEarly) as exc:
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+                h11.ProtocolError,
+                _ClosedEarly,
+            ) as exc:
                 await up.aclose()
                 if up.reused and next_client_event is None and attempt == 0:
                     continue  # the server closed an idle keep-alive connection: once more on a fresh one
-                raise UpstreamError(f"{method} {target.host_header}{target.path[:200]}: upstream failed: "
-                                    f"{exc or type(exc).__name__}") from None
+                raise UpstreamError(
+                    f"{method} {target.host_header}{target.path[:200]}: upstream failed: {exc or type(exc).__name__}"
+                ) from None
             except trio.TooSlowError:
                 await up.aclose()
-                raise UpstreamError(f"{method} {target.host_header}{target.path[:200]}: upstream silent for "
-                                    f"{self.read_timeout:g}s", 504) from None
+                raise UpstreamError(
+                    f"{method} {target.host_header}{target.path[:200]}: upstream silent for {self.read_timeout:g}s", 504
+                ) from None
             except BaseException:
                 await up.aclose()
                 raise
         # The head is the client's now; from here a failure can only cut the answer short.
         try:
-            await send_to_client(h11.Response(
-                status_code=response.status_code, reason=response.reason,
-                headers=end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]),
-            ))
+            await send_to_client(
+                h11.Response(
+                    status_code=response.status_code,
+                    reason=response.reason,
+                    headers=end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]),
+                )
+            )
             while True:
                 event = await up.next_event(self.read_timeout)
                 if isinstance(event, h11.Data):
@@ -188,8 +201,9 @@ class UpstreamPool:
                     raise AbortClient(f"upstream {target.host_header} closed mid-body")
         except BaseException as exc:
             await up.aclose()
-            if isinstance(exc, (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-                                h11.ProtocolError)):
+            if isinstance(
+                exc, (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError)
+            ):
                 raise AbortClient(f"relay from {target.host_header} failed: {exc or type(exc).__name__}") from None
             raise
         self.relayed += 1

@@ -165,9 +165,12 @@ class SchedulerCore:
         if changed:
             self.policy = policy_now
             self.blocked_hostnames = tunables.blocked_hosts
-            log.info("event=cluster_config_applied candidate_parent_limit=%d filter_parent_limit=%d blocked_hosts=%s",
-                     policy_now.candidate_parent_limit, policy_now.filter_parent_limit,
-                     ",".join(sorted(self.blocked_hostnames)) or "-")
+            log.info(
+                "event=cluster_config_applied candidate_parent_limit=%d filter_parent_limit=%d blocked_hosts=%s",
+                policy_now.candidate_parent_limit,
+                policy_now.filter_parent_limit,
+                ",".join(sorted(self.blocked_hostnames)) or "-",
+            )
         return changed
 
     def blocklist(self) -> frozenset[str]:
@@ -186,9 +189,18 @@ class SchedulerCore:
             if known is not None and hid not in self.manager_seed_ids:
                 continue  # announced by the seed daemon itself: its own figures win
             try:
-                request = scheduler_pb2.AnnounceHostRequest(host=common_pb2.Host(
-                    id=hid, type=common_pb2.HOST_TYPE_SEED, hostname=seed.hostname, ip=seed.ip, port=seed.port,
-                    download_port=seed.download_port, idc=seed.idc, location=seed.location))
+                request = scheduler_pb2.AnnounceHostRequest(
+                    host=common_pb2.Host(
+                        id=hid,
+                        type=common_pb2.HOST_TYPE_SEED,
+                        hostname=seed.hostname,
+                        ip=seed.ip,
+                        port=seed.port,
+                        download_port=seed.download_port,
+                        idc=seed.idc,
+                        location=seed.location,
+                    )
+                )
                 request.interval.CopyFrom(_duration(interval))
                 if self.announce_host(request):
                     new.append(hid)
@@ -238,7 +250,12 @@ class SchedulerCore:
         if is_new:
             log.info(
                 "event=host_announced host=%s type=%s ip=%s port=%d download_port=%d ttl=%.1f",
-                host.id, host.type.value, host.ip, host.port, host.download_port, host.ttl,
+                host.id,
+                host.type.value,
+                host.ip,
+                host.port,
+                host.download_port,
+                host.ttl,
             )
         return is_new
 
@@ -266,8 +283,13 @@ class SchedulerCore:
         _check_id("host", request.host_id)
         _check_id("task", request.task_id)
         peers = self.graph.delete_pieces(request.host_id, request.task_id, request.piece_numbers)
-        log.info("event=pieces_deleted_from_host task=%s host=%s peers=%d pieces=%d", request.task_id,
-                 request.host_id, len(peers), len(request.piece_numbers))
+        log.info(
+            "event=pieces_deleted_from_host task=%s host=%s peers=%d pieces=%d",
+            request.task_id,
+            request.host_id,
+            len(peers),
+            len(request.piece_numbers),
+        )
         return {request.task_id}
 
     def _peer_for(self, host_id: str, task_id: str, peer_id: str) -> Peer:
@@ -329,9 +351,7 @@ class SchedulerCore:
             disable_back_to_source=d.disable_back_to_source,
             need_back_to_source=d.need_back_to_source,
         )
-        log.info(
-            "event=peer_registered task=%s peer=%s host=%s seed=%s", task_id, peer_id, host_id, peer.host.is_seed
-        )
+        log.info("event=peer_registered task=%s peer=%s host=%s seed=%s", task_id, peer_id, host_id, peer.host.is_seed)
         return Session(host_id=host_id, task_id=task_id, peer_id=peer_id, peer=peer)
 
     def _session_peer(self, session: Session) -> Peer:
@@ -376,13 +396,20 @@ class SchedulerCore:
             graph.peer_finished(peer, content_length=msg.content_length, piece_count=msg.piece_count)
             log.info(
                 "event=peer_succeeded task=%s peer=%s content_length=%d pieces=%d back_to_source=%s",
-                peer.task.id, peer.id, msg.content_length, msg.piece_count, kind.startswith("download_peer_back"),
+                peer.task.id,
+                peer.id,
+                msg.content_length,
+                msg.piece_count,
+                kind.startswith("download_peer_back"),
             )
         elif kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request"):
             graph.peer_failed(peer)
             log.info(
                 "event=peer_failed task=%s peer=%s back_to_source=%s description=%r",
-                peer.task.id, peer.id, kind.startswith("download_peer_back"), getattr(request, kind).description,
+                peer.task.id,
+                peer.id,
+                kind.startswith("download_peer_back"),
+                getattr(request, kind).description,
             )
         elif kind in ("download_piece_finished_request", "download_piece_back_to_source_finished_request"):
             msg = getattr(request, kind)
@@ -406,15 +433,25 @@ class SchedulerCore:
                 length=piece.length,
                 offset=piece.offset,
             )
-            log.debug("event=piece_finished task=%s peer=%s piece=%d parent=%s", peer.task.id, peer.id,
-                      piece.number, parent_id or "source")
+            log.debug(
+                "event=piece_finished task=%s peer=%s piece=%d parent=%s",
+                peer.task.id,
+                peer.id,
+                piece.number,
+                parent_id or "source",
+            )
         elif kind == "download_piece_failed_request":
             msg = request.download_piece_failed_request
             _check_id("parent", msg.parent_id)
             graph.piece_failed(peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary)
             log.info(
                 "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s description=%r",
-                peer.task.id, peer.id, msg.piece_number, msg.parent_id, msg.temporary, msg.description,
+                peer.task.id,
+                peer.id,
+                msg.piece_number,
+                msg.parent_id,
+                msg.temporary,
+                msg.description,
             )
         elif kind == "download_piece_back_to_source_failed_request":
             msg = request.download_piece_back_to_source_failed_request
@@ -423,7 +460,10 @@ class SchedulerCore:
                 raise FailedPrecondition(f"peer in state {peer.state.value} cannot report pieces")
             log.info(
                 "event=piece_back_to_source_failed task=%s peer=%s piece=%d description=%r",
-                peer.task.id, peer.id, msg.piece_number, msg.description,
+                peer.task.id,
+                peer.id,
+                msg.piece_number,
+                msg.description,
             )
         else:  # a field added to the proto but not here
             raise InvalidArgument(f"unsupported AnnouncePeer request {kind}")
@@ -443,7 +483,10 @@ class SchedulerCore:
             peer.need_back_to_source = False
             log.info(
                 "event=scheduled task=%s peer=%s parents=%s rounds=%d",
-                task.id, peer.id, ",".join(p.id for p in decision.parents), rounds,
+                task.id,
+                peer.id,
+                ",".join(p.id for p in decision.parents),
+                rounds,
             )
             return Answer(decision, self._normal(decision.parents))
         if isinstance(decision, policy.TriggerSeed):
@@ -462,7 +505,11 @@ class SchedulerCore:
             self.triggers.append(trigger)
             log.info(
                 "event=seed_triggered task=%s peer=%s seed_host=%s seed_peer=%s url=%s",
-                task.id, peer.id, seed.host.id, seed.id, task.url,
+                task.id,
+                peer.id,
+                seed.host.id,
+                seed.id,
+                task.url,
             )
             return Answer(decision, self._normal([seed]), trigger)
         if isinstance(decision, policy.BackToSource):
@@ -473,8 +520,9 @@ class SchedulerCore:
             )
             return Answer(
                 decision,
-                Response(need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(
-                    description=decision.reason)),
+                Response(
+                    need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=decision.reason)
+                ),
             )
         if isinstance(decision, policy.EmptyTask):
             log.info("event=empty_task task=%s peer=%s", task.id, peer.id)
@@ -509,7 +557,10 @@ class SchedulerCore:
         peer = self.graph.find_peer(trigger.placeholder_id)
         log.warning(
             "event=seed_trigger_failed task=%s seed_host=%s seed_peer=%s reason=%r",
-            trigger.task_id, trigger.host_id, trigger.placeholder_id, reason,
+            trigger.task_id,
+            trigger.host_id,
+            trigger.placeholder_id,
+            reason,
         )
         if peer is not None and peer.state is PeerState.TRIGGERED:
             self.graph.peer_failed(peer)
@@ -519,7 +570,10 @@ class SchedulerCore:
         if report:
             log.info(
                 "event=gc hosts=%s peers=%d tasks=%d expired_triggers=%d",
-                ",".join(report.hosts) or "-", len(report.peers), len(report.tasks), len(report.expired_triggers),
+                ",".join(report.hosts) or "-",
+                len(report.peers),
+                len(report.tasks),
+                len(report.expired_triggers),
             )
         return report
 

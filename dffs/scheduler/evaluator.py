@@ -182,7 +182,7 @@ def location_affinity(a: str, b: str) -> float:
     if a.lower() == b.lower():
         return 1.0
     score = 0
-    for x, y in zip(a.split("|")[:MAX_LOCATION_ELEMENTS], b.split("|")[:MAX_LOCATION_ELEMENTS]):
+    for x, y in zip(a.split("|")[:MAX_LOCATION_ELEMENTS], b.split("|")[:MAX_LOCATION_ELEMENTS], strict=False):
         if x.lower() != y.lower():
             break
         score += 1

@@ -37,8 +37,11 @@ def advertised_ip(config: SchedulerConfig) -> str:
             return host
     except ValueError:
         pass
-    log.warning("event=advertise_ip_guessed ip=127.0.0.1 detail='listening on %s; set advertise_ip so daemons on "
-                "other hosts can reach this scheduler'", config.listen)
+    log.warning(
+        "event=advertise_ip_guessed ip=127.0.0.1 detail='listening on %s; set advertise_ip so daemons on "
+        "other hosts can reach this scheduler'",
+        config.listen,
+    )
     return "127.0.0.1"
 
 
@@ -67,18 +70,34 @@ class ManagerMembership:
                     await self._session(stub)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                     detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else exc
-                    log.warning("event=manager_unreachable manager=%s error=%r retry_in=%.0fs", self.config.manager,
-                                str(detail), backoff)
+                    log.warning(
+                        "event=manager_unreachable manager=%s error=%r retry_in=%.0fs",
+                        self.config.manager,
+                        str(detail),
+                        backoff,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _session(self, stub: manager_pb2_grpc.ManagerStub) -> None:
-        me = await stub.UpdateScheduler(manager_pb2.UpdateSchedulerRequest(
-            **self._identity(), port=self.port, idc=self.config.idc, location=self.config.location,
-            cluster_id=self.config.cluster_id), timeout=CALL_TIMEOUT)
+        me = await stub.UpdateScheduler(
+            manager_pb2.UpdateSchedulerRequest(
+                **self._identity(),
+                port=self.port,
+                idc=self.config.idc,
+                location=self.config.location,
+                cluster_id=self.config.cluster_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
         self.cluster_id = me.cluster_id
-        log.info("event=manager_registered manager=%s cluster=%d ip=%s port=%d", self.config.manager,
-                 me.cluster_id, self.ip, self.port)
+        log.info(
+            "event=manager_registered manager=%s cluster=%d ip=%s port=%d",
+            self.config.manager,
+            me.cluster_id,
+            self.ip,
+            self.port,
+        )
         call = stub.KeepAlive()
         try:
             while True:
@@ -91,10 +110,13 @@ class ManagerMembership:
     async def refresh(self, stub: manager_pb2_grpc.ManagerStub) -> None:
         """Read the cluster's config and seed peers; a failure keeps what was learned before."""
         try:
-            cluster = await stub.GetClusterConfig(manager_pb2.GetClusterConfigRequest(
-                **self._identity(), cluster_id=self.cluster_id), timeout=CALL_TIMEOUT)
-            seeds = await stub.ListSeedPeers(manager_pb2.ListSeedPeersRequest(
-                **self._identity(), cluster_id=self.cluster_id), timeout=CALL_TIMEOUT)
+            cluster = await stub.GetClusterConfig(
+                manager_pb2.GetClusterConfigRequest(**self._identity(), cluster_id=self.cluster_id),
+                timeout=CALL_TIMEOUT,
+            )
+            seeds = await stub.ListSeedPeers(
+                manager_pb2.ListSeedPeersRequest(**self._identity(), cluster_id=self.cluster_id), timeout=CALL_TIMEOUT
+            )
         except grpc.aio.AioRpcError as exc:
             log.warning("event=manager_refresh_failed code=%s detail=%r", exc.code().name, exc.details())
             return

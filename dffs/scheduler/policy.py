@@ -102,9 +102,7 @@ Decision = EmptyTask | UseParents | TriggerSeed | BackToSource | Retry | Refuse
 
 def may_use_origin(peer: Peer) -> bool:
     return not (
-        peer.disable_back_to_source
-        or peer.task.type == TASK_TYPE_PERSISTENT
-        or peer.priority == PRIORITY_LEVEL2
+        peer.disable_back_to_source or peer.task.type == TASK_TYPE_PERSISTENT or peer.priority == PRIORITY_LEVEL2
     )
 
 
@@ -155,7 +153,11 @@ def decide(
         return BackToSource("the download asked for the origin")
 
     parents = candidate_parents(
-        peer, graph, limit=config.candidate_parent_limit, blocklist=blocklist, weights=config.weights,
+        peer,
+        graph,
+        limit=config.candidate_parent_limit,
+        blocklist=blocklist,
+        weights=config.weights,
         sample=config.filter_parent_limit,
     )
     if parents:

@@ -473,9 +473,7 @@ class Graph:
         if piece_length:
             task.piece_length = piece_length
 
-        placeholder = next(
-            (p for p in host.peers.values() if p.task is task and p.state is PeerState.TRIGGERED), None
-        )
+        placeholder = next((p for p in host.peers.values() if p.task is task and p.state is PeerState.TRIGGERED), None)
         if placeholder is not None:
             placeholder.state = next_state(placeholder.state, "adopt")
             old_id = placeholder.id
@@ -507,7 +505,12 @@ class Graph:
             peer_id = f"seed-{task.seed_triggers}-{host.id}-{task.id}"
         now = self.clock()
         peer = Peer(
-            id=peer_id, host=host, task=task, created_at=now, updated_at=now, state=PeerState.TRIGGERED,
+            id=peer_id,
+            host=host,
+            task=task,
+            created_at=now,
+            updated_at=now,
+            state=PeerState.TRIGGERED,
             need_back_to_source=True,
         )
         self.peers[peer_id] = host.peers[peer_id] = task.peers[peer_id] = peer
@@ -588,9 +591,7 @@ class Graph:
         if length < 0 or length > 1 << 40:
             raise InvalidArgument(f"piece {number}: bad length {length}")
         if offset is not None and task.piece_length and length and offset != number * task.piece_length:
-            raise InvalidArgument(
-                f"piece {number}: offset {offset} is not number x piece length {task.piece_length}"
-            )
+            raise InvalidArgument(f"piece {number}: offset {offset} is not number x piece length {task.piece_length}")
         parent: Peer | None = None
         if parent_id is not None:
             parent = self.find_peer(parent_id)
@@ -648,9 +649,7 @@ class Graph:
                 f"{piece_count} pieces do not match {content_length} bytes at piece length {task.piece_length}"
             )
         if task.content_length is not None and task.content_length != content_length:
-            raise InvalidArgument(
-                f"content length {content_length} differs from the task's {task.content_length}"
-            )
+            raise InvalidArgument(f"content length {content_length} differs from the task's {task.content_length}")
         if task.piece_count is not None and task.piece_count != piece_count:
             raise InvalidArgument(f"piece count {piece_count} differs from the task's {task.piece_count}")
         top = max((p.pieces.bit_length() for p in task.peers.values()), default=0)
@@ -777,7 +776,10 @@ class Graph:
                 del self.tasks[task.id]
                 tasks.append(task.id)
         return GcReport(
-            hosts=tuple(hosts), peers=tuple(peers), tasks=tuple(tasks), expired_triggers=tuple(expired),
+            hosts=tuple(hosts),
+            peers=tuple(peers),
+            tasks=tuple(tasks),
+            expired_triggers=tuple(expired),
             touched_tasks=frozenset(touched),
         )
 

@@ -50,7 +50,8 @@ async def serve(
     membership = None
     if config.manager:
         membership = asyncio.create_task(
-            ManagerMembership(core, config, port, on_change=service.notify_all).run(), name="manager-membership")
+            ManagerMembership(core, config, port, on_change=service.notify_all).run(), name="manager-membership"
+        )
     try:
         log.info("event=listening address=%s port=%d", config.listen, port)
         if ready is not None:

@@ -101,8 +101,11 @@ log = logging.getLogger("dffs.scheduler")
 
 SERVICE_NAME = "dffs.scheduler.Scheduler"
 #: Answer kinds as metric labels.
-_DECISIONS = {"normal_task_response": "parents", "need_back_to_source_response": "back_to_source",
-              "empty_task_response": "empty"}
+_DECISIONS = {
+    "normal_task_response": "parents",
+    "need_back_to_source_response": "back_to_source",
+    "empty_task_response": "empty",
+}
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

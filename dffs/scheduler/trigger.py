@@ -71,7 +71,10 @@ class GrpcSeedTrigger:
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "event=seed_download_failed task=%s seed_host=%s code=%s detail=%r",
-                request.task_id, request.host_id, exc.code().name, exc.details(),
+                request.task_id,
+                request.host_id,
+                exc.code().name,
+                exc.details(),
             )
         finally:
             await channel.close()

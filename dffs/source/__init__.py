@@ -34,9 +34,7 @@ class SourceRegistry:
         if not scheme:
             raise UsageError(f"malformed URL {url!r}: expected SCHEME://...")
         if scheme not in self._by_scheme:
-            raise UsageError(
-                f"unsupported URL scheme {scheme!r} in {url!r} (supported: {', '.join(self.schemes)})"
-            )
+            raise UsageError(f"unsupported URL scheme {scheme!r} in {url!r} (supported: {', '.join(self.schemes)})")
         if scheme in ("http", "https"):
             parse_target(url)
         elif scheme == "file":

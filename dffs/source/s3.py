@@ -147,7 +147,7 @@ def _parse_time(value: str | None) -> float | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()
 
 
@@ -164,7 +164,7 @@ def parse_list_page(body: bytes, bucket: str, prefix: str) -> ListPage:
         kind = _local(element.tag)
         if kind == "CommonPrefixes":
             sub = _text(element, "Prefix") or ""
-            name = sub[len(prefix):].rstrip("/") if sub.startswith(prefix) else ""
+            name = sub[len(prefix) :].rstrip("/") if sub.startswith(prefix) else ""
             if name:
                 entries.append(ListEntry(name=name, url=f"s3://{bucket}/{sub}", is_dir=True))
         elif kind == "Contents":
@@ -178,7 +178,7 @@ def parse_list_page(body: bytes, bucket: str, prefix: str) -> ListPage:
                 raise ValueError(f"bad <Size> {size_text!r} for key {key!r}") from None
             entries.append(
                 ListEntry(
-                    name=key[len(prefix):],
+                    name=key[len(prefix) :],
                     url=f"s3://{bucket}/{key}",
                     is_dir=False,
                     size=size,
@@ -229,12 +229,7 @@ def load_config(
     try:
         session = botocore.session.Session(profile=profile)
         scoped = session.get_scoped_config()
-        region = (
-            region
-            or os.environ.get("AWS_REGION")
-            or session.get_config_variable("region")
-            or DEFAULT_REGION
-        )
+        region = region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or DEFAULT_REGION
         endpoint = (
             endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_S3")

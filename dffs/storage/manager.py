@@ -62,8 +62,9 @@ class StorageManager:
             if not (directory / META_FILE).exists():
                 return None
             try:
-                store = TaskStore.open(directory, memory=self.memory, on_usage_change=self._account,
-                                       before_write=self._before_write)
+                store = TaskStore.open(
+                    directory, memory=self.memory, on_usage_change=self._account, before_write=self._before_write
+                )
             except StorageError as exc:
                 log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
                 shutil.rmtree(directory, ignore_errors=True)
@@ -79,7 +80,10 @@ class StorageManager:
                 self._account(-old.present_bytes())
                 old.close_dirty()
             store = TaskStore.create(
-                self.task_dir(meta.task_id), meta, memory=self.memory, on_usage_change=self._account,
+                self.task_dir(meta.task_id),
+                meta,
+                memory=self.memory,
+                on_usage_change=self._account,
                 before_write=self._before_write,
             )
             self._open[meta.task_id] = store

@@ -106,9 +106,7 @@ class TaskStore:
         content_fd = os.open(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(content_fd, meta.content_length)  # sparse: no blocks yet
-            journal_fd = os.open(
-                directory / JOURNAL_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-            )
+            journal_fd = os.open(directory / JOURNAL_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         except OSError:
             os.close(content_fd)
             raise
@@ -134,14 +132,18 @@ class TaskStore:
                 raise ValueError("journal piece length disagrees with metadata")
             records, good = journal.decode_records(data[journal.HEADER.size :])
             if journal.HEADER.size + good != len(data):
-                log.warning("task=%s event=journal_torn_tail dropped_bytes=%d", meta.task_id,
-                            len(data) - journal.HEADER.size - good)
+                log.warning(
+                    "task=%s event=journal_torn_tail dropped_bytes=%d",
+                    meta.task_id,
+                    len(data) - journal.HEADER.size - good,
+                )
                 os.ftruncate(journal_fd, journal.HEADER.size + good)
         except (OSError, ValueError) as exc:
             os.close(content_fd)
             raise StorageError(f"task {directory.name}: piece journal: {exc}") from exc
         present = {
-            n: r for n, r in journal.replay(records).items()
+            n: r
+            for n, r in journal.replay(records).items()
             if 0 <= n < meta.piece_count and r.length == piece_span(n, meta.content_length, meta.piece_length).length
         }
         on_usage_change = kwargs.pop("on_usage_change", None)

@@ -40,8 +40,7 @@ async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> 
     log_path = logs / f"{child.name}.log"
     argv = [sys.executable, "-m", "dffs", *(["--debug"] if debug else []), *child.argv(manager)]
     with open(log_path, "ab") as stderr:
-        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr,
-                                                   start_new_session=True)
+        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
     running = Running(child, process, log_path)
     buffer = b""
     with trio.move_on_after(START_TIMEOUT):
@@ -96,6 +95,7 @@ async def up(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> int:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+
                 async def watch_signals() -> None:
                     async for _ in signals:
                         nursery.cancel_scope.cancel()
@@ -109,15 +109,19 @@ async def up(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> int:
                     if child.name == "manager":
                         manager = f"{IP}:{running.port}"
                 await _wait_mounted(mountpoint, started[-1])
-                print(f"dffs up: manager {manager}, mount {mountpoint}, data {data_dir}, logs {logs}\n"
-                      f"dffs up: ready; read https://HOST/PATH at {mountpoint}/https/HOST/PATH; Ctrl-C stops",
-                      flush=True)
+                print(
+                    f"dffs up: manager {manager}, mount {mountpoint}, data {data_dir}, logs {logs}\n"
+                    f"dffs up: ready; read https://HOST/PATH at {mountpoint}/https/HOST/PATH; Ctrl-C stops",
+                    flush=True,
+                )
 
                 async def watch(running: Running) -> None:
                     nonlocal failure
                     await running.process.wait()
-                    failure = (f"dffs up: {running.child.name} exited with {running.process.returncode} "
-                               f"(see {running.log_path})")
+                    failure = (
+                        f"dffs up: {running.child.name} exited with {running.process.returncode} "
+                        f"(see {running.log_path})"
+                    )
                     nursery.cancel_scope.cancel()
 
                 for running in started:

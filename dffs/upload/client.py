@@ -97,13 +97,15 @@ class PieceClient:
         max_idle_per_parent: int = 4,
         hash_in_thread_min: int = HASH_IN_THREAD_MIN,
     ):
-        self.http = HttpSource(HttpOptions(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            attempts=1,
-            max_redirects=0,
-            max_idle_per_origin=max_idle_per_parent,
-        ))
+        self.http = HttpSource(
+            HttpOptions(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                attempts=1,
+                max_redirects=0,
+                max_idle_per_origin=max_idle_per_parent,
+            )
+        )
         self.hash_in_thread_min = hash_in_thread_min
 
     async def aclose(self) -> None:
@@ -148,14 +150,20 @@ class PieceClient:
                     if failure is None:
                         await _read_exactly(body, view)
                 elif head.status == 503:
-                    failure = ParentBusy(f"{about}: parent is busy (503)", status=503,
-                                         retry_after=_retry_after(head.get("retry-after")), **where)
+                    failure = ParentBusy(
+                        f"{about}: parent is busy (503)",
+                        status=503,
+                        retry_after=_retry_after(head.get("retry-after")),
+                        **where,
+                    )
                 elif head.status in (404, 416):
-                    failure = PieceNotAvailable(f"{about}: parent does not have it ({head.status})",
-                                                status=head.status, **where)
+                    failure = PieceNotAvailable(
+                        f"{about}: parent does not have it ({head.status})", status=head.status, **where
+                    )
                 else:
-                    failure = PeerProtocolError(f"{about}: parent answered {head.status} {head.reason}".rstrip(),
-                                                status=head.status, **where)
+                    failure = PeerProtocolError(
+                        f"{about}: parent answered {head.status} {head.reason}".rstrip(), status=head.status, **where
+                    )
         except RetryableSourceError as exc:
             raise ParentUnreachable(f"{about}: {exc}", **where) from None
         except SourceError as exc:
@@ -169,7 +177,8 @@ class PieceClient:
         if actual != claimed:
             raise PieceDigestMismatch(
                 f"{about}: received bytes have digest {format_piece_digest(actual)}, "
-                f"parent said {format_piece_digest(claimed)}", **where
+                f"parent said {format_piece_digest(claimed)}",
+                **where,
             )
         return actual
 
@@ -187,8 +196,9 @@ class PieceClient:
         if expected is not None and claimed != expected:
             # No point receiving bytes that cannot match both.
             return claimed, PieceDigestMismatch(
-                f"{about}: parent has digest {format_piece_digest(claimed)}, "
-                f"expected {format_piece_digest(expected)}", status=200, **where
+                f"{about}: parent has digest {format_piece_digest(claimed)}, expected {format_piece_digest(expected)}",
+                status=200,
+                **where,
             )
         return claimed, None
 

@@ -225,12 +225,22 @@ class PieceUploadServer:
         listeners = await self._open_listeners()
         try:
             self.port = listeners[0].socket.getsockname()[1]
-            log.info("event=upload_server_listening addresses=%s",
-                     ",".join(str(lst.socket.getsockname()[:2]) for lst in listeners))
+            log.info(
+                "event=upload_server_listening addresses=%s",
+                ",".join(str(lst.socket.getsockname()[:2]) for lst in listeners),
+            )
             async with trio.open_nursery() as nursery:
                 for listener in listeners:
-                    nursery.start_soon(functools.partial(accept_loop, listener, nursery, self._handle_connection,
-                                                         name="upload", on_accept=self._count_accept))
+                    nursery.start_soon(
+                        functools.partial(
+                            accept_loop,
+                            listener,
+                            nursery,
+                            self._handle_connection,
+                            name="upload",
+                            on_accept=self._count_accept,
+                        )
+                    )
                 task_status.started(self.port)
         finally:
             for listener in listeners:
@@ -330,10 +340,13 @@ class PieceUploadServer:
             log.debug("event=upload_request_timeout first=%s partial_head=%s", first, got_bytes)
         if got_bytes and conn.our_state is h11.IDLE and conn.their_state is not h11.ERROR:
             with trio.move_on_after(1):
-                data = conn.send(h11.Response(
-                    status_code=408, reason=reason_phrase(408),
-                    headers=[("Content-Length", "0"), ("Connection", "close")],
-                ))
+                data = conn.send(
+                    h11.Response(
+                        status_code=408,
+                        reason=reason_phrase(408),
+                        headers=[("Content-Length", "0"), ("Connection", "close")],
+                    )
+                )
                 await self._send_bytes(sock, data)
         return None
 
@@ -410,19 +423,30 @@ class PieceUploadServer:
                 os.posix_fadvise(fd, span.offset, span.length, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass
-        return _Prepared(fd, span.offset, span.length, digest, meta.content_length, meta.piece_length,
-                         unpin=lambda: store.unpin((n,)))
+        return _Prepared(
+            fd,
+            span.offset,
+            span.length,
+            digest,
+            meta.content_length,
+            meta.piece_length,
+            unpin=lambda: store.unpin((n,)),
+        )
 
     # ------------------------------------------------------------- answers
     async def _send_piece(self, conn: h11.Connection, sock, request: PieceRequest, piece: _Prepared) -> None:
-        head = conn.send(h11.Response(
-            status_code=200,
-            reason=reason_phrase(200),
-            headers=piece_headers(
-                length=piece.length, digest=piece.digest,
-                task_length=piece.task_length, piece_length=piece.piece_length,
-            ),
-        ))
+        head = conn.send(
+            h11.Response(
+                status_code=200,
+                reason=reason_phrase(200),
+                headers=piece_headers(
+                    length=piece.length,
+                    digest=piece.digest,
+                    task_length=piece.task_length,
+                    piece_length=piece.piece_length,
+                ),
+            )
+        )
         if request.is_head:
             await self._send_bytes(sock, head + conn.send(h11.EndOfMessage()))
             self._heads_served += 1
@@ -448,15 +472,23 @@ class PieceUploadServer:
     ) -> None:
         self._rejected[error.code] += 1
         if request is not None:
-            log.debug("task=%s piece=%d event=upload_rejected status=%d reason=%s",
-                      request.task_id, request.number, error.status, error.code)
+            log.debug(
+                "task=%s piece=%d event=upload_rejected status=%d reason=%s",
+                request.task_id,
+                request.number,
+                error.status,
+                error.code,
+            )
         else:
             log.debug("event=upload_rejected status=%d reason=%s detail=%s", error.status, error.code, error)
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             raise _Close()
         body = b"" if head else error_body(error)
-        headers = [("Content-Type", "text/plain; charset=utf-8"),
-                   ("Content-Length", str(len(error_body(error)) if head else len(body))), *error.headers()]
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(error_body(error)) if head else len(body))),
+            *error.headers(),
+        ]
         if error.close:
             headers.append(("Connection", "close"))
         data = conn.send(h11.Response(status_code=error.status, reason=reason_phrase(error.status), headers=headers))

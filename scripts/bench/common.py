@@ -52,7 +52,7 @@ def nginx_serving(root: Path, *, workers: int = 1):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((work / "error.log").read_text())
+                    raise RuntimeError((work / "error.log").read_text()) from None
                 time.sleep(0.05)
         yield OriginURL(f"http://127.0.0.1:{port}", work)
     finally:

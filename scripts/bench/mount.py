@@ -135,17 +135,42 @@ def main() -> None:
         def contenders():
             state = Path(tempfile.mkdtemp(prefix="dffs-bench-mount."))
             dffs_mnt, rclone_mnt = state / "dffs", state / "rclone"
-            yield "dffs", lambda: Mount(
+            yield (
                 "dffs",
-                [str(REPO / ".venv/bin/dffs"), "mount", str(dffs_mnt), "--data-dir", str(state / "dffs-data")],
-                dffs_mnt, dffs_mnt / "http",
-            ), dffs_mnt / "http" / f"127.0.0.1:{port}" / "object.bin", state
-            yield "rclone", lambda: Mount(
+                lambda: Mount(
+                    "dffs",
+                    [str(REPO / ".venv/bin/dffs"), "mount", str(dffs_mnt), "--data-dir", str(state / "dffs-data")],
+                    dffs_mnt,
+                    dffs_mnt / "http",
+                ),
+                dffs_mnt / "http" / f"127.0.0.1:{port}" / "object.bin",
+                state,
+            )
+            yield (
                 "rclone",
-                ["rclone", "mount", ":http:", str(rclone_mnt), "--http-url", f"{base}/", "--vfs-cache-mode", "full",
-                 "--read-only", "--cache-dir", str(state / "rclone-cache"), "--config", "/dev/null"],
-                rclone_mnt, rclone_mnt / "object.bin",
-            ), rclone_mnt / "object.bin", state
+                lambda: Mount(
+                    "rclone",
+                    [
+                        "rclone",
+                        "mount",
+                        ":http:",
+                        str(rclone_mnt),
+                        "--http-url",
+                        f"{base}/",
+                        "--vfs-cache-mode",
+                        "full",
+                        "--read-only",
+                        "--cache-dir",
+                        str(state / "rclone-cache"),
+                        "--config",
+                        "/dev/null",
+                    ],
+                    rclone_mnt,
+                    rclone_mnt / "object.bin",
+                ),
+                rclone_mnt / "object.bin",
+                state,
+            )
 
         for name, make_mount, path, state in contenders():
             try:
@@ -174,9 +199,12 @@ def main() -> None:
                 "random_origin_bytes_per_read": random_origin / args.random_reads,
             }
             r = results[name]
-            print(f"{name:7s} cold {r['cold_gbps']:5.2f} GB/s  warm {r['warm_gbps']:5.2f} GB/s  "
-                  f"random 4K median {r['random_4k_median_ms']:6.2f} ms p99 {r['random_4k_p99_ms']:6.2f} ms  "
-                  f"origin/read {r['random_origin_bytes_per_read'] / 1e6:5.2f} MB", flush=True)
+            print(
+                f"{name:7s} cold {r['cold_gbps']:5.2f} GB/s  warm {r['warm_gbps']:5.2f} GB/s  "
+                f"random 4K median {r['random_4k_median_ms']:6.2f} ms p99 {r['random_4k_p99_ms']:6.2f} ms  "
+                f"origin/read {r['random_origin_bytes_per_read'] / 1e6:5.2f} MB",
+                flush=True,
+            )
 
     os.sync()
     local = timed_cat(work / "www" / "object.bin")
@@ -187,11 +215,21 @@ def main() -> None:
     print(f"cold sequential dffs/rclone = {d['cold_gbps'] / r['cold_gbps']:.2f}x")
     print(f"warm sequential dffs/rclone = {d['warm_gbps'] / r['warm_gbps']:.2f}x")
     print(f"random 4K median latency rclone/dffs = {r['random_4k_median_ms'] / d['random_4k_median_ms']:.2f}x")
-    print(f"origin bytes per random 4K read rclone/dffs = "
-          f"{r['random_origin_bytes_per_read'] / max(1, d['random_origin_bytes_per_read']):.2f}x")
-    print(json.dumps({"bench": "mount", "size_bytes": size, "random_reads": args.random_reads,
-                      "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
-                      "machine": machine()}))
+    print(
+        f"origin bytes per random 4K read rclone/dffs = "
+        f"{r['random_origin_bytes_per_read'] / max(1, d['random_origin_bytes_per_read']):.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "mount",
+                "size_bytes": size,
+                "random_reads": args.random_reads,
+                "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
+                "machine": machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,18 @@ def main() -> None:
                 # -- curl: every host straight from the origin
                 origin.clear_log()
                 started = time.perf_counter()
-                run_all([net.run(p, ["curl", "-sf", "-o", str(work / f"curl-{p.name}.bin"), url],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in peers])
+                run_all(
+                    [
+                        net.run(
+                            p,
+                            ["curl", "-sf", "-o", str(work / f"curl-{p.name}.bin"), url],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        )
+                        for p in peers
+                    ]
+                )
                 elapsed = time.perf_counter() - started
                 origin.wait_for_requests(len(peers))
                 results["curl"] = {"seconds": elapsed, "origin_bytes": origin.body_bytes()}
@@ -76,21 +86,48 @@ def main() -> None:
                     (work / f"curl-{p.name}.bin").unlink()
 
                 # -- dffs: scheduler + seed + a daemon per host
-                sched = Process(["scheduler", "--listen", f"{sched_host.ip}:8002"], work / "scheduler.log",
-                                r"listening on", prefix=sched_host.command([])).start()
+                sched = Process(
+                    ["scheduler", "--listen", f"{sched_host.ip}:8002"],
+                    work / "scheduler.log",
+                    r"listening on",
+                    prefix=sched_host.command([]),
+                ).start()
                 net.processes.append(sched.proc)
                 daemons = []
                 for host in [seed_host, *peers]:
-                    d = Daemon(work, host.name, f"{sched_host.ip}:8002", ip=host.ip, seed=host is seed_host,
-                               prefix=host.command([])).start()
+                    d = Daemon(
+                        work,
+                        host.name,
+                        f"{sched_host.ip}:8002",
+                        ip=host.ip,
+                        seed=host is seed_host,
+                        prefix=host.command([]),
+                    ).start()
                     net.processes.append(d.proc)
                     daemons.append(d)
                 origin.clear_log()
                 started = time.perf_counter()
-                run_all([subprocess.Popen(
-                    [PYTHON, "-m", "dffs", "get", url, "-O", str(work / f"dffs-{d.log_path.stem}.bin"),
-                     "--data-dir", str(d.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                    for d in daemons[1:]])
+                run_all(
+                    [
+                        subprocess.Popen(
+                            [
+                                PYTHON,
+                                "-m",
+                                "dffs",
+                                "get",
+                                url,
+                                "-O",
+                                str(work / f"dffs-{d.log_path.stem}.bin"),
+                                "--data-dir",
+                                str(d.data_dir),
+                            ],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        )
+                        for d in daemons[1:]
+                    ]
+                )
                 elapsed = time.perf_counter() - started
                 origin.wait_for_requests(1)
                 results["dffs"] = {"seconds": elapsed, "origin_bytes": origin.body_bytes()}
@@ -105,14 +142,27 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     for name, r in results.items():
-        print(f"{name:5s} {r['seconds']:7.2f} s to the last host  origin egress {r['origin_bytes'] / 2**20:8.1f} MiB "
-              f"({r['origin_bytes'] / size:.2f}x the object)")
+        print(
+            f"{name:5s} {r['seconds']:7.2f} s to the last host  origin egress {r['origin_bytes'] / 2**20:8.1f} MiB "
+            f"({r['origin_bytes'] / size:.2f}x the object)"
+        )
     c, d = results["curl"], results["dffs"]
-    print(f"\ntime curl/dffs = {c['seconds'] / d['seconds']:.2f}x; origin egress curl/dffs = "
-          f"{c['origin_bytes'] / max(1, d['origin_bytes']):.2f}x")
-    print(json.dumps({"bench": "p2p", "size_bytes": size, "hosts": args.hosts, "origin_rate": args.origin_rate,
-                      "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
-                      "machine": machine()}))
+    print(
+        f"\ntime curl/dffs = {c['seconds'] / d['seconds']:.2f}x; origin egress curl/dffs = "
+        f"{c['origin_bytes'] / max(1, d['origin_bytes']):.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "p2p",
+                "size_bytes": size,
+                "hosts": args.hosts,
+                "origin_rate": args.origin_rate,
+                "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
+                "machine": machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,9 +45,15 @@ DAEMON_CONFIG = "announce_interval = 1\nparent_wait = 5\n"
 def pull_all(instances: list[Containerd], ref: str, hosts_dir: Path, timeout: float = 600) -> float:
     """Start every pull at once; seconds until the last one is done."""
     started = time.perf_counter()
-    procs = [subprocess.Popen(c.command(["ctr", "--address", c.address, "images", "pull", "--hosts-dir",
-                                         str(hosts_dir), ref]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for c in instances]
+    procs = [
+        subprocess.Popen(
+            c.command(["ctr", "--address", c.address, "images", "pull", "--hosts-dir", str(hosts_dir), ref]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in instances
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
@@ -100,8 +106,12 @@ def main() -> None:
                 c.close()
 
             # -- mirror: scheduler + seed + a dffs daemon per host, containerd through 127.0.0.1:4001
-            sched = Process(["scheduler", "--listen", f"{sched_host.ip}:8002"], work / "scheduler.log",
-                            r"listening on", prefix=sched_host.command([])).start()
+            sched = Process(
+                ["scheduler", "--listen", f"{sched_host.ip}:8002"],
+                work / "scheduler.log",
+                r"listening on",
+                prefix=sched_host.command([]),
+            ).start()
             started.append(sched)
             net.processes.append(sched.proc)
             config = work / "daemon.toml"
@@ -110,8 +120,15 @@ def main() -> None:
                 extra = ["--config", str(config)]
                 if h is not seed_host:
                     extra += ["--registry-mirror", registry.url, "--proxy-port", "4001"]
-                d = Daemon(work, h.name, f"{sched_host.ip}:8002", ip=h.ip, seed=h is seed_host,
-                           prefix=h.command([]), extra=tuple(extra))
+                d = Daemon(
+                    work,
+                    h.name,
+                    f"{sched_host.ip}:8002",
+                    ip=h.ip,
+                    seed=h is seed_host,
+                    prefix=h.command([]),
+                    extra=tuple(extra),
+                )
                 started.append(d.start())
                 net.processes.append(d.proc)
             mirror_dir = write_hosts_toml(work / "hosts-mirror", registry.address, "http://127.0.0.1:4001")
@@ -139,16 +156,28 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     for name, r in results.items():
-        print(f"{name:6s} {r['seconds']:7.2f} s to the last pull  "
-              f"registry egress {r['registry_bytes'] / 2**20:8.1f} MiB "
-              f"({r['registry_bytes'] / image_bytes:.2f}x the image)")
+        print(
+            f"{name:6s} {r['seconds']:7.2f} s to the last pull  "
+            f"registry egress {r['registry_bytes'] / 2**20:8.1f} MiB "
+            f"({r['registry_bytes'] / image_bytes:.2f}x the image)"
+        )
     d, m = results["direct"], results["mirror"]
-    print(f"\ntime direct/mirror = {d['seconds'] / m['seconds']:.2f}x; registry egress direct/mirror = "
-          f"{d['registry_bytes'] / max(1, m['registry_bytes']):.2f}x")
-    print(json.dumps({"bench": "proxy", "hosts": args.hosts, "image_bytes": image_bytes,
-                      "registry_rate": args.registry_rate,
-                      "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
-                      "machine": machine()}))
+    print(
+        f"\ntime direct/mirror = {d['seconds'] / m['seconds']:.2f}x; registry egress direct/mirror = "
+        f"{d['registry_bytes'] / max(1, m['registry_bytes']):.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "proxy",
+                "hosts": args.hosts,
+                "image_bytes": image_bytes,
+                "registry_rate": args.registry_rate,
+                "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
+                "machine": machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def main() -> None:
         out.unlink(missing_ok=True)
         record("h11 only -> buffer", lambda: trio.run(h11_only, url))
         record("dffs http -> buffer", lambda: trio.run(dffs_http_to_buffer, url))
+
         def wipe(path=data_dir):
             return lambda: shutil.rmtree(path, ignore_errors=True)
 
@@ -148,13 +149,17 @@ def main() -> None:
     for name in ("dffs stream -> storage", "dffs 8 ranged -> storage", "dffs get (CLI, cold)"):
         print(f"{name} / curl -> file = {results[name] / curl_file:.2f}x")
     print(f"dffs http -> buffer / h11 only = {results['dffs http -> buffer'] / results['h11 only -> buffer']:.2f}x")
-    print(json.dumps({
-        "bench": "source_throughput",
-        "size_bytes": size,
-        "runs": args.runs,
-        "gbps": {k: round(v, 3) for k, v in results.items()},
-        "machine": machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "source_throughput",
+                "size_bytes": size,
+                "runs": args.runs,
+                "gbps": {k: round(v, 3) for k, v in results.items()},
+                "machine": machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ class HttpConnection:
                 stream = await trio.open_tcp_stream(target.host, target.port)
                 if target.scheme == "https":
                     stream = trio.SSLStream(
-                        stream, ssl_context or ssl.create_default_context(), server_hostname=target.host,
+                        stream,
+                        ssl_context or ssl.create_default_context(),
+                        server_hostname=target.host,
                         https_compatible=True,
                     )
                     await stream.do_handshake()

@@ -13,15 +13,15 @@ import trio
 
 from dffs import __version__
 from dffs.errors import (
-    UsageError,
     RangeNotSupported,
     RetryableSourceError,
     SourceChanged,
     SourceError,
+    UsageError,
 )
 from dffs.source.base import ListEntry, SourceStat, Validators
-from dffs.source.http.connection import HttpConnection, StaleConnection
 from dffs.source.http.autoindex import parse_index
+from dffs.source.http.connection import HttpConnection, StaleConnection
 from dffs.source.http.pool import ConnectionPool
 from dffs.source.http.protocol import (
     REDIRECT_STATUSES,
@@ -92,7 +92,9 @@ class HttpSource:
         o = self.options
         return tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(max(1, o.attempts)),
-            wait=tenacity.wait_exponential_jitter(multiplier=o.backoff_initial, jitter=o.backoff_initial, max=o.backoff_max),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=o.backoff_initial, jitter=o.backoff_initial, max=o.backoff_max
+            ),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
             sleep=trio.sleep,
             reraise=True,
@@ -331,7 +333,9 @@ class HttpSource:
                 raise SourceError(f"GET {url}: {exc}") from None
             if got_start != offset:
                 await conn.aclose()
-                raise SourceError(f"GET {url}: asked for bytes from {offset}, origin sent {head.get('content-range')!r}")
+                raise SourceError(
+                    f"GET {url}: asked for bytes from {offset}, origin sent {head.get('content-range')!r}"
+                )
         try:
             yield conn
         except BaseException:
