@@ -15,11 +15,11 @@ import logging
 import random
 import uuid
 
-import attrs
 import grpc
 import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
 from dffs.digest import format_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
@@ -31,18 +31,6 @@ log = logging.getLogger(__name__)
 
 class _SchedulerUnreachable(Exception):
     """The scheduler never answered the register: try the next one."""
-
-
-@attrs.define(eq=False)
-class Parent:
-    id: str
-    ip: str
-    port: int
-    download_port: int
-    #: piece number -> digest ("blake3:<hex>") the parent announced
-    pieces: dict[int, str] = attrs.Factory(dict)
-    failures: int = 0
-    active: int = 0
 
 
 class P2PContext:
@@ -248,15 +236,11 @@ class P2PFetcher:
             self.parents.pop(parent.id, None)  # useless so far: may be offered again later
 
     # ---------------------------------------------------------- fetching
-    def _pick(self, number: int) -> Parent | None:
-        having = [p for p in self.parents.values() if number in p.pieces and p.failures < 3]
-        return min(having, key=lambda p: (p.active, p.failures), default=None)
-
     async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
         rounds = 0
         while True:
             changed = self._changed
-            parent = self._pick(number)
+            parent = pick_parent(self.parents.values(), number)
             if parent is not None:
                 parent.active += 1
                 try:
@@ -269,7 +253,7 @@ class P2PFetcher:
                         expected_digest=parent.pieces.get(number),
                     )
                 except PeerError as exc:
-                    parent.failures += 1 if exc.retryable else 3
+                    parent.failures += 1 if exc.retryable else MAX_PARENT_FAILURES
                     parent.pieces.pop(number, None)
                     log.warning(
                         "task=%s piece=%d parent=%s event=piece_from_parent_failed error=%s",
@@ -300,7 +284,7 @@ class P2PFetcher:
                     log.warning("task=%s piece=%d event=no_parent_serves action=back_to_source", task.task_id, number)
                     self.back_to_source = True
                     continue
-                avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if p.failures >= 3]
+                avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if not p.usable]
                 await self._send(
                     self._message(
                         reschedule_request=scheduler_pb2.RescheduleRequest(
@@ -310,13 +294,8 @@ class P2PFetcher:
                 )
 
     def choose(self, candidates: list[int]) -> int:
-        """Rarest first among pieces some parent has (random tie-break, so peers
-        diverge and trade); before any parent has any, a random one."""
-        held = {n: sum(1 for p in self.parents.values() if n in p.pieces and p.failures < 3) for n in candidates}
-        available = [n for n, count in held.items() if count]
-        if not available:
-            return min(candidates) if self.back_to_source else self._random.choice(candidates)
-        return min(available, key=lambda n: (held[n], self._random.random()))
+        """Rarest first among pieces some parent has (:func:`choose_piece`)."""
+        return choose_piece(candidates, list(self.parents.values()), self._random, in_order=self.back_to_source)
 
     async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
         span = task.store.span(number)
