@@ -42,12 +42,20 @@ async def proxies(tmp_path):
     """``await proxies(**ProxyConfig fields) -> ProxyServer`` on a free loopback port, each with
     its own storage; all stopped (and their storage closed) at teardown."""
     made = []
+
+    async def hold_task_manager(storage, sources, *, task_status):
+        # Entered and left in the fixture's nursery: a TaskManager's nursery belongs to one task.
+        async with TaskManager(storage, sources) as tasks:
+            task_status.started(tasks)
+            await trio.sleep_forever()
+
     async with trio.open_nursery() as nursery:
 
         async def make(**options) -> ProxyServer:
             storage = StorageManager(tmp_path / f"data{len(made)}")
             sources = SourceRegistry()
-            server = ProxyServer(TaskManager(storage, sources), ProxyConfig(**{"port": 0, **options}))
+            tasks = await nursery.start(hold_task_manager, storage, sources)
+            server = ProxyServer(tasks, ProxyConfig(**{"port": 0, **options}))
             made.append((storage, sources))
             await nursery.start(server.serve)
             return server
@@ -149,7 +157,7 @@ async def test_blob_through_the_mirror_with_many_ranges(registry, proxies):
 
     await trio.to_thread.run_sync(check_all)
     assert registry.blob_bytes(digest) == size  # every byte left the registry once
-    assert proxy.verifier.verified  # the whole-blob GET checked the sha256
+    assert proxy.stats["blobs_verified"] >= 1  # the whole-blob GET checked the sha256
 
 
 async def test_a_range_on_a_blob_nobody_has_fetches_only_its_pieces(registry, proxies):
@@ -221,7 +229,7 @@ async def test_a_blob_that_does_not_match_its_digest_is_never_served_whole(fault
             conn.close()
 
     assert await trio.to_thread.run_sync(truncated) < len(big)
-    assert proxy.verifier.mismatches == 3
+    assert proxy.stats["digest_mismatches"] == 3
     assert not proxy.tasks._tasks  # every bad task was deleted
 
 

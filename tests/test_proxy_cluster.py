@@ -78,7 +78,7 @@ def test_containerd_pulls_through_the_mirror_on_two_hosts(tmp_path):
             for name in ("h1", "h2"):
                 log = daemons[name].output()
                 for digest in image.blobs:
-                    assert f"event=blob_verified digest={digest}" in log, (name, digest, log[-3000:])
+                    assert f"event=digest_verified digest={digest}" in log, (name, digest, log[-3000:])
         finally:
             for item in reversed(started):
                 try:

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 from dffs.config import DEFAULT_DATA_DIR
 from dffs.errors import DffsError, UsageError
+from dffs.idgen import is_task_id
 
-_TASK_ID = re.compile(r"^[0-9a-f]{64}$")
 #: Quick calls (list, stat, rm, gc, health) give up after this long.
 _QUICK = 30.0
 
@@ -142,7 +141,7 @@ def _target(args) -> tuple[str, str | None]:
     from dffs.idgen import task_id
 
     value = args.target.strip()
-    if _TASK_ID.match(value):
+    if is_task_id(value):
         return value, None
     if "://" not in value:
         raise UsageError(f"{value!r} is neither a task ID (64 hex digits) nor a URL")
@@ -189,7 +188,7 @@ def _print_json(value) -> None:
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)) + "  " + row[-1])
 
 
 # --------------------------------------------------------------- commands

@@ -103,24 +103,24 @@ async def _download(
     show_progress: bool,
 ) -> str:
     storage = StorageManager(cfg.data_dir)
-    tasks = TaskManager(storage, sources)
     try:
         bar = _NoProgress()
-        with trio.fail_after(cfg.timeout or math.inf), contextlib.ExitStack() as stack:
+        async with TaskManager(storage, sources) as tasks:
+            with trio.fail_after(cfg.timeout or math.inf), contextlib.ExitStack() as stack:
 
-            def started(task) -> None:
-                nonlocal bar
-                bar = stack.enter_context(_progress(task.store.meta.content_length, show_progress))
+                def started(task) -> None:
+                    nonlocal bar
+                    bar = stack.enter_context(_progress(task.store.meta.content_length, show_progress))
 
-            result = await download_to_file(
-                tasks,
-                request,
-                output,
-                expected=expected,
-                concurrency=cfg.concurrency,
-                on_start=started,
-                on_progress=lambda n: bar.update(n),
-            )
+                result = await download_to_file(
+                    tasks,
+                    request,
+                    output,
+                    expected=expected,
+                    concurrency=cfg.concurrency,
+                    on_start=started,
+                    on_progress=lambda n: bar.update(n),
+                )
         return result.summary()
     except trio.TooSlowError:
         raise SourceError(f"{request.url}: download did not finish within {cfg.timeout:g}s") from None
@@ -136,7 +136,7 @@ async def _download_embedded_peer(cfg, request, expected, output) -> str:
     """No daemon here but a scheduler (or a manager) given: join the swarm for this one download,
     as a peer that takes pieces and is never offered as a parent (it is about to leave)."""
     from dffs.daemon.config import DaemonConfig
-    from dffs.daemon.service import Daemon
+    from dffs.daemon.server import Daemon
 
     daemon = Daemon(
         DaemonConfig(

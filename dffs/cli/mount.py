@@ -12,7 +12,7 @@ import trio
 
 from dffs import config as config_module
 from dffs.errors import UsageError
-from dffs.fs.mount import MountConfig, serve
+from dffs.fs.mount import MountConfig, serve_standalone
 from dffs.fs.operations import PREFETCH_MODES
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ def run_mount(args: argparse.Namespace) -> int:
         and not args.storage_quota
         and args.metrics_port is None
     ):
-        trio.run(serve, mount_config(args, mountpoint))  # no P2P, GC quota or metrics: no ports opened
+        trio.run(serve_standalone, mount_config(args, mountpoint))  # no P2P, GC quota or metrics: no ports opened
         return 0
-    from dffs.daemon.service import Daemon
+    from dffs.daemon.server import Daemon
 
     daemon = Daemon(daemon_config(args), mount_config(args, mountpoint) if mountpoint else None)
     trio.run(daemon.run)

@@ -2,7 +2,7 @@
 
 * Schedulers: ``ListSchedulers`` (ranked by the manager for this host's IDC,
   location and address) at start and every refresh interval; the daemon's
-  scheduler pool follows the list. An unreachable manager keeps the last list.
+  scheduler client follows the list. An unreachable manager keeps the last list.
 * Dynamic config: the cluster's client config (upload limit, GC thresholds,
   ...) is read on the same schedule and handed to ``apply``.
 * A seed daemon is a member: ``UpdateSeedPeer`` then a ``KeepAlive`` stream,
@@ -19,7 +19,7 @@ import trio
 
 from dffs.api import common_pb2, manager_pb2, manager_pb2_grpc
 from dffs.daemon.config import DaemonConfig
-from dffs.daemon.schedulers import SchedulerPool
+from dffs.daemon.schedulers import SchedulerClient
 from dffs.manager.tunables import ClientTunables, client_tunables
 from dffs.rpc import bridge
 
@@ -34,13 +34,10 @@ def scheduler_address(ip: str, port: int) -> str:
 
 
 class ManagerLink:
-    def __init__(
-        self, cfg: DaemonConfig, pool: SchedulerPool, ports: dict[str, int], apply: Callable[[ClientTunables], None]
-    ):
+    def __init__(self, cfg: DaemonConfig, schedulers: SchedulerClient, apply: Callable[[ClientTunables], None]):
         assert cfg.manager
         self.cfg = cfg
-        self.pool = pool
-        self.ports = ports
+        self.schedulers = schedulers
         self.apply = apply
         self.cluster_id = cfg.cluster_id
         self._tunables: ClientTunables | None = None
@@ -51,14 +48,15 @@ class ManagerLink:
         kind = manager_pb2.SOURCE_TYPE_SEED_PEER if self.cfg.seed else manager_pb2.SOURCE_TYPE_PEER
         return {"source_type": kind, "hostname": self.cfg.hostname, "ip": self.cfg.ip}
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rpc_port: int, upload_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Learn the schedulers once (so the first download already has them), then keep refreshing."""
+        assert self.cfg.manager is not None  # a ManagerLink is only built with --manager
         channel = bridge.insecure_channel(self.cfg.manager)
         try:
             stub = manager_pb2_grpc.ManagerStub(channel)
             async with trio.open_nursery() as nursery:
                 if self.cfg.seed:
-                    nursery.start_soon(self._seed_membership, stub)
+                    nursery.start_soon(self._seed_membership, stub, rpc_port, upload_port)
                 await self.refresh(stub)
                 task_status.started()
                 while True:
@@ -81,7 +79,7 @@ class ManagerLink:
                     self.cfg.host_id,
                     self.cfg.manager,
                     exc.code(),
-                    len(self.pool.addresses),
+                    len(self.schedulers.addresses),
                 )
             self._reachable = False
             return
@@ -89,7 +87,7 @@ class ManagerLink:
             log.info("host=%s event=manager_reachable manager=%s", self.cfg.host_id, self.cfg.manager)
         self._reachable = True
         addresses = [scheduler_address(s.ip, s.port) for s in answer.schedulers]
-        if self.pool.update(addresses):
+        if self.schedulers.update(addresses):
             log.info(
                 "host=%s event=schedulers_from_manager schedulers=%s", self.cfg.host_id, ",".join(addresses) or "-"
             )
@@ -120,7 +118,7 @@ class ManagerLink:
             )
             self.apply(tunables)
 
-    async def _seed_membership(self, stub: manager_pb2_grpc.ManagerStub) -> None:
+    async def _seed_membership(self, stub: manager_pb2_grpc.ManagerStub, rpc_port: int, upload_port: int) -> None:
         backoff = 1.0
         while True:
             try:
@@ -129,8 +127,8 @@ class ManagerLink:
                     manager_pb2.UpdateSeedPeerRequest(
                         **self._identity(),
                         type=common_pb2.HOST_TYPE_SEED,
-                        port=self.ports["rpc"],
-                        download_port=self.ports["upload"],
+                        port=rpc_port,
+                        download_port=upload_port,
                         idc=self.cfg.idc,
                         location=self.cfg.location,
                         cluster_id=self.cfg.cluster_id,

@@ -1,29 +1,36 @@
-"""Downloading a task from other peers: the AnnouncePeer conversation and parent choice.
+"""Downloading a task from other peers: the daemon's swarm and one fetcher per task.
 
-One ``P2PFetcher`` per peer task, installed as the PeerTask's fetcher. It
-registers the task with the scheduler, learns each candidate parent's pieces
-through a ``SyncPieces`` stream, fetches every piece from a parent that has it
-(verifying the digest), reports each piece and each failure, asks for new
-parents when none serves a piece in time, and goes to the origin when the
-scheduler says so (or after ``parent_rounds`` fruitless waits).
+:class:`P2PSwarm` is what the daemon gives its TaskManager: for every task
+opened it hands out a :class:`P2PFetcher`, and when the origin cannot say what
+an object is it asks the task's scheduler. A fetcher runs in its task's
+background (:meth:`P2PFetcher.run`): it registers the task with a scheduler
+(through :class:`~dffs.daemon.schedulers.SchedulerClient`), learns each
+candidate parent's pieces through a ``SyncPieces`` stream, fetches every piece
+from a parent that has it (verifying the digest; parents chosen by
+:mod:`dffs.daemon.piece_choice`), reports each piece and each failure, asks for
+new parents when none serves a piece in time, and goes to the origin when the
+scheduler says so (or after ``parent_rounds`` fruitless waits, or when no
+scheduler is left).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-import uuid
+from typing import Any
 
+import attrs
 import grpc
 import trio
 
-from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
+from dffs.daemon.schedulers import SchedulerClient, Stub
 from dffs.digest import format_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
 from dffs.rpc import bridge
+from dffs.source import SourceStat
 from dffs.upload.client import PeerError, PieceClient
 
 log = logging.getLogger(__name__)
@@ -33,37 +40,33 @@ class _SchedulerUnreachable(Exception):
     """The scheduler never answered the register: try the next one."""
 
 
-class P2PContext:
-    """What every fetcher of one daemon shares."""
+@attrs.frozen
+class P2PSettings:
+    #: Seconds a piece may wait for any parent to have it before asking for new parents.
+    parent_wait: float = 3.0
+    #: Such waits before going to the origin anyway.
+    parent_rounds: int = 3
+    #: A seed goes to the origin first (need_back_to_source in its register).
+    seed: bool = False
 
-    def __init__(
-        self,
-        *,
-        host_id: str,
-        schedulers: dict[str, scheduler_pb2_grpc.SchedulerStub],
-        piece_client: PieceClient,
-        parent_wait: float,
-        parent_rounds: int,
-        seed: bool,
-    ):
-        self.host_id = host_id
-        #: scheduler address -> stub
+
+class P2PSwarm:
+    """The daemon's swarm (a :class:`dffs.peertask.Swarm`): fetchers through parents, metadata from schedulers."""
+
+    def __init__(self, schedulers: SchedulerClient, piece_client: PieceClient, settings: P2PSettings):
         self.schedulers = schedulers
         self.piece_client = piece_client
-        self.parent_wait = parent_wait
-        self.parent_rounds = parent_rounds
-        self.seed = seed
+        self.settings = settings
         self._channels: dict[str, grpc.Channel] = {}
 
-    def schedulers_for(self, task_id: str) -> list[tuple[str, scheduler_pb2_grpc.SchedulerStub]]:
-        """Schedulers in the order this task tries them: rendezvous hashing on the task ID,
-        so every daemon picks the same one, and a dead one's tasks spread over the rest."""
-        order = sorted(
-            self.schedulers, key=lambda addr: hashlib.sha256(f"{task_id}|{addr}".encode()).digest(), reverse=True
-        )
-        return [(addr, self.schedulers[addr]) for addr in order]
+    def fetcher(self, request: DownloadRequest) -> P2PFetcher:
+        return P2PFetcher(self, request)
+
+    async def stat(self, request: DownloadRequest) -> SourceStat | None:
+        return await self.schedulers.stat_task(request)
 
     def upload_stub(self, ip: str, port: int) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
+        """A parent's DfdaemonUpload (SyncPieces); one channel per parent host, kept."""
         target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         channel = self._channels.get(target)
         if channel is None:
@@ -77,11 +80,17 @@ class P2PContext:
 
 
 class P2PFetcher:
-    def __init__(self, ctx: P2PContext, task: PeerTask, request: DownloadRequest):
-        self.ctx = ctx
-        self.task = task
+    """One task's pieces through parents (a :class:`dffs.peertask.PieceFetcher`)."""
+
+    from_origin_only = False
+
+    def __init__(self, swarm: P2PSwarm, request: DownloadRequest):
+        self.swarm = swarm
+        self.schedulers = swarm.schedulers
+        self.settings = swarm.settings
         self.request = request
-        self.peer_id = f"{ctx.host_id[:12]}-{task.task_id[:12]}-{uuid.uuid4().hex[:12]}"
+        self.task_id = request.task_id
+        self.peer_id = self.schedulers.new_peer_id(self.task_id)
         self.parents: dict[str, Parent] = {}
         self.back_to_source = False
         self._changed = trio.Event()
@@ -90,13 +99,11 @@ class P2PFetcher:
         self._piece_parent: dict[int, str] = {}
         self._random = random.Random()
         self._nursery: trio.Nursery | None = None
-        self._started_status = None
+        self._started_status: Any = None
 
     # ------------------------------------------------------ conversation
-    def _message(self, **request) -> scheduler_pb2.AnnouncePeerRequest:
-        return scheduler_pb2.AnnouncePeerRequest(
-            host_id=self.ctx.host_id, task_id=self.task.task_id, peer_id=self.peer_id, **request
-        )
+    def _message(self, **request: Any) -> scheduler_pb2.AnnouncePeerRequest:
+        return self.schedulers.peer_message(self.task_id, self.peer_id, **request)
 
     async def _send(self, message: scheduler_pb2.AnnouncePeerRequest) -> None:
         if self._stream is None:
@@ -105,12 +112,12 @@ class P2PFetcher:
             try:
                 await self._stream.send(message)
             except (grpc.RpcError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.info("task=%s peer=%s event=scheduler_send_failed error=%s", self.task.task_id, self.peer_id, exc)
+                log.info("task=%s peer=%s event=scheduler_send_failed error=%s", self.task_id, self.peer_id, exc)
                 self._give_up_on_scheduler()
 
     def _give_up_on_scheduler(self) -> None:
         if not self.back_to_source:
-            log.warning("task=%s peer=%s event=scheduler_lost action=back_to_source", self.task.task_id, self.peer_id)
+            log.warning("task=%s peer=%s event=scheduler_lost action=back_to_source", self.task_id, self.peer_id)
         self._stream = None
         self.back_to_source = True
         self._notify()
@@ -119,36 +126,36 @@ class P2PFetcher:
         event, self._changed = self._changed, trio.Event()
         event.set()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The AnnouncePeer conversation, for as long as the task downloads."""
-        meta = self.task.store.meta
+    async def run(self, task: PeerTask, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The AnnouncePeer conversation, for as long as the task downloads (in its background)."""
+        meta = task.store.meta
         download = common_pb2.Download(
             url=self.request.url,
             tag=self.request.tag,
             application=self.request.application,
             piece_length=meta.piece_length,
             request_header=dict(self.request.headers),
-            need_back_to_source=self.ctx.seed,
+            need_back_to_source=self.settings.seed,
         )
         self._started_status = task_status
         try:
-            for address, stub in self.ctx.schedulers_for(self.task.task_id):
+            for address, stub in self.schedulers.ring(self.task_id):
                 try:
-                    await self._converse(stub, download)
+                    await self._converse(task, stub, download)
                     return
                 except _SchedulerUnreachable:
                     log.warning(
                         "task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
-                        self.task.task_id,
+                        self.task_id,
                         self.peer_id,
                         address,
                     )
-            log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task.task_id, self.peer_id)
+            log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task_id, self.peer_id)
         except (grpc.RpcError, DffsError) as exc:
-            log.info("task=%s peer=%s event=announce_ended error=%s", self.task.task_id, self.peer_id, exc)
+            log.info("task=%s peer=%s event=announce_ended error=%s", self.task_id, self.peer_id, exc)
         finally:
             self._report_started()
-            if not self.task.store.is_complete():
+            if not task.store.is_complete():
                 self._give_up_on_scheduler()  # nobody left to ask: the origin it is
             self._stream = None
 
@@ -158,9 +165,9 @@ class P2PFetcher:
         if status is not None:
             status.started()
 
-    async def _converse(self, stub, download) -> None:
+    async def _converse(self, task: PeerTask, stub: Stub, download: common_pb2.Download) -> None:
         """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered."""
-        async with bridge.open_bidi_stream(stub.AnnouncePeer) as stream:
+        async with self.schedulers.announce_peer(stub) as stream:
             self._stream = stream
             await self._send(self._message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download)))
             try:
@@ -174,7 +181,7 @@ class P2PFetcher:
             self._report_started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._finish_when_complete, stream)
+                nursery.start_soon(self._finish_when_complete, task, stream)
                 self._handle(first)
                 try:
                     async for response in stream:
@@ -182,16 +189,16 @@ class P2PFetcher:
                 except grpc.RpcError as exc:
                     log.info(
                         "task=%s peer=%s event=announce_ended code=%s detail=%s",
-                        self.task.task_id,
+                        self.task_id,
                         self.peer_id,
                         exc.code(),
                         exc.details(),
                     )
                 nursery.cancel_scope.cancel()
 
-    async def _finish_when_complete(self, stream: bridge.BidiStream) -> None:
-        await self.task.wait_complete()
-        meta = self.task.store.meta
+    async def _finish_when_complete(self, task: PeerTask, stream: bridge.BidiStream) -> None:
+        await task.wait_complete()
+        meta = task.store.meta
         finished = scheduler_pb2.DownloadPeerFinishedRequest(
             content_length=meta.content_length, piece_count=meta.piece_count
         )
@@ -212,24 +219,24 @@ class P2PFetcher:
                 self.parents[peer.id] = parent
                 assert self._nursery is not None
                 self._nursery.start_soon(self._watch, parent)
-            log.info("task=%s peer=%s event=parents count=%d", self.task.task_id, self.peer_id, len(self.parents))
+            log.info("task=%s peer=%s event=parents count=%d", self.task_id, self.peer_id, len(self.parents))
         elif kind in ("need_back_to_source_response", "empty_task_response"):
-            log.info("task=%s peer=%s event=back_to_source reason=%s", self.task.task_id, self.peer_id, kind)
+            log.info("task=%s peer=%s event=back_to_source reason=%s", self.task_id, self.peer_id, kind)
             self.back_to_source = True
         self._notify()
 
     async def _watch(self, parent: Parent) -> None:
         """Learn a parent's pieces as it gets them (SyncPieces)."""
-        request = dfdaemon_pb2.SyncPiecesRequest(host_id=self.ctx.host_id, task_id=self.task.task_id)
+        request = dfdaemon_pb2.SyncPiecesRequest(host_id=self.schedulers.host_id, task_id=self.task_id)
         try:
             async with bridge.open_unary_stream(
-                self.ctx.upload_stub(parent.ip, parent.port).SyncPieces, request
+                self.swarm.upload_stub(parent.ip, parent.port).SyncPieces, request
             ) as stream:
                 async for piece in stream:
                     parent.pieces[piece.number] = piece.digest
                     self._notify()
         except grpc.RpcError as exc:
-            log.info("task=%s parent=%s event=sync_ended code=%s", self.task.task_id, parent.id, exc.code())
+            log.info("task=%s parent=%s event=sync_ended code=%s", self.task_id, parent.id, exc.code())
         except trio.EndOfChannel:
             pass
         if not parent.pieces:
@@ -244,7 +251,7 @@ class P2PFetcher:
             if parent is not None:
                 parent.active += 1
                 try:
-                    digest = await self.ctx.piece_client.fetch(
+                    digest = await self.swarm.piece_client.fetch(
                         parent.ip,
                         parent.download_port,
                         task.task_id,
@@ -274,13 +281,13 @@ class P2PFetcher:
             if self.back_to_source:
                 await task.fetch_from_origin(number, buffer)
                 return True, None
-            with trio.move_on_after(self.ctx.parent_wait) as waited:
+            with trio.move_on_after(self.settings.parent_wait) as waited:
                 await changed.wait()
             if not waited.cancelled_caught:
                 rounds = 0  # progress somewhere (new pieces, parents, a decision): keep waiting
             else:
                 rounds += 1
-                if rounds >= self.ctx.parent_rounds:
+                if rounds >= self.settings.parent_rounds:
                     log.warning("task=%s piece=%d event=no_parent_serves action=back_to_source", task.task_id, number)
                     self.back_to_source = True
                     continue
@@ -322,4 +329,4 @@ class P2PFetcher:
             )
 
 
-__all__ = ["P2PContext", "P2PFetcher", "Parent"]
+__all__ = ["P2PFetcher", "P2PSettings", "P2PSwarm"]

@@ -1,73 +1,289 @@
-"""The schedulers a daemon talks to, which may change while it runs (``--manager``).
+"""Every call this daemon makes to schedulers: one module, so the rules live in one place.
 
-One gRPC channel and one host-announcement loop per scheduler address. The
-stubs dict is shared with the P2P context: tasks opened after an update use
-the new set; a task already talking to a removed scheduler loses its stream
-and finishes from the origin (the fetcher's usual fallback).
+* **Which scheduler** serves a task: rendezvous hashing of the task ID over the
+  current addresses (:meth:`SchedulerClient.ring`), so every daemon picks the
+  same one and a dead one's tasks spread over the rest.
+* **Peer IDs**: :meth:`SchedulerClient.new_peer_id`, the one format.
+* **Membership**: one gRPC channel and one host-announcement loop per
+  scheduler; the set may change while the daemon runs (``--manager``): tasks
+  opened after an update use the new set, a task talking to a removed
+  scheduler loses its stream and finishes from the origin.
+* **Calls about tasks**: the AnnouncePeer stream of a download (the
+  conversation itself is the P2P fetcher's), registering an imported task as a
+  finished peer, asking what the swarm knows of a task, and reporting deletions
+  and GC evictions so no child is sent here for pieces that are gone.
+
+A daemon without schedulers has a client with no addresses: every call then
+does nothing, so callers never check whether P2P is on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import trio
+from google.protobuf import timestamp_pb2
 
-from dffs.api import scheduler_pb2_grpc
+from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from dffs.digest import format_piece_digest
+from dffs.gc.service import GcResult
+from dffs.peertask import DownloadRequest
 from dffs.rpc import bridge
+from dffs.source import SourceStat
+from dffs.storage import TaskStore
 
 log = logging.getLogger(__name__)
 
-AnnounceLoop = Callable[[str, scheduler_pb2_grpc.SchedulerStub], Awaitable[None]]
+#: Longest a unary call to a scheduler may take.
+CALL_TIMEOUT = 10.0
+
+Stub = scheduler_pb2_grpc.SchedulerStub
+ChannelFactory = Callable[[str], grpc.Channel]
 
 
-class SchedulerPool:
-    def __init__(self, nursery: trio.Nursery, announce: AnnounceLoop):
-        self._nursery = nursery
-        self._announce = announce
-        #: address -> stub, in the order the manager ranked them.
-        self.stubs: dict[str, scheduler_pb2_grpc.SchedulerStub] = {}
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for ``seconds`` since the epoch."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class SchedulerClient:
+    def __init__(
+        self,
+        host_id: str,
+        addresses: Iterable[str] = (),
+        *,
+        announce_interval: float = 10.0,
+        channel_factory: ChannelFactory = bridge.insecure_channel,
+    ):
+        self.host_id = host_id
+        self.announce_interval = announce_interval
+        self._channel_factory = channel_factory
+        #: address -> stub, in the order given (the manager's ranking).
+        self._stubs: dict[str, Stub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._loops: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._host: common_pb2.Host | None = None
+        self.update(addresses)
 
+    # ---------------------------------------------------------- membership
     @property
     def addresses(self) -> list[str]:
-        return list(self.stubs)
+        return list(self._stubs)
 
     def update(self, addresses: Iterable[str]) -> bool:
         """Talk to exactly ``addresses`` from now on; True when the set changed."""
         wanted = list(dict.fromkeys(addresses))
-        if wanted == list(self.stubs):
+        if wanted == list(self._stubs):
             return False
-        for address in [a for a in self.stubs if a not in wanted]:
-            self._loops.pop(address).cancel()
-            del self.stubs[address]
+        for address in [a for a in self._stubs if a not in wanted]:
+            scope = self._loops.pop(address, None)
+            if scope is not None:
+                scope.cancel()
+            del self._stubs[address]
             self._channels.pop(address).close()
-            log.info("event=scheduler_removed scheduler=%s", address)
+            log.info("host=%s event=scheduler_removed scheduler=%s", self.host_id, address)
         stubs = {}
         for address in wanted:
-            stub = self.stubs.get(address)
+            stub = self._stubs.get(address)
             if stub is None:
-                channel = self._channels[address] = bridge.insecure_channel(address)
-                stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                self._loops[address] = scope = trio.CancelScope()
-                self._nursery.start_soon(self._run_announce, scope, address, stub)
-                log.info("event=scheduler_added scheduler=%s", address)
+                channel = self._channels[address] = self._channel_factory(address)
+                stub = Stub(channel)
+                self._start_announcing(address, stub)
+                log.info("host=%s event=scheduler_added scheduler=%s", self.host_id, address)
             stubs[address] = stub
-        self.stubs.clear()
-        self.stubs.update(stubs)
+        self._stubs = stubs
         return True
 
-    async def _run_announce(self, scope: trio.CancelScope, address: str, stub) -> None:
-        with scope:
-            await self._announce(address, stub)
+    async def run(self, host: common_pb2.Host, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Announce ``host`` to every scheduler every interval until cancelled (a restarted
+        scheduler relearns it within one); the channels are closed when this ends."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery, self._host = nursery, host
+                for address, stub in self._stubs.items():
+                    self._start_announcing(address, stub)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for scope in self._loops.values():
+                scope.cancel()
+            for channel in self._channels.values():
+                channel.close()
+            self._loops.clear()
+            self._channels.clear()
+            self._stubs.clear()
 
-    def close(self) -> None:
-        for scope in self._loops.values():
-            scope.cancel()
-        for channel in self._channels.values():
-            channel.close()
-        self._loops.clear()
-        self._channels.clear()
-        self.stubs.clear()
+    def _start_announcing(self, address: str, stub: Stub) -> None:
+        if self._nursery is None or address in self._loops:
+            return  # before run(): run starts it
+        self._loops[address] = scope = trio.CancelScope()
+        self._nursery.start_soon(self._announce_host, scope, address, stub)
+
+    async def _announce_host(self, scope: trio.CancelScope, address: str, stub: Stub) -> None:
+        assert self._host is not None
+        request = scheduler_pb2.AnnounceHostRequest(host=self._host)
+        request.interval.FromNanoseconds(int(self.announce_interval * 1e9))
+        with scope:
+            while True:
+                try:
+                    await bridge.unary(stub.AnnounceHost, request, timeout=5)
+                except grpc.RpcError as exc:
+                    log.warning(
+                        "host=%s event=announce_host_failed scheduler=%s code=%s", self.host_id, address, exc.code()
+                    )
+                await trio.sleep(self.announce_interval)
+
+    # ------------------------------------------------------------ routing
+    def ring(self, task_id: str) -> list[tuple[str, Stub]]:
+        """Schedulers in the order this task tries them (rendezvous hashing on the task ID)."""
+        order = sorted(
+            self._stubs, key=lambda addr: hashlib.sha256(f"{task_id}|{addr}".encode()).digest(), reverse=True
+        )
+        return [(addr, self._stubs[addr]) for addr in order]
+
+    def new_peer_id(self, task_id: str) -> str:
+        """A fresh peer ID for this host's download of ``task_id``: host, task, then a random part."""
+        return f"{self.host_id[:12]}-{task_id[:12]}-{uuid.uuid4().hex[:12]}"
+
+    def peer_message(self, task_id: str, peer_id: str, **request: Any) -> scheduler_pb2.AnnouncePeerRequest:
+        return scheduler_pb2.AnnouncePeerRequest(host_id=self.host_id, task_id=task_id, peer_id=peer_id, **request)
+
+    @asynccontextmanager
+    async def announce_peer(self, stub: Stub) -> AsyncIterator[bridge.BidiStream]:
+        """One AnnouncePeer stream (the conversation is the caller's: dffs.daemon.p2p)."""
+        async with bridge.open_bidi_stream(stub.AnnouncePeer) as stream:
+            yield stream
+
+    # ------------------------------------------------------ task reports
+    async def announce_import(self, store: TaskStore) -> bool:
+        """Register an imported task as a finished peer at its scheduler (pieces reported as if
+        fetched from the origin, with their digests); True when one took it."""
+        meta = store.meta
+        tid = meta.task_id
+        peer_id = self.new_peer_id(tid)
+        download = common_pb2.Download(
+            url=meta.url,
+            tag=meta.tag,
+            application=meta.application,
+            piece_length=meta.piece_length,
+            need_back_to_source=True,
+        )
+
+        def message(**kwargs: Any) -> scheduler_pb2.AnnouncePeerRequest:
+            return self.peer_message(tid, peer_id, **kwargs)
+
+        for address, stub in self.ring(tid):
+            try:
+                with trio.fail_after(CALL_TIMEOUT + meta.piece_count / 1000):
+                    async with self.announce_peer(stub) as stream:
+                        await stream.send(
+                            message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
+                        )
+                        await stream.receive()  # need-back-to-source (or empty task): we hold it all anyway
+                        started = time.time()
+                        for number in store.present_pieces():
+                            span = store.span(number)
+                            digest = store.piece_digest(number)
+                            piece = common_pb2.Piece(
+                                number=number,
+                                offset=span.offset,
+                                length=span.length,
+                                digest=format_piece_digest(digest) if digest else "",
+                                created_at=timestamp(started),
+                            )
+                            await stream.send(
+                                message(
+                                    download_piece_back_to_source_finished_request=(
+                                        scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece)
+                                    )
+                                )
+                            )
+                        await stream.send(
+                            message(
+                                download_peer_back_to_source_finished_request=(
+                                    scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+                                        content_length=meta.content_length, piece_count=meta.piece_count
+                                    )
+                                )
+                            )
+                        )
+                        await stream.done_writing()
+                        async for _ in stream:
+                            pass
+                log.info("task=%s peer=%s event=import_announced scheduler=%s", tid, peer_id, address)
+                return True
+            except (grpc.RpcError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
+                log.warning(
+                    "task=%s event=import_announce_failed scheduler=%s error=%s",
+                    tid,
+                    address,
+                    exc.details() if isinstance(exc, grpc.RpcError) else exc,
+                )
+        return False
+
+    async def stat_task(self, request: DownloadRequest) -> SourceStat | None:
+        """The object's size from the task's scheduler, when some peer holds it."""
+        tid = request.task_id
+        for address, stub in self.ring(tid):
+            try:
+                task = await bridge.unary(
+                    stub.StatTask,
+                    scheduler_pb2.StatTaskRequest(host_id=self.host_id, task_id=tid),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                log.info("task=%s event=swarm_stat_failed scheduler=%s code=%s", tid, address, exc.code())
+                continue
+            if task.HasField("content_length") and task.has_available_peer:
+                return SourceStat(url=request.url, content_length=task.content_length, accepts_ranges=True)
+            return None
+        return None
+
+    async def delete_task(self, task_id: str) -> None:
+        """This host no longer holds ``task_id``."""
+        for address, stub in self.ring(task_id)[:1]:
+            try:
+                await bridge.unary(
+                    stub.DeleteTask,
+                    scheduler_pb2.DeleteTaskRequest(host_id=self.host_id, task_id=task_id),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    log.info("task=%s event=scheduler_delete_failed scheduler=%s code=%s", task_id, address, exc.code())
+
+    async def delete_pieces(self, task_id: str, numbers: Iterable[int]) -> None:
+        """This host no longer holds these pieces of ``task_id``."""
+        for address, stub in self.ring(task_id)[:1]:
+            try:
+                await bridge.unary(
+                    stub.DeletePieces,
+                    scheduler_pb2.DeletePiecesRequest(host_id=self.host_id, task_id=task_id, piece_numbers=numbers),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    log.info(
+                        "task=%s event=scheduler_delete_pieces_failed scheduler=%s code=%s",
+                        task_id,
+                        address,
+                        exc.code(),
+                    )
+
+    async def report_evictions(self, result: GcResult) -> None:
+        """Tell each task's scheduler what the GC took from this host."""
+        for task_id in result.evicted_tasks:
+            await self.delete_task(task_id)
+        for task_id, numbers in result.evicted_pieces:
+            await self.delete_pieces(task_id, numbers)

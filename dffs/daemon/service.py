@@ -1,279 +1,272 @@
-"""``dffs daemon``: one process per host serving pieces and downloading through P2P.
+"""The daemon's gRPC servicers, one class per service, each built with exactly what it needs.
 
-Everything lives in one trio nursery: the piece upload server (HTTP,
-sendfile), the gRPC DfdaemonUpload service (SyncPieces, seed triggers), the
-host announcements to the scheduler, each task's AnnouncePeer conversation,
-and the optional FUSE mount.
+* :class:`UploadServicer` — ``DfdaemonUpload`` on the daemon's RPC port, for
+  other members: ``SyncPieces`` (what a child learns of this parent's pieces)
+  and ``DownloadTask`` (a seed trigger, or a manager's preheat).
+* :class:`DownloadServicer` — ``DfdaemonDownload`` on ``DATA_DIR/dffs.sock``
+  (mode 0600: whoever may open it acts as the daemon), for local clients:
+  ``dffs get`` hands its download here, ``dffs ctl`` lists, stats, deletes,
+  imports, exports and runs the GC (:class:`~dffs.daemon.local_tasks.LocalTasks`).
+
+Servicers only convert messages: errors are :mod:`dffs.errors` classes, which
+the bridge turns into their gRPC status.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-import attrs
 import grpc
 import trio
+from google.protobuf import empty_pb2
 
-from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from dffs.daemon.config import DaemonConfig
-from dffs.daemon.membership import ManagerLink
-from dffs.daemon.p2p import P2PContext, P2PFetcher
-from dffs.daemon.rpc import DownloadService, UploadService
-from dffs.daemon.schedulers import SchedulerPool
-from dffs.fs.mount import MountConfig
-from dffs.fs.mount import serve as serve_mount
-from dffs.manager.tunables import ClientTunables
-from dffs.peertask import DownloadRequest, PeerTask, TaskManager
+from dffs import __version__
+from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from dffs.daemon.local_tasks import LocalTaskInfo, LocalTasks
+from dffs.daemon.schedulers import timestamp
+from dffs.digest import ExpectedDigest, format_piece_digest
+from dffs.errors import NotFound, UsageError
+from dffs.idgen import is_task_id
+from dffs.peertask import DownloadRequest, TaskManager
+from dffs.peertask.download import download_to_file
 from dffs.rpc import bridge
-from dffs.source import SourceRegistry
-from dffs.storage import StorageManager
-from dffs.upload import PieceUploadServer
-from dffs.upload.client import PieceClient
+from dffs.storage import StorageManager, TaskStore
 
 log = logging.getLogger(__name__)
 
+#: How long SyncPieces waits for a task this host has not opened yet (a seed being triggered).
+SYNC_WAIT_FOR_TASK = 30.0
 
-class Daemon:
-    def __init__(self, cfg: DaemonConfig, mount: MountConfig | None = None, *, embedded: bool = False):
-        self.cfg = cfg
-        #: Run for one caller's download (``dffs get --scheduler`` without a daemon): no signals, no socket.
-        self.embedded = embedded
-        self.mount = mount
-        self.storage = StorageManager(cfg.data_dir)
-        self.sources = SourceRegistry()
-        self.tasks = TaskManager(self.storage, self.sources)
-        self.upload = PieceUploadServer(
-            self.storage,
-            host=cfg.ip,
-            port=cfg.upload_port,
-            max_concurrent_uploads=cfg.max_concurrent_uploads,
-            rate_limit_bytes_per_sec=cfg.upload_rate_limit or None,
+
+def download_request(download: common_pb2.Download, *, from_member: bool) -> DownloadRequest:
+    """The task-layer request a proto ``Download`` names: the one conversion, for every servicer.
+
+    A member's Download (a seed trigger, a preheat) carries the piece length the
+    scheduler learned, as information: the task is the one every other reader of
+    the URL has, so it does not name the task. A local client's (``dffs ctl
+    import/export --piece-length``) does: it asks for that piece length.
+    """
+    if not download.url:
+        raise UsageError("download.url is required")
+    explicit = download.HasField("piece_length") and not from_member
+    return DownloadRequest(
+        url=download.url,
+        headers=dict(download.request_header),
+        tag=download.tag,
+        application=download.application,
+        piece_length=download.piece_length if explicit else None,
+    )
+
+
+def _task_id(text: str) -> str:
+    if not is_task_id(text):
+        raise UsageError("task_id must be 64 lowercase hex digits")
+    return text
+
+
+class UploadServicer(dfdaemon_pb2_grpc.DfdaemonUploadServicer, bridge.TrioServicer):
+    def __init__(self, storage: StorageManager, tasks: TaskManager, host_id: str):
+        bridge.TrioServicer.__init__(self)
+        self.storage = storage
+        self.tasks = tasks
+        self.host_id = host_id
+
+    @staticmethod
+    def _piece(store: TaskStore, number: int) -> dfdaemon_pb2.SyncPiecesResponse:
+        span = store.span(number)
+        digest = store.piece_digest(number)
+        return dfdaemon_pb2.SyncPiecesResponse(
+            number=number,
+            offset=span.offset,
+            length=span.length,
+            digest=format_piece_digest(digest) if digest else "",
         )
-        self.ports: dict[str, int] = {}
-        self.p2p: P2PContext | None = None
-        self.schedulers: SchedulerPool | None = None
-        #: The cluster's dynamic config as last read from the manager (None: no manager).
-        self.cluster_tunables: ClientTunables | None = None
-        #: The HTTP proxy / registry mirror (dffs/proxy), built here so a bad setting fails before anything runs.
-        self.proxy = None if embedded or cfg.proxy_port == -1 else self._make_proxy()
-        #: The cache GC (dffs.gc), started with the daemon unless embedded.
-        self.gc = None
-        self.gc_limits = _gc_limits(cfg)
-        self._nursery: trio.Nursery | None = None
 
-    def _host(self) -> common_pb2.Host:
-        return common_pb2.Host(
-            id=self.cfg.host_id,
-            type=common_pb2.HOST_TYPE_SEED if self.cfg.seed else common_pb2.HOST_TYPE_NORMAL,
-            hostname=self.cfg.hostname,
-            ip=self.cfg.ip,
-            port=self.ports["rpc"],
-            download_port=self.ports["upload"],
-            idc=self.cfg.idc,
-            location=self.cfg.location,
-            disable_shared=self.cfg.disable_shared,
-        )
-
-    async def _announce_host(self, address: str, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
-        """Announce this host every interval (a restarted scheduler relearns it within one)."""
-        request = scheduler_pb2.AnnounceHostRequest(host=self._host())
-        request.interval.FromNanoseconds(int(self.cfg.announce_interval * 1e9))
-        while True:
-            try:
-                await bridge.unary(stub.AnnounceHost, request, timeout=5)
-            except grpc.RpcError as exc:
-                log.warning(
-                    "host=%s event=announce_host_failed scheduler=%s code=%s", self.cfg.host_id, address, exc.code()
-                )
-            await trio.sleep(self.cfg.announce_interval)
-
-    async def _attach_p2p(self, task: PeerTask, request: DownloadRequest) -> None:
-        assert self.p2p is not None and self._nursery is not None
-        fetcher = P2PFetcher(self.p2p, task, request)
-        task.fetcher = fetcher
-        await self._nursery.start(fetcher.run)
-
-    async def _join_schedulers(self, nursery: trio.Nursery, piece_client: PieceClient) -> None:
-        """P2P for every task opened from now on, through the --scheduler list or the
-        schedulers the --manager hands out (refreshed while the daemon runs)."""
-        if not self.cfg.schedulers and not self.cfg.manager:
-            return
-        self.schedulers = SchedulerPool(nursery, self._announce_host)
-        self.p2p = P2PContext(
-            host_id=self.cfg.host_id,
-            schedulers=self.schedulers.stubs,
-            piece_client=piece_client,
-            parent_wait=self.cfg.parent_wait,
-            parent_rounds=self.cfg.parent_rounds,
-            seed=self.cfg.seed,
-        )
-        self.tasks.on_open = self._attach_p2p
-        # Every scheduler knows every host. With a manager, a static list only
-        # serves until the manager's first answer replaces it.
-        self.schedulers.update(self.cfg.schedulers)
-        if self.cfg.manager:
-            link = ManagerLink(self.cfg, self.schedulers, self.ports, self._apply_cluster_config)
-            await nursery.start(link.run)  # each call times out: a manager that is down does not block the start
-
-    def _apply_cluster_config(self, tunables: ClientTunables) -> None:
-        """The cluster's dynamic config, picked up without a restart."""
-        self.cluster_tunables = tunables
-        limit = tunables.upload_limit if tunables.upload_limit is not None else self.cfg.upload_rate_limit
-        self.upload.set_rate_limit(limit or None)
-        high = tunables.gc_high_threshold / 100 if tunables.gc_high_threshold else self.cfg.gc_high_watermark
-        low = tunables.gc_low_threshold / 100 if tunables.gc_low_threshold else self.cfg.gc_low_watermark
-        try:
-            limits = attrs.evolve(self.gc_limits, high=high, low=low)
-        except ValueError as exc:  # e.g. a cluster low above this host's high: keep what works
-            log.warning("host=%s event=cluster_gc_thresholds_ignored error=%s", self.cfg.host_id, exc)
-        else:
-            self.gc_limits = limits
-            if self.gc is not None:
-                self.gc.limits = limits
-
-    def _make_proxy(self):
-        from dffs.proxy import ProxyConfig, ProxyServer
-
-        cfg = self.cfg
-        options = dict(
-            port=cfg.proxy_port,
-            listen=cfg.proxy_listen,
-            registry_mirror=cfg.registry_mirror,
-            bypass=cfg.proxy_bypass,
-            allow=cfg.proxy_allow,
-            max_connections=cfg.proxy_max_connections,
-        )
-        if cfg.proxy_rules is not None:
-            options["rules"] = cfg.proxy_rules
-        proxy = ProxyServer(self.tasks, ProxyConfig(**options))
-        proxy.bind()
-        return proxy
-
-    async def _start_proxy(self, nursery: trio.Nursery) -> None:
-        """The HTTP proxy and registry mirror on --proxy-port, in this nursery."""
-        if self.proxy is not None and (port := await nursery.start(self.proxy.serve)) is not None:
-            self.ports["proxy"] = port
-
-    async def _start_gc_and_metrics(self, nursery: trio.Nursery) -> None:
-        """The cache GC and the metrics endpoint (dffs/gc, dffs/metrics), in this nursery."""
-        from dffs.daemon.control import report_evictions, swarm_stat
-        from dffs.gc.service import GcService
-        from dffs.metrics import DAEMON
-        from dffs.metrics.server import serve_trio
-
-        async def report(result) -> None:
-            if self.p2p is not None:
-                await report_evictions(self.p2p, result)
-
-        async def stat_fallback(request, error):
-            return await swarm_stat(self.p2p, request, error) if self.p2p is not None else None
-
-        def busy(tid: str) -> bool:
-            task = self.tasks.active(tid)
-            return task is not None and task.filling > 0
-
-        self.tasks.stat_fallback = stat_fallback
-        self.gc = GcService(
-            self.storage,
-            self.gc_limits,
-            interval=self.cfg.gc_interval,
-            is_active=lambda tid: self.tasks.active(tid) is not None,
-            is_busy=busy,
-            report=report,
-        )
-        await nursery.start(self.gc.run)
-        if self.cfg.metrics_port >= 0:
-            try:
-                self.ports["metrics"] = await nursery.start(serve_trio, self.cfg.ip, self.cfg.metrics_port, DAEMON)
-            except OSError as exc:  # metrics are not worth failing the daemon for (a busy port)
-                log.warning(
-                    "host=%s event=metrics_unavailable port=%d error=%s",
-                    self.cfg.host_id,
-                    self.cfg.metrics_port,
-                    exc.strerror,
-                )
-
-    async def _main_job(self) -> None:
-        if self.embedded:
-            await trio.sleep_forever()  # the caller cancels when its download is done
-        elif self.mount is not None:
-            await serve_mount(self.mount, tasks=self.tasks)
-        else:
-            await _wait_for_signal()
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until SIGINT/SIGTERM (or the mount is unmounted, or the caller cancels)."""
-        piece_client = PieceClient()
-        try:
-            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as servers:
-                self._nursery = nursery
-                self.ports["upload"] = await nursery.start(self.upload.serve)
-                upload_rpc = UploadService(self.storage, self.tasks, self.cfg.host_id)
-                server = await servers.enter_async_context(
-                    bridge.open_grpc_server(f"{self.cfg.ip}:{self.cfg.rpc_port}", upload_rpc.register)
-                )
-                self.ports["rpc"] = server.port
-                if not self.embedded:
-                    await self._start_gc_and_metrics(nursery)
-                if not self.embedded:
-                    socket_path = self.cfg.data_dir / "dffs.sock"
-                    socket_path.unlink(missing_ok=True)
-                    download_rpc = DownloadService(self.tasks, self.cfg.host_id)
-                    await servers.enter_async_context(
-                        bridge.open_grpc_server(f"unix:{socket_path}", download_rpc.register_with_control(self))
-                    )
-                    os.chmod(socket_path, 0o600)  # local clients only: it writes files as this daemon
-                await self._join_schedulers(nursery, piece_client)
-                await self._start_proxy(nursery)
-                log.info(
-                    "host=%s event=daemon_ready ip=%s upload_port=%d rpc_port=%d seed=%s",
-                    self.cfg.host_id,
-                    self.cfg.ip,
-                    self.ports["upload"],
-                    self.ports["rpc"],
-                    self.cfg.seed,
-                )
-                if not self.embedded:
-                    proxy = f" proxy_port={self.ports['proxy']}" if "proxy" in self.ports else ""
-                    proxy += f" metrics_port={self.ports['metrics']}" if "metrics" in self.ports else ""
-                    print(
-                        f"dffs daemon ready upload_port={self.ports['upload']} rpc_port={self.ports['rpc']}{proxy}",
-                        flush=True,
-                    )
-                task_status.started(self)
+    @bridge.unary_stream_method
+    async def SyncPieces(  # noqa: N802 (gRPC method name)
+        self, request: dfdaemon_pb2.SyncPiecesRequest, context: grpc.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
+        """Every piece held now, then each new one as it arrives, until complete."""
+        tid = _task_id(request.task_id)
+        task = self.tasks.active(tid)
+        if task is None:
+            store = await trio.to_thread.run_sync(self.storage.open_task, tid)
+            if store is not None and store.is_complete():
+                for number in store.present_pieces():
+                    yield self._piece(store, number)
+                return
+            task = await self.tasks.wait_active(tid, SYNC_WAIT_FOR_TASK)
+            if task is None:
+                raise NotFound(f"task {tid} is not on this host")
+        with task.subscription() as arrivals:
+            sent = set()
+            for number in task.store.present_pieces():
+                sent.add(number)
+                yield self._piece(task.store, number)
+            while not task.store.is_complete():
                 try:
-                    await self._main_job()
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                if self.p2p is not None:
-                    self.p2p.close()
-                if self.schedulers is not None:
-                    self.schedulers.close()
-                await piece_client.aclose()
-                self.storage.close()
-                await self.sources.aclose()
+                    number = await arrivals.receive()
+                except trio.EndOfChannel:
+                    return  # fell behind: the child reconnects and re-syncs
+                if number not in sent and task.store.has_piece(number):
+                    sent.add(number)
+                    yield self._piece(task.store, number)
+            for number in task.store.present_pieces():
+                if number not in sent:
+                    yield self._piece(task.store, number)
+
+    @bridge.unary_stream_method
+    async def DownloadTask(  # noqa: N802
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        """Download a task here (a seed's trigger, a preheat), streaming progress."""
+        task = await self.tasks.open(download_request(request.download, from_member=True))
+        meta = task.store.meta
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            host_id=self.host_id,
+            task_id=task.task_id,
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=meta.content_length, is_finished=task.store.is_complete()
+            ),
+        )
+        await task.fetch_all()
+        for number in task.store.present_pieces():
+            span = task.store.span(number)
+            yield dfdaemon_pb2.DownloadTaskResponse(
+                host_id=self.host_id,
+                task_id=task.task_id,
+                download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
+                    piece=common_pb2.Piece(number=number, offset=span.offset, length=span.length)
+                ),
+            )
 
 
-def _gc_limits(cfg: DaemonConfig):
-    """The GC's limits from the config (UsageError when malformed, before anything starts)."""
-    from dffs.errors import UsageError
-    from dffs.gc.policy import GcLimits, parse_quota
+def _local_task(info: LocalTaskInfo) -> dfdaemon_pb2.LocalTask:
+    meta = info.meta
+    task = common_pb2.Task(
+        id=meta.task_id,
+        type=common_pb2.TASK_TYPE_PERSISTENT if meta.imported else common_pb2.TASK_TYPE_STANDARD,
+        url=meta.url,
+        tag=meta.tag,
+        application=meta.application,
+        piece_length=meta.piece_length,
+        content_length=meta.content_length,
+        piece_count=meta.piece_count,
+        state=info.state,
+        created_at=timestamp(meta.created_at),
+    )
+    return dfdaemon_pb2.LocalTask(
+        task=task,
+        present_piece_count=info.present_pieces,
+        present_bytes=info.present_bytes,
+        disk_bytes=info.disk_bytes,
+        last_access=timestamp(info.last_access),
+        imported=meta.imported,
+        active=info.active,
+    )
 
-    st = os.statvfs(cfg.data_dir)
-    quota = parse_quota(cfg.storage_quota, st.f_blocks * st.f_frsize)
-    try:
-        return GcLimits(quota=quota, high=cfg.gc_high_watermark, low=cfg.gc_low_watermark, task_ttl=cfg.task_ttl)
-    except ValueError as exc:
-        raise UsageError(f"bad GC settings: {exc}") from None
+
+class DownloadServicer(dfdaemon_pb2_grpc.DfdaemonDownloadServicer, bridge.TrioServicer):
+    def __init__(self, tasks: TaskManager, local: LocalTasks, host_id: str):
+        bridge.TrioServicer.__init__(self)
+        self.tasks = tasks
+        self.local = local
+        self.host_id = host_id
+
+    @bridge.unary_stream_method
+    async def DownloadTask(  # noqa: N802
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        """``dffs get``'s download, done by this daemon into the caller's output path."""
+        download = request.download
+        if not download.HasField("output_path"):
+            raise UsageError("download.url and download.output_path are required")
+        req = download_request(download, from_member=False)
+        expected = ExpectedDigest.parse(download.digest) if download.HasField("digest") else None
+        timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0
+        try:
+            with trio.fail_after(timeout or float("inf")):
+                result = await download_to_file(self.tasks, req, Path(download.output_path), expected=expected)
+        except trio.TooSlowError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{download.url}: did not finish within {timeout:g}s")
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            host_id=self.host_id,
+            task_id=result.task_id,
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=result.size,
+                is_finished=True,
+                response_header={
+                    "x-dffs-origin-bytes": str(result.origin_bytes),
+                    "x-dffs-peer-bytes": str(result.peer_bytes),
+                },
+            ),
+        )
+
+    @bridge.unary_method
+    async def Health(  # noqa: N802
+        self, request: empty_pb2.Empty, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.HealthResponse:
+        return dfdaemon_pb2.HealthResponse(host_id=self.host_id, version=__version__, serving=True)
+
+    @bridge.unary_method
+    async def ListTasks(  # noqa: N802
+        self, request: dfdaemon_pb2.ListTasksRequest, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.ListTasksResponse:
+        return dfdaemon_pb2.ListTasksResponse(tasks=[_local_task(info) for info in await self.local.list()])
+
+    @bridge.unary_method
+    async def StatTask(  # noqa: N802
+        self, request: dfdaemon_pb2.StatTaskRequest, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.LocalTask:
+        return _local_task(await self.local.stat(request.task_id))
+
+    @bridge.unary_method
+    async def DeleteTask(  # noqa: N802
+        self, request: dfdaemon_pb2.DeleteTaskRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self.local.delete(request.task_id)
+        return empty_pb2.Empty()
+
+    @bridge.unary_method
+    async def ImportTask(  # noqa: N802
+        self, request: dfdaemon_pb2.ImportTaskRequest, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.LocalTask:
+        return _local_task(
+            await self.local.import_file(Path(request.path), download_request(request.download, from_member=False))
+        )
+
+    @bridge.unary_method
+    async def ExportTask(  # noqa: N802
+        self, request: dfdaemon_pb2.ExportTaskRequest, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.LocalTask:
+        if not request.output_path:
+            raise UsageError("output_path must be an absolute path")
+        output = Path(request.output_path)
+        if request.WhichOneof("target") == "task_id":
+            info = await self.local.export(output, task_id=request.task_id, local_only=request.local_only)
+        else:
+            info = await self.local.export(
+                output, request=download_request(request.download, from_member=False), local_only=request.local_only
+            )
+        return _local_task(info)
+
+    @bridge.unary_method
+    async def RunGC(  # noqa: N802
+        self, request: dfdaemon_pb2.RunGCRequest, context: grpc.ServicerContext
+    ) -> dfdaemon_pb2.RunGCResponse:
+        report = await self.local.run_gc()
+        result, limits = report.result, report.limits
+        return dfdaemon_pb2.RunGCResponse(
+            evicted_tasks=len(result.evicted_tasks),
+            evicted_pieces=result.piece_count,
+            freed_bytes=result.freed,
+            used_bytes=result.used,
+            quota_bytes=limits.quota,
+            high_watermark_bytes=limits.high_bytes if limits.quota else 0,
+            low_watermark_bytes=limits.low_bytes if limits.quota else 0,
+        )
 
 
-async def _wait_for_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("event=signal signal=%s action=stop", signal.Signals(signum).name)
-            return
+__all__ = ["DownloadServicer", "UploadServicer", "download_request"]

@@ -113,43 +113,54 @@ def set_read_ahead(mountpoint: Path, kb: int) -> None:
         log.info("event=read_ahead_unchanged path=%s error=%s", path, exc.strerror)
 
 
-def build(cfg: MountConfig, tasks: TaskManager | None = None) -> tuple[DffsOperations, StorageManager, SourceRegistry]:
-    """Everything the mount serves from; raises UsageError on bad input before mounting.
-
-    A daemon passes its own TaskManager so the mount shares its storage and P2P.
-    """
-    sources = (
-        tasks.sources
-        if tasks is not None
-        else SourceRegistry(
-            http_options=HttpOptions(
-                connect_timeout=cfg.connect_timeout,
-                read_timeout=cfg.origin_read_timeout,
-                attempts=cfg.attempts,
-                ca_file=cfg.ca_file,
-            )
-        )
-    )
+def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
+    """The operations the mount serves; raises UsageError on bad input before mounting."""
     manifest = load_manifest(cfg.manifest) if cfg.manifest else []
     namespace = Namespace(
-        sources,
+        tasks.sources,
         named_sources=dict(cfg.sources),
         manifest=manifest,
         metadata_ttl=cfg.metadata_ttl,
         negative_ttl=cfg.negative_ttl,
         op_timeout=cfg.read_timeout,
     )
-    storage = tasks.storage if tasks is not None else StorageManager(cfg.data_dir)
-    tasks = tasks or TaskManager(storage, sources)
     policy = ReadPolicy(prefetch=cfg.prefetch, read_timeout=cfg.read_timeout, entry_timeout=cfg.metadata_ttl)
-    return DffsOperations(namespace, tasks, policy, cfg.data_dir), storage, sources
+    prefetcher = Prefetcher(concurrency=cfg.prefetch_concurrency)
+    return DffsOperations(namespace, tasks, policy, cfg.data_dir, prefetcher)
 
 
-async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Mount, serve until SIGINT/SIGTERM (or cancellation), and always unmount."""
+def standalone_sources(cfg: MountConfig) -> SourceRegistry:
+    """The origins of a mount that runs alone (``dffs mount`` without P2P)."""
+    return SourceRegistry(
+        http_options=HttpOptions(
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.origin_read_timeout,
+            attempts=cfg.attempts,
+            ca_file=cfg.ca_file,
+        )
+    )
+
+
+async def serve_standalone(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """``dffs mount`` on its own: its own storage, origins and task manager, no ports opened."""
+    storage = StorageManager(cfg.data_dir)
+    sources = standalone_sources(cfg)
+    try:
+        async with TaskManager(storage, sources) as tasks:
+            await serve(cfg, tasks, task_status=task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            storage.close()
+            await sources.aclose()
+
+
+async def serve(cfg: MountConfig, tasks: TaskManager, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Mount, serve until SIGINT/SIGTERM (or cancellation), and always unmount.
+
+    ``tasks`` is the daemon's (or :func:`serve_standalone`'s) task manager: the mount
+    shares its storage, origins and P2P."""
     mountpoint = cfg.mountpoint.absolute()
-    owned = tasks is None
-    operations, storage, sources = build(cfg, tasks)
+    operations = build(cfg, tasks)
     prepare_mountpoint(mountpoint)
     options = set(pyfuse3.default_options) | {"fsname=dffs", "subtype=dffs", "ro"}
     if cfg.allow_other:
@@ -161,7 +172,6 @@ async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_stat
     log.info("event=mounted mountpoint=%s data_dir=%s", mountpoint, cfg.data_dir)
     try:
         async with trio.open_nursery() as nursery:
-            operations.attach(Prefetcher(nursery, concurrency=cfg.prefetch_concurrency))
             nursery.start_soon(_stop_on_signal)
             nursery.start_soon(_tune_read_ahead, mountpoint, cfg.read_ahead_kb)
             task_status.started(operations)
@@ -170,9 +180,6 @@ async def serve(cfg: MountConfig, *, tasks: TaskManager | None = None, task_stat
     finally:
         with trio.CancelScope(shield=True):
             pyfuse3.close(unmount=True)
-            if owned:
-                storage.close()
-                await sources.aclose()
         counters = " ".join(f"{k}={v}" for k, v in operations.counters.items())
         log.info(
             "event=unmounted mountpoint=%s %s origin_metadata_requests=%d",

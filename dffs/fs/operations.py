@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import NoReturn
 
 import attrs
@@ -28,7 +29,6 @@ from dffs.fs.readahead import SequentialDetector
 from dffs.idgen import pieces_for_range
 from dffs.metrics import daemon as metrics
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
-from dffs.peertask.export import verify_task
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,18 @@ class DffsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, tasks: TaskManager, policy: ReadPolicy, data_dir):
+    def __init__(self, namespace: Namespace, tasks: TaskManager, policy: ReadPolicy, data_dir, prefetcher: Prefetcher):
         super().__init__()
         self.ns = namespace
         self.tasks = tasks
         self.policy = policy
         self.data_dir = data_dir
-        self.prefetcher: Prefetcher | None = None
+        self.prefetcher = prefetcher
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[Node]] = {}
         self._digest_watch: set[str] = set()
         self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0, "lookups": 0, "cold_reads": 0}
-
-    def attach(self, prefetcher: Prefetcher) -> None:
-        self.prefetcher = prefetcher
 
     # ------------------------------------------------------------ helpers
     def _node(self, inode: int) -> Node:
@@ -236,7 +233,7 @@ class DffsOperations(pyfuse3.Operations):
             return await self._read_pinned(handle, task, store, needed, off, size)
 
     async def _read_pinned(
-        self, handle: OpenFile, task: PeerTask, store, needed: list[int], off: int, size: int
+        self, handle: OpenFile, task: PeerTask, store, needed: Sequence[int], off: int, size: int
     ) -> bytes:
         hits = sum(1 for n in needed if store.has_piece(n))
         _CACHE_HITS.inc(hits)
@@ -244,9 +241,9 @@ class DffsOperations(pyfuse3.Operations):
         store.touch(needed)
         if hits == len(needed):
             _LOCAL_BYTES.inc(size)
-        if len(needed) == 1 and size <= COLD_READ_MAX and self.prefetcher is not None:
+        if len(needed) == 1 and size <= COLD_READ_MAX:
             span = store.span(needed[0])
-            data = await task.read_cold(needed[0], off - span.offset, size, self.prefetcher.nursery)
+            data = await task.read_cold(needed[0], off - span.offset, size)
             if data is not None:  # the piece was cold: these bytes came first, the rest follows
                 self.counters["cold_reads"] += 1
                 self._schedule_prefetch(handle, task, off, size)
@@ -265,6 +262,7 @@ class DffsOperations(pyfuse3.Operations):
 
     async def _open_task(self, handle: OpenFile) -> PeerTask:
         node = handle.node
+        assert node.url is not None  # files always have one; only directories do not
         task = await self.tasks.open(DownloadRequest(url=node.url))
         if task.store.meta.content_length != node.size:
             log.info(
@@ -276,10 +274,9 @@ class DffsOperations(pyfuse3.Operations):
             )
             node.size = task.store.meta.content_length
         handle.task = task
-        if node.digest and node.digest_check is None and self.prefetcher is not None:
-            if task.task_id not in self._digest_watch:
-                self._digest_watch.add(task.task_id)
-                self.prefetcher.nursery.start_soon(self._check_digest_when_complete, node, task)
+        if node.digest and node.digest_check is None and task.task_id not in self._digest_watch:
+            self._digest_watch.add(task.task_id)
+            task.background.start_soon(self._check_digest_when_complete, node, task)
         return task
 
     async def _check_digest_when_complete(self, node: Node, task: PeerTask) -> None:
@@ -287,38 +284,37 @@ class DffsOperations(pyfuse3.Operations):
 
         Bytes are served as pieces arrive (each piece digest-checked), so the
         whole-file digest can only be checked at the end; a mismatch means the
-        origin does not hold what the manifest promised: the cached bytes are
-        dropped and reads of the file fail with EIO from then on.
+        origin does not hold what the manifest promised: the task is deleted
+        (TaskManager.verify) and reads of the file fail with EIO from then on.
         """
-        await task.wait_complete()
-        if node.digest_check is None:
-            node.digest_check = "checking"
-            await self._check_digest(node, task)
-
-    async def _check_digest(self, node: Node, task: PeerTask) -> None:
         try:
-            dropped = await trio.to_thread.run_sync(verify_task, task.store, ExpectedDigest.parse(node.digest))
-        except DigestMismatch as exc:
-            node.digest_check = "bad"
-            log.error("task=%s event=digest_mismatch path=%s error=%s", task.task_id, node.path(), exc)
-            self.tasks.forget(task.task_id)
+            await task.wait_complete()
+            if node.digest_check is not None:
+                return
+            node.digest_check = "checking"
+            try:
+                await self.tasks.verify(task, ExpectedDigest.parse(node.digest or ""))
+            except DigestMismatch as exc:
+                # No await from here on: the delete cancelled this task's background (and this job).
+                node.digest_check = "bad"
+                log.error("task=%s event=digest_mismatch path=%s error=%s", task.task_id, node.path(), exc)
+                for handle in self._files.values():
+                    if handle.task is task:
+                        handle.task = None
+                return
+            except DffsError as exc:
+                node.digest_check = None
+                log.warning("task=%s event=digest_check_failed path=%s error=%s", task.task_id, node.path(), exc)
+                return
+            node.digest_check = "ok"
+            log.info("task=%s event=digest_verified path=%s ok=True", task.task_id, node.path())
+        finally:
+            if node.digest_check == "checking":  # cancelled with its task: check again next time
+                node.digest_check = None
             self._digest_watch.discard(task.task_id)
-            for handle in self._files.values():
-                if handle.task is task:
-                    handle.task = None
-            await self.tasks.delete(task.task_id)
-            return
-        except DffsError as exc:
-            node.digest_check = None
-            self._digest_watch.discard(task.task_id)
-            log.warning("task=%s event=digest_check_failed path=%s error=%s", task.task_id, node.path(), exc)
-            return
-        node.digest_check = None if dropped else "ok"
-        self._digest_watch.discard(task.task_id)
-        log.info("task=%s event=digest_verified path=%s ok=%s", task.task_id, node.path(), not dropped)
 
     def _schedule_prefetch(self, handle: OpenFile, task: PeerTask, off: int, size: int) -> None:
-        if self.prefetcher is None or self.policy.prefetch == "none":
+        if self.policy.prefetch == "none":
             return
         meta = task.store.meta
         if self.policy.prefetch == "whole":

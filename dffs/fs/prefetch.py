@@ -4,7 +4,8 @@ Readahead and ``--prefetch whole`` schedule pieces here; at most
 ``concurrency`` of them are in flight across every file and handle, so their
 buffers (``concurrency`` x piece length) are the whole memory they cost.
 Reads that need a piece *now* call PeerTask.ensure_piece directly and never
-wait for this limiter: on-demand always overtakes prefetch.
+wait for this limiter: on-demand always overtakes prefetch. Each fetch runs in
+its task's background, so a forgotten task's readahead ends with it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Prefetcher:
-    def __init__(self, nursery: trio.Nursery, *, concurrency: int = 4, max_queued: int = 1024):
-        #: The nursery that owns background fetches (also used to complete cold reads).
-        self.nursery = nursery
+    def __init__(self, *, concurrency: int = 4, max_queued: int = 1024):
         self._limiter = trio.CapacityLimiter(max(1, concurrency))
         self._queued: set[tuple[str, int]] = set()
         self.max_queued = max_queued
@@ -41,7 +40,7 @@ class Prefetcher:
             if len(self._queued) >= self.max_queued:
                 return
             self._queued.add(key)
-            self.nursery.start_soon(self._fetch, task, number, key)
+            task.background.start_soon(self._fetch, task, number, key)
 
     async def _fetch(self, task: PeerTask, number: int, key: tuple[str, int]) -> None:
         try:

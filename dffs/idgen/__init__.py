@@ -11,15 +11,17 @@ from dffs.idgen.pieces import (
     piece_span,
     pieces_for_range,
 )
-from dffs.idgen.taskid import DEFAULT_FILTERED_QUERY_PARAMS, normalize_url, task_id
+from dffs.idgen.taskid import DEFAULT_FILTERED_QUERY_PARAMS, TASK_ID_PATTERN, is_task_id, normalize_url, task_id
 
 __all__ = [
     "DEFAULT_FILTERED_QUERY_PARAMS",
     "DEFAULT_PIECE_LENGTH",
     "MAX_PIECE_LENGTH",
     "MIN_PIECE_LENGTH",
+    "TASK_ID_PATTERN",
     "PieceSpan",
     "host_id",
+    "is_task_id",
     "normalize_url",
     "piece_count",
     "piece_length_for",

@@ -14,8 +14,18 @@ one task, while ``?version=1`` and ``?version=2`` stay distinct.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+#: What a task ID looks like on the wire: a sha256, 64 lowercase hex digits.
+TASK_ID_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def is_task_id(text: str) -> bool:
+    """Whether ``text`` is a well-formed task ID (checked before it names a path or a lookup)."""
+    return TASK_ID_PATTERN.fullmatch(text) is not None
+
 
 #: Query parameters that change between requests for the same bytes. Matched
 #: case-insensitively; an entry ending in ``*`` matches by prefix.

@@ -26,7 +26,7 @@ class BufferPool:
 
     def give(self, view: memoryview) -> None:
         size = len(view)
-        if self._idle_bytes + size <= self.max_idle_bytes:
+        if self._idle_bytes + size <= self.max_idle_bytes and isinstance(view.obj, bytearray):
             self._idle[size].append(view.obj)
             self._idle_bytes += size
 

@@ -11,10 +11,10 @@ import attrs
 import trio
 
 from dffs.digest import ExpectedDigest
-from dffs.errors import DigestMismatch, StorageError
 from dffs.metrics import daemon as metrics
-from dffs.peertask.export import export_task, verify_task
-from dffs.peertask.manager import DownloadRequest, TaskManager
+from dffs.peertask.export import export_task
+from dffs.peertask.manager import TaskManager
+from dffs.peertask.request import DownloadRequest
 from dffs.peertask.task import PeerTask
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,7 @@ async def download_to_file(
     task = await tasks.open(request)
     fetched_before = task.source_bytes + task.peer_bytes
     on_start(task)
-    await task.fetch_all(concurrency=concurrency, on_progress=on_progress)
-    for _ in range(3):
-        try:
-            dropped = await trio.to_thread.run_sync(verify_task, task.store, expected)
-        except DigestMismatch:
-            await tasks.delete(task.task_id)
-            raise
-        if not dropped:
-            break
-        log.warning("task=%s event=refetch_corrupt_pieces pieces=%s", task.task_id, dropped)
-        on_progress(-sum(task.store.span(n).length for n in dropped))
-        await task.fetch_all(concurrency=concurrency, on_progress=on_progress)
-    else:
-        raise StorageError(f"task {task.task_id}: pieces keep failing verification")
+    await tasks.verify(task, expected, concurrency=concurrency, on_progress=on_progress)
     method = await trio.to_thread.run_sync(export_task, task.store, output)
     result = DownloadResult(task.task_id, task.store.meta.content_length, task.source_bytes, task.peer_bytes, method)
     task.store.touch()

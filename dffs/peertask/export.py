@@ -42,7 +42,7 @@ def verify_task(store: TaskStore, expected: ExpectedDigest | None) -> list[int]:
     bad = [n for n in range(store.meta.piece_count) if not store.ensure_verified(n, feed)]
     if bad:
         return bad
-    if expected is not None and hasher.hexdigest() != expected.hexdigest:
+    if expected is not None and hasher is not None and hasher.hexdigest() != expected.hexdigest:
         raise DigestMismatch(
             f"digest mismatch for {store.meta.url}: expected {expected}, got {expected.algorithm}:{hasher.hexdigest()}"
         )

@@ -1,54 +1,83 @@
-"""The task manager: one PeerTask per task per process, whatever asks for it."""
+"""The task manager: one PeerTask per task per process, whatever asks for it.
+
+The manager owns every task's background work: it is an async context manager
+whose nursery hosts one :class:`~dffs.peertask.background.Background` per open
+task, so leaving the block ends all of it, and forgetting or deleting a task
+ends that task's.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-import attrs
 import trio
 
-from dffs.errors import SourceError
-from dffs.idgen import piece_length_for, task_id
+from dffs.digest import ExpectedDigest
+from dffs.errors import DigestMismatch, SourceError, StorageError
+from dffs.idgen import piece_length_for
+from dffs.peertask.background import Background
 from dffs.peertask.buffers import BufferPool
-from dffs.peertask.task import PeerTask
-from dffs.source import SourceRegistry, SourceStat, Validators
+from dffs.peertask.export import verify_task
+from dffs.peertask.request import DownloadRequest
+from dffs.peertask.singleflight import SingleFlight
+from dffs.peertask.swarm import NoSwarm, Swarm
+from dffs.peertask.task import PeerTask, ProgressCallback
+from dffs.source import Source, SourceRegistry, SourceStat, Validators
 from dffs.storage import StorageManager, TaskMeta
 
 log = logging.getLogger(__name__)
 
-
-@attrs.frozen
-class DownloadRequest:
-    """What a client asks for; the same fields make the same task ID on every peer."""
-
-    url: str
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    tag: str = ""
-    application: str = ""
-    piece_length: int | None = None
-
-    @property
-    def task_id(self) -> str:
-        return task_id(self.url, tag=self.tag, application=self.application, piece_length=self.piece_length)
+#: Rounds of "drop the corrupt pieces, fetch them again" before a task is given up on.
+VERIFY_ROUNDS = 3
 
 
 class TaskManager:
-    def __init__(self, storage: StorageManager, sources: SourceRegistry, *, buffers: BufferPool | None = None):
+    def __init__(
+        self,
+        storage: StorageManager,
+        sources: SourceRegistry,
+        *,
+        swarm: Swarm | None = None,
+        buffers: BufferPool | None = None,
+    ):
         self.storage = storage
         self.sources = sources
+        #: Where pieces and metadata come from besides the origin (the daemon's P2P; NoSwarm alone).
+        self.swarm: Swarm = swarm or NoSwarm()
         self.buffers = buffers or BufferPool()
-        #: ``async (task, request)`` run once for every task opened; the daemon uses it
-        #: to install the P2P fetcher.
-        self.on_open: Callable[[PeerTask, DownloadRequest], Awaitable[None]] | None = None
-        #: ``async (request, error) -> SourceStat | None``: asked when the origin cannot
-        #: say what the object is (down, gone); the daemon asks the scheduler, so a task
-        #: imported elsewhere (``dffs ctl import``) can be fetched with no origin at all.
-        self.stat_fallback: Callable[[DownloadRequest, SourceError], Awaitable[SourceStat | None]] | None = None
         self._tasks: dict[str, PeerTask] = {}
         self._opening: dict[str, trio.Lock] = {}
         self._opened: dict[str, trio.Event] = {}
+        self._checks: SingleFlight[tuple[str, str]] = SingleFlight()
+        #: Complete tasks whose bytes did not match their whole-object digest (each deleted).
+        self.digest_mismatches = 0
+        self._stack = contextlib.AsyncExitStack()
+        self._nursery: trio.Nursery | None = None
 
+    # --------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> TaskManager:
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()  # every task's background work ends with the manager
+        self._tasks.clear()
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # Background jobs never raise (Background guards them), so a group here holds the
+            # error of the block this manager wrapped: give the caller back their own exception.
+            leaves = _leaves(group)
+            if exc is not None and len(leaves) == 1 and leaves[0] is exc:
+                raise exc from None
+            raise
+        finally:
+            self._nursery = None
+
+    # ------------------------------------------------------------- tasks
     async def open(self, request: DownloadRequest) -> PeerTask:
         """The PeerTask for ``request``, revalidated against the origin once per process.
 
@@ -56,6 +85,8 @@ class TaskManager:
         (a 304 to a conditional HEAD, or matching ETag/Last-Modified); otherwise
         the task starts over so stale bytes are never served.
         """
+        if self._nursery is None:
+            raise RuntimeError("TaskManager.open outside `async with TaskManager(...)`")
         source = self.sources.for_url(request.url)
         tid = request.task_id
         lock = self._opening.setdefault(tid, trio.Lock())
@@ -95,20 +126,34 @@ class TaskManager:
                     application=request.application,
                 )
                 store = await trio.to_thread.run_sync(self.storage.create_task, meta)
-            task = PeerTask(store, source, stat, headers=request.headers, buffers=self.buffers)
-            if self.on_open is not None and not store.is_complete():
-                await self.on_open(task, request)
+            background = await Background.open(self._nursery, tid)
+            fetcher = self.swarm.fetcher(request)
+            task = PeerTask(
+                store,
+                source,
+                stat,
+                fetcher=fetcher,
+                background=background,
+                headers=request.headers,
+                buffers=self.buffers,
+            )
+            if not store.is_complete():
+                try:
+                    await background.start(fetcher.run, task)  # P2P: registered with a scheduler
+                except BaseException:
+                    background.cancel()
+                    raise
             self._tasks[tid] = task
             self._opened.pop(tid, trio.Event()).set()
             return task
 
-    async def _stat(self, source, request: DownloadRequest) -> SourceStat:
+    async def _stat(self, source: Source, request: DownloadRequest) -> SourceStat:
         try:
             return await source.stat(request.url, headers=request.headers)
         except SourceError as exc:
-            if self.stat_fallback is None:
-                raise
-            stat = await self.stat_fallback(request, exc)
+            # The origin cannot say what the object is (down, gone): a task imported or
+            # finished elsewhere (dffs ctl import) is still known to the swarm.
+            stat = await self.swarm.stat(request)
             if stat is None:
                 raise
             log.info(
@@ -134,9 +179,86 @@ class TaskManager:
         return self._tasks.get(tid)
 
     def forget(self, tid: str) -> None:
-        """Drop the in-memory task (its pieces stay on disk unless deleted)."""
-        self._tasks.pop(tid, None)
+        """Drop the in-memory task and end its background work (its pieces stay on disk)."""
+        task = self._tasks.pop(tid, None)
+        if task is not None:
+            task.background.cancel()
 
     async def delete(self, tid: str) -> None:
-        self._tasks.pop(tid, None)
-        await trio.to_thread.run_sync(self.storage.delete_task, tid)
+        """Forget the task and delete its pieces and metadata."""
+        task = self._tasks.pop(tid, None)
+        with trio.CancelScope(shield=True):  # also when called from the task's own background
+            await trio.to_thread.run_sync(self.storage.delete_task, tid)
+        if task is not None:
+            task.background.cancel()
+
+    # -------------------------------------------------- whole-object check
+    async def verify(
+        self,
+        task: PeerTask,
+        expected: ExpectedDigest | None = None,
+        *,
+        concurrency: int = 8,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Make ``task`` complete with every piece verified and, with ``expected``, the whole object
+        matching it — the one such check for ``dffs get``, the proxy's blobs and the mount's manifests.
+
+        Missing pieces are fetched (``concurrency`` at a time); corrupt ones are dropped and fetched
+        again, up to VERIFY_ROUNDS times. A whole-object mismatch deletes the task and raises
+        DigestMismatch: the cache keeps no bytes a digest rejected, and the next reader starts
+        over. Single flight per task and digest; done once per process while the task stays
+        complete. ``on_progress`` gets bytes added (negative for pieces dropped).
+        """
+        label = str(expected) if expected is not None else ""
+        progress = on_progress or _ignore
+
+        def done() -> bool:
+            return label in task.verified_digests and task.store.is_complete()
+
+        async def check() -> None:
+            for round_ in range(VERIFY_ROUNDS):
+                self._ensure_current(task)
+                await task.fetch_all(concurrency=concurrency, on_progress=progress, report_present=round_ == 0)
+                self._ensure_current(task)
+                try:
+                    dropped = await trio.to_thread.run_sync(verify_task, task.store, expected)
+                except OSError as exc:
+                    raise StorageError(f"task {task.task_id}: cannot read its pieces: {exc.strerror}") from None
+                except DigestMismatch:
+                    self.digest_mismatches += 1
+                    # Info: the caller reports it (dffs get's one-line error, the proxy's and mount's warnings).
+                    log.info(
+                        "task=%s event=digest_mismatch action=delete expected=%s url=%s",
+                        task.task_id,
+                        expected,
+                        task.store.meta.url,
+                    )
+                    await self.delete(task.task_id)
+                    raise
+                if not dropped:
+                    task.verified_digests.add(label)
+                    if expected is not None:
+                        log.info("task=%s event=digest_verified digest=%s", task.task_id, expected)
+                    return
+                log.warning("task=%s event=refetch_corrupt_pieces pieces=%s", task.task_id, dropped)
+                progress(-sum(task.store.span(n).length for n in dropped))
+            raise StorageError(f"task {task.task_id}: pieces keep failing verification")
+
+        await self._checks.run((task.task_id, label), check, done=done)
+
+    def _ensure_current(self, task: PeerTask) -> None:
+        """A task deleted meanwhile (a mismatch found by another reader) is not checked again."""
+        if self._tasks.get(task.task_id) is not task:
+            raise StorageError(f"task {task.task_id} was dropped while being read")
+
+
+def _ignore(n: int) -> None:
+    pass
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for inner in group.exceptions:
+        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return out

@@ -2,8 +2,9 @@
 
 Pieces are fetched single-flight: however many readers (FUSE handles, the
 proxy, dfget) want piece N at once, one request goes out and they all wait on
-it. For now pieces come from the origin ("back-to-source"); the P2P issue adds
-parents as a second place to fetch from.
+it. Where a piece comes from is the task's :class:`~dffs.peertask.swarm.PieceFetcher`
+(the origin, or parents through P2P); what the task does on its own behalf
+runs in its :class:`~dffs.peertask.background.Background`, which ends with it.
 """
 
 from __future__ import annotations
@@ -12,30 +13,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from typing import Protocol
 
 import trio
 
 from dffs.errors import DffsError, RangeNotSupported, SourceError, primary_error
 from dffs.metrics import daemon as metrics
+from dffs.peertask.background import Background
 from dffs.peertask.buffers import BufferPool
+from dffs.peertask.singleflight import Flight, SingleFlight
+from dffs.peertask.swarm import PieceFetcher
 from dffs.source.base import Source, SourceStat, Validators
 from dffs.storage import TaskStore
 
 log = logging.getLogger(__name__)
-
-
-class PieceFetcher(Protocol):
-    """Where a PeerTask's pieces come from when not straight from the origin."""
-
-    async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
-        """Fill ``buffer`` with piece ``number``; returns (came from the origin?, verified digest or None)."""
-
-    async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
-        """Piece ``number`` is now on disk (report it to the scheduler)."""
-
-    def choose(self, candidates: list[int]) -> int:
-        """Which of the missing pieces a background worker should fetch next."""
 
 
 #: Called with the number of bytes a piece added (whether fetched or found locally).
@@ -49,24 +39,28 @@ class PeerTask:
         source: Source,
         stat: SourceStat,
         *,
+        fetcher: PieceFetcher,
+        background: Background,
         headers: Mapping[str, str] | None = None,
         buffers: BufferPool | None = None,
     ):
         self.store = store
         self.source = source
         self.stat = stat
+        #: Where pieces come from: the origin, or parents first (P2P).
+        self.fetcher = fetcher
+        #: The task's own background work; cancelled when the task is forgotten or deleted.
+        self.background = background
         self.headers = dict(headers or {})
         self.buffers = buffers or BufferPool()
         self.validators = Validators(etag=store.meta.etag, last_modified=store.meta.last_modified)
-        self._inflight: dict[int, trio.Event] = {}
-        self._errors: dict[int, BaseException] = {}
+        self._pieces: SingleFlight[int] = SingleFlight()
         self._ranges_supported = stat.accepts_ranges
         #: Bytes this process fetched from the origin for this task.
         self.source_bytes = 0
         self._complete = trio.Event()
-        #: Where pieces come from; None: the origin. The daemon installs a P2P
-        #: fetcher (parents first, the origin when the scheduler says so).
-        self.fetcher: PieceFetcher | None = None
+        #: Whole-object digests this process checked the complete task against ("" = pieces only).
+        self.verified_digests: set[str] = set()
         #: Bytes received from other peers.
         self.peer_bytes = 0
         self._listeners: set[trio.MemorySendChannel] = set()
@@ -109,7 +103,7 @@ class PeerTask:
 
     # ------------------------------------------------------------- pieces
     def is_inflight(self, number: int) -> bool:
-        return number in self._inflight
+        return number in self._pieces
 
     async def ensure_piece(self, number: int) -> None:
         """Make piece ``number`` present *and verified*: what a reader needs before pread.
@@ -126,42 +120,27 @@ class PeerTask:
 
     async def fetch_piece(self, number: int) -> None:
         """Make piece ``number`` present; single flight across concurrent callers."""
-        while not self.store.has_piece(number):
-            event = self._inflight.get(number)
-            if event is not None:
-                await event.wait()
-                error = self._errors.get(number)
-                if error is not None and not self.store.has_piece(number):
-                    raise error
-                continue
-            event = self._inflight[number] = trio.Event()
-            self._errors.pop(number, None)
-            try:
-                await self._download_piece(number)
-            except BaseException as exc:
-                self._errors[number] = exc
-                raise
-            finally:
-                del self._inflight[number]
-                event.set()
+        await self._pieces.run(number, lambda: self._download_piece(number), done=lambda: self.store.has_piece(number))
 
-    async def read_cold(self, number: int, start: int, length: int, nursery: trio.Nursery) -> bytes | None:
+    async def read_cold(self, number: int, start: int, length: int) -> bytes | None:
         """Serve a small read of an absent piece with the first byte fast.
 
         Fetches only ``[start, start + length)`` of piece ``number``, returns
-        those bytes, and completes the rest of the piece in ``nursery`` (the
-        piece is in flight meanwhile, so other readers wait for it as usual).
-        The origin still sends exactly one piece. Returns None when the piece
-        is present or already being fetched: the caller then waits normally.
+        those bytes, and completes the rest of the piece in the task's
+        background (the piece is in flight meanwhile, so other readers wait for
+        it as usual). The origin still sends exactly one piece. Returns None
+        when the piece is present or already being fetched, or when pieces come
+        from parents (whole pieces, verifiable): the caller then waits normally.
         The bytes come straight from the origin, the source of truth; the
         piece's digest is computed when it is complete.
         """
-        if self.store.has_piece(number) or number in self._inflight or self.fetcher is not None:
-            return None  # with P2P, whole pieces come from parents (verifiable); no origin shortcut
+        if self.store.has_piece(number) or not self.fetcher.from_origin_only or self.background.cancelled:
+            return None
+        flight = self._pieces.begin(number)
+        if flight is None:
+            return None
         span = self.store.span(number)
         end = min(start + length, span.length)
-        event = self._inflight[number] = trio.Event()
-        self._errors.pop(number, None)
         buffer = self.buffers.take(span.length)
         try:
             await self.source.read_range(
@@ -169,15 +148,14 @@ class PeerTask:
             )
         except BaseException as exc:
             self.buffers.give(buffer)
-            self._errors[number] = exc
-            del self._inflight[number]
-            event.set()
+            flight.finish(exc if isinstance(exc, Exception) else None)
             raise
-        nursery.start_soon(self._complete_piece, number, buffer, start, end, event)
+        self.background.start_soon(self._complete_piece, number, buffer, start, end, flight)
         return bytes(buffer[start:end])
 
-    async def _complete_piece(self, number: int, buffer: memoryview, start: int, end: int, event: trio.Event) -> None:
+    async def _complete_piece(self, number: int, buffer: memoryview, start: int, end: int, flight: Flight) -> None:
         span = self.store.span(number)
+        error: Exception | None = None
         try:
             for lo, hi in ((0, start), (end, span.length)):
                 if hi > lo:
@@ -192,23 +170,18 @@ class PeerTask:
             metrics.download_bytes.labels("origin").inc(span.length)
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
             self._note_written(number)
-        except DffsError as exc:  # a background job: record it for the waiters, never crash the owner
-            self._errors[number] = exc
+        except DffsError as exc:  # recorded for the waiters; the task's other work goes on
+            error = exc
             log.info("task=%s piece=%d event=complete_piece_failed error=%s", self.task_id, number, exc)
         finally:
             self.buffers.give(buffer)
-            del self._inflight[number]
-            event.set()
+            flight.finish(error)
 
     async def _download_piece(self, number: int) -> None:
         span = self.store.span(number)
         started = time.monotonic()
         with self.buffers.borrow(span.length) as buffer:
-            if self.fetcher is not None:
-                origin, digest = await self.fetcher.fetch(self, number, buffer)
-            else:
-                await self.fetch_from_origin(number, buffer)
-                origin, digest = True, None
+            origin, digest = await self.fetcher.fetch(self, number, buffer)
             if origin:
                 self.source_bytes += span.length
             else:
@@ -217,8 +190,8 @@ class PeerTask:
             metrics.download_bytes.labels(kind).inc(span.length)
             metrics.piece_seconds.labels(kind).observe(time.monotonic() - started)
             await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
-        if self.fetcher is not None:  # report before completion can be announced
-            await self.fetcher.stored(self, number, origin, time.monotonic() - started)
+        # Reported before the piece counts as written, so "peer finished" never overtakes it.
+        await self.fetcher.stored(self, number, origin, time.monotonic() - started)
         self._note_written(number)
         log.debug(
             "task=%s piece=%d source=%s bytes=%d ms=%.1f",
@@ -236,20 +209,30 @@ class PeerTask:
         )
 
     # -------------------------------------------------------- whole task
-    async def fetch_all(self, *, concurrency: int = 8, on_progress: ProgressCallback | None = None) -> None:
+    async def fetch_all(
+        self,
+        *,
+        concurrency: int = 8,
+        on_progress: ProgressCallback | None = None,
+        report_present: bool = True,
+    ) -> None:
         """Make every piece present: ranged fetches ``concurrency`` at a time,
-        or one sequential stream if the origin does not do ranges."""
+        or one sequential stream if the origin does not do ranges.
+
+        ``on_progress`` gets the bytes already present first (unless
+        ``report_present`` is false: a caller that counted them before), then
+        each piece's as it arrives."""
         self.filling += 1
         try:
-            await self._fetch_all(concurrency, on_progress)
+            await self._fetch_all(concurrency, on_progress, report_present)
         finally:
             self.filling -= 1
 
-    async def _fetch_all(self, concurrency: int, on_progress: ProgressCallback | None) -> None:
+    async def _fetch_all(self, concurrency: int, on_progress: ProgressCallback | None, report_present: bool) -> None:
         progress = on_progress or (lambda n: None)
         await trio.to_thread.run_sync(self.store.verify_all)
         present = self.store.present_bytes()
-        if present:
+        if present and report_present:
             progress(present)
         if self.store.is_complete():
             return
@@ -267,15 +250,13 @@ class PeerTask:
         window = 512  # P2P chooses among this many upcoming pieces: bounded work per choice
 
         def next_piece() -> int | None:
-            # From the origin: in order. From peers: the fetcher picks (rarest
-            # first), so a swarm's peers fetch different pieces and trade them.
+            # The fetcher picks: from the origin in order; from peers rarest
+            # first, so a swarm's peers fetch different pieces and trade them.
             # Readers that need a piece now never wait here: they call ensure_piece.
             if not missing:
                 return None
-            if self.fetcher is None:
-                return missing.pop(0)
             upcoming = missing[:window]
-            candidates = [n for n in upcoming if n not in self._inflight and not self.store.has_piece(n)]
+            candidates = [n for n in upcoming if n not in self._pieces and not self.store.has_piece(n)]
             number = self.fetcher.choose(candidates) if candidates else upcoming[0]
             missing.remove(number)
             return number

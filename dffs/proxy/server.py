@@ -39,11 +39,10 @@ import h11
 import trio
 
 from dffs.digest import ExpectedDigest
-from dffs.errors import DffsError, DigestMismatch, SourceError, StorageError, UsageError
+from dffs.errors import DffsError, DigestMismatch, SourceError, UsageError
 from dffs.httpserve import FileSpan, accept_loop
 from dffs.idgen import pieces_for_range
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
-from dffs.peertask.export import verify_task
 from dffs.proxy.config import DEFAULT_PROXY_PORT, ProxyConfig
 from dffs.proxy.mirror import Passthrough, Reject, RequestHead, Router, Tunnel, ViaP2P, normalize_upstream
 from dffs.proxy.protocol import UNSATISFIABLE, ByteRange, parse_range
@@ -123,72 +122,6 @@ class _Client:
         return sent_total
 
 
-class BlobVerifier:
-    """Checks a complete blob against its digest once per task per process (single flight).
-
-    A mismatch deletes the task (its pieces, its metadata): the next request
-    starts over from the origin instead of serving the same wrong bytes.
-    """
-
-    def __init__(self, tasks: TaskManager):
-        self.tasks = tasks
-        self.verified: set[str] = set()
-        self._running: dict[str, tuple[trio.Event, list[BaseException]]] = {}
-        self.mismatches = 0
-
-    async def verify(self, task: PeerTask, digest: str) -> None:
-        tid = task.task_id
-        while tid not in self.verified:
-            running = self._running.get(tid)
-            if running is not None:
-                event, errors = running
-                await event.wait()
-                if errors:
-                    raise errors[0]
-                continue
-            event, errors = self._running[tid] = (trio.Event(), [])
-            try:
-                await self._verify(task, ExpectedDigest.parse(digest))
-                self.verified.add(tid)
-            except BaseException as exc:
-                errors.append(exc)
-                raise
-            finally:
-                del self._running[tid]
-                event.set()
-
-    async def _verify(self, task: PeerTask, expected: ExpectedDigest) -> None:
-        for _ in range(3):
-            self._check_current(task)
-            for n in task.store.missing_pieces():
-                await task.ensure_piece(n)
-            self._check_current(task)
-            try:
-                dropped = await trio.to_thread.run_sync(verify_task, task.store, expected)
-            except OSError as exc:
-                raise StorageError(f"task {task.task_id}: cannot read its pieces: {exc.strerror}") from None
-            except DigestMismatch:
-                self.mismatches += 1
-                log.warning(
-                    "task=%s event=blob_digest_mismatch action=delete expected=%s url=%s",
-                    task.task_id,
-                    expected,
-                    task.store.meta.url,
-                )
-                await self.tasks.delete(task.task_id)
-                raise
-            if not dropped:
-                log.info("task=%s event=blob_verified digest=%s", task.task_id, expected)
-                return
-            log.warning("task=%s event=refetch_corrupt_pieces pieces=%s", task.task_id, dropped)
-        raise StorageError(f"task {task.task_id}: pieces keep failing verification")
-
-    def _check_current(self, task: PeerTask) -> None:
-        """A task deleted meanwhile (a mismatch found by another reader) is not checked again."""
-        if self.tasks.active(task.task_id) is not task:
-            raise StorageError(f"task {task.task_id} was dropped while being read")
-
-
 class ProxyServer:
     def __init__(self, tasks: TaskManager, config: ProxyConfig | None = None):
         self.tasks = tasks
@@ -197,11 +130,9 @@ class ProxyServer:
         self.upstream = normalize_upstream(self.cfg.registry_mirror) if self.cfg.registry_mirror else None
         self.router = Router(self.rules, self.upstream)
         self.pool = UpstreamPool(connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout)
-        self.verifier = BlobVerifier(tasks)
         self.port: int | None = None
         self._socket: socket.socket | None = None
         self._unavailable = False
-        self._nursery: trio.Nursery | None = None
         self._prefetching: set[str] = set()
         self.connections_active = 0
         self.counts: Counter[str] = Counter()
@@ -214,7 +145,7 @@ class ProxyServer:
             "connections_active": self.connections_active,
             "p2p_bytes": self.p2p_bytes,
             "relayed": self.pool.relayed,
-            "digest_mismatches": self.verifier.mismatches,
+            "digest_mismatches": self.tasks.digest_mismatches,
             **self.counts,
         }
 
@@ -271,7 +202,6 @@ class ProxyServer:
                 )
             log.info("event=proxy_listening address=%s:%d mirror=%s", self.cfg.listen, self.port, self.upstream)
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 for listener in listeners:
                     nursery.start_soon(
                         functools.partial(accept_loop, listener, nursery, self._handle_connection, name="proxy")
@@ -494,12 +424,13 @@ class ProxyServer:
             await client.send(h11.EndOfMessage())
             return
         whole = start == 0 and length == size
+        digest = str(ExpectedDigest.parse(route.digest)) if route.digest else None  # as TaskManager.verify labels it
         if whole and not store.is_complete():
-            self._prefetch(task, route.digest)
-        must_verify = whole and route.digest is not None and task.task_id not in self.verifier.verified
-        await self._stream(client, task, response, start, length, route.digest if must_verify else None)
-        if route.digest and store.is_complete() and task.task_id not in self.verifier.verified:
-            self._prefetch(task, route.digest)  # a ranged reader completed it: check it in the background
+            self._prefetch(task, digest)
+        must_verify = whole and digest is not None and digest not in task.verified_digests
+        await self._stream(client, task, response, start, length, digest if must_verify else None)
+        if digest and store.is_complete() and digest not in task.verified_digests:
+            self._prefetch(task, digest)  # a ranged reader completed it: check it in the background
 
     async def _stream(
         self, client: _Client, task: PeerTask, response: h11.Response, start: int, length: int, digest: str | None
@@ -518,7 +449,7 @@ class ProxyServer:
                     with trio.fail_after(self.cfg.piece_timeout):
                         await task.ensure_piece(n)
                     if digest is not None and n == pieces[-1]:
-                        await self.verifier.verify(task, digest)
+                        await self._verify(task, digest)
                 except (DffsError, trio.TooSlowError) as exc:
                     message = (
                         f"piece {n} of task {task.task_id} did not arrive within {self.cfg.piece_timeout:g}s"
@@ -553,23 +484,30 @@ class ProxyServer:
             await client.send(response)
         await client.send(h11.EndOfMessage())
 
+    async def _verify(self, task: PeerTask, digest: str) -> None:
+        """The blob's sha256, once per task (TaskManager.verify: a mismatch deletes the task)."""
+        try:
+            await self.tasks.verify(task, ExpectedDigest.parse(digest), concurrency=self.cfg.prefetch_concurrency)
+        except DigestMismatch as exc:
+            log.warning("task=%s event=blob_digest_mismatch action=deleted error=%s", task.task_id, exc)
+            raise
+        self.counts["blobs_verified"] += 1
+
     def _prefetch(self, task: PeerTask, digest: str | None) -> None:
-        """Fetch the rest of a task in the background (and check its digest), once per task."""
-        if task.task_id in self._prefetching or self._nursery is None:
+        """Fetch the rest of a task in its background (and check its digest), once per task."""
+        if task.task_id in self._prefetching:
             return
         self._prefetching.add(task.task_id)
-        self._nursery.start_soon(self._run_prefetch, task, digest)
+        task.background.start_soon(self._run_prefetch, task, digest)
 
     async def _run_prefetch(self, task: PeerTask, digest: str | None) -> None:
         try:
             if not task.store.is_complete():
                 await task.fetch_all(concurrency=self.cfg.prefetch_concurrency)
             if digest is not None:
-                await self.verifier.verify(task, digest)
+                await self._verify(task, digest)
         except DffsError as exc:
             log.warning("task=%s event=proxy_prefetch_failed error=%s", task.task_id, exc)
-        except Exception:  # a background job: never take the proxy (and the daemon) down
-            log.exception("task=%s event=proxy_prefetch_failed", task.task_id)
         finally:
             self._prefetching.discard(task.task_id)
 

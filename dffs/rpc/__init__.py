@@ -8,6 +8,7 @@ from dffs.rpc.bridge import (
     RequestStream,
     ResponseStream,
     ServerRequests,
+    TrioServicer,
     channel_options,
     client_target,
     insecure_channel,
@@ -22,6 +23,8 @@ from dffs.rpc.bridge import (
     trio_unary,
     trio_unary_stream,
     unary,
+    unary_method,
+    unary_stream_method,
 )
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "RequestStream",
     "ResponseStream",
     "ServerRequests",
+    "TrioServicer",
     "channel_options",
     "client_target",
     "insecure_channel",
@@ -46,4 +50,6 @@ __all__ = [
     "trio_unary",
     "trio_unary_stream",
     "unary",
+    "unary_method",
+    "unary_stream_method",
 ]

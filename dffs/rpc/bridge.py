@@ -38,6 +38,9 @@ from typing import Any, TypeVar
 import grpc
 import trio
 
+from dffs.rpc.status import abort as abort_with_error
+from dffs.rpc.status import status_of
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BidiStream",
@@ -46,6 +49,7 @@ __all__ = [
     "RequestStream",
     "ResponseStream",
     "ServerRequests",
+    "TrioServicer",
     "channel_options",
     "client_target",
     "insecure_channel",
@@ -60,6 +64,8 @@ __all__ = [
     "trio_unary",
     "trio_unary_stream",
     "unary",
+    "unary_method",
+    "unary_stream_method",
 ]
 
 T = TypeVar("T")
@@ -730,6 +736,10 @@ def _call_in_trio(
         if on_exit is not None:
             on_exit()
         result = _CANCELLED
+    except Exception as exc:
+        if status_of(exc) is None:
+            raise
+        abort_with_error(context, exc)  # an error that knows its status (dffs.errors)
     if result is _CANCELLED:
         _abort_ended(context)
     return result
@@ -824,6 +834,8 @@ def _iterate_in_trio(
         # producer's next put fails and it stops.
         responses.close_read()
     if outcome.error is not None:
+        if status_of(outcome.error) is not None:
+            abort_with_error(context, outcome.error)
         raise outcome.error
     if not outcome.completed:
         _abort_ended(context)
@@ -971,6 +983,51 @@ def trio_stream_stream(
     def handler(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         requests, close = _start_request_pump(token, context, request_iterator, buffer)
         return _iterate_in_trio(token, context, async_gen_fn, (requests, context), buffer, on_exit=close)
+
+    _name_like(handler, async_gen_fn)
+    return handler
+
+
+# ---------------------------------------------------------------------------
+# Servicer classes
+# ---------------------------------------------------------------------------
+
+
+class TrioServicer:
+    """Base for servicer classes whose RPC methods are trio coroutines.
+
+    Subclass the generated ``XServicer`` and this, decorate each RPC method with
+    :func:`unary_method` or :func:`unary_stream_method`, and build the object
+    inside the trio run that serves it (its token is captured here). A method
+    that raises an error with a ``grpc_code`` (every :class:`dffs.errors.DffsError`)
+    ends its RPC with that status and the error's message.
+    """
+
+    def __init__(self) -> None:
+        self._trio_token = _resolve_token(None)
+
+
+def unary_method(
+    async_fn: Callable[[Any, Any, grpc.ServicerContext], Awaitable[Any]],
+) -> Callable[[Any, Any, grpc.ServicerContext], Any]:
+    """``async def Method(self, request, context) -> response`` as a unary RPC of a :class:`TrioServicer`."""
+
+    def handler(self: TrioServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        return _call_in_trio(self._trio_token, context, async_fn, (self, request, context))
+
+    _name_like(handler, async_fn)
+    return handler
+
+
+def unary_stream_method(
+    async_gen_fn: Callable[[Any, Any, grpc.ServicerContext], AsyncIterator[Any]],
+) -> Callable[[Any, Any, grpc.ServicerContext], Iterator[Any]]:
+    """``async def Method(self, request, context)`` yielding responses, as a server-streaming RPC."""
+
+    def handler(self: TrioServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        return _iterate_in_trio(
+            self._trio_token, context, async_gen_fn, (self, request, context), DEFAULT_STREAM_BUFFER
+        )
 
     _name_like(handler, async_gen_fn)
     return handler

@@ -42,6 +42,7 @@ import re
 import attrs
 
 from dffs.digest import PIECE_DIGEST_ALGORITHM, PIECE_DIGEST_SIZE, format_piece_digest
+from dffs.idgen.taskid import is_task_id
 
 PIECES_PREFIX = "/pieces/"
 MAX_PIECE_NUMBER = 2**32 - 1
@@ -64,7 +65,6 @@ REASONS = {
     503: "Service Unavailable",
 }
 
-_TASK_ID_RE = re.compile(r"[0-9a-f]{64}")
 # At most 10 digits before int(): a 10,000-digit "number" costs nothing to refuse.
 _NUMBER_RE = re.compile(r"0|[1-9][0-9]{0,9}")
 _DIGEST_RE = re.compile(rf"{PIECE_DIGEST_ALGORITHM}:([0-9a-fA-F]{{{2 * PIECE_DIGEST_SIZE}}})")
@@ -186,7 +186,7 @@ def parse_target(target: bytes | str) -> tuple[str, int]:
     if len(segments) != 3:
         raise BadRequest("expected /pieces/{task_id}/{number}")
     _, task_id, number_text = segments
-    if not _TASK_ID_RE.fullmatch(task_id):
+    if not is_task_id(task_id):
         raise BadRequest("task id must be 64 lowercase hex digits")
     if not _NUMBER_RE.fullmatch(number_text):
         raise BadRequest("piece number must be a decimal number without sign or leading zeros")
@@ -262,7 +262,7 @@ def parse_piece_digest(value: str | None) -> bytes:
 
 def piece_path(task_id: str, number: int) -> str:
     """The request target for a piece; ValueError if the task id or number is not valid."""
-    if not _TASK_ID_RE.fullmatch(task_id):
+    if not is_task_id(task_id):
         raise ValueError(f"invalid task id {task_id!r}")
     if not (isinstance(number, int) and 0 <= number <= MAX_PIECE_NUMBER):
         raise ValueError(f"invalid piece number {number!r}")

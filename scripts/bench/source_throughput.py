@@ -79,12 +79,13 @@ async def dffs_http_to_buffer(url: str) -> int:
 async def dffs_to_storage(url: str, data_dir: Path, mode: str) -> None:
     storage = StorageManager(data_dir)
     sources = SourceRegistry()
-    task = await TaskManager(storage, sources).open(DownloadRequest(url))
-    if mode == "stream":
-        await task._fetch_streamed(lambda n: None)
-    else:
-        await task.fetch_all(concurrency=8)
-    assert task.store.is_complete()
+    async with TaskManager(storage, sources) as tasks:
+        task = await tasks.open(DownloadRequest(url))
+        if mode == "stream":
+            await task._fetch_streamed(lambda n: None)
+        else:
+            await task.fetch_all(concurrency=8)
+        assert task.store.is_complete()
     storage.close()
     await sources.aclose()
 
