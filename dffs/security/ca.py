@@ -195,7 +195,11 @@ def load_cluster_key(path: Path) -> ClusterKey:
         raise UsageError(f"{path} is not a dffs cluster key (expected a CA certificate and its key, PEM)") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise UsageError(f"{path}: the cluster key must be an EC key (made by `dffs cluster init`)")
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    public = cert.public_key()
+    if (
+        not isinstance(public, ec.EllipticCurvePublicKey)
+        or public.public_numbers() != key.public_key().public_numbers()
+    ):
         raise UsageError(f"{path}: the certificate and the key do not belong together")
     if os.stat(path).st_mode & 0o077:
         raise UsageError(f"{path} is readable by others: chmod 600 {path}")
