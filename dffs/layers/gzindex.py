@@ -248,6 +248,7 @@ class _TeeInflater:
         self._out = b""
         self._out_pos = 0
         self._source_done = False
+        self._more_out = False
 
     def _pull(self) -> bool:
         """Read more compressed input; False at the end of the blob."""
@@ -282,14 +283,18 @@ class _TeeInflater:
                 if not self._tail:
                     continue
                 self._in_member = True
-            if not self._tail and not self._inflate.unconsumed_tail and not self._pull():
-                raise LayerFormatError(f"gzip stream truncated after {self.compressed} bytes")
             data = self._inflate.unconsumed_tail + self._tail
             self._tail = b""
+            if not data and not self._more_out:
+                if not self._pull():
+                    raise LayerFormatError(f"gzip stream truncated after {self.compressed} bytes")
+                continue
             try:
                 out = self._inflate.decompress(data, _INFLATE_STEP)
             except zlib.error as err:
                 raise LayerFormatError(f"bad gzip stream near byte {self.compressed}: {err}") from None
+            # A full answer may leave output inside zlib with all input taken: ask again first.
+            self._more_out = len(out) == _INFLATE_STEP
             if out:
                 self.uncompressed += len(out)
                 self._out, self._out_pos = out, 0
@@ -427,7 +432,7 @@ class Cursor:
     def produce(self, skip_to: int, limit: int, out: bytearray) -> None:
         """Inflate what was fed: output before ``skip_to`` is dropped, output is
         appended to ``out`` up to position ``limit``."""
-        while self._pending and not self._inflate.eof and self.position < limit:
+        while not self._inflate.eof and self.position < limit:
             want = min(_INFLATE_STEP, limit - self.position)
             try:
                 chunk = self._inflate.decompress(self._pending, want)
@@ -436,11 +441,11 @@ class Cursor:
                     f"gzip data before {self.fetch_at} does not inflate from its checkpoint: {err}"
                 ) from None
             self._pending = self._inflate.unconsumed_tail
-            if not chunk:
-                break
             if self.position + len(chunk) > skip_to:
                 out += chunk[max(0, skip_to - self.position) :]
             self.position += len(chunk)
+            if len(chunk) < want:
+                break  # needs more input (or the member ended)
 
 
 class GzipReader:
@@ -502,27 +507,28 @@ class GzipReader:
         cursor = self._take_cursor(start)
         bound = self.index.compressed_bound(end)
         step = self.FIRST_FETCH
-        try:
-            while cursor.position < end:
-                if cursor.ended:
-                    cursor = self._next_member(cursor)
-                    continue
-                at = cursor.fetch_at
-                length = min(step, max(bound - at, self.FIRST_FETCH), tree.blob_size - at)
-                if length <= 0:
-                    raise LayerFormatError(f"layer {tree.blob_digest}: blob ends before tar offset {end}")
-                data = await _fetch_exact(self._fetch, tree.blob_digest, at, length)
-                self.bytes_fetched += len(data)
-                cursor.feed(data)
-                if length >= self.THREAD_THRESHOLD:
-                    await trio.to_thread.run_sync(cursor.produce, start, end, out)
-                else:
-                    cursor.produce(start, end, out)
-                step = min(step * 2, self.MAX_FETCH)
-        except BaseException:
-            raise
-        else:
-            self._keep_cursor(cursor)
+        fed = 0  # input given to the cursor and not inflated yet
+        while True:
+            if fed >= self.THREAD_THRESHOLD:
+                await trio.to_thread.run_sync(cursor.produce, start, end, out)
+            else:
+                cursor.produce(start, end, out)
+            if cursor.position >= end:
+                break
+            if cursor.ended:
+                cursor = self._next_member(cursor)
+                fed = 0
+                continue
+            at = cursor.fetch_at
+            length = min(step, max(bound - at, self.FIRST_FETCH), tree.blob_size - at)
+            if length <= 0:
+                raise LayerFormatError(f"layer {tree.blob_digest}: blob ends before tar offset {end}")
+            data = await _fetch_exact(self._fetch, tree.blob_digest, at, length)
+            self.bytes_fetched += len(data)
+            cursor.feed(data)
+            fed = len(data)
+            step = min(step * 2, self.MAX_FETCH)
+        self._keep_cursor(cursor)
         return bytes(out)
 
 

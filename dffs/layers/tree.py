@@ -6,7 +6,8 @@ is what overlayfs expects to find in a layer's directory:
 
 - ``D/.wh.NAME`` becomes a character device 0/0 named ``D/NAME`` (mode 0, owner from
   the whiteout's header); ``D/.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on ``D``;
-  other ``.wh..wh.*`` names (aufs metadata) are dropped; none of them is listed.
+  other ``.wh..wh.*`` names (aufs metadata) are dropped with everything under them;
+  none of them is listed.
 - a later member replaces an earlier one at the same path, except that a directory
   over a directory keeps its children and merges its xattrs;
 - parents a tar never lists are *implied* directories (0755, root-owned);
@@ -361,8 +362,8 @@ class TreeBuilder:
             merged[OPAQUE_XATTR] = b"y"
             self._nodes[parent] = attrs.evolve(directory, xattrs=_sorted_xattrs(merged))
             return
-        if base.startswith(WHITEOUT_META_PREFIX):
-            return
+        if any(part.startswith(WHITEOUT_META_PREFIX) for part in path.split("/")):
+            return  # aufs metadata (.wh..wh.plnk/...): not part of the filesystem
         if base.startswith(WHITEOUT_PREFIX):
             hidden = base[len(WHITEOUT_PREFIX) :]
             if hidden in ("", ".", ".."):
@@ -443,8 +444,9 @@ class TreeBuilder:
         return entry
 
     def _remove(self, path: str) -> None:
-        for name in self._children.pop(path, set()):
+        for name in list(self._children.get(path, ())):
             self._remove(f"{path}/{name}" if path else name)
+        self._children.pop(path, None)
         del self._nodes[path]
         del self._ino[path]
         parent, base = _split(path)
