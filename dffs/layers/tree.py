@@ -479,8 +479,9 @@ _KINDS = {
     tarfile.FIFOTYPE: Kind.FIFO,
 }
 _XATTR_PAX = "SCHILY.xattr."
-#: tarfile reads streams in blocks of this size (its default, 10 KiB, costs a Python call per 10 KiB skipped).
-_TAR_BUFFER = 256 << 10
+#: tarfile reads streams in blocks of this size: its default (10 KiB) costs a call per 10 KiB skipped, and
+#: a large one a copy of the buffer per header read.
+_TAR_BUFFER = 64 << 10
 
 
 def _pax_bytes(value: str) -> bytes:
