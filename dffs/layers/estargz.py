@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from dffs.layers.errors import LayerDigestError, LayerFormatError
-from dffs.layers.gzindex import Fetch, _fetch_exact
+from dffs.layers.fetch import Fetch, fetch_exact
 from dffs.layers.tree import Chunk, Entry, Format, Kind, LayerIndex, TreeBuilder
 
 TOC_NAME = "stargz.index.json"
@@ -262,7 +262,7 @@ async def load_toc(fetch: Fetch, size: int, *, toc_digest: str | None = None, bl
     if size < LEGACY_FOOTER_SIZE:
         raise LayerFormatError(f"{label}: {size} bytes is too short for an eStargz footer")
     tail_size = min(size, FOOTER_SIZE)
-    tail = await _fetch_exact(fetch, blob_digest, size - tail_size, tail_size)
+    tail = await fetch_exact(fetch, blob_digest, size - tail_size, tail_size)
     offset = parse_footer(tail)
     if offset is None:
         raise LayerFormatError(f"{label}: no eStargz footer")
@@ -271,7 +271,7 @@ async def load_toc(fetch: Fetch, size: int, *, toc_digest: str | None = None, bl
         raise LayerFormatError(f"{label}: footer points the TOC at {offset}, outside the blob")
     if end - offset > MAX_TOC_COMPRESSED:
         raise LayerFormatError(f"{label}: TOC of {end - offset} bytes is larger than {MAX_TOC_COMPRESSED}")
-    region = await _fetch_exact(fetch, blob_digest, offset, end - offset)
+    region = await fetch_exact(fetch, blob_digest, offset, end - offset)
     toc = extract_toc(region, offset, end)
     if toc_digest is not None and _sha256(toc.json) != toc_digest:
         raise LayerDigestError(f"{label}: TOC is {_sha256(toc.json)}, the annotation says {toc_digest}")
@@ -329,7 +329,7 @@ class EStargzReader:
     async def _load(self, entry: Entry, chunk: Chunk) -> bytes:
         digest = self.index.blob_digest
         length = chunk.blob_end - chunk.blob_offset
-        compressed = await _fetch_exact(self._fetch, digest, chunk.blob_offset, length)
+        compressed = await fetch_exact(self._fetch, digest, chunk.blob_offset, length)
         self.bytes_fetched += length
         what = f"layer {digest}: chunk of {entry.path[:200]!r} at {chunk.blob_offset}"
         want = chunk.inner_offset + chunk.size

@@ -6,18 +6,21 @@ consumers — ``indexed_gzip`` (zlib's own inflate, which alone knows where defl
 blocks end) records a checkpoint about every ``spacing`` bytes of uncompressed output,
 and a stdlib ``zlib`` inflate feeds ``tarfile`` for the file table.  Two inflates
 because ``indexed_gzip`` can build from an unseekable stream but cannot also return
-its output there: every read restarts from a seek point.  They run on two threads, so
-on two cores the pass costs about one inflate.  The blob's sha256 is computed on the
-way, so an index always names the digest of the bytes it was built from.
+its output there: every read restarts from a seek point.  They run on two threads
+(``build_full_index`` keeps the GIL while it inflates, so they mostly take turns).
+The blob's sha256 is computed on the way, so an index always names the digest of the
+bytes it was built from.
 
 **Read** (:class:`GzipReader`): a byte range of the tar starts at the last checkpoint
 at or before it; the compressed bytes from there are fetched in growing steps (never
 past the next checkpoint after the range, give or take a few bytes) and inflated with
 stdlib ``zlib``, primed with the checkpoint's 32 KiB window.  zlib cannot be primed
-with the partial byte a checkpoint may start in (no ``inflatePrime`` in Python), so the
-compressed stream is shifted by those bits instead: the deflate stream read from a bit
-offset is an ordinary byte stream once shifted.  A checkpoint at the start of each gzip
-member (``indexed_gzip`` makes them) carries reads across member boundaries.
+with the partial byte a checkpoint may start in (no ``inflatePrime`` in Python), so
+the bits of that byte that end the previous block are replaced by empty deflate
+blocks of the same length modulo 8 (see :func:`_empty_blocks_prefix`); shifting the
+stream instead would break at the next stored block, which is byte-aligned.  A
+checkpoint at the start of each gzip member (``indexed_gzip`` makes them) carries
+reads across member boundaries.
 
 Sequential readers (a big file read 128 KiB at a time through FUSE) do not restart
 from the checkpoint each time: the inflate state where a read stopped is kept (a few
@@ -32,16 +35,15 @@ import queue
 import struct
 import threading
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
-from dffs.layers.errors import LayerDigestError, LayerError, LayerFormatError
+from dffs.layers.errors import LayerDigestError, LayerFormatError
+from dffs.layers.fetch import Fetch, fetch_exact
 from dffs.layers.tree import Format, LayerIndex, scan_tar
-
-Fetch = Callable[[int, int], Awaitable[bytes]]
 
 #: Uncompressed bytes between checkpoints (SOCI and the issue: about 4 MiB).
 DEFAULT_SPACING = 4 << 20
@@ -523,29 +525,10 @@ class GzipReader:
             length = min(step, max(bound - at, self.FIRST_FETCH), tree.blob_size - at)
             if length <= 0:
                 raise LayerFormatError(f"layer {tree.blob_digest}: blob ends before tar offset {end}")
-            data = await _fetch_exact(self._fetch, tree.blob_digest, at, length)
+            data = await fetch_exact(self._fetch, tree.blob_digest, at, length)
             self.bytes_fetched += len(data)
             cursor.feed(data)
             fed = len(data)
             step = min(step * 2, self.MAX_FETCH)
         self._keep_cursor(cursor)
         return bytes(out)
-
-
-async def _fetch_exact(fetch: Fetch, digest: str, offset: int, length: int) -> bytes:
-    """``fetch`` with its answer checked: exactly ``length`` bytes, errors as LayerError."""
-    try:
-        data = await fetch(offset, length)
-    except LayerError:
-        raise
-    except Exception as err:
-        from dffs.errors import DffsError
-
-        if isinstance(err, DffsError):
-            raise
-        raise LayerError(f"layer {digest}: reading {length} bytes at {offset} failed: {err!r}") from err
-    if len(data) != length:
-        raise LayerFormatError(
-            f"layer {digest}: blob truncated: {len(data)} of {length} bytes at offset {offset} came back"
-        )
-    return bytes(data)

@@ -27,7 +27,8 @@ import trio
 from dffs.errors import DffsError
 from dffs.layers import codec, estargz
 from dffs.layers.errors import IndexRequired, LayerDigestError, LayerError, LayerFormatError, NotLazy
-from dffs.layers.gzindex import DEFAULT_SPACING, Fetch, GzipIndex, GzipReader, _fetch_exact, build_gzip_index
+from dffs.layers.fetch import Fetch, fetch_exact
+from dffs.layers.gzindex import DEFAULT_SPACING, GzipIndex, GzipReader, build_gzip_index
 from dffs.layers.tree import Entry, Format, Kind, LayerIndex, scan_tar
 
 TAR_TYPES = frozenset(
@@ -113,7 +114,7 @@ class TarLayer(Layer):
         return self._fetched
 
     async def _read(self, entry: Entry, offset: int, size: int) -> bytes:
-        data = await _fetch_exact(self._fetch, self.index.blob_digest, entry.offset + offset, size)
+        data = await fetch_exact(self._fetch, self.index.blob_digest, entry.offset + offset, size)
         self._fetched += size
         return data
 
@@ -185,7 +186,8 @@ async def open_layer(
         return TarLayer(await scan_remote_tar(fetch, size, digest=digest or ""), fetch)
     # gzip without an index: eStargz converted without its annotation still has its footer.
     if size >= estargz.LEGACY_FOOTER_SIZE:
-        tail = await _fetch_exact(fetch, digest or "", size - min(size, estargz.FOOTER_SIZE), min(size, 51))
+        tail_size = min(size, estargz.FOOTER_SIZE)
+        tail = await fetch_exact(fetch, digest or "", size - tail_size, tail_size)
         if estargz.parse_footer(tail) is not None:
             return EStargzLayer(await estargz.load_toc(fetch, size, blob_digest=digest or ""), fetch)
     raise IndexRequired(f"{label}: a gzip layer needs its index (build_index) to be read lazily")
@@ -226,7 +228,7 @@ class _FetchFile(io.RawIOBase):
             return b""
         if not (self._buf_at <= self._pos and self._pos + size <= self._buf_at + len(self._buf)):
             length = min(max(size, self._block), self._size - self._pos)
-            self._buf = trio.from_thread.run(_fetch_exact, self._fetch, self._digest, self._pos, length)
+            self._buf = trio.from_thread.run(fetch_exact, self._fetch, self._digest, self._pos, length)
             self._buf_at = self._pos
         start = self._pos - self._buf_at
         self._pos += size
