@@ -174,6 +174,7 @@ class LayerIndex:
         self._by_path: dict[str, Entry] = {}
         self._children: dict[str, list[str]] = {}
         self._links: dict[str, int] = {}
+        self._subdirs: dict[str, int] = {}
         self._validate()
 
     # ----------------------------------------------------------------- queries
@@ -209,9 +210,7 @@ class LayerIndex:
         1 + hard links for anything else (a hard link counts like its target)."""
         target = self.resolve(entry)
         if target.kind is Kind.DIR:
-            prefix = f"{target.path}/" if target.path else ""
-            subdirs = sum(1 for n in self._children.get(target.path, ()) if self._by_path[prefix + n].kind is Kind.DIR)
-            return 2 + subdirs
+            return 2 + self._subdirs.get(target.path, 0)
         return 1 + self._links.get(target.path, 0)
 
     def __eq__(self, other: object) -> bool:
@@ -254,6 +253,8 @@ class LayerIndex:
                 if above is None or above.kind is not Kind.DIR:
                     raise self._bad(f"{entry.path[:200]!r} is not inside a directory")
                 self._children.setdefault(parent, []).append(base)
+                if entry.kind is Kind.DIR:
+                    self._subdirs[parent] = self._subdirs.get(parent, 0) + 1
         for entry in self.entries:
             if entry.kind is Kind.HARDLINK:
                 target = self._by_path.get(entry.link_target)
