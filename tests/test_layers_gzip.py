@@ -192,6 +192,7 @@ async def test_open_and_read_errors_are_clear(layer_blob):
             await lying.read(big, start, 4096)
 
 
+@pytest.mark.slow
 async def test_real_image_layers_from_a_registry(tmp_path):
     with Registry(tmp_path / "registry") as registry:
         image = build_busybox_image(registry, "layers/busybox", "v1", layers=3, payload_bytes=3 << 20)
