@@ -6,6 +6,7 @@ the converted blobs are read by HTTP Range from the registry as a daemon would."
 from __future__ import annotations
 
 import gzip
+import random
 
 import pytest
 from containerd import Containerd
@@ -77,6 +78,12 @@ async def test_estargz_tree_equals_tarfile_extraction(converted, tmp_path):
         expected = extracted_tree(gzip.decompress(_whole(registry, descriptor["digest"])), tmp_path)
         # The TOC keeps whole seconds (rounded), the tar headers keep fractions.
         assert_same_tree(expected, await tree_through_layer(layer, seed=9), mtime_slack=1)
+        big = layer.index.lookup("usr/lib/big.bin")
+        data = expected["usr/lib/big.bin"]["data"]
+        rng = random.Random(descriptor["digest"])
+        for _ in range(40):  # random ranges, across chunk boundaries too
+            start, size = rng.randrange(big.size), rng.choice([1, 100, CHUNK - 1, CHUNK + 7, 3 * CHUNK])
+            assert await layer.read(big, start, size) == data[start : start + size], (start, size)
 
 
 async def test_a_small_file_fetches_only_its_chunk(converted):
