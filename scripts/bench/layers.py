@@ -13,12 +13,15 @@ For each: the index is built in one pass over the blob streamed in 1 MiB chunks
 size per GB of blob; then the blob is served by nginx on loopback and a fresh reader
 opens the layer with the index and reads one small file by HTTP Range — bytes fetched
 and wall time, median of --repeat cold opens.  The uncompressed tar of the same layer
-is read too (index from its headers, fetched by range) for comparison.
+is read too (index from its headers, fetched by range) for comparison.  With
+``--estargz`` the layers are also pushed to a docker-registry, converted by
+``ctr-remote image convert --estargz --oci`` through a containerd, and the same small
+file is read from the eStargz blob (footer + TOC + its chunk) by Range from the registry.
 
 Run under ``flock /tmp/dffs-bench.lock`` (benchmarks never overlap); figures taken
 while other work runs on the machine are provisional.  Usage:
 
-  .venv/bin/python scripts/bench/layers.py [--mib 100] [--repeat 5] [--spacing-mib 4]
+  .venv/bin/python scripts/bench/layers.py [--mib 100] [--repeat 5] [--spacing-mib 4] [--estargz]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 import trio
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # the registry, containerd and image helpers the tests use
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, nginx_serving  # noqa: E402
 
@@ -155,18 +159,63 @@ async def measure(name: str, tar: bytes, root: Path, base: str, repeat: int, spa
     return result
 
 
+async def measure_estargz(layers: dict[str, bytes], work: Path, repeat: int) -> list[dict]:
+    from containerd import Containerd
+    from layer_builds import RangeFetcher, ctr_remote, push_oci_image
+    from registry import Registry
+
+    results = []
+    with Registry(work / "registry") as registry, Containerd(work / "containerd") as containerd:
+        blobs = [(gzip.compress(tar, 6, mtime=0), GZ, tar) for tar in layers.values()]
+        push_oci_image(registry, "bench/layers", "src", blobs, work)
+        started = time.perf_counter()
+        ctr_remote.convert(
+            containerd, f"{registry.address}/bench/layers:src", f"{registry.address}/bench/layers:esgz", "--estargz"
+        )
+        convert_s = time.perf_counter() - started
+        manifest = registry.get_manifest("bench/layers", "esgz")[1]
+        for name, descriptor in zip(layers, manifest["layers"], strict=True):
+            times, fetched, requests = [], [], []
+            for _ in range(repeat):
+                fetch = RangeFetcher(registry, "bench/layers", descriptor["digest"])
+                started = time.perf_counter()
+                layer = await open_layer(GZ, descriptor["annotations"], fetch, descriptor["size"])
+                entry = layer.index.lookup(SMALL)
+                assert await layer.read(entry, 0, entry.size) == b"hello from a small file\n"
+                times.append(time.perf_counter() - started)
+                fetched.append(fetch.requested)
+                requests.append(fetch.requests)
+            results.append(
+                {
+                    "layer": name,
+                    "estargz_blob_mib": round(descriptor["size"] / 2**20, 1),
+                    "estargz_convert_s_all_layers": round(convert_s, 1),
+                    "estargz_small_read_ms": round(statistics.median(times) * 1000, 2),
+                    "estargz_small_read_fetched_kib": round(statistics.median(fetched) / 1024, 1),
+                    "estargz_small_read_requests": int(statistics.median(requests)),
+                }
+            )
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=100, help="compressed size of each layer (MiB)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--spacing-mib", type=int, default=4, help="uncompressed bytes between checkpoints")
+    parser.add_argument("--estargz", action="store_true", help="also convert with ctr-remote and read eStargz")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}))
+    layers = {"random": random_tar(args.mib << 20), "files": files_tar(args.mib << 20)}
     with tempfile.TemporaryDirectory(prefix="dffs-bench-layers.") as work:
         root = Path(work)
-        with nginx_serving(root) as base:
-            for name, tar in (("random", random_tar(args.mib << 20)), ("files", files_tar(args.mib << 20))):
-                result = await measure(name, tar, root, base, args.repeat, args.spacing_mib << 20)
+        (root / "www").mkdir()
+        with nginx_serving(root / "www") as base:
+            for name, tar in layers.items():
+                result = await measure(name, tar, root / "www", base, args.repeat, args.spacing_mib << 20)
+                print(json.dumps(result), flush=True)
+        if args.estargz:
+            for result in await measure_estargz(layers, root, args.repeat):
                 print(json.dumps(result), flush=True)
 
 
