@@ -20,9 +20,10 @@ from dffs.api import common_pb2, manager_pb2_grpc
 from dffs.api import manager_pb2 as pb
 from dffs.errors import UsageError
 from dffs.manager import jobs as jobs_module
+from dffs.manager.config_keys import CLIENT_KEYS, SCHEDULER_KEYS
 from dffs.manager.db import DatabaseUnavailable
 from dffs.manager.jobs import JobStore
-from dffs.manager.store import CLIENT_KEYS, DEFAULT_CLUSTER_ID, SCHEDULER, SCHEDULER_KEYS, SEED_PEER, NotFound, Store
+from dffs.manager.store import DEFAULT_CLUSTER_ID, SCHEDULER, SEED_PEER, NotFound, Store
 
 log = logging.getLogger("dffs.manager")
 

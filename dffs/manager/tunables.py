@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from dffs.errors import UsageError
-from dffs.manager.store import CLIENT_KEYS, SCHEDULER_KEYS, validate_config_patch
+from dffs.manager.config_keys import CLIENT_KEYS, SCHEDULER_KEYS, validate_config_patch
 
 
 @attrs.frozen
@@ -34,7 +34,7 @@ class ClientTunables:
     gc_low_threshold: int | None = None
 
 
-def _parse(text: str, keys: set[str]) -> tuple[dict[str, Any], list[str]]:
+def _parse(text: str, keys: frozenset[str]) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     try:
         raw = json.loads(text) if text else {}
