@@ -20,6 +20,7 @@ _SCOPES = {
     "all-seeds": pb.JOB_SCOPE_ALL_SEED_PEERS,
     "all": pb.JOB_SCOPE_ALL_PEERS,
 }
+_SCOPE_NAMES = {v: k for k, v in _SCOPES.items()}
 _STATES = {
     "pending": pb.JOB_STATE_PENDING,
     "running": pb.JOB_STATE_RUNNING,
@@ -59,21 +60,17 @@ class _Manager:
 def job_dict(job: pb.Job) -> dict:
     out = json_format.MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     out["state"] = _STATE_NAMES[job.state]
-    out["scope"] = {v: k for k, v in _SCOPES.items()}[job.scope]
+    out["scope"] = _SCOPE_NAMES[job.scope]
     return out
 
 
 def _describe(job: pb.Job) -> str:
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at.seconds))
     urls = ", ".join(job.preheat.urls)
-    line = f"job {job.id}  {_STATE_NAMES[job.state]:<9}  scope {_scope_name(job.scope)}  created {created}  {urls}"
+    line = f"job {job.id}  {_STATE_NAMES[job.state]:<9}  scope {_SCOPE_NAMES[job.scope]}  created {created}  {urls}"
     if job.description:
         line += f"\n  {job.description}"
     return line
-
-
-def _scope_name(scope: int) -> str:
-    return {v: k for k, v in _SCOPES.items()}[scope]
 
 
 def _print_results(job: pb.Job) -> None:

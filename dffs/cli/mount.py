@@ -74,7 +74,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_sources(values: list[str]) -> tuple[tuple[str, str], ...]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for value in values:
         name, sep, url = value.partition("=")
         if not sep or not url:

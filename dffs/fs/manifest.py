@@ -33,8 +33,8 @@ class ManifestEntry:
         return "/".join(self.parts)
 
 
-def split_path(path: str) -> tuple[str, ...]:
-    """Validated path components; ValueError with the reason otherwise."""
+def split_path(path: object) -> tuple[str, ...]:
+    """Validated path components of ``path`` (anything a manifest line holds); ValueError with the reason otherwise."""
     if not isinstance(path, str) or not path:
         raise ValueError("path must be a non-empty string")
     parts = tuple(path.strip("/").split("/"))

@@ -55,7 +55,7 @@ class GcLimits:
     #: Seconds since last access after which a task goes; 0: never.
     task_ttl: float = 0.0
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if not 0 < self.low <= self.high <= 1:
             raise ValueError(f"watermarks must satisfy 0 < low <= high <= 1, not low={self.low} high={self.high}")
         if self.quota < 0 or self.task_ttl < 0:

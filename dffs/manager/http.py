@@ -221,6 +221,12 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("event=http_request client=%s %s", self.client_address[0], format % args)
 
 
+class _ThreadingHTTPServer6(ThreadingHTTPServer):
+    """For an IPv6 listen address: the stdlib server binds IPv4 unless told otherwise."""
+
+    address_family = socket.AF_INET6
+
+
 class HttpApiServer:
     """The HTTP API on a daemon thread; ``port`` is known after construction."""
 
@@ -228,9 +234,7 @@ class HttpApiServer:
         host, _, port = address.rpartition(":")
         handler = type("Handler", (_Handler,), {"api": api})
         host = host.strip("[]")
-        server_class = ThreadingHTTPServer
-        if ":" in host:  # an IPv6 address
-            server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
         try:
             self.httpd = server_class((host, int(port)), handler)
         except OSError as exc:

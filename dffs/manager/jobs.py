@@ -7,6 +7,7 @@ pending -> running -> succeeded | failed.
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from typing import Any
@@ -160,8 +161,13 @@ class JobStore:
 
     @db.guard()
     def update(
-        self, job_id: int, state: str, results: list[dict[str, Any]] | None = None, description: str = ""
-    ) -> dict:
+        # builtins.list: in this class ``list`` is the method above.
+        self,
+        job_id: int,
+        state: str,
+        results: builtins.list[dict[str, Any]] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
         """Moves a job to ``state`` and stores per-URL/host ``results``
         (e.g. ``[{"url": ..., "hostname": ..., "success": false, "reason": "404"}]``)."""
         if state not in STATES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -61,7 +62,7 @@ def seed_peer_pb(row: dict[str, Any]) -> pb.SeedPeer:
     )
 
 
-def scheduler_pb(row: dict[str, Any], seed_peers: list[dict[str, Any]] = ()) -> pb.Scheduler:
+def scheduler_pb(row: dict[str, Any], seed_peers: Sequence[dict[str, Any]] = ()) -> pb.Scheduler:
     return pb.Scheduler(
         id=row["id"],
         hostname=row["hostname"],

@@ -13,6 +13,7 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from email.message import Message
 
 import attrs
 
@@ -46,7 +47,8 @@ class RegistryClient:
         self.timeout = timeout
         self.ssl_context = ssl_context
 
-    def _fetch(self, url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    def _fetch(self, url: str, headers: Mapping[str, str]) -> tuple[int, Message, bytes]:
+        """Status, headers (an email Message: looked up without regard to case) and at most a manifest's bytes."""
         request = urllib.request.Request(url, headers=dict(headers))
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
@@ -69,7 +71,7 @@ class RegistryClient:
                 raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def _get(self, ref: ImageReference, url: str, headers: dict[str, str]) -> tuple[Mapping[str, str], bytes]:
+    def _get(self, ref: ImageReference, url: str, headers: dict[str, str]) -> tuple[Message, bytes]:
         """GET with the token dance; ``headers`` gains the Authorization that worked."""
         try:
             status, answer_headers, body = self._fetch(url, headers)

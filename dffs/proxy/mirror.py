@@ -24,6 +24,7 @@ import re
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import attrs
+import h11
 
 from dffs.errors import UsageError
 from dffs.proxy.protocol import end_to_end, header
@@ -57,7 +58,7 @@ class RequestHead:
     has_body: bool = False
 
     @classmethod
-    def from_h11(cls, event) -> RequestHead:
+    def from_h11(cls, event: h11.Request) -> RequestHead:
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
         length = header(headers, "content-length")
         has_body = header(headers, "transfer-encoding") is not None or (length is not None and length.strip() != "0")

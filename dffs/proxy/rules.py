@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,19 +23,19 @@ _LOOPBACK_V6 = ipaddress.ip_network("::1/128")
 
 @attrs.frozen
 class ProxyRules:
-    p2p: tuple[re.Pattern, ...] = ()
+    p2p: tuple[re.Pattern[str], ...] = ()
     bypass: tuple[str, ...] = ()
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
-    def build(cls, rules=(), bypass=(), allow=()) -> ProxyRules:
-        patterns = []
+    def build(cls, rules: Iterable[str] = (), bypass: Iterable[str] = (), allow: Iterable[str] = ()) -> ProxyRules:
+        patterns: list[re.Pattern[str]] = []
         for rule in rules:
             try:
                 patterns.append(re.compile(rule))
             except re.error as exc:
                 raise UsageError(f"bad proxy rule {rule!r}: {exc}") from None
-        networks = []
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in allow:
             try:
                 networks.append(ipaddress.ip_network(cidr.strip(), strict=False))

@@ -29,9 +29,11 @@ STOP_TIMEOUT = 20.0
 
 
 class Running:
-    def __init__(self, child: Child, process: trio.Process, log_path: Path):
+    def __init__(self, child: Child, process: trio.Process, stdout: trio.abc.ReceiveStream, log_path: Path):
         self.child = child
         self.process = process
+        #: The child's stdout pipe: its ready line, then drained so the child never blocks on it.
+        self.stdout = stdout
         self.log_path = log_path
         self.port: int | None = None
 
@@ -41,10 +43,12 @@ async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> 
     argv = [sys.executable, "-m", "dffs", *(["--debug"] if debug else []), *child.argv(manager)]
     with open(log_path, "ab") as stderr:
         process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
-    running = Running(child, process, log_path)
+    if process.stdout is None:  # cannot happen with stdout=PIPE; the check tells the type checker so
+        raise AssertionError("child started without a stdout pipe")
+    running = Running(child, process, process.stdout, log_path)
     buffer = b""
     with trio.move_on_after(START_TIMEOUT):
-        async for chunk in process.stdout:
+        async for chunk in running.stdout:
             buffer += chunk
             match = child.ready.search(buffer.decode(errors="replace"))
             if match:
@@ -57,7 +61,7 @@ async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> 
 
 async def _drain(running: Running) -> None:
     """Keep reading a child's stdout so it never blocks on a full pipe."""
-    async for _ in running.process.stdout:
+    async for _ in running.stdout:
         pass
 
 

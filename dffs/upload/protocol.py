@@ -38,6 +38,7 @@ the client do the I/O (``server.py``, ``client.py``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import attrs
 
@@ -220,7 +221,7 @@ def check_piece_number(number: int, *, task_length: int, piece_length: int, piec
         )
 
 
-def has_body(headers) -> bool:
+def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether request headers (h11's lower-cased pairs) announce a body; piece requests have none."""
     for name, value in headers:
         if name == b"transfer-encoding":
