@@ -156,7 +156,7 @@ class Namespace:
             return child
         if self._known_missing(parent, name):
             raise fuse_error(errno.ENOENT)
-        if self._listed(parent) or parent.url.split(":", 1)[0] in LISTING_ONLY_SCHEMES:
+        if self._listed(parent) or parent.remote_url.split(":", 1)[0] in LISTING_ONLY_SCHEMES:
             await self.list_dir(parent)
             child = parent.children.get(name)
             if child is None:
@@ -189,7 +189,7 @@ class Namespace:
             flight.done.set()
 
     async def _lookup_by_head(self, parent: Node, name: str) -> Node:
-        url = parent.url + quote(name, safe="")
+        url = parent.remote_url + quote(name, safe="")
         self.origin_requests += 1
         try:
             source = self.sources.for_url(url)
@@ -239,9 +239,9 @@ class Namespace:
     async def _refresh_listing(self, node: Node) -> None:
         self.origin_requests += 1
         try:
-            source = self.sources.for_url(node.url)
+            source = self.sources.for_url(node.remote_url)
             with trio.fail_after(self.op_timeout):
-                entries = [entry async for entry in source.list(node.url)]
+                entries = [entry async for entry in source.list(node.remote_url)]
         except trio.TooSlowError:
             log.warning("event=listing_timeout url=%s", node.url)
             raise fuse_error(errno.EIO) from None

@@ -53,6 +53,13 @@ class Node:
         return self.role is not Role.FILE
 
     @property
+    def remote_url(self) -> str:
+        """``url`` of a node that must have one (a remote directory, a file); a bug if it has none."""
+        if self.url is None:
+            raise LookupError(f"{self.role.value} node {self.path()!r} has no URL")
+        return self.url
+
+    @property
     def immutable(self) -> bool:
         """Bytes pinned by a digest or a strong ETag: the kernel may keep its cache."""
         return bool(self.digest) or bool(self.etag and not self.etag.startswith("W/"))

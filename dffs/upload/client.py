@@ -13,6 +13,8 @@ as a :class:`PeerError` naming the parent, the task and the piece.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import trio
 
 from dffs.digest import PIECE_DIGEST_SIZE, format_piece_digest, piece_digest
@@ -44,6 +46,14 @@ class PeerError(DffsError):
         self.task_id = task_id
         self.number = number
         self.status = status
+
+
+class _Where(TypedDict):
+    """The piece a PeerError is about (its keyword arguments)."""
+
+    parent: str
+    task_id: str
+    number: int
 
 
 class ParentBusy(PeerError):
@@ -140,7 +150,7 @@ class PieceClient:
         parent = host_port(host, port)
         view = memoryview(buffer).cast("B")
         expected = _as_digest(expected_digest)
-        where = dict(parent=parent, task_id=task_id, number=number)
+        where = _Where(parent=parent, task_id=task_id, number=number)
         about = f"piece {number} of task {task_id} from parent {parent}"
         failure: PeerError | None = None
         try:

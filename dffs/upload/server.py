@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import h11
@@ -39,7 +39,7 @@ import trio
 from dffs.errors import StorageError
 from dffs.httpserve import FileSpan, accept_loop
 from dffs.metrics import daemon as metrics
-from dffs.storage import StorageManager
+from dffs.storage import StorageManager, TaskStore
 from dffs.upload.protocol import (
     Busy,
     MalformedHttp,
@@ -134,7 +134,7 @@ class _Prepared:
     task_length: int
     piece_length: int
     #: Releases the piece's GC pin once the upload is over.
-    unpin: object = None
+    unpin: Callable[[], None] | None = None
 
 
 class _Close(Exception):
@@ -385,7 +385,7 @@ class PieceUploadServer:
         """In a worker thread: find, verify and pin the piece (opening a task may
         verify it after a crash, and verifying reads the whole piece)."""
         n = request.number
-        pinned = False
+        pinned: TaskStore | None = None  # the store whose pin on piece n must be released on failure
         try:
             store = self.storage.open_task(request.task_id)
             if store is None:
@@ -395,7 +395,7 @@ class PieceUploadServer:
                 n, task_length=meta.content_length, piece_length=meta.piece_length, piece_count=meta.piece_count
             )
             store.pin((n,))  # the GC never evicts a piece while it is uploaded
-            pinned = True
+            pinned = store
             if not store.has_piece(n):
                 raise NotFound(f"piece {n} of task {request.task_id} is not here")
             store.touch((n,))
@@ -410,13 +410,13 @@ class PieceUploadServer:
             # A private fd: the store may swap or close its own while we send.
             fd = os.dup(store.content_fd)
         except (OSError, StorageError) as exc:
-            if pinned:
-                store.unpin((n,))
+            if pinned is not None:
+                pinned.unpin((n,))
             log.warning("task=%s piece=%d event=upload_refused reason=storage error=%s", request.task_id, n, exc)
             raise NotFound(f"piece {n} of task {request.task_id} is unavailable") from None
         except BaseException:
-            if pinned:
-                store.unpin((n,))
+            if pinned is not None:
+                pinned.unpin((n,))
             raise
         if verified_before and not request.is_head and hasattr(os, "posix_fadvise"):
             try:  # start reading it in if it left the page cache; sendfile would block the loop
@@ -452,7 +452,7 @@ class PieceUploadServer:
             self._heads_served += 1
             return
         # Tell h11 the body went out (it checks the length), then really send it.
-        conn.send_with_data_passthrough(h11.Data(data=FileSpan(piece.length)))
+        conn.send_with_data_passthrough(h11.Data(data=FileSpan(piece.length)))  # type: ignore[arg-type]  # see FileSpan
         tail = conn.send(h11.EndOfMessage())
         assert not tail  # Content-Length framing has no trailer
         await self._send_bytes(sock, head, _MSG_MORE)
