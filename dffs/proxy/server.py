@@ -47,7 +47,7 @@ from dffs.proxy.config import DEFAULT_PROXY_PORT, ProxyConfig
 from dffs.proxy.mirror import Passthrough, Reject, RequestHead, Router, Tunnel, ViaP2P, normalize_upstream
 from dffs.proxy.protocol import UNSATISFIABLE, ByteRange, parse_range
 from dffs.proxy.rules import ProxyRules, is_loopback_address
-from dffs.proxy.upstream import AbortClient, UpstreamError, UpstreamPool
+from dffs.proxy.upstream import AbortClient, UpstreamError, UpstreamRelay
 from dffs.source.http.protocol import parse_target
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class ProxyServer:
         self.rules = ProxyRules.build(self.cfg.rules, self.cfg.bypass, self.cfg.allow)
         self.upstream = normalize_upstream(self.cfg.registry_mirror) if self.cfg.registry_mirror else None
         self.router = Router(self.rules, self.upstream)
-        self.pool = UpstreamPool(connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout)
+        self.passthrough = UpstreamRelay(connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout)
         self.port: int | None = None
         self._socket: socket.socket | None = None
         self._unavailable = False
@@ -144,7 +144,7 @@ class ProxyServer:
         return {
             "connections_active": self.connections_active,
             "p2p_bytes": self.p2p_bytes,
-            "relayed": self.pool.relayed,
+            "relayed": self.passthrough.relayed,
             "digest_mismatches": self.tasks.digest_mismatches,
             **self.counts,
         }
@@ -181,7 +181,7 @@ class ProxyServer:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``nursery.start`` gets the bound port, or
         None when the default port is taken (see :meth:`bind`)."""
-        if self.bind() is None:
+        if self.bind() is None or self._socket is None:  # bound means a socket; the second test tells mypy
             task_status.started(None)
             return
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(self._socket))]
@@ -211,7 +211,7 @@ class ProxyServer:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             with trio.CancelScope(shield=True):
-                await self.pool.aclose()
+                await self.passthrough.aclose()
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         self.connections_active += 1
@@ -352,7 +352,7 @@ class ProxyServer:
             await self._send_error(client, 400, str(exc))
             return
         try:
-            status = await self.pool.relay(
+            status = await self.passthrough.relay(
                 request.method,
                 target,
                 route.headers,
@@ -473,7 +473,8 @@ class ProxyServer:
                 try:
                     if not head_sent:
                         await client.send(response)
-                        client.conn.send_with_data_passthrough(h11.Data(data=FileSpan(length)))
+                        # h11 passes data it does not look at through; its hint says bytes.
+                        client.conn.send_with_data_passthrough(h11.Data(data=FileSpan(length)))  # type: ignore[arg-type]
                         head_sent = True
                     span = store.span(n)
                     lo, hi = max(start, span.offset), min(start + length, span.offset + span.length)

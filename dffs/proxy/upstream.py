@@ -6,19 +6,22 @@ rule matches. Headers are relayed as lists (repeated headers such as
 ``WWW-Authenticate`` or ``Set-Cookie`` stay separate), hop-by-hop ones are
 dropped both ways, request bodies (forward-proxy POSTs) are streamed up and
 response bodies streamed down. Redirects are relayed, not followed: the client
-decides. Upstream connections are kept alive in a small shared pool.
+decides. Upstream connections are kept alive in the pool the back-to-source
+client uses too (``dffs.source.http.pool``); what is said over them differs.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 import h11
 import trio
 
+from dffs.errors import SourceError
 from dffs.proxy.protocol import end_to_end
+from dffs.source.http.pool import ConnectionPool, ConnectTimeout
 from dffs.source.http.protocol import Target
 
 log = logging.getLogger(__name__)
@@ -39,89 +42,72 @@ class AbortClient(Exception):
 
 
 class _Upstream:
-    def __init__(self, key, stream: trio.abc.Stream):
-        self.key = key
+    """One keep-alive connection to an origin, spoken through h11 so events can be relayed as they come."""
+
+    def __init__(self, target: Target, stream: trio.abc.Stream):
+        self.origin_key = target.origin_key
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
-        self.reused = False
+        self.idle_since = time.monotonic()
+        #: Request/response cycles completed on it: a reused connection may have been closed by the server.
+        self.exchanges = 0
+        self._open = True
 
-    async def send(self, event, timeout: float) -> None:
+    @property
+    def reused(self) -> bool:
+        return self.exchanges > 0
+
+    @property
+    def reusable(self) -> bool:
+        return self._open and self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
+
+    def finish(self) -> None:
+        """After a whole exchange: ready h11 for the next request, if both sides left the connection open."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            self.exchanges += 1
+
+    async def send(self, event: h11.Event, timeout: float) -> None:
         data = self.conn.send(event)
         if data:
             with trio.fail_after(timeout):
                 await self.stream.send_all(data)
 
-    async def next_event(self, timeout: float):
+    async def next_event(self, timeout: float) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        """The next event, receiving as needed (never NEED_DATA in fact: mypy cannot narrow a sentinel class)."""
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
             with trio.fail_after(timeout):
                 data = await self.stream.receive_some(_RECV)
-            self.conn.receive_data(data)
+            self.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too; its hint says bytes
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+        if self._open:
+            self._open = False
+            await trio.aclose_forcefully(self.stream)
 
 
-class UpstreamPool:
-    """Keep-alive connections to origins, shared by every client connection."""
+class UpstreamRelay:
+    """Relays requests to their origins over keep-alive connections (the shared pool), for every client."""
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_idle_per_origin: int = 8):
-        self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.max_idle_per_origin = max_idle_per_origin
-        self._idle: dict[tuple, list[_Upstream]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._pool = ConnectionPool(_Upstream, connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin)
         #: Requests relayed to completion (for stats and tests).
         self.relayed = 0
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context()
-        return self._ssl
-
     async def _checkout(self, target: Target, fresh: bool) -> _Upstream:
-        idle = self._idle.get(target.origin_key, [])
-        while idle and not fresh:
-            up = idle.pop()
-            up.reused = True
-            return up
-        stream: trio.abc.Stream | None = None
         try:
-            with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(target.host, target.port)
-                if target.scheme == "https":
-                    stream = trio.SSLStream(
-                        stream, self._ssl_context(), server_hostname=target.host, https_compatible=True
-                    )
-                    await stream.do_handshake()
-        except trio.TooSlowError:
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
-            raise UpstreamError(
-                f"connecting to {target.host_header} timed out after {self.connect_timeout:g}s", 504
-            ) from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
-            raise UpstreamError(f"cannot connect to {target.host_header}: {exc.__cause__ or exc}") from None
-        return _Upstream(target.origin_key, stream)
-
-    async def _checkin(self, up: _Upstream) -> None:
-        if up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE:
-            up.conn.start_next_cycle()
-            idle = self._idle.setdefault(up.key, [])
-            if len(idle) < self.max_idle_per_origin:
-                idle.append(up)
-                return
-        await up.aclose()
+            return await self._pool.checkout(target, fresh=fresh)
+        except ConnectTimeout as exc:
+            raise UpstreamError(str(exc), 504) from None
+        except SourceError as exc:
+            raise UpstreamError(str(exc)) from None
 
     async def aclose(self) -> None:
-        for idle in self._idle.values():
-            for up in idle:
-                await up.aclose()
-        self._idle.clear()
+        await self._pool.aclose()
 
     async def relay(
         self,
@@ -169,7 +155,9 @@ class UpstreamPool:
             ) as exc:
                 await up.aclose()
                 if up.reused and next_client_event is None and attempt == 0:
-                    continue  # the server closed an idle keep-alive connection: once more on a fresh one
+                    # The server closed an idle keep-alive connection (and likely its others): once more on a new one.
+                    await self._pool.discard_idle(target.origin_key)
+                    continue
                 raise UpstreamError(
                     f"{method} {target.host_header}{target.path[:200]}: upstream failed: {exc or type(exc).__name__}"
                 ) from None
@@ -207,7 +195,8 @@ class UpstreamPool:
                 raise AbortClient(f"relay from {target.host_header} failed: {exc or type(exc).__name__}") from None
             raise
         self.relayed += 1
-        await self._checkin(up)
+        up.finish()
+        await self._pool.checkin(up)
         return response.status_code
 
     async def _response_head(self, up: _Upstream, send_to_client) -> h11.Response:

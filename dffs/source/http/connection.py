@@ -10,13 +10,13 @@ alone (see docs/benchmarks.md): it is why this hybrid exists.
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import h11
 import trio
 
 from dffs.errors import RetryableSourceError, SourceError
+from dffs.source.http.pool import reason
 from dffs.source.http.protocol import (
     ResponseHead,
     Target,
@@ -30,7 +30,10 @@ _HEAD_READ = 16 * 1024
 
 
 class HttpConnection:
-    """A connection to one origin; send one request at a time, read its body, reuse."""
+    """A connection to one origin; send one request at a time, read its body, reuse.
+
+    Made by the pool (``pool.ConnectionPool``) of a stream it opened; ``read_timeout`` bounds every silence.
+    """
 
     def __init__(self, target: Target, stream: trio.abc.Stream, read_timeout: float):
         self.origin_key = target.origin_key
@@ -50,46 +53,6 @@ class HttpConnection:
         self._h11: h11.Connection | None = None  # set only for chunked bodies
         self._chunk = memoryview(b"")
         self._reusable = False
-
-    @classmethod
-    async def connect(
-        cls,
-        target: Target,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> HttpConnection:
-        stream: trio.abc.Stream | None = None
-        try:
-            with trio.fail_after(connect_timeout):
-                stream = await trio.open_tcp_stream(target.host, target.port)
-                if target.scheme == "https":
-                    stream = trio.SSLStream(
-                        stream,
-                        ssl_context or ssl.create_default_context(),
-                        server_hostname=target.host,
-                        https_compatible=True,
-                    )
-                    await stream.do_handshake()
-        except BaseException as exc:
-            if stream is not None:  # never leave a half-open connection behind
-                await trio.aclose_forcefully(stream)
-            if isinstance(exc, trio.TooSlowError):
-                raise RetryableSourceError(
-                    f"connecting to {target.host_header} timed out after {connect_timeout:g}s"
-                ) from None
-            if isinstance(exc, OSError):
-                raise RetryableSourceError(f"cannot connect to {target.host_header}: {_reason(exc)}") from None
-            if isinstance(exc, trio.BrokenResourceError):
-                cause = exc.__cause__ or exc
-                # A certificate that does not verify will not verify on a retry either.
-                error = SourceError if isinstance(cause, ssl.SSLCertVerificationError) else RetryableSourceError
-                raise error(f"TLS handshake with {target.host_header} failed: {cause}") from None
-            raise
-        if isinstance(stream, trio.SocketStream):
-            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
-        return cls(target, stream, read_timeout)
 
     # ------------------------------------------------------------- request
     async def request(self, method: str, target: Target, headers: list[tuple[str, str]]) -> ResponseHead:
@@ -130,7 +93,7 @@ class HttpConnection:
         except trio.TooSlowError:
             raise RetryableSourceError(f"sending the request timed out after {self.read_timeout:g}s") from None
         except (trio.BrokenResourceError, OSError) as exc:
-            raise RetryableSourceError(f"connection lost while sending the request: {_reason(exc)}") from None
+            raise RetryableSourceError(f"connection lost while sending the request: {reason(exc)}") from None
 
     async def _read_head(self, conn: h11.Connection) -> tuple[ResponseHead, bytes]:
         buffer = bytearray()
@@ -204,7 +167,7 @@ class HttpConnection:
                 data = await self._receive_some(256 * 1024)
                 if not data:
                     raise RetryableSourceError("connection closed in the middle of a chunked body")
-                self._h11.receive_data(data)
+                self._h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes bytearray too; its hint says bytes
             elif isinstance(event, h11.Data):
                 self._chunk = memoryview(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -225,11 +188,11 @@ class HttpConnection:
         except trio.TooSlowError:
             raise RetryableSourceError(f"no data from the origin for {self.read_timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as exc:
-            raise RetryableSourceError(f"connection lost: {_reason(exc)}") from None
+            raise RetryableSourceError(f"connection lost: {reason(exc)}") from None
         buffer[: len(data)] = data
         return len(data)
 
-    async def _receive_some(self, max_bytes: int) -> bytes:
+    async def _receive_some(self, max_bytes: int) -> bytes | bytearray:
         try:
             with trio.fail_after(self.read_timeout):
                 return await self._stream.receive_some(max_bytes)
@@ -237,8 +200,8 @@ class HttpConnection:
             raise RetryableSourceError(f"no response from the origin for {self.read_timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as exc:
             if self.requests_sent > 1:
-                raise StaleConnection(f"connection lost: {_reason(exc)}") from None
-            raise RetryableSourceError(f"connection lost: {_reason(exc)}") from None
+                raise StaleConnection(f"connection lost: {reason(exc)}") from None
+            raise RetryableSourceError(f"connection lost: {reason(exc)}") from None
 
     async def drain(self, limit: int = 64 * 1024) -> bool:
         """Read and drop a small remaining body so the connection can be reused."""
@@ -263,10 +226,3 @@ class HttpConnection:
 
 class StaleConnection(RetryableSourceError):
     """A reused keep-alive connection the server had already closed: retry at once."""
-
-
-def _reason(exc: BaseException) -> str:
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return str(cause) or type(cause).__name__

@@ -8,6 +8,7 @@ connection be reused, is it worth retrying, where does a redirect go.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -112,7 +113,7 @@ class ResponseHead:
         return int(value) if value is not None else None
 
 
-def headers_to_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def headers_to_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     result: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -65,8 +66,8 @@ class HttpSource:
     def __init__(self, options: HttpOptions | None = None):
         self.options = options or HttpOptions()
         self.pool = ConnectionPool(
+            functools.partial(HttpConnection, read_timeout=self.options.read_timeout),
             connect_timeout=self.options.connect_timeout,
-            read_timeout=self.options.read_timeout,
             max_idle_per_origin=self.options.max_idle_per_origin,
             ssl_context_factory=self._ssl_context,
         )
@@ -100,13 +101,14 @@ class HttpSource:
             reraise=True,
         )
 
-    def _headers(self, extra: Mapping[str, str] | None, *more: tuple[str, str]) -> list[tuple[str, str]]:
+    def _headers(self, extra: Mapping[str, str] | None, *more: tuple[str, str | None]) -> list[tuple[str, str]]:
+        """The default headers, then ``extra`` (which overrides them), then ``more`` less those valued None."""
         headers = [("User-Agent", self.options.user_agent), ("Accept-Encoding", "identity")]
         if extra:
             overridden = {k.lower() for k in extra}
             headers = [h for h in headers if h[0].lower() not in overridden]
             headers += list(extra.items())
-        headers += [h for h in more if h[1] is not None]
+        headers += [(name, value) for name, value in more if value is not None]
         return headers
 
     async def _exchange(
@@ -120,7 +122,7 @@ class HttpSource:
         for _ in range(self.options.max_redirects + 1):
             target = parse_target(url)
             for fresh_try in (False, True):
-                conn = await self.pool.checkout(target)
+                conn = await self.pool.checkout(target, fresh=fresh_try)
                 try:
                     head = await conn.request(method, target, headers)
                     break
