@@ -40,7 +40,7 @@ import trio
 
 from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, DigestMismatch, SourceError, UsageError
-from dffs.httpserve import FileSpan, accept_loop
+from dffs.httpserve import FileSpan, serve_listeners
 from dffs.idgen import pieces_for_range
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
 from dffs.proxy.config import DEFAULT_PROXY_PORT, ProxyConfig
@@ -202,10 +202,7 @@ class ProxyServer:
                 )
             log.info("event=proxy_listening address=%s:%d mirror=%s", self.cfg.listen, self.port, self.upstream)
             async with trio.open_nursery() as nursery:
-                for listener in listeners:
-                    nursery.start_soon(
-                        functools.partial(accept_loop, listener, nursery, self._handle_connection, name="proxy")
-                    )
+                nursery.start_soon(functools.partial(serve_listeners, self._handle_connection, listeners, name="proxy"))
                 task_status.started(self.port)
         finally:
             for listener in listeners:

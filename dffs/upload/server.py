@@ -37,7 +37,7 @@ import h11
 import trio
 
 from dffs.errors import StorageError
-from dffs.httpserve import FileSpan, accept_loop
+from dffs.httpserve import FileSpan, serve_listeners
 from dffs.metrics import daemon as metrics
 from dffs.storage import StorageManager, TaskStore
 from dffs.upload.protocol import (
@@ -230,17 +230,9 @@ class PieceUploadServer:
                 ",".join(str(lst.socket.getsockname()[:2]) for lst in listeners),
             )
             async with trio.open_nursery() as nursery:
-                for listener in listeners:
-                    nursery.start_soon(
-                        functools.partial(
-                            accept_loop,
-                            listener,
-                            nursery,
-                            self._handle_connection,
-                            name="upload",
-                            on_accept=self._count_accept,
-                        )
-                    )
+                nursery.start_soon(
+                    functools.partial(serve_listeners, self._handle_connection, listeners, name="upload")
+                )
                 task_status.started(self.port)
         finally:
             for listener in listeners:
@@ -269,10 +261,8 @@ class PieceUploadServer:
             listeners = listeners[:1]
         return listeners
 
-    def _count_accept(self) -> None:
-        self._connections_accepted += 1
-
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self._connections_accepted += 1
         self._connections_active += 1
         sock = stream.socket
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
