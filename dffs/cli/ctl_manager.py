@@ -14,20 +14,8 @@ from google.protobuf import json_format
 from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
 from dffs.errors import DffsError, UsageError
+from dffs.manager.job_names import SCOPE_FROM_PB, SCOPE_TO_PB, STATE_FROM_PB, STATE_TO_PB
 
-_SCOPES = {
-    "seed": pb.JOB_SCOPE_SINGLE_SEED_PEER,
-    "all-seeds": pb.JOB_SCOPE_ALL_SEED_PEERS,
-    "all": pb.JOB_SCOPE_ALL_PEERS,
-}
-_SCOPE_NAMES = {v: k for k, v in _SCOPES.items()}
-_STATES = {
-    "pending": pb.JOB_STATE_PENDING,
-    "running": pb.JOB_STATE_RUNNING,
-    "succeeded": pb.JOB_STATE_SUCCEEDED,
-    "failed": pb.JOB_STATE_FAILED,
-}
-_STATE_NAMES = {v: k for k, v in _STATES.items()}
 _FINISHED = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED)
 _CALL_TIMEOUT = 10.0
 _POLL = 0.5
@@ -59,15 +47,15 @@ class _Manager:
 
 def job_dict(job: pb.Job) -> dict:
     out = json_format.MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    out["state"] = _STATE_NAMES[job.state]
-    out["scope"] = _SCOPE_NAMES[job.scope]
+    out["state"] = STATE_FROM_PB[job.state]
+    out["scope"] = SCOPE_FROM_PB[job.scope]
     return out
 
 
 def _describe(job: pb.Job) -> str:
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at.seconds))
     urls = ", ".join(job.preheat.urls)
-    line = f"job {job.id}  {_STATE_NAMES[job.state]:<9}  scope {_SCOPE_NAMES[job.scope]}  created {created}  {urls}"
+    line = f"job {job.id}  {STATE_FROM_PB[job.state]:<9}  scope {SCOPE_FROM_PB[job.scope]}  created {created}  {urls}"
     if job.description:
         line += f"\n  {job.description}"
     return line
@@ -104,14 +92,14 @@ def run_preheat(args: argparse.Namespace) -> int:
         job = manager.call(
             "CreateJob",
             pb.CreateJobRequest(
-                type=pb.JOB_TYPE_PREHEAT, scope=_SCOPES[args.scope], cluster_ids=args.cluster_id, preheat=preheat
+                type=pb.JOB_TYPE_PREHEAT, scope=SCOPE_TO_PB[args.scope], cluster_ids=args.cluster_id, preheat=preheat
             ),
         )
         if args.wait:
             deadline = time.monotonic() + (args.timeout if args.timeout else math.inf)
             while job.state not in _FINISHED:
                 if time.monotonic() > deadline:
-                    raise DffsError(f"job {job.id} still {_STATE_NAMES[job.state]} after {args.timeout:g}s")
+                    raise DffsError(f"job {job.id} still {STATE_FROM_PB[job.state]} after {args.timeout:g}s")
                 time.sleep(_POLL)
                 job = manager.call("GetJob", pb.GetJobRequest(id=job.id))
         if getattr(args, "json", False):
@@ -137,9 +125,9 @@ def run_jobs(args: argparse.Namespace) -> int:
                 raise UsageError("--limit must be from 1 to 1000")
             request = pb.ListJobsRequest(limit=args.limit or 0)
             if args.state:
-                if args.state not in _STATES:
-                    raise UsageError(f"--state must be one of {', '.join(_STATES)}, not {args.state!r}")
-                request.state = _STATES[args.state]
+                if args.state not in STATE_TO_PB:
+                    raise UsageError(f"--state must be one of {', '.join(STATE_TO_PB)}, not {args.state!r}")
+                request.state = STATE_TO_PB[args.state]
             jobs = list(manager.call("ListJobs", request).jobs)
         if getattr(args, "json", False):
             print(json.dumps([job_dict(j) for j in jobs], indent=2, sort_keys=True))

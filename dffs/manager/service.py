@@ -23,24 +23,11 @@ from dffs.errors import UsageError
 from dffs.manager import jobs as jobs_module
 from dffs.manager.config_keys import CLIENT_KEYS, SCHEDULER_KEYS
 from dffs.manager.db import DatabaseUnavailable
+from dffs.manager.job_names import SCOPE_FROM_PB, SCOPE_TO_PB, STATE_FROM_PB, STATE_TO_PB
 from dffs.manager.jobs import JobStore
 from dffs.manager.store import DEFAULT_CLUSTER_ID, SCHEDULER, SEED_PEER, NotFound, Store
 
 log = logging.getLogger("dffs.manager")
-
-_SCOPE_TO_PB = {
-    "seed": pb.JOB_SCOPE_SINGLE_SEED_PEER,
-    "all-seeds": pb.JOB_SCOPE_ALL_SEED_PEERS,
-    "all": pb.JOB_SCOPE_ALL_PEERS,
-}
-_SCOPE_FROM_PB = {v: k for k, v in _SCOPE_TO_PB.items()}
-_STATE_TO_PB = {
-    "pending": pb.JOB_STATE_PENDING,
-    "running": pb.JOB_STATE_RUNNING,
-    "succeeded": pb.JOB_STATE_SUCCEEDED,
-    "failed": pb.JOB_STATE_FAILED,
-}
-_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 
 
 def _kind(source_type: int) -> str:
@@ -110,8 +97,8 @@ def job_pb(job: dict[str, Any]) -> pb.Job:
     message = pb.Job(
         id=job["id"],
         type=pb.JOB_TYPE_PREHEAT,
-        state=_STATE_TO_PB[job["state"]],
-        scope=_SCOPE_TO_PB[job["scope"]],
+        state=STATE_TO_PB[job["state"]],
+        scope=SCOPE_TO_PB[job["scope"]],
         cluster_ids=job["cluster_ids"],
         preheat=preheat,
         description=job.get("description") or "",
@@ -265,7 +252,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         spec: dict[str, Any] = {
             "type": "preheat",
             "urls": list(args.urls),
-            "scope": _SCOPE_FROM_PB.get(request.scope, "seed"),
+            "scope": SCOPE_FROM_PB.get(request.scope, "seed"),
             "cluster_ids": list(request.cluster_ids),
         }
         if args.headers:
@@ -283,7 +270,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return job_pb(await self._call(context, self.jobs.get, request.id))
 
     async def ListJobs(self, request, context):
-        state = _STATE_FROM_PB[request.state] if request.HasField("state") else None
+        state = STATE_FROM_PB[request.state] if request.HasField("state") else None
         if request.HasField("type") and request.type != pb.JOB_TYPE_PREHEAT:
             return pb.ListJobsResponse()
         rows = await self._call(
