@@ -19,6 +19,7 @@ MEMBER_MODULES = [
     "dffs.cli.get",
     "dffs.cli.scheduler",
     "dffs.daemon",
+    "dffs.daemon.server",
     "dffs.daemon.service",
     "dffs.daemon.membership",
     "dffs.scheduler.server",
