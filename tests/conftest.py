@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Origin fixtures: real HTTP origins (see origins.py)."""
+"""Shared pytest fixtures and hooks. Origin fixtures: real HTTP origins (see origins.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,32 @@ try:  # tests/ as a package, or tests/ on sys.path (pytest's default "prepend")
     from .origins import FaultyOrigin, NginxOrigin, write_random_file
 except ImportError:
     from origins import FaultyOrigin, NginxOrigin, write_random_file
+
+
+def ci() -> bool:
+    """Whether this run is CI (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _fail_skip_under_ci(report):
+    if ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped with CI=true, which fails the run: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI a skip is a failure: a missing part (PostgreSQL, namespaces, containerd...)
+    must break the run, not quietly shrink it. Expected failures (xfail) are left alone."""
+    return _fail_skip_under_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at collection (``pytest.importorskip``...)."""
+    return _fail_skip_under_ci((yield))
 
 
 @pytest.fixture

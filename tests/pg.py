@@ -6,7 +6,8 @@ socket in that dir, trust authentication.  ``new_database()`` hands out a fresh
 database per test; ``stop()``/``start()`` simulate the database going away;
 ``close()`` always stops the server and removes the dir.
 
-Skips (not fails) when PostgreSQL is not installed; run scripts/setup.sh.
+Skips when PostgreSQL is not installed (run scripts/setup.sh); with ``CI=true`` the
+conftest hook turns that skip into a failure.
 """
 
 from __future__ import annotations
