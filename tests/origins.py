@@ -21,6 +21,7 @@ import email.utils
 import fcntl
 import hashlib
 import http
+import http.client
 import json
 import os
 import random
@@ -35,6 +36,7 @@ import termios
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ __all__ = [
 
 NGINX_BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
 NGINX_DIR_PREFIX = "dffs-nginx-"
+#: Path of :meth:`NginxOrigin.sync_log`'s sentinel requests; they never show in ``requests()``.
+SENTINEL_PREFIX = "/.dffs-log-sentinel/"
 
 
 class OriginError(RuntimeError):
@@ -134,6 +138,7 @@ _LOG_FIELDS = {
     "connection": "$connection",
     "connection_requests": "$connection_requests",
     "msec": "$msec",
+    "client": "$remote_addr",
 }
 _LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
 
@@ -148,7 +153,8 @@ class AccessEntry:
     an absent and an empty header alike). ``body_bytes`` is ``$body_bytes_sent``:
     body bytes nginx wrote to the socket for this request (0 for HEAD and 304),
     ``bytes_sent`` counts headers too. ``completed`` is False when the client
-    went away before the whole response was sent.
+    went away before the whole response was sent. ``client`` is the address the
+    request came from (which host, in a namespace cluster).
     """
 
     method: str
@@ -166,6 +172,7 @@ class AccessEntry:
     connection: int = 0
     connection_requests: int = 0
     time: float = 0.0
+    client: str = ""
 
     @classmethod
     def parse(cls, line: str) -> AccessEntry:
@@ -198,6 +205,7 @@ class AccessEntry:
             connection=num("connection"),
             connection_requests=num("connection_requests"),
             time=num("msec", float, 0.0),
+            client=d.get("client", ""),
         )
 
 
@@ -269,6 +277,7 @@ class NginxOrigin:
         self._read_pos = 0  # bytes of access.log already parsed (always at a line end)
         self._entries: list[AccessEntry] = []
         self._first = 0  # index into _entries of the first entry since clear_log()
+        self._sentinels: set[str] = set()  # sync_log() tokens seen in the log
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -523,23 +532,82 @@ class NginxOrigin:
             return  # nothing, or only a line still being written
         for raw in data[: end + 1].splitlines():
             if raw.strip():
-                self._entries.append(AccessEntry.parse(raw.decode("utf-8", "surrogateescape")))
+                entry = AccessEntry.parse(raw.decode("utf-8", "surrogateescape"))
+                if entry.path.startswith(SENTINEL_PREFIX):
+                    self._sentinels.add(entry.path[len(SENTINEL_PREFIX) :])
+                else:
+                    self._entries.append(entry)
         self._read_pos += end + 1
 
-    def requests(self, path: str | None = None, method: str | None = None) -> list[AccessEntry]:
-        """Access-log entries written since start or the last :meth:`clear_log`."""
+    def requests(
+        self, path: str | None = None, method: str | None = None, *, client: str | None = None
+    ) -> list[AccessEntry]:
+        """Access-log entries written since start or the last :meth:`clear_log`.
+
+        The log may lag behind what clients already received: call :meth:`sync_log`
+        before counting what a finished download cost.
+        """
         with self._lock:
             self._refresh()
             entries = self._entries[self._first :]
         return [
             e
             for e in entries
-            if (path is None or _same_path(e.path, path)) and (method is None or e.method == method.upper())
+            if (path is None or _same_path(e.path, path))
+            and (method is None or e.method == method.upper())
+            and (client is None or e.client == client)
         ]
 
-    def body_bytes(self, path: str | None = None, method: str | None = None) -> int:
+    def body_bytes(self, path: str | None = None, method: str | None = None, *, client: str | None = None) -> int:
         """Sum of ``$body_bytes_sent`` over :meth:`requests` matching the filters."""
-        return sum(e.body_bytes for e in self.requests(path, method))
+        return sum(e.body_bytes for e in self.requests(path, method, client=client))
+
+    def sync_log(self, timeout: float = 10.0) -> None:
+        """Return once every request nginx finished before this call is in the access log.
+
+        nginx writes a request's line when it finalizes the request, which a
+        client that already holds the whole response can overtake: a count read
+        right after a download may miss its last request. So this sends a sentinel
+        request (a unique path: a 404) and waits for *its* line. nginx runs here as
+        one process handling its connections in one event loop, so by the time the
+        sentinel is logged every request finalized before it is logged too.
+        Requests still being answered are not waited for (:meth:`stop` logs those).
+        Sentinels never show in :meth:`requests`. Works in a network namespace
+        (the sentinel is sent from inside it, with curl).
+        """
+        if self.master_process and self.workers > 1:
+            raise OriginError("sync_log needs one nginx worker: several log in no common order")
+        if not self.running:
+            raise OriginError(f"sync_log: nginx is not running ({self.workdir})")
+        token = uuid.uuid4().hex
+        path = SENTINEL_PREFIX + token
+        if self.netns:
+            curl = ["curl", "-s", "-o", "/dev/null", "-m", str(timeout), self.url(path)]
+            subprocess.run(
+                ["ip", "netns", "exec", self.netns, *curl], check=True, capture_output=True, timeout=timeout + 5
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            try:
+                conn.request("GET", path)
+                conn.getresponse().read()
+            finally:
+                conn.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._refresh()
+                if token in self._sentinels:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nginx did not log the sentinel {path} within {timeout}s")
+            time.sleep(0.002)
+
+    async def async_sync_log(self, timeout: float = 10.0) -> None:
+        """:meth:`sync_log` for trio tests (in a worker thread, so the loop runs on)."""
+        import trio
+
+        await trio.to_thread.run_sync(self.sync_log, timeout)
 
     def clear_log(self) -> list[AccessEntry]:
         """Forget the entries logged so far and return them (atomically), so

@@ -119,8 +119,10 @@ def test_quota_holds_while_a_stream_reads_and_evicted_pieces_come_back(tmp_path,
         tasks = json.loads(run_dffs("ctl", "--data-dir", str(mount.data_dir), "tasks", "--json").stdout)
         by_url = {Path(t["url"]).name: t for t in tasks}
         assert by_url["a.bin"]["pieces_present"] < by_url["a.bin"]["piece_count"], tasks
+        origin.sync_log()
         before = origin.body_bytes("/a.bin")
         assert read_file(base / "a.bin") == digests["a.bin"]
+        origin.sync_log()
         assert origin.body_bytes("/a.bin") > before
         assert content_usage(mount.data_dir) <= HIGH
 

@@ -104,7 +104,7 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
         done = ctl(net, hosts["p2"], "--manager", manager.grpc_address, "preheat", url, "--wait", "--timeout", "60")
         assert done.returncode == 0, (done.stdout, done.stderr, manager.output()[-3000:])
         assert "succeeded" in done.stdout and "ok   seed" in done.stdout, done.stdout
-        origin.wait_for_requests(1, path="/pre.bin", method="GET")
+        origin.sync_log()
         preheated = origin.body_bytes("/pre.bin", "GET")
         assert preheated == size  # the seed fetched it once
 
@@ -121,6 +121,7 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
         assert got.returncode == 0, (got.stderr, daemons["p2"].output()[-3000:])
         assert sha256_file(out) == digest
         assert sha256_file(daemons["p1"].path("/pre.bin", origin)) == digest
+        origin.sync_log()
         assert origin.body_bytes("/pre.bin", "GET") == preheated  # not one more byte from the origin
 
         # Dynamic config reaches the running scheduler and daemons, no restart.

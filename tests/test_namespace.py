@@ -43,7 +43,7 @@ async def test_concurrent_lookups_share_one_head(tmp_path, nginx_origin, sources
         for _ in range(8):
             nursery.start_soon(look)
     assert len({n.inode for n in results}) == 1 and results[0].size == 1000
-    await origin.async_wait_for_requests(1)
+    await origin.async_sync_log()
     assert [r.method for r in origin.requests()] == ["HEAD"]
 
     missing = []
@@ -57,7 +57,7 @@ async def test_concurrent_lookups_share_one_head(tmp_path, nginx_origin, sources
         for _ in range(5):
             nursery.start_soon(miss)
     assert missing == [errno.ENOENT] * 5
-    await origin.async_wait_for_requests(2)
+    await origin.async_sync_log()
     assert len(origin.requests(path="/nope.bin")) == 1  # one HEAD, then the negative cache
 
 
@@ -79,7 +79,7 @@ async def test_concurrent_listings_share_one_get(tmp_path, nginx_origin, sources
         for _ in range(6):
             nursery.start_soon(listing)
     assert counts == [50] * 6
-    await origin.async_wait_for_requests(2)
+    await origin.async_sync_log()
     assert len(origin.requests(method="GET")) == 1
 
 

@@ -86,6 +86,28 @@ def test_nginx_serves_exact_bytes_and_counts_them(nginx_origin, served):
     assert origin.body_bytes("/blob.bin") == size
 
 
+def test_nginx_sync_log_waits_for_the_sentinel_and_hides_it(nginx_origin, served):
+    root, size, _ = served
+    origin = nginx_origin(root)
+    origin.sync_log()
+    assert origin.requests() == []  # the sentinel itself never shows
+    for _ in range(3):
+        with urllib.request.urlopen(origin.url("blob.bin")) as resp:
+            resp.read()
+    origin.sync_log()  # no waiting for a count: every finished request is in
+    assert [(e.path, e.body_bytes, e.client) for e in origin.requests()] == [("/blob.bin", size, "127.0.0.1")] * 3
+    assert len(origin._sentinels) == 2
+    origin.stop()
+    with pytest.raises(OriginError, match="not running"):
+        origin.sync_log()
+    several = NginxOrigin(root, master_process=True, workers=2)  # never started: refused before that matters
+    try:
+        with pytest.raises(OriginError, match="one nginx worker"):
+            several.sync_log()
+    finally:
+        several.close()
+
+
 def test_nginx_range_head_and_query_accounting(nginx_origin, served):
     root, size, _ = served
     origin = nginx_origin(root)
@@ -260,7 +282,9 @@ def test_nginx_in_network_namespace(nginx_origin, served):
             ["ip", "netns", "exec", ns, "curl", "-sS", origin.url("blob.bin")], capture_output=True, check=True
         )
         assert sha256(r.stdout) == digest
-        assert origin.wait_for_requests(1)[0].body_bytes == size
+        origin.sync_log()  # the sentinel goes in from inside the namespace
+        [entry] = origin.requests()
+        assert entry.body_bytes == size and entry.client == "127.0.0.1"
         origin.stop()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=True)

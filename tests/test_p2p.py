@@ -44,11 +44,12 @@ def test_seed_then_peers_share_pieces_through_mounts(swarm, make_file):
     a, b = swarm.peer("peer-a", mount=True), swarm.peer("peer-b", mount=True)
 
     assert sha256_file(a.path("/f.bin", origin)) == digest
-    origin.wait_for_requests(2)
+    origin.sync_log()
     first = origin.body_bytes("/f.bin", "GET")
     assert first <= 1.05 * (24 * MiB + 5), (first, a.output(), swarm.seed.output())
 
     assert sha256_file(b.path("/f.bin", origin)) == digest
+    origin.sync_log()
     assert origin.body_bytes("/f.bin", "GET") == first  # B's bytes all came from peers
 
 
@@ -70,5 +71,5 @@ def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(swarm, make_fi
     assert result.returncode == 0, result.stderr
     assert sha256_file(out) == digest
     # the embedded peer took every piece from the seed: the origin served the seed alone
-    swarm.origin.wait_for_requests(2)
+    swarm.origin.sync_log()
     assert swarm.origin.body_bytes("/g.bin", "GET") == 12 * MiB + 3

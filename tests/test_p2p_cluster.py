@@ -167,7 +167,7 @@ def test_five_peers_get_one_file_at_once(net, tmp_path, nginx_origin, make_file)
             _, err = proc.communicate(timeout=240)
             assert proc.returncode == 0, (name, err, daemons[name].output()[-3000:])
             assert sha256_file(out) == digest, name
-        origin.wait_for_requests(1)
+        origin.sync_log()
         sent = origin.body_bytes("/big.bin", "GET")
         assert sent <= 1.05 * size, sent
         for name in [f"p{i}" for i in range(1, 6)]:
@@ -185,9 +185,10 @@ def test_second_peers_mount_costs_the_origin_nothing(net, tmp_path, nginx_origin
     try:
         a, b = daemons["p1"], daemons["p2"]
         assert sha256_file(a.path("/m.bin", origin)) == digest
-        origin.wait_for_requests(1)
+        origin.sync_log()
         before = origin.body_bytes("/m.bin", "GET")
         assert sha256_file(b.path("/m.bin", origin)) == digest
+        origin.sync_log()
         assert origin.body_bytes("/m.bin", "GET") == before
     finally:
         stop_all(sched, daemons)

@@ -40,7 +40,7 @@ async def test_stat_and_ranged_reads_reuse_one_connection(source, site):
         await source.read_range(url, offset, view[offset : offset + MiB], validators=Validators(etag=stat.etag))
     assert hashlib.sha256(buf).hexdigest() == digest
     assert source.pool.connections_opened == 1
-    origin.wait_for_requests(5)
+    await origin.async_sync_log()
     gets = origin.requests("/f.bin", "GET")
     assert all(g.if_range == stat.etag and g.status == 206 for g in gets)
 
