@@ -24,6 +24,19 @@ def force_unmount(mountpoint: Path) -> None:
         subprocess.run(cmd, capture_output=True)
 
 
+def journaled_pieces(data_dir: Path) -> dict[str, set[int]]:
+    """The pieces each task in ``data_dir`` has recorded as present, read passively from the
+    journals (for a process without a control socket, such as ``dffs mount``)."""
+    from dffs.storage import journal
+
+    found = {}
+    for path in Path(data_dir).glob("tasks/*/*/pieces.journal"):
+        data = path.read_bytes()
+        records, _ = journal.decode_records(data[journal.HEADER.size :])
+        found[path.parent.name] = set(journal.replay(records))
+    return found
+
+
 _serial = itertools.count(1)
 
 
