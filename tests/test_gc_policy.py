@@ -1,4 +1,5 @@
-"""The GC's pure policy (dffs.gc.policy) and its storage primitives (pins, eviction, last access)."""
+"""The GC's pure policy (dffs.gc.policy) and its storage primitives (pins, eviction, last access);
+last access is stamped by a clock the tests set, so LRU order is exact rather than a race with time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from dffs.errors import UsageError
 from dffs.gc.policy import GcLimits, PieceState, TaskState, parse_quota, plan
+from dffs.gc.service import GcService
 from dffs.storage import StorageManager, TaskMeta
 from dffs.storage.task import ACCESS_FILE
 
@@ -116,13 +118,49 @@ def test_store_pins_evictions_and_persisted_last_access(tmp_path):
     assert store.evict_piece(1) == 4096 and not store.has_piece(1)
     assert store.evict_piece(1) == 0
     assert store.disk_bytes() <= 2 * 4096 + 4096  # the hole is punched (allowing one block of slack)
-    store.touch([0])
-    assert store.piece_access(0) >= store.piece_access(2) - 1
-    stamp = os.stat(store.directory / ACCESS_FILE).st_mtime
     storage.close()
-    again = StorageManager(tmp_path).open_task(TID)
-    assert again.present_pieces() == [0, 2]
-    assert again.last_access == stamp  # LRU order survives a restart
+    assert StorageManager(tmp_path).open_task(TID).present_pieces() == [0, 2]
+
+
+class Clock:
+    """A wall clock the test sets by hand (the storage stamps accesses with it)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_touch_orders_lru_eviction_and_persists_last_access(tmp_path):
+    clock = Clock(1000.0)
+    storage = StorageManager(tmp_path, clock=clock)
+    store = storage.create_task(TaskMeta(task_id=TID, url="http://h/x", content_length=3 * 4096, piece_length=4096))
+    for n in range(3):
+        store.write_piece(n, bytes([n]) * 4096)  # a write is an access: all three at t=1000
+    clock.now = 2000.0
+    store.touch([2])
+    assert [store.piece_access(n) for n in range(3)] == [1000.0, 1000.0, 2000.0]
+    assert store.last_access == 2000.0
+    assert os.stat(store.directory / ACCESS_FILE).st_mtime == 2000.0  # persisted at once (5 s since the last)
+    clock.now = 2003.0
+    store.touch([1])  # in memory at once, on disk at most every ACCESS_PERSIST_INTERVAL
+    assert [store.piece_access(n) for n in range(3)] == [1000.0, 2003.0, 2000.0]
+    assert os.stat(store.directory / ACCESS_FILE).st_mtime == 2000.0
+
+    # The GC's real pass over this storage, least recently used first: 0 (t=1000) goes, then 2
+    # (t=2000); 1 (t=2003) stays. Whatever the tie-break, untouched pieces could not end like that.
+    usage = storage.disk_usage()
+    assert usage == 3 * 4096, usage  # whole blocks on this filesystem, or the watermarks below mean nothing
+    gc = GcService(storage, GcLimits(quota=4 * 4096, high=0.5, low=0.25), clock=clock)
+    result = gc.collect()
+    assert [(tid, sorted(numbers)) for tid, numbers in result.evicted_pieces] == [(TID, [0, 2])]
+    assert store.present_pieces() == [1]
+
+    storage.close()
+    again = StorageManager(tmp_path, clock=clock).open_task(TID)
+    assert again.last_access == 2000.0  # the LRU order survives a restart (as last persisted)
+    assert again.piece_access(1) == 2000.0  # pieces this process has not used carry the task's stamp
 
 
 def test_reserve_hook_runs_before_new_pieces_only(tmp_path):

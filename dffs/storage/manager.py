@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +22,16 @@ DEFAULT_MEMORY_TIER_BYTES = 64 * 1024 * 1024
 class StorageManager:
     """Owns the data dir's ``tasks/`` tree; one open TaskStore per task per process."""
 
-    def __init__(self, data_dir: Path | str, *, memory_tier_bytes: int = DEFAULT_MEMORY_TIER_BYTES):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        memory_tier_bytes: int = DEFAULT_MEMORY_TIER_BYTES,
+        clock: Callable[[], float] = time.time,
+    ):
         self.data_dir = Path(data_dir)
+        #: Stamps pieces' last access (the GC's LRU order); wall-clock time, injectable for tests.
+        self.clock = clock
         self.tasks_dir = self.data_dir / "tasks"
         try:
             self.tasks_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +72,11 @@ class StorageManager:
                 return None
             try:
                 store = TaskStore.open(
-                    directory, memory=self.memory, on_usage_change=self._account, before_write=self._before_write
+                    directory,
+                    memory=self.memory,
+                    on_usage_change=self._account,
+                    before_write=self._before_write,
+                    clock=self.clock,
                 )
             except StorageError as exc:
                 log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
@@ -85,6 +98,7 @@ class StorageManager:
                 memory=self.memory,
                 on_usage_change=self._account,
                 before_write=self._before_write,
+                clock=self.clock,
             )
             self._open[meta.task_id] = store
             return store

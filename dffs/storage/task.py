@@ -74,6 +74,7 @@ class TaskStore:
         memory: MemoryTier | None = None,
         on_usage_change: Callable[[int], None] | None = None,
         before_write: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.directory = directory
         self.meta = meta
@@ -91,6 +92,8 @@ class TaskStore:
         #: Pieces being read or uploaded right now: never evicted (refcounts).
         self._pins: Counter[int] = Counter()
         #: Wall-clock last access per piece, this process; the task's is persisted.
+        #: ``clock`` stamps them (injected so tests can order accesses exactly).
+        self._clock = clock
         self._access: dict[int, float] = {}
         self.last_access = read_last_access(directory, meta)
         self._access_persisted = 0.0
@@ -289,7 +292,7 @@ class TaskStore:
     # ------------------------------------------------- access, pins, eviction
     def touch(self, numbers: Iterable[int] = ()) -> None:
         """Record an access (for LRU eviction); persists the task's at most every few seconds."""
-        now = time.time()
+        now = self._clock()
         for number in numbers:
             self._access[number] = now
         self.last_access = now
