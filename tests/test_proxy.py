@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
+import json
 import random
 import re
 import socket
@@ -14,6 +16,9 @@ import subprocess
 
 import pytest
 import trio
+from cli import run_dffs
+from cluster import Daemon
+from netns import Network
 from origins import Behavior
 from registry import Registry
 
@@ -362,34 +367,69 @@ async def test_forward_proxy_connect_and_bypass(registry, proxies):
     assert registry.blob_gets(digest) == served + 1
 
 
-def _non_loopback_ipv4() -> str | None:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        return line.split()[3].split("/")[0]
-    return None
+def test_never_an_open_relay_to_other_hosts(tmp_path, nginx_origin):
+    """A real ``dffs daemon`` whose proxy listens on every address of its host, with
+    ``proxy_allow`` naming a /30 that holds one other host: hosts are network namespaces
+    on one bridge (tests/netns.py), every client is curl on its own host."""
+    data = random.Random(68).randbytes(300_000)
+    blob = f"/v2/test/relay/blobs/{sha(data)}"  # a P2P URL (the default rule): refusing it must fetch nothing
+    (tmp_path / "www" / blob.lstrip("/")).parent.mkdir(parents=True)
+    (tmp_path / "www" / blob.lstrip("/")).write_bytes(data)
+    (tmp_path / "www" / "a.txt").write_text("passthrough")
+    with Network(subnet="10.79.0") as net:
+        # Addresses in order: .2 origin, .3 outside, .4 inside, .5 proxy; 10.79.0.4/30 is .4 to .7.
+        origin_host, outside, inside, proxy_host = (net.add_host(n) for n in ("origin", "outside", "inside", "proxy"))
+        allowed = f"{inside.ip}/30"
+        assert ipaddress.ip_address(outside.ip) not in ipaddress.ip_network(allowed)
+        origin = nginx_origin(tmp_path / "www", host=origin_host.ip, port=8080, netns=origin_host.netns)
+        config = tmp_path / "daemon.toml"
+        config.write_text(f'proxy_listen = "0.0.0.0"\nproxy_allow = ["{allowed}"]\n')
+        daemon = Daemon(
+            tmp_path,
+            "proxy",
+            None,
+            ip=proxy_host.ip,
+            prefix=proxy_host.command([]),
+            extra=("--proxy-port", "4001", "--config", str(config)),
+        )
+        try:
+            daemon.start()
+            net.processes.append(daemon.proc)
+
+            def through_proxy(host, address: str, url: str) -> tuple[int, bytes]:
+                out = tmp_path / f"{host.name}.body"
+                code = net.check_output(
+                    host, ["curl", "-s", "-m", "30", "-o", str(out), "-w", "%{http_code}", "-x", address, url]
+                )
+                return int(code), out.read_bytes()
+
+            proxy = f"http://{proxy_host.ip}:4001"
+            status, body = through_proxy(outside, proxy, origin.url(blob))
+            assert status == 403 and b"may not use this proxy" in body, (status, body)
+            origin.sync_log()
+            assert origin.requests() == []  # refused before anything was fetched
+            assert ctl_tasks(daemon) == []
+            assert f"event=proxy_client_refused client={outside.ip}" in daemon.output()
+
+            assert through_proxy(inside, proxy, origin.url(blob)) == (200, data)  # inside the allowed /30
+            assert through_proxy(proxy_host, "http://127.0.0.1:4001", origin.url("/a.txt")) == (200, b"passthrough")
+            origin.sync_log()
+            assert [(e.path, e.client) for e in origin.requests(method="GET")] == [
+                (blob, proxy_host.ip),  # fetched for the inside client, as a task (a single piece)
+                ("/a.txt", proxy_host.ip),
+            ]
+            assert [t["url"] for t in ctl_tasks(daemon)] == [origin.url(blob)]
+        finally:
+            daemon.stop()
 
 
-async def test_never_an_open_relay_limits_and_timeouts(proxies):
-    address = _non_loopback_ipv4()
-    if address is not None:
-        wide = await proxies(listen="0.0.0.0")
+def ctl_tasks(daemon: Daemon) -> list[dict]:
+    result = run_dffs("ctl", "--data-dir", str(daemon.data_dir), "tasks", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
-        def from_outside():
-            with socket.create_connection((address, wide.port), timeout=10, source_address=(address, 0)) as sock:
-                sock.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
-                return sock.recv(4096)
 
-        assert status_of(await trio.to_thread.run_sync(from_outside)) == 403
-        assert (await request(wide.port, "GET", "/v2/"))[0] == 404  # loopback is served (no mirror configured)
-        allowed = await proxies(listen="0.0.0.0", allow=[f"{address}/32"])
-
-        def allowed_client():
-            with socket.create_connection((address, allowed.port), timeout=10, source_address=(address, 0)) as sock:
-                sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-                return sock.recv(4096)
-
-        assert status_of(await trio.to_thread.run_sync(allowed_client)) == 404
-
+async def test_connection_limit_and_head_timeout(proxies):
     small = await proxies(max_connections=2, head_timeout=0.5)
     with socket.create_connection(("127.0.0.1", small.port)), socket.create_connection(("127.0.0.1", small.port)):
         with trio.fail_after(10):
