@@ -44,6 +44,35 @@ def api(net, host, manager: Manager, method: str, path: str, body: dict | None =
     return json.loads(net.check_output(host, argv))
 
 
+#: Bytes/s set as the cluster's upload_limit: a 4 MiB piece then takes about 2 s.
+UPLOAD_LIMIT = 2_000_000
+
+
+def ctl_tasks(daemon: Daemon) -> list[dict]:
+    result = subprocess.run(
+        [sys.executable, "-m", "dffs", "ctl", "--data-dir", str(daemon.data_dir), "tasks", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def fetch_piece(net, hosts, daemons, name: str, task_id: str) -> float:
+    """Piece 0 of ``task_id`` from daemon ``name``'s upload port, with curl on another host;
+    returns the bytes per second curl measured."""
+    client = hosts["p2" if name != "p2" else "p1"]
+    upload_port = daemons[name].match.group(1)
+    url = f"http://{hosts[name].ip}:{upload_port}/pieces/{task_id}/0"
+    out = net.check_output(
+        client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", url]
+    )
+    code, size, seconds = out.split()
+    assert (code, int(size)) == ("200", 4 * MiB), out
+    return int(size) / float(seconds)
+
+
 def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(net, tmp_path, nginx_origin, make_file):
     hosts = {name: net.add_host(name) for name in ("manager", "sched", "origin", "seed", "p1", "p2")}
     (tmp_path / "www").mkdir()
@@ -124,14 +153,18 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
         origin.sync_log()
         assert origin.body_bytes("/pre.bin", "GET") == preheated  # not one more byte from the origin
 
-        # Dynamic config reaches the running scheduler and daemons, no restart.
+        # Dynamic config reaches the running scheduler and daemons, no restart. The upload limit is
+        # checked where it acts: a piece from each daemon's upload port, timed by curl, may come no
+        # faster than the limit allows (a token bucket with a small burst; 1.5x is a generous margin).
+        task_id = ctl_tasks(daemons["seed"])[0]["task_id"]
+        unlimited = {name: fetch_piece(net, hosts, daemons, name, task_id) for name in daemons}
         api(
             net,
             hosts["p1"],
             manager,
             "PUT",
             "/clusters/1/config",
-            {"candidate_parent_limit": 2, "blocked_hosts": ["p2"], "upload_limit": 50_000_000},
+            {"candidate_parent_limit": 2, "blocked_hosts": ["p2"], "upload_limit": UPLOAD_LIMIT},
         )
         wait_for(
             lambda: (
@@ -142,9 +175,11 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
         )
         for daemon in daemons.values():
             wait_for(
-                lambda daemon=daemon: '"upload_limit": 50000000' in daemon.output(),
+                lambda daemon=daemon: f'"upload_limit": {UPLOAD_LIMIT}' in daemon.output(),
                 what=f"{daemon.log_path.name} to apply the config",
             )
+        limited = {name: fetch_piece(net, hosts, daemons, name, task_id) for name in daemons}
+        assert all(rate <= 1.5 * UPLOAD_LIMIT for rate in limited.values()), (UPLOAD_LIMIT, unlimited, limited)
 
         # The scheduler stops: its keepalive stream ends, the manager marks it
         # inactive, and daemons drop it at their next refresh.
