@@ -155,11 +155,10 @@ def test_origin_killed_mid_read_gives_eio_then_recovers(www, nginx_origin, make_
     reader = subprocess.Popen(["sha256sum", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     origin.wait_for_requests(2, timeout=10)  # the HEAD and the first piece GETs are under way
     origin.kill()
-    killed_at = time.monotonic()
-    _, err = reader.communicate(timeout=30)
-    elapsed = time.monotonic() - killed_at
+    # Bounded by a condition, not a stopwatch: the reader gets EIO (communicate's timeout only
+    # guards against a hang) and the mount says the read failed or timed out.
+    _, err = reader.communicate(timeout=60)
     assert reader.returncode != 0 and "Input/output error" in err, err
-    assert elapsed < 4 + 3, elapsed  # the read timeout, plus scheduling slack
     assert m.alive() and os.path.isdir(m.mountpoint / "http")  # the daemon lives on
     assert "event=read_failed" in m.output() or "event=read_timeout" in m.output()
     origin.start()
@@ -267,15 +266,15 @@ def test_bad_names_and_unknown_hosts_fail_fast(www, nginx_origin, mount):
         m.mountpoint / origin_path(origin, "/missing.txt"),
     ]
     for path in cases:
-        started = time.monotonic()
         with pytest.raises(FileNotFoundError):
             os.stat(path)
-        assert time.monotonic() - started < 2, path
-    started = time.monotonic()
     with pytest.raises(OSError) as info:
         os.stat(m.mountpoint / "http" / "no-such-host.invalid" / "file.bin")
     assert info.value.errno in (errno.ENOENT, errno.EIO)
-    assert time.monotonic() - started < 6
+    # Fast means: refused without asking anyone, or after one answer; never by waiting out a timeout.
+    assert "event=lookup_timeout" not in m.output() and "event=read_timeout" not in m.output(), m.output()[-3000:]
+    origin.sync_log()
+    assert sorted((r.method, r.path) for r in origin.requests()) == [("HEAD", "/%252e%252e"), ("HEAD", "/missing.txt")]
     assert (m.mountpoint / origin_path(origin, "/a.txt")).read_text() == "hello"  # still serving
 
 
