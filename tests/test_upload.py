@@ -524,7 +524,10 @@ async def test_a_stalled_reader_loses_its_slot(big_storage, client):
         stalled = await raw_connect(server.port, rcvbuf=64 * KiB)
         with stalled:
             await send_all(stalled, request("GET", f"/pieces/{BIG_TID}/0"))
-            await trio.sleep(0.8)  # the stall itself: not reading for longer than send_timeout
+            # The stall itself: not reading until the server gives up on us (send_timeout).
+            with trio.fail_after(10):
+                while server.stats.uploads_aborted == 0:
+                    await trio.sleep(0.01)
             received = await read_to_eof(stalled)
             assert received.startswith(b"HTTP/1.1 200") and len(received) < BIG
         assert server.stats.uploads_aborted == 1 and server.stats.uploads_active == 0
