@@ -105,13 +105,16 @@ async def test_chunked_body_whose_head_arrives_alone():
     import functools
 
     import trio
+    import trio.testing
 
     body = b"x" * 5000
 
     async def server(stream):
         await stream.receive_some(65536)
         await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await trio.sleep(0.05)  # the head goes out alone
+        # The head goes out alone: the body follows only once the client has taken the head and
+        # blocked for more (every task of this trio run blocked, no I/O ready), whatever the timing.
+        await trio.testing.wait_all_tasks_blocked()
         await stream.send_all(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         await stream.aclose()
 
