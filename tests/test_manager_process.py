@@ -171,26 +171,38 @@ def test_keepalive_membership_and_ttl(manager):
     register_scheduler(stub, "s2", "127.0.0.12", idc="b")
     s1 = KeepAlive(stub, pb.SOURCE_TYPE_SCHEDULER, "s1", "127.0.0.11")
     s2 = KeepAlive(stub, pb.SOURCE_TYPE_SCHEDULER, "s2", "127.0.0.12")
+
+    def rows():
+        status, body = manager.http("GET", "/api/v1/schedulers?state=all")
+        assert status == 200
+        return {s["hostname"]: s for s in body["schedulers"]}
+
+    def states():
+        return {name: row["state"] for name, row in rows().items()}
+
     try:
-        started = time.monotonic()
         wait_for(lambda: s1.sent > 3 and s2.sent > 3, message="keepalives")
-        # Still listed well past the TTL, thanks to the keepalives (time passing is the point here).
-        wait_for(lambda: time.monotonic() - started > 1.5 * TTL, message="1.5 TTL")
+        # Still listed past the TTL, thanks to the keepalives. What shows the TTL has passed is a
+        # condition, not a stopwatch: s0, registered after them and never keeping alive, is swept.
+        register_scheduler(stub, "s0", "127.0.0.10", idc="c")
+        wait_for(lambda: states().get("s0") == "inactive", timeout=10 * TTL, message="s0 swept after its TTL")
         assert sorted(listed(stub)) == ["s1", "s2"]
         # s1 falls silent with its stream open: gone after the TTL.
         s1.paused.set()
-        wait_for(lambda: listed(stub) == ["s2"], timeout=5 * TTL, message="s1 expired")
-
-        def states():
-            status, body = manager.http("GET", "/api/v1/schedulers?state=all")
-            assert status == 200
-            return {s["hostname"]: s["state"] for s in body["schedulers"]}
-
+        wait_for(lambda: listed(stub) == ["s2"], timeout=10 * TTL, message="s1 expired")
         # The sweep (every TTL/3) records it as inactive.
-        wait_for(lambda: states() == {"s1": "inactive", "s2": "active"}, timeout=2 * TTL, message="sweep")
-        # s2 ends its stream: inactive at once, no TTL wait needed.
+        wait_for(
+            lambda: states() == {"s0": "inactive", "s1": "inactive", "s2": "active"},
+            timeout=10 * TTL,
+            message="sweep",
+        )
+        # s2 ends its stream: inactive at once, no TTL wait needed. "At once" is read from the
+        # manager's own record: marked inactive less than a TTL after its last keepalive, which
+        # the sweep never does (it needs the TTL to have passed).
         s2.close()
-        wait_for(lambda: listed(stub) == [], timeout=TTL / 2, message="s2 inactive after its stream ended")
+        wait_for(lambda: listed(stub) == [], timeout=10 * TTL, message="s2 inactive after its stream ended")
+        row = rows()["s2"]
+        assert row["state"] == "inactive" and row["updated_at"] - row["last_keepalive"] < TTL, row
         # A keepalive for an unregistered member is refused.
         bad = KeepAlive(stub, pb.SOURCE_TYPE_SCHEDULER, "ghost", "127.0.0.99")
         with pytest.raises(grpc.RpcError) as err:
