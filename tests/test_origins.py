@@ -266,6 +266,9 @@ def test_nginx_master_process_mode_kill_takes_workers(nginx_origin, served):
     origin = nginx_origin(root, master_process=True, workers=2)
     with urllib.request.urlopen(origin.url("blob.bin")) as resp:
         assert sha256(resp.read()) == digest
+    deadline = time.monotonic() + 10  # the master forks its workers on its own time
+    while len(origin.processes()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(origin.processes()) == 3
     origin.kill()
     assert origin.processes() == []  # workers too (dead ones may linger as zombies)
