@@ -24,8 +24,10 @@ from pathlib import Path
 
 
 class Containerd:
-    def __init__(self, workdir: Path, netns_host=None):
+    def __init__(self, workdir: Path, netns_host=None, *, extra_config: str = ""):
         self.workdir = Path(workdir)
+        #: Appended to the config, e.g. a ``[proxy_plugins.dffs]`` table (see :func:`proxy_snapshotter`).
+        self.extra_config = extra_config
         self.netns_host = netns_host
         self.proc: subprocess.Popen | None = None
         self.rundir = Path(tempfile.mkdtemp(prefix="dffs-ctd-", dir="/run"))
@@ -47,7 +49,7 @@ class Containerd:
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
             f'[grpc]\n  address = "{self.address}"\n'
             f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
-            f'[debug]\n  address = "{self.rundir / "d.sock"}"\n'
+            f'[debug]\n  address = "{self.rundir / "d.sock"}"\n' + self.extra_config
         )
         log = open(self.log_path, "ab")
         try:
@@ -108,6 +110,11 @@ class Containerd:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def proxy_snapshotter(name: str, socket: Path) -> str:
+    """The config table that makes containerd use a snapshotter served on ``socket``."""
+    return f'[proxy_plugins.{name}]\n  type = "snapshot"\n  address = "{socket}"\n'
 
 
 def write_hosts_toml(hosts_dir: Path, registry: str, mirror: str | None) -> Path:

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_arguments(daemon)
     add_host_arguments(daemon)
     add_mount_arguments(daemon)
+    daemon.add_argument(
+        "--snapshotter",
+        action="store_true",
+        help="also serve containerd's snapshots API on DATA_DIR/snapshotter.sock (lazy image layers)",
+    )
     daemon.add_argument("--verbose", "-v", action="store_true", help="log each event")
 
     from dffs.cli.scheduler import add_scheduler_arguments

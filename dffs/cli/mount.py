@@ -158,5 +158,10 @@ def run_mount(args: argparse.Namespace) -> int:
     from dffs.daemon.server import Daemon
 
     daemon = Daemon(daemon_config(args), mount_config(args, mountpoint) if mountpoint else None)
+    if getattr(args, "snapshotter", False):
+        from dffs.snapshotter.host import run_daemon_with_snapshotter
+
+        trio.run(run_daemon_with_snapshotter, daemon)
+        return 0
     trio.run(daemon.run)
     return 0
