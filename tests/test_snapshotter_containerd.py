@@ -9,6 +9,9 @@ snapshotter's ordinary directories, and containers run on overlay mounts.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from registry import Registry, build_busybox_image
 from snapshotter_env import SnapshotterHost
@@ -49,3 +52,33 @@ def test_plain_pull_and_run_through_the_snapshotter(registry, host):
     host.ctr("content", "prune", "references", check=False)
     listing = host.ctr("snapshots", "--snapshotter", "dffs", "ls").stdout
     assert not [line for line in listing.splitlines() if "Committed" in line], listing
+
+
+def _dffs(*args: str, timeout: float = 180) -> str:
+    result = subprocess.run([sys.executable, "-m", "dffs", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_dffs_image_pull_unpacks_what_cannot_be_lazy(registry, host):
+    # This daemon serves no lazy layers, so every labelled Prepare gets ordinary
+    # mounts back and `dffs image pull` has containerd unpack into them.
+    image = build_busybox_image(registry, "test/pulled", "v1", layers=3, message="pulled by dffs image pull")
+    out = _dffs("image", "pull", image.ref, "--containerd", host.containerd.address, "--plain-http")
+    assert "unpacked=3" in out and "lazy=0" in out, out
+    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "pulled1").stdout
+    # pulled again: every chain is already there
+    out = _dffs("image", "pull", image.ref, "--containerd", host.containerd.address, "--plain-http")
+    assert "present=3" in out, out
+    # the labels reached the snapshotter (containerd passes containerd.io/snapshot/* through)
+    info = host.ctr("snapshots", "--snapshotter", "dffs", "info", _top_chain(host)).stdout
+    assert "containerd.io/snapshot.ref" in info, info
+
+
+def _top_chain(host) -> str:
+    listing = host.ctr("snapshots", "--snapshotter", "dffs", "ls").stdout.splitlines()[1:]
+    parents = {line.split()[1] for line in listing if len(line.split()) > 2}
+    tops = [line.split()[0] for line in listing if "Committed" in line and line.split()[0] not in parents]
+    assert len(tops) == 1, listing
+    return tops[0]

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="inspect and control a running daemon (tasks, import, export, gc)")
     add_ctl_arguments(ctl, _Parser)
 
+    from dffs.cli.image import add_image_arguments
+
+    image = commands.add_parser("image", help="container images for the dffs snapshotter (pull, containerd-config)")
+    add_image_arguments(image, _Parser)
+
     from dffs.cli.up import add_up_arguments
 
     up = commands.add_parser("up", help="manager, scheduler, seed and daemon with the mount, on this host")
@@ -119,6 +124,10 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.up import run_up
 
             return run_up(args)
+        if args.command == "image":
+            from dffs.cli.image import run_image
+
+            return run_image(args)
         if args.command == "ctl":
             from dffs.cli.ctl import run_ctl
 

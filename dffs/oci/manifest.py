@@ -52,6 +52,16 @@ class Index:
         raise SourceError(f"image has no manifest for platform {platform} (available: {available})")
 
 
+def media_type(body: bytes, content_type: str = "") -> str:
+    """The document's own mediaType, else the served Content-Type (Docker schema 2 carries both)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    declared = doc.get("mediaType") if isinstance(doc, dict) else None
+    return str(declared or content_type.split(";")[0].strip() or OCI_MANIFEST)
+
+
 def _blob(entry: Any, what: str) -> Blob:
     if not isinstance(entry, dict):
         raise SourceError(f"manifest {what} is not an object")

@@ -33,6 +33,9 @@ class ResolvedImage:
     blobs: tuple[manifest.Blob, ...]
     #: Headers the blob downloads need (the bearer token, or the caller's own Authorization).
     headers: Mapping[str, str]
+    #: The documents as served, top first: (media type, digest, bytes) of the index (if any) and
+    #: the manifest, for clients that store them (``dffs image pull`` into containerd's content store).
+    documents: tuple[tuple[str, str, bytes], ...] = ()
 
     def blob_url(self, blob: manifest.Blob) -> str:
         return f"{self.base_url}/v2/{self.reference.repository}/blobs/{blob.digest}"
@@ -43,9 +46,11 @@ class ResolvedImage:
 
 
 class RegistryClient:
-    def __init__(self, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None, plain_http: bool = False):
         self.timeout = timeout
         self.ssl_context = ssl_context
+        #: Only plain HTTP (containerd's ``--plain-http``), no TLS attempt first.
+        self.plain_http = plain_http
 
     def _fetch(self, url: str, headers: Mapping[str, str]) -> tuple[int, Message, bytes]:
         """Status, headers (an email Message: looked up without regard to case) and at most a manifest's bytes."""
@@ -59,7 +64,7 @@ class RegistryClient:
 
     def _base_url(self, ref: ImageReference, headers: Mapping[str, str]) -> str:
         """https, or http when the registry speaks plain HTTP on that port."""
-        for scheme in ("https", "http"):
+        for scheme in ("http",) if self.plain_http else ("https", "http"):
             try:
                 self._fetch(f"{scheme}://{ref.registry}/v2/", headers)
                 return f"{scheme}://{ref.registry}"
@@ -110,6 +115,7 @@ class RegistryClient:
         request_headers = dict(headers or {})
         base = self._base_url(ref, request_headers)
         wanted = ref.reference
+        documents: list[tuple[str, str, bytes]] = []
         for _ in range(2):  # an index, then the platform's manifest
             request_headers["Accept"] = manifest.ACCEPT
             answer_headers, body = self._get(ref, f"{base}/v2/{ref.repository}/manifests/{wanted}", request_headers)
@@ -117,8 +123,18 @@ class RegistryClient:
             if wanted.startswith("sha256:") and digest != wanted:
                 raise SourceError(f"{ref}: manifest digest is {digest}, not the {wanted} asked for")
             parsed = manifest.parse(body, answer_headers.get("Content-Type", ""))
+            documents.append((manifest.media_type(body, answer_headers.get("Content-Type", "")), digest, body))
             if isinstance(parsed, manifest.Manifest):
                 request_headers.pop("Accept")
-                return ResolvedImage(ref, base, digest, parsed.blobs, request_headers)
+                return ResolvedImage(ref, base, digest, parsed.blobs, request_headers, tuple(documents))
             wanted = parsed.select(platform or DEFAULT_PLATFORM)
         raise SourceError(f"{ref}: an image index points at another index")
+
+    def fetch_blob(self, image: ResolvedImage, blob: manifest.Blob, *, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A small blob (an image config) in memory, checked against its digest."""
+        if blob.size > limit:
+            raise SourceError(f"{image.reference}: blob {blob.digest} is {blob.size} bytes, more than {limit}")
+        _, body = self._get(image.reference, image.blob_url(blob), dict(image.headers))
+        if "sha256:" + hashlib.sha256(body).hexdigest() != blob.digest:
+            raise SourceError(f"{image.reference}: blob {blob.digest} does not match its digest")
+        return body

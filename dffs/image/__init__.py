@@ -1,0 +1,1 @@
+"""``dffs image``: pull images into containerd for the dffs snapshotter, and its config fragment."""
