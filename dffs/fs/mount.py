@@ -208,3 +208,43 @@ async def _stop_on_signal() -> None:
             log.info("event=signal signal=%s action=unmount", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def serve_layers(
+    mountpoint: Path, layers, *, read_ahead_kb: int = 1024, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """The FUSE session with only the image layers (``dffs daemon --snapshotter`` without ``--mount``).
+
+    ``allow_other`` because overlayfs checks access to its lower directories as
+    the process that mounts the overlay, and ``default_permissions`` so that
+    the kernel applies the layers' modes and owners like any filesystem's.
+    Runs until cancelled; always unmounts.
+    """
+    from dffs.fs.multiplex import MultiplexOperations
+
+    mountpoint = mountpoint.absolute()
+    prepare_mountpoint(mountpoint)
+    operations = MultiplexOperations(None, layers)
+    options = set(pyfuse3.default_options) | {
+        "fsname=dffs-layers",
+        "subtype=dffs",
+        "ro",
+        "allow_other",
+        "default_permissions",
+    }
+    try:
+        pyfuse3.init(operations, str(mountpoint), options)
+    except RuntimeError as exc:
+        raise DffsError(f"cannot mount {mountpoint}: {exc}") from None
+    log.info("event=layers_mounted mountpoint=%s", mountpoint)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_tune_read_ahead, mountpoint, read_ahead_kb)
+            task_status.started(operations)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            pyfuse3.close(unmount=True)
+        counters = " ".join(f"{k}={v}" for k, v in layers.counters.items())
+        log.info("event=layers_unmounted mountpoint=%s %s", mountpoint, counters)

@@ -62,6 +62,24 @@ daemon = SimpleNamespace(
     ),
     quota_bytes=Gauge("dffs_daemon_storage_quota_bytes", "The GC's disk quota (0: none).", registry=DAEMON),
     tasks=Gauge("dffs_daemon_tasks", "Tasks this daemon has open.", registry=DAEMON),
+    layer_on_demand_bytes=Counter(
+        "dffs_daemon_layer_on_demand_bytes",
+        "Blob bytes of a lazily served image layer fetched because a reader asked for them.",
+        ["layer"],
+        registry=DAEMON,
+    ),
+    layer_prefetched_bytes=Counter(
+        "dffs_daemon_layer_prefetched_bytes",
+        "Blob bytes of a lazily served image layer fetched ahead of readers (background prefetch).",
+        ["layer"],
+        registry=DAEMON,
+    ),
+    layer_present_ratio=Gauge(
+        "dffs_daemon_layer_present_ratio",
+        "Share (0-1) of a lazily served image layer's blob present on this host.",
+        ["layer"],
+        registry=DAEMON,
+    ),
 )
 
 scheduler = SimpleNamespace(

@@ -1,27 +1,73 @@
-"""``dffs daemon --snapshotter``: the daemon and the snapshots API in one trio run.
+"""``dffs daemon --snapshotter``: the daemon, the layers' FUSE session and the snapshots API in one trio run.
 
-The snapshotter is a user of the daemon (its TaskManager, later its FUSE
-session), so it starts after the daemon is ready and stops before it: when the
-daemon's run ends (a signal), the snapshotter's server is cancelled with it.
+The snapshotter is a user of the daemon: layer blobs are the daemon's P2P
+tasks (its TaskManager), shared documents (gzip indexes, learned prefetch
+lists) are published through the daemon's own control socket (``ImportTask``,
+which also registers them with the scheduler). It starts after the daemon is
+ready and stops before it: when the daemon's run ends (a signal), the
+snapshots server, the prefetchers and the FUSE session are cancelled with it.
+
+One FUSE session per process (pyfuse3): without ``--mount`` the layers get a
+mount of their own at ``DATA_DIR/snapshotter/layers``; with ``--mount`` the
+layers are served by the same session under ``MOUNT/.layers``
+(:class:`dffs.fs.multiplex.MultiplexOperations`) once the daemon hands the
+session its layer operations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import trio
 
+from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from dffs.errors import DffsError, UsageError
+from dffs.fs.layerops import LayerOperations
+from dffs.fs.layertree import LayerTree
+from dffs.fs.mount import serve_layers
+from dffs.rpc import bridge
+from dffs.snapshotter.lazy import LazyLayers, Mounted, SharedDocuments
+from dffs.snapshotter.prefetch import AccessRecorder, BackgroundPrefetch
 from dffs.snapshotter.service import serve
 
 log = logging.getLogger(__name__)
 
 
-def socket_path(data_dir):
+def socket_path(data_dir: Path) -> Path:
     return data_dir / "snapshotter.sock"
 
 
+def _publisher(data_dir: Path):
+    """Publish bytes as a complete task under a URL, through the daemon's control socket."""
+    spool = data_dir / "snapshotter" / "shared"
+
+    async def publish(url: str, data: bytes) -> None:
+        spool.mkdir(parents=True, exist_ok=True)
+        path = spool / hashlib.sha256(url.encode()).hexdigest()
+        await trio.to_thread.run_sync(path.write_bytes, data)
+        try:
+            with bridge.insecure_channel(f"unix:{data_dir / 'dffs.sock'}") as channel:
+                stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+                request = dfdaemon_pb2.ImportTaskRequest(path=str(path), download=common_pb2.Download(url=url))
+                await bridge.unary(stub.ImportTask, request, timeout=30)
+        except Exception as exc:  # grpc.RpcError and friends: the caller logs it
+            raise DffsError(f"cannot publish {url}: {exc}") from None
+        finally:
+            path.unlink(missing_ok=True)
+
+    return publish
+
+
 async def run_daemon_with_snapshotter(daemon) -> None:
-    data_dir = daemon.cfg.data_dir
+    data_dir = Path(daemon.cfg.data_dir)
+    if daemon.mount is not None:
+        raise UsageError("--snapshotter with --mount is not wired yet: run the snapshotter's daemon without --mount")
+    root = data_dir / "snapshotter"
+    layers_dir = root / "layers"
+    tree = LayerTree()
+    layer_ops = LayerOperations(tree)
     async with trio.open_nursery() as nursery:
 
         async def daemon_then_stop(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -31,5 +77,16 @@ async def run_daemon_with_snapshotter(daemon) -> None:
                 nursery.cancel_scope.cancel()
 
         await nursery.start(daemon_then_stop)
-        await nursery.start(serve, data_dir / "snapshotter", socket_path(data_dir), None)
+        shared = SharedDocuments(daemon.tasks, _publisher(data_dir))
+        recorder = AccessRecorder(shared, nursery)
+        prefetch = BackgroundPrefetch(shared, nursery)
+        layer_ops.observers.append(recorder)
+
+        def mounted(layer: Mounted) -> None:
+            recorder.layer_mounted(layer)
+            prefetch.layer_mounted(layer)
+
+        lazy = LazyLayers(daemon.tasks, tree, layers_dir, shared, on_mounted=mounted)
+        await nursery.start(serve_layers, layers_dir, layer_ops)
+        await nursery.start(serve, root, socket_path(data_dir), lazy)
         print(f"dffs snapshotter ready socket={socket_path(data_dir)}", flush=True)
