@@ -37,6 +37,7 @@ def test_a_layer_with_every_kind():
             E("bin/ash", "hardlink", link_target="bin/busybox"),
             E("etc", "dir", 0o700, xattrs={"trusted.overlay.opaque": "y"}),  # an opaque directory
             E("etc/gone", "char", 0o000),  # a whiteout
+            E("etc/tagged", "reg", xattrs=((b"user.a", b"1"), (b"security.capability", b"\x01"))),
             E("dev/null", "char", 0o666, devmajor=1, devminor=3),
             E("run/fifo", "fifo", 0o600),
         ],
@@ -50,6 +51,7 @@ def test_a_layer_with_every_kind():
     assert top.children["bin"].children["sh"].link_target == "busybox"
     assert top.children["etc"].xattrs == {"trusted.overlay.opaque": b"y"}
     assert top.children["etc"].mode == 0o700
+    assert top.children["etc"].children["tagged"].xattrs == {"user.a": b"1", "security.capability": b"\x01"}
     gone = top.children["etc"].children["gone"]
     assert stat.S_ISCHR(gone.st_mode) and gone.rdev == 0
     assert top.children["dev"].children["null"].rdev == os.makedev(1, 3)

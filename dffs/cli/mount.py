@@ -96,7 +96,8 @@ def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
         {
             k: v
             for k, v in file_values.items()
-            if k not in ("manager",) and k not in {f.name for f in attrs.fields(DaemonConfig)} - {"data_dir"}
+            if k not in ("manager", "snapshotter")
+            and k not in {f.name for f in attrs.fields(DaemonConfig)} - {"data_dir"}
         },
         {
             "mountpoint": Path(mountpoint),
@@ -138,7 +139,7 @@ def daemon_config(args: argparse.Namespace):
                 "metrics_port",
             )
         },
-        ignore=[f.name for f in attrs.fields(MountConfig)],
+        ignore=[*(f.name for f in attrs.fields(MountConfig)), "snapshotter"],
     )
 
 
@@ -158,10 +159,12 @@ def run_mount(args: argparse.Namespace) -> int:
     from dffs.daemon.server import Daemon
 
     daemon = Daemon(daemon_config(args), mount_config(args, mountpoint) if mountpoint else None)
-    if getattr(args, "snapshotter", False):
+    file_values = config_module.load_toml(args.config) if args.config else {}
+    if getattr(args, "snapshotter", False) or file_values.get("snapshotter", False) is not False:
+        from dffs.snapshotter.config import from_toml
         from dffs.snapshotter.host import run_daemon_with_snapshotter
 
-        trio.run(run_daemon_with_snapshotter, daemon)
+        trio.run(run_daemon_with_snapshotter, daemon, from_toml(file_values.get("snapshotter")))
         return 0
     trio.run(daemon.run)
     return 0

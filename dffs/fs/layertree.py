@@ -15,6 +15,7 @@ of different images is one directory.
 from __future__ import annotations
 
 import itertools
+import os
 import stat
 from collections.abc import Iterable
 from typing import Any
@@ -67,9 +68,11 @@ class LayerNode:
 
 
 def _xattrs(raw: Any) -> dict[str, bytes]:
+    """A mapping or (name, value) pairs, names and values as str or bytes, as name -> bytes."""
     out = {}
     for key, value in dict(raw or {}).items():
-        out[str(key)] = value if isinstance(value, bytes) else str(value).encode()
+        name = os.fsdecode(key) if isinstance(key, bytes) else str(key)
+        out[name] = bytes(value) if isinstance(value, bytes | bytearray) else str(value).encode()
     return out
 
 
@@ -198,6 +201,4 @@ class LayerTree:
 
 
 def _rdev(entry: Any) -> int:
-    import os
-
     return os.makedev(int(entry.devmajor or 0), int(entry.devminor or 0))

@@ -28,6 +28,7 @@ from dffs.fs.layerops import LayerOperations
 from dffs.fs.layertree import LayerTree
 from dffs.fs.mount import serve_layers
 from dffs.rpc import bridge
+from dffs.snapshotter.config import SnapshotterConfig
 from dffs.snapshotter.lazy import LazyLayers, Mounted, SharedDocuments
 from dffs.snapshotter.prefetch import AccessRecorder, BackgroundPrefetch
 from dffs.snapshotter.service import serve
@@ -60,14 +61,15 @@ def _publisher(data_dir: Path):
     return publish
 
 
-async def run_daemon_with_snapshotter(daemon) -> None:
+async def run_daemon_with_snapshotter(daemon, cfg: SnapshotterConfig | None = None) -> None:
+    cfg = cfg or SnapshotterConfig()
     data_dir = Path(daemon.cfg.data_dir)
     if daemon.mount is not None:
         raise UsageError("--snapshotter with --mount is not wired yet: run the snapshotter's daemon without --mount")
     root = data_dir / "snapshotter"
     layers_dir = root / "layers"
     tree = LayerTree()
-    layer_ops = LayerOperations(tree)
+    layer_ops = LayerOperations(tree, read_timeout=cfg.read_timeout)
     async with trio.open_nursery() as nursery:
 
         async def daemon_then_stop(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -78,15 +80,24 @@ async def run_daemon_with_snapshotter(daemon) -> None:
 
         await nursery.start(daemon_then_stop)
         shared = SharedDocuments(daemon.tasks, _publisher(data_dir))
-        recorder = AccessRecorder(shared, nursery)
-        prefetch = BackgroundPrefetch(shared, nursery)
+        recorder = AccessRecorder(shared, nursery, record_window=cfg.record_window)
+        prefetch = BackgroundPrefetch(shared, nursery, rate=cfg.prefetch_rate, delay=cfg.prefetch_delay)
         layer_ops.observers.append(recorder)
 
         def mounted(layer: Mounted) -> None:
             recorder.layer_mounted(layer)
-            prefetch.layer_mounted(layer)
+            if cfg.prefetch:
+                prefetch.layer_mounted(layer)
 
-        lazy = LazyLayers(daemon.tasks, tree, layers_dir, shared, on_mounted=mounted)
+        lazy = LazyLayers(
+            daemon.tasks,
+            tree,
+            layers_dir,
+            shared,
+            read_timeout=cfg.read_timeout,
+            mount_timeout=cfg.mount_timeout,
+            on_mounted=mounted,
+        )
         await nursery.start(serve_layers, layers_dir, layer_ops)
         await nursery.start(serve, root, socket_path(data_dir), lazy)
         print(f"dffs snapshotter ready socket={socket_path(data_dir)}", flush=True)
