@@ -59,7 +59,9 @@ def rich_layers(message: str, payload_bytes: int) -> list[bytes]:
         _add(tar, "bin", tarfile.DIRTYPE, mode=0o755)
         _add(tar, "bin/busybox", tarfile.REGTYPE, data=busybox, mode=0o755)
         _add(tar, "bin/sh", tarfile.SYMTYPE, linkname="busybox", mode=0o777)
-        _add(tar, "bin/ash", tarfile.LNKTYPE, linkname="bin/busybox", mode=0o755)  # a hard link header carries the mode too
+        _add(
+            tar, "bin/ash", tarfile.LNKTYPE, linkname="bin/busybox", mode=0o755
+        )  # a hard link header carries the mode too
         _add(tar, "etc", tarfile.DIRTYPE, mode=0o755)
         _add(tar, "etc/old", tarfile.REGTYPE, data=b"to be deleted\n")
         _add(tar, "etc/secret", tarfile.REGTYPE, data=b"s3cr3t\n", mode=0o600, uid=1000, gid=1001)

@@ -10,6 +10,9 @@ containerd (and its mounts) first, then the daemon (and its FUSE mount).
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ class SnapshotterHost:
     ):
         self.tmp = Path(tmp)
         self.name = name
+        self.ip = ip
         self.netns_host = netns_host
         self.daemon = Daemon(
             self.tmp,
@@ -63,6 +67,58 @@ class SnapshotterHost:
         )
         self.containerd.start()
         return self
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.daemon.data_dir / "snapshotter" / "layers"
+
+    def metrics(self) -> str:
+        """The daemon's Prometheus text."""
+        port = re.search(r"metrics_port=(\d+)", self.daemon.match.string).group(1)
+        url = f"http://{self.ip}:{port}/metrics"
+        argv = ["curl", "-sf", url]
+        if self.netns_host is not None:
+            argv = self.netns_host.command(argv)
+        return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=10).stdout
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the series ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            match = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
+            if not match:
+                continue
+            have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += float(match.group(2))
+        return total
+
+    def downloaded(self) -> float:
+        """Piece bytes this daemon fetched (from the origin or peers)."""
+        return self.metric("dffs_daemon_download_bytes_total", source="origin") + self.metric(
+            "dffs_daemon_download_bytes_total", source="peer"
+        )
+
+    def image_pull(self, ref: str, *extra: str, check: bool = True, timeout: float = 300):
+        """``dffs image pull REF --containerd SOCK --plain-http``."""
+        assert self.containerd is not None
+        result = subprocess.run(
+            [sys.executable, "-m", "dffs", "image", "pull", ref, "--containerd", self.containerd.address,
+             "--plain-http", *extra],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if check:
+            assert result.returncode == 0, (result.stdout, result.stderr, self.daemon.output()[-4000:])
+        return result
+
+    def daemon_log_waits_for(self, text: str, timeout: float = 60) -> str:
+        """The daemon's log once it holds ``text`` (fails after ``timeout`` or if the daemon dies)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.daemon.output()):
+            if time.monotonic() > deadline or not self.daemon.alive():
+                raise AssertionError(f"{text!r} never logged by {self.name}:\n{log[-3000:]}")
+            time.sleep(0.1)
+        return log
 
     def ctr(self, *args: str, **kwargs):
         assert self.containerd is not None
