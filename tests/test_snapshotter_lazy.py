@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 #: (dffs's, like stargz-snapshotter's) present only the layer's own files.
 ESTARGZ_EXTRAS = {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}
 
-pytestmark = pytest.mark.skipif(
+needs_layers = pytest.mark.skipif(
     not Path(__file__).resolve().parent.parent.joinpath("dffs", "layers", "__init__.py").exists(),
     reason="needs the layer formats (dffs/layers) — a hard dependency once merged",
 )
@@ -68,6 +68,7 @@ def _strip(tree: dict, names: set[str]) -> dict:
 
 
 @pytest.mark.slow
+@needs_layers
 def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(registry, host):
     image = build_rich_image(registry, "test/rich", "v1", payload_bytes=4 * MiB)
     out = host.image_pull(image.ref).stdout
@@ -87,6 +88,7 @@ def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(regi
 
 
 @pytest.mark.slow
+@needs_layers
 def test_an_estargz_image_reads_only_what_the_container_needs(registry, host):
     plain = build_rich_image(registry, "test/esgz", "v1", payload_bytes=24 * MiB)
     image = convert_estargz(host.containerd, registry, plain, "v1-esgz")

@@ -18,7 +18,6 @@ that is not what its labels say) are refused in :meth:`LazyLayers.wants` or
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from dffs.errors import DffsError, SourceError
+from dffs.errors import DffsError, SourceError, primary_error
 from dffs.fs.layertree import LayerTree
 from dffs.idgen import pieces_for_range
 from dffs.peertask import DownloadRequest, PeerTask, TaskManager
@@ -56,26 +55,9 @@ def _reader_module():
     return layers
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def _entries(index: Any) -> list[Any]:
-    entries = getattr(index, "entries", None)
-    if entries is None:
-        entries = list(index)
-    return list(entries.values() if isinstance(entries, dict) else entries)
-
-
-def _exported_index(layer: Any) -> bytes | None:
-    """The serialised gzip index of a layer that built one (None: nothing to share)."""
-    for name in ("export_index", "index_bytes"):
-        value = getattr(layer, name, None)
-        if callable(value):
-            value = value()
-        if isinstance(value, bytes | bytearray) and value:
-            return bytes(value)
-    return None
+    """A ``dffs.layers.LayerIndex``'s entries (the root, path "", included)."""
+    return list(index.entries)
 
 
 class BlobReader:
@@ -104,9 +86,15 @@ class BlobReader:
         with store.pinned(needed):
             missing = [n for n in needed if not store.has_piece(n)]
             with trio.fail_after(self.timeout):
-                async with trio.open_nursery() as nursery:
-                    for number in needed:
-                        nursery.start_soon(self.task.ensure_piece, number)
+                if len(needed) == 1:
+                    await self.task.ensure_piece(needed[0])
+                else:
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            for number in needed:
+                                nursery.start_soon(self.task.ensure_piece, number)
+                    except BaseExceptionGroup as group:
+                        raise primary_error(group) from None
             fetched = sum(store.span(n).length for n in missing)
             if metrics.PREFETCHING.get():
                 self.stats.prefetched(fetched)
@@ -261,25 +249,50 @@ class LazyLayers:
         if source.size is not None and source.size != reader.size:
             raise NotLazy(f"layer {source.digest}: the blob is {reader.size} bytes, its labels say {source.size}")
         media_type = source.media_type or await self._sniff(reader)
-        if "zstd" in media_type:
-            raise NotLazy(f"layer {source.digest}: zstd layers are unpacked, not served lazily")
         annotations = {"containerd.io/snapshot/stargz/toc.digest": source.toc_digest} if source.toc_digest else {}
-        index_bytes = None
-        if media_type.endswith("gzip") and not source.toc_digest:
-            index_bytes = await self.shared.get("gzip-index", source.digest)
         try:
-            layer = await _maybe_await(
-                layers.open_layer(media_type, annotations, reader.fetch, reader.size, index_bytes)
-            )
-        except DffsError as exc:
+            fmt = layers.layer_format(media_type, annotations)
+            index_bytes = None
+            if fmt is layers.Format.GZIP:
+                index_bytes = await self.shared.get("gzip-index", source.digest)
+            try:
+                layer = await layers.open_layer(
+                    media_type, annotations, reader.fetch, reader.size, index_bytes, digest=source.digest
+                )
+            except layers.IndexRequired:
+                index_bytes = await self._build_index(layers, media_type, reader)
+                layer = await layers.open_layer(
+                    media_type, annotations, reader.fetch, reader.size, index_bytes, digest=source.digest
+                )
+                await self.shared.put("gzip-index", source.digest, index_bytes)
+        except layers.LayerError as exc:
             raise NotLazy(f"layer {source.digest}: {exc}") from None
-        if index_bytes is None and media_type.endswith("gzip") and not source.toc_digest:
-            exported = _exported_index(layer)
-            if exported:
-                await self.shared.put("gzip-index", source.digest, exported)
         entries = _entries(layer.index)
         size = sum(int(getattr(e, "size", 0) or 0) for e in entries if str(getattr(e, "kind", "")) == "reg")
         return Mounted(source, reader, layer, (size, len(entries)))
+
+    async def _build_index(self, layers: Any, media_type: str, reader: BlobReader) -> bytes:
+        """The first host to mount a gzip layer indexes it while the whole blob streams through.
+
+        Not silent: it is logged, and it is what makes every later host lazy."""
+        store = reader.task.store
+        log.info("layer=%s event=layer_index_build bytes=%d reason=no_shared_index", reader.digest, reader.size)
+
+        async def chunks():
+            for number in range(store.meta.piece_count):
+                span = store.span(number)
+                yield await reader.fetch(span.offset, span.length)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                # whole-blob workers keep pieces in flight while the index reads them in order
+                nursery.start_soon(reader.task.fetch_all)
+                index_bytes = await layers.build_index(media_type, chunks(), digest=reader.digest)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise primary_error(group) from None
+        log.info("layer=%s event=layer_index_built index_bytes=%d", reader.digest, len(index_bytes))
+        return bytes(index_bytes)
 
     async def _sniff(self, reader: BlobReader) -> str:
         head = await reader.fetch(0, min(4, reader.size))

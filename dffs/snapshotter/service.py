@@ -28,6 +28,7 @@ from google.protobuf import empty_pb2
 from dffs.api import containerd_snapshots_pb2 as pb
 from dffs.api import containerd_snapshots_pb2_grpc as pb_grpc
 from dffs.api import containerd_types_pb2 as types_pb
+from dffs.errors import primary_error
 from dffs.rpc import bridge
 from dffs.snapshotter import core
 from dffs.snapshotter.mounts import Mount, active_mounts, view_mounts
@@ -198,7 +199,9 @@ class SnapshotService:
         try:
             usage = await self.remote.mount(remote)
         except Exception as exc:  # not lazy after all: containerd unpacks it as usual
-            log.warning("event=lazy_layer_unavailable target=%s action=unpack error=%s", target, exc)
+            cause = primary_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            log.warning("event=lazy_layer_unavailable target=%s action=unpack error=%s", target, cause)
+            log.debug("lazy layer failure", exc_info=exc)
             return False
         try:
             self.snaps.commit_remote(ns, target, request.parent, labels, remote, usage)
