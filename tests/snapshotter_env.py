@@ -10,7 +10,9 @@ containerd (and its mounts) first, then the daemon (and its FUSE mount).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -102,14 +104,22 @@ class SnapshotterHost:
     def image_pull(self, ref: str, *extra: str, check: bool = True, timeout: float = 300):
         """``dffs image pull REF --containerd SOCK --plain-http``."""
         assert self.containerd is not None
-        result = subprocess.run(
-            [sys.executable, "-m", "dffs", "image", "pull", ref, "--containerd", self.containerd.address,
-             "--plain-http", *extra],
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "dffs", "image", "pull", ref, "--containerd", self.containerd.address,
+                "--plain-http", *extra]  # fmt: skip
+        if self.netns_host is not None:  # the registry is reachable from the host's namespace only
+            argv = self.netns_host.command(argv)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check:
             assert result.returncode == 0, (result.stdout, result.stderr, self.daemon.output()[-4000:])
         return result
+
+    def wait_for_containerd_link(self, timeout: float = 30) -> None:
+        """After a restart: until containerd's proxy client has reconnected (it backs off up to a few seconds)."""
+        deadline = time.monotonic() + timeout
+        while self.ctr("snapshots", "--snapshotter", "dffs", "ls", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError("containerd did not reconnect to the snapshotter")
+            time.sleep(0.1)
 
     def daemon_log_waits_for(self, text: str, timeout: float = 60) -> str:
         """The daemon's log once it holds ``text`` (fails after ``timeout`` or if the daemon dies)."""
@@ -125,8 +135,37 @@ class SnapshotterHost:
         return self.containerd.ctr(*args, **kwargs)
 
     def close(self) -> None:
+        """containerd (and its overlays), the daemon, then the layers' mount, whose keeper then exits."""
         try:
             if self.containerd is not None:
                 self.containerd.close()
         finally:
-            self.daemon.stop()
+            try:
+                self.daemon.stop()
+            finally:
+                stop_keeper(self.layers_dir, self.daemon.data_dir / "snapshotter" / "fuse.sock")
+
+
+def stop_keeper(mountpoint: Path, socket: Path) -> None:
+    """Unmount the layers (the keeper sees it and exits), and kill a keeper that is left anyway."""
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+    deadline = time.monotonic() + 10
+    while pids := _keeper_pids(socket):
+        if time.monotonic() > deadline:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+
+
+def _keeper_pids(socket: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"dffs.fs.keeper" in cmdline and str(socket).encode() in cmdline:
+                found.append(int(entry.name))
+    return found

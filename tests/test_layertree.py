@@ -8,7 +8,7 @@ import stat
 import attrs
 import pytest
 
-from dffs.fs.layertree import LAYER_INODE_BASE, LayerTree
+from dffs.fs.layertree import LAYER_INODE_BASE, SLOT_SIZE, LayerTree
 
 
 @attrs.frozen
@@ -89,4 +89,19 @@ def test_bad_layers_are_refused(entries):
     with pytest.raises(ValueError):
         tree.add_layer("bad", entries, layer=None)
     assert "bad" not in tree
-    assert tree.get(LAYER_INODE_BASE + 1) is None  # nothing half-made stays in the inode table
+    assert tree.get(LAYER_INODE_BASE + SLOT_SIZE) is None  # nothing half-made stays in the inode table
+    assert tree.free_slot() == 1
+
+
+def test_inode_numbers_depend_on_the_slot_and_the_entries_only():
+    entries = [E("a/b", "reg"), E("c", "symlink", link_target="a/b")]
+    first, second = LayerTree(), LayerTree()
+    first.add_layer("other", [E("x", "reg")], layer=None, slot=1)
+    first.add_layer("l", entries, layer=None, slot=7)
+    second.add_layer("l", entries, layer=None, slot=7)  # after a restart: alone, mounted first
+    assert first.root.children["l"].children["a"].children["b"].inode == (
+        second.root.children["l"].children["a"].children["b"].inode
+    )
+    assert first.root.children["l"].inode == LAYER_INODE_BASE + 7 * SLOT_SIZE
+    with pytest.raises(ValueError):
+        first.add_layer("again", entries, layer=None, slot=7)

@@ -11,7 +11,6 @@ as on any filesystem, which overlayfs relies on.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import time
@@ -49,10 +48,6 @@ class LayerOperations:
         #: The FUSE root is the layers' root (no URL namespace in this session).
         self.standalone = standalone
         self.observers: list[ReadObserver] = []
-        self._handles = itertools.count(LAYER_INODE_BASE)
-        self._files: dict[int, LayerNode] = {}
-        #: Open directories: (name, node) pairs; a hard link's node has its target's name.
-        self._dirs: dict[int, list[tuple[str, LayerNode]]] = {}
         self.counters = {"reads": 0, "read_bytes": 0, "read_errors": 0}
 
     @staticmethod
@@ -114,23 +109,28 @@ class LayerOperations:
         return [os.fsencode(k) for k in self._node(inode).xattrs]
 
     # -------------------------------------------------------- directories
+    # Handles are the inode numbers themselves: no per-open state, so a daemon
+    # restarted under a live kernel connection serves the handles the kernel
+    # (a running container's open files and directories) already holds.
     async def opendir(self, inode: int, ctx) -> int:
         node = self._node(inode)
         if not node.is_dir:
             raise _error(errno.ENOTDIR)
-        handle = next(self._handles)
-        self._dirs[handle] = sorted(node.children.items())
-        return handle
+        return node.inode
 
     async def readdir(self, fh: int, start_id: int, token) -> None:
-        entries = self._dirs.get(fh, [])
+        node = self.tree.get(fh)
+        if node is None:
+            raise _error(errno.EBADF)
+        # (name, node) pairs: a hard link's node has its target's name
+        entries = sorted(node.children.items())
         for index in range(start_id, len(entries)):
-            name, node = entries[index]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):
+            name, child = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(child), index + 1):
                 break
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        pass
 
     # -------------------------------------------------------------- files
     async def open(self, inode: int, flags: int, ctx) -> pyfuse3.FileInfo:
@@ -141,16 +141,14 @@ class LayerOperations:
             raise _error(errno.EROFS)
         if node.kind != "reg":
             raise _error(errno.EINVAL)
-        handle = next(self._handles)
-        self._files[handle] = node
-        return pyfuse3.FileInfo(fh=handle, keep_cache=True, direct_io=False)
+        return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        pass
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self._files.get(fh)
-        if node is None:
+        node = self.tree.get(fh)
+        if node is None or node.kind != "reg":
             raise _error(errno.EBADF)
         self.counters["reads"] += 1
         metrics.fuse_ops.labels("layer_read").inc()

@@ -8,6 +8,12 @@ overlayfs whiteouts already turned into char devices 0/0 and opaque xattrs).
 serve both and tell them apart by number), fills in directories the tar only
 implies, and makes hard links share their target's inode and link count.
 
+Inode numbers are a function of the layer's *slot* (a small number the
+snapshotter stores with the layer) and the entry's position in the layer's
+index, never of the order layers were mounted: a restarted daemon serving
+the same kernel connection (see :mod:`dffs.fs.keeper`) must answer for the
+inodes the kernel already holds.
+
 Layers are keyed by their blob digest: the same blob used at different depths
 of different images is one directory.
 """
@@ -23,9 +29,12 @@ from typing import Any
 import attrs
 
 #: Layer inodes start here; everything below belongs to the URL namespace.
-LAYER_INODE_BASE = 1 << 40
+LAYER_INODE_BASE = 1 << 62
 #: The directory holding one subdirectory per layer.
 LAYERS_ROOT_INODE = LAYER_INODE_BASE
+#: Inodes per layer slot (entries of one layer, implied directories included).
+SLOT_SIZE = 1 << 36
+MAX_SLOTS = 1 << 25
 
 _KIND_BITS = {
     "reg": stat.S_IFREG,
@@ -87,10 +96,10 @@ class LayerTree:
     """All mounted layers: the inode table and the per-layer directory trees."""
 
     def __init__(self) -> None:
-        self._numbers = itertools.count(LAYERS_ROOT_INODE + 1)
         self.root = LayerNode(LAYERS_ROOT_INODE, "", "dir", 0o555, nlink=2)
         self._nodes: dict[int, LayerNode] = {self.root.inode: self.root}
         self._layer_inodes: dict[str, list[int]] = {}
+        self._slots: dict[int, str] = {}
 
     def get(self, inode: int) -> LayerNode | None:
         return self._nodes.get(inode)
@@ -98,26 +107,41 @@ class LayerTree:
     def __contains__(self, name: str) -> bool:
         return name in self.root.children
 
-    def _new(self, name: str, kind: str, mode: int, **fields: Any) -> LayerNode:
-        node = LayerNode(next(self._numbers), name, kind, mode, **fields)
-        self._nodes[node.inode] = node
-        return node
+    def slot_taken(self, slot: int) -> bool:
+        return slot in self._slots
 
-    def add_layer(self, name: str, entries: Iterable[Any], layer: Any, digest: str = "") -> LayerNode:
-        """Lay out one layer under ``name``; replaces nothing (a name is added once)."""
+    def free_slot(self) -> int:
+        """The lowest slot no mounted layer uses."""
+        return next(s for s in itertools.count(1) if s not in self._slots)
+
+    def add_layer(self, name: str, entries: Iterable[Any], layer: Any, digest: str = "", slot: int = 0) -> LayerNode:
+        """Lay out one layer under ``name`` in inode ``slot`` (0: the lowest free); a name is added once."""
         if name in self.root.children:
             return self.root.children[name]
+        slot = slot or self.free_slot()
+        if not 0 < slot < MAX_SLOTS or slot in self._slots:
+            raise ValueError(f"layer slot {slot} is taken or out of range")
+        numbers = itertools.count(LAYER_INODE_BASE + slot * SLOT_SIZE)
         made: list[int] = []
+
+        def new(name: str, kind: str, mode: int, **fields: Any) -> LayerNode:
+            node = LayerNode(next(numbers), name, kind, mode, **fields)
+            self._nodes[node.inode] = node
+            made.append(node.inode)
+            return node
+
         try:
-            return self._add_layer(name, entries, layer, digest, made)
+            top = self._add_layer(name, entries, layer, digest, new)
         except BaseException:
             for inode in made:
                 self._nodes.pop(inode, None)
             raise
+        self._layer_inodes[name] = made
+        self._slots[slot] = name
+        return top
 
-    def _add_layer(self, name: str, entries: Iterable[Any], layer: Any, digest: str, made: list[int]) -> LayerNode:
-        top = self._new(name, "dir", 0o755, nlink=2, digest=digest)
-        made.append(top.inode)
+    def _add_layer(self, name: str, entries: Iterable[Any], layer: Any, digest: str, new) -> LayerNode:
+        top = new(name, "dir", 0o755, nlink=2, digest=digest)
         by_path: dict[str, LayerNode] = {"": top}
         hardlinks = []
 
@@ -126,8 +150,7 @@ class LayerTree:
             node = by_path.get(key)
             if node is None:
                 parent = directory(parts[:-1])
-                node = self._new(parts[-1], "dir", 0o755, nlink=2, digest=digest)
-                made.append(node.inode)
+                node = new(parts[-1], "dir", 0o755, nlink=2, digest=digest)
                 parent.children[parts[-1]] = node
                 by_path[key] = node
             if not node.is_dir:
@@ -164,12 +187,11 @@ class LayerTree:
                 for field, value in fields.items():
                     setattr(existing, field, value)
                 continue
-            node = self._new(parts[-1], kind, int(entry.mode), digest=digest, **fields)
+            node = new(parts[-1], kind, int(entry.mode), digest=digest, **fields)
             if kind == "reg":
                 node.entry, node.layer = entry, layer
             elif kind == "symlink" and not node.size:
                 node.size = len(node.link_target.encode())
-            made.append(node.inode)
             parent.children[parts[-1]] = node
             by_path[key] = node
         for parts, entry in hardlinks:
@@ -184,7 +206,6 @@ class LayerTree:
                 node.nlink = 2 + sum(1 for c in node.children.values() if c.is_dir)
         self.root.children[name] = top
         self.root.nlink = 2 + len(self.root.children)
-        self._layer_inodes[name] = made
         return top
 
     def remove_layer(self, name: str) -> bool:
@@ -193,6 +214,7 @@ class LayerTree:
             return False
         for inode in self._layer_inodes.pop(name, []):
             self._nodes.pop(inode, None)
+        self._slots = {s: n for s, n in self._slots.items() if n != name}
         self.root.nlink = 2 + len(self.root.children)
         return True
 

@@ -211,32 +211,42 @@ async def _stop_on_signal() -> None:
 
 
 async def serve_layers(
-    mountpoint: Path, layers, *, read_ahead_kb: int = 1024, task_status=trio.TASK_STATUS_IGNORED
+    mountpoint: Path,
+    layers,
+    *,
+    keeper_socket: Path,
+    keeper_log: Path | None = None,
+    read_ahead_kb: int = 1024,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The FUSE session with only the image layers (``dffs daemon --snapshotter`` without ``--mount``).
 
-    ``allow_other`` because overlayfs checks access to its lower directories as
-    the process that mounts the overlay, and ``default_permissions`` so that
-    the kernel applies the layers' modes and owners like any filesystem's.
-    Runs until cancelled; always unmounts.
+    The mount belongs to a connection keeper (:mod:`dffs.fs.keeper`) that
+    outlives this process, so the overlays of running containers survive a
+    restart: this session connects to the keeper (starting one, and the
+    mount, when there is none) and serves whatever the kernel sends through it.
+    ``allow_other`` because overlayfs checks access to its lower directories
+    as the process that mounts the overlay, and ``default_permissions`` so
+    that the kernel applies the layers' modes and owners like any
+    filesystem's. Runs until cancelled; the mount stays for the next run.
     """
     from dffs.fs.multiplex import MultiplexOperations
 
     mountpoint = mountpoint.absolute()
-    prepare_mountpoint(mountpoint)
+    conn = _connect_keeper(keeper_socket)
+    if conn is None:
+        prepare_mountpoint(mountpoint)
+        conn = await _start_keeper(mountpoint, keeper_socket, keeper_log)
+        log.info("event=layers_mounted mountpoint=%s keeper=started", mountpoint)
+    else:
+        log.info("event=layers_mounted mountpoint=%s keeper=reconnected", mountpoint)
     operations = MultiplexOperations(None, layers)
-    options = set(pyfuse3.default_options) | {
-        "fsname=dffs-layers",
-        "subtype=dffs",
-        "ro",
-        "allow_other",
-        "default_permissions",
-    }
+    fd = conn.detach()
     try:
-        pyfuse3.init(operations, str(mountpoint), options)
+        pyfuse3.init(operations, f"/dev/fd/{fd}", set(pyfuse3.default_options) | {"fsname=dffs-layers"})
     except RuntimeError as exc:
-        raise DffsError(f"cannot mount {mountpoint}: {exc}") from None
-    log.info("event=layers_mounted mountpoint=%s", mountpoint)
+        os.close(fd)
+        raise DffsError(f"cannot serve {mountpoint}: {exc}") from None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_tune_read_ahead, mountpoint, read_ahead_kb)
@@ -245,6 +255,47 @@ async def serve_layers(
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=False)  # the keeper keeps the mount (and queues requests) until we are back
         counters = " ".join(f"{k}={v}" for k, v in layers.counters.items())
-        log.info("event=layers_unmounted mountpoint=%s %s", mountpoint, counters)
+        log.info("event=layers_session_closed mountpoint=%s %s", mountpoint, counters)
+
+
+def _connect_keeper(path: Path):
+    import socket
+
+    from dffs.fs.keeper import set_buffers
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None
+    set_buffers(conn)
+    return conn
+
+
+async def _start_keeper(mountpoint: Path, socket_path: Path, log_path: Path | None, timeout: float = 10.0):
+    """Start the keeper (in its own session: it must outlive us) and connect to it."""
+    import sys
+
+    log_file = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dffs.fs.keeper", str(mountpoint), str(socket_path)],
+            stdout=log_file,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if log_path is not None:
+            log_file.close()
+    with trio.move_on_after(timeout):
+        while (conn := _connect_keeper(socket_path)) is None:
+            if proc.poll() is not None:
+                raise DffsError(f"cannot mount {mountpoint}: the FUSE keeper exited ({proc.returncode})")
+            await trio.sleep(0.02)
+        return conn
+    proc.kill()
+    raise DffsError(f"cannot mount {mountpoint}: the FUSE keeper did not start within {timeout:g}s")

@@ -16,6 +16,7 @@ session its layer operations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -31,7 +32,8 @@ from dffs.rpc import bridge
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.snapshotter.lazy import LazyLayers, Mounted, SharedDocuments
 from dffs.snapshotter.prefetch import AccessRecorder, BackgroundPrefetch
-from dffs.snapshotter.service import serve
+from dffs.snapshotter.service import SnapshotService, serve
+from dffs.snapshotter.store import MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,16 @@ async def run_daemon_with_snapshotter(daemon, cfg: SnapshotterConfig | None = No
     layers_dir = root / "layers"
     tree = LayerTree()
     layer_ops = LayerOperations(tree, read_timeout=cfg.read_timeout)
+    root.mkdir(parents=True, exist_ok=True)
+    store = MetaStore(root / "metadata.db")
+    try:
+        await _run(daemon, cfg, root, layers_dir, tree, layer_ops, store)
+    finally:
+        store.close()
+
+
+async def _run(daemon, cfg, root, layers_dir, tree, layer_ops, store) -> None:
+    data_dir = Path(daemon.cfg.data_dir)
     async with trio.open_nursery() as nursery:
 
         async def daemon_then_stop(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -98,6 +110,18 @@ async def run_daemon_with_snapshotter(daemon, cfg: SnapshotterConfig | None = No
             mount_timeout=cfg.mount_timeout,
             on_mounted=mounted,
         )
-        await nursery.start(serve_layers, layers_dir, layer_ops)
-        await nursery.start(serve, root, socket_path(data_dir), lazy)
+        service = SnapshotService(root, store, lazy)
+        # Every layer back in the tree before the kernel can ask about it (after a
+        # restart, running containers' requests are waiting at the keeper).
+        await service.restore()
+        await nursery.start(
+            functools.partial(
+                serve_layers,
+                layers_dir,
+                layer_ops,
+                keeper_socket=root / "fuse.sock",
+                keeper_log=root / "fuse-keeper.log",
+            )
+        )
+        await nursery.start(serve, service, socket_path(data_dir))
         print(f"dffs snapshotter ready socket={socket_path(data_dir)}", flush=True)

@@ -164,6 +164,8 @@ class Mounted:
     reader: BlobReader
     layer: Any
     usage: tuple[int, int]
+    #: The layer's inode slot in the tree (stored with the snapshot: stable across restarts).
+    slot: int = 0
 
 
 class LazyLayers:
@@ -208,13 +210,21 @@ class LazyLayers:
         name = self.name(remote)
         async with self._locks.setdefault(name, trio.Lock()):
             if name in self.mounted:
+                remote["slot"] = self.mounted[name].slot
                 return self.mounted[name].usage
             try:
                 with trio.fail_after(self.mount_timeout):
                     mounted = await self._open(source)
             except trio.TooSlowError:
                 raise NotLazy(f"layer {source.digest}: not mounted within {self.mount_timeout:g}s") from None
-            self.tree.add_layer(name, _entries(mounted.layer.index), mounted.layer, source.digest)
+            slot = int(remote.get("slot") or 0)
+            if not slot or self.tree.slot_taken(slot):
+                slot = self.tree.free_slot()
+            try:
+                self.tree.add_layer(name, _entries(mounted.layer.index), mounted.layer, source.digest, slot)
+            except ValueError as exc:
+                raise NotLazy(f"layer {source.digest}: {exc}") from None
+            remote["slot"] = mounted.slot = slot  # saved with the snapshot by the caller
             self.mounted[name] = mounted
         log.info(
             "layer=%s event=layer_mounted path=%s files=%d bytes=%d blob_present=%d/%d",

@@ -126,9 +126,11 @@ class SnapshotService:
                     log.warning("event=remote_layer_unavailable key=%s reason=no_lazy_layers", row.key)
                     continue
                 try:
-                    await self.remote.mount(row.remote)
+                    await self.remote.mount(row.remote)  # may give the layer its slot: saved below
                 except Exception as exc:  # one bad layer must not stop the rest
                     log.error("event=remote_layer_restore_failed key=%s error=%s", row.key, exc)
+                else:
+                    self.snaps.store.save(row)
             elif row.kind != "committed":
                 self._make_dirs(row)
         await trio.to_thread.run_sync(self._sweep)
@@ -276,23 +278,15 @@ class SnapshotService:
 
 
 async def serve(
-    root: Path,
+    service: SnapshotService,
     socket_path: Path,
-    remote: RemoteLayers | None = None,
     *,
     task_status: trio.TaskStatus[SnapshotService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the snapshots API on ``socket_path`` until cancelled."""
-    Path(root).mkdir(parents=True, exist_ok=True)
-    store = MetaStore(Path(root) / "metadata.db")
-    try:
-        service = SnapshotService(root, store, remote)
-        await service.restore()
-        socket_path.unlink(missing_ok=True)
-        async with bridge.open_grpc_server(f"unix:{socket_path}", service.register):
-            os.chmod(socket_path, 0o600)  # containerd runs as root; nobody else may change snapshots
-            log.info("event=snapshotter_ready socket=%s", socket_path)
-            task_status.started(service)
-            await trio.sleep_forever()
-    finally:
-        store.close()
+    """Serve the snapshots API on ``socket_path`` until cancelled (restore the service first)."""
+    socket_path.unlink(missing_ok=True)
+    async with bridge.open_grpc_server(f"unix:{socket_path}", service.register):
+        os.chmod(socket_path, 0o600)  # containerd runs as root; nobody else may change snapshots
+        log.info("event=snapshotter_ready socket=%s", socket_path)
+        task_status.started(service)
+        await trio.sleep_forever()
