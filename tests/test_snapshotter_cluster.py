@@ -103,6 +103,7 @@ def test_the_second_host_starts_lazily_from_the_swarm(tmp_path, fmt):
             assert "lazy=3" in out, (out, h2.daemon.output()[-3000:])
             assert image.message in h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c2").stdout
             fetched = h2.downloaded() - before
+            print(f"{fmt}: host 2 fetched {fetched:.0f} of {total} image bytes ({100 * fetched / total:.1f} %)")
             assert fetched <= 0.10 * total, (fetched, total, h2.daemon.output()[-3000:])
             # host 2's bytes came from the swarm: the registry sent each layer blob to the seed only
             for digest in image.layers:
