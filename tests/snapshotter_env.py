@@ -32,6 +32,7 @@ class SnapshotterHost:
         ip: str = "127.0.0.1",
         netns_host=None,
         extra: tuple[str, ...] = (),
+        mount: bool = False,
     ):
         self.tmp = Path(tmp)
         self.name = name
@@ -44,6 +45,7 @@ class SnapshotterHost:
             ip=ip,
             prefix=netns_host.command([]) if netns_host is not None else None,
             extra=("--snapshotter", "--proxy-port", "-1", "--metrics-port", "0", *extra),
+            mount=mount,  # --mount too: the URL namespace and the layers (MOUNT/.layers) in one session
         )
         self.containerd: Containerd | None = None
 
@@ -72,7 +74,13 @@ class SnapshotterHost:
 
     @property
     def layers_dir(self) -> Path:
+        if self.daemon.mountpoint is not None:
+            return self.daemon.mountpoint / ".layers"
         return self.daemon.data_dir / "snapshotter" / "layers"
+
+    @property
+    def fuse_mountpoint(self) -> Path:
+        return self.daemon.mountpoint or self.layers_dir
 
     def metrics(self) -> str:
         """The daemon's Prometheus text."""
@@ -143,7 +151,7 @@ class SnapshotterHost:
             try:
                 self.daemon.stop()
             finally:
-                stop_keeper(self.layers_dir, self.daemon.data_dir / "snapshotter" / "fuse.sock")
+                stop_keeper(self.fuse_mountpoint, self.daemon.data_dir / "snapshotter" / "fuse.sock")
 
 
 def stop_keeper(mountpoint: Path, socket: Path) -> None:

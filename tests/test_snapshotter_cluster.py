@@ -45,6 +45,8 @@ def _cluster(tmp_path: Path, net: Network, started: list, config: str):
     net.processes.append(sched.proc)
     conf = tmp_path / "daemon.toml"
     conf.write_text(config)
+    seed_conf = tmp_path / "seed.toml"  # the seed is a plain daemon: no [snapshotter] table
+    seed_conf.write_text(config.split("[snapshotter]")[0])
     seed = Daemon(
         tmp_path,
         "seed",
@@ -52,7 +54,7 @@ def _cluster(tmp_path: Path, net: Network, started: list, config: str):
         ip=hosts["seed"].ip,
         seed=True,
         prefix=hosts["seed"].command([]),
-        extra=("--config", str(conf), "--proxy-port", "-1", "--metrics-port", "0"),
+        extra=("--config", str(seed_conf), "--proxy-port", "-1", "--metrics-port", "0"),
     )
     started.append(seed.start())
     net.processes.append(seed.proc)

@@ -150,3 +150,28 @@ def test_a_bad_layer_blob_is_a_clear_error_and_the_daemon_lives_on(registry, hos
     image = build_rich_image(registry, "test/after", "v1", payload_bytes=1 * MiB)
     host.image_pull(image.ref)
     assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, f"after-{kind}").stdout
+
+
+@pytest.mark.slow
+@needs_layers
+def test_one_fuse_session_serves_the_url_namespace_and_the_layers(tmp_path, registry, nginx_origin, make_file):
+    """``--mount`` with ``--snapshotter``: URLs under MOUNT/http/..., layers under MOUNT/.layers, one FUSE mount."""
+    files = tmp_path / "files"
+    digest = make_file(files / "blob.bin", 3 * MiB)
+    origin = nginx_origin(files)
+    host = SnapshotterHost(tmp_path, "both", mount=True)
+    try:
+        host.start()
+        image = build_rich_image(registry, "test/both", "v1", payload_bytes=1 * MiB)
+        assert "lazy=3" in host.image_pull(image.ref).stdout
+        assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "both1").stdout
+        url_file = host.daemon.path("/blob.bin", origin)
+        assert hashlib.sha256(url_file.read_bytes()).hexdigest() == digest
+        assert (host.layers_dir / image.layers[1].removeprefix("sha256:") / "etc" / "message").read_text() == (
+            image.message + "\n"
+        )
+        assert ".layers" not in os.listdir(host.daemon.mountpoint)  # hidden from the namespace's listing
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        assert mounts.count(str(host.daemon.mountpoint)) == 1 and str(host.layers_dir) not in mounts
+    finally:
+        host.close()

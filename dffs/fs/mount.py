@@ -216,10 +216,13 @@ async def serve_layers(
     *,
     keeper_socket: Path,
     keeper_log: Path | None = None,
+    namespace: DffsOperations | None = None,
     read_ahead_kb: int = 1024,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The FUSE session with only the image layers (``dffs daemon --snapshotter`` without ``--mount``).
+    """The FUSE session of ``dffs daemon --snapshotter``: the image layers, and the URL
+    namespace too when the daemon also has ``--mount`` (pyfuse3 has one session per
+    process: :class:`dffs.fs.multiplex.MultiplexOperations` routes by inode range).
 
     The mount belongs to a connection keeper (:mod:`dffs.fs.keeper`) that
     outlives this process, so the overlays of running containers survive a
@@ -240,7 +243,9 @@ async def serve_layers(
         log.info("event=layers_mounted mountpoint=%s keeper=started", mountpoint)
     else:
         log.info("event=layers_mounted mountpoint=%s keeper=reconnected", mountpoint)
-    operations = MultiplexOperations(None, layers)
+    if namespace is not None:
+        log.info("event=mounted mountpoint=%s with=layers", mountpoint)
+    operations = MultiplexOperations(namespace, layers)
     fd = conn.detach()
     try:
         pyfuse3.init(operations, f"/dev/fd/{fd}", set(pyfuse3.default_options) | {"fsname=dffs-layers"})
@@ -279,8 +284,7 @@ async def _start_keeper(mountpoint: Path, socket_path: Path, log_path: Path | No
     """Start the keeper (in its own session: it must outlive us) and connect to it."""
     import sys
 
-    log_file = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
-    try:
+    with open(log_path or os.devnull, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dffs.fs.keeper", str(mountpoint), str(socket_path)],
             stdout=log_file,
@@ -288,9 +292,6 @@ async def _start_keeper(mountpoint: Path, socket_path: Path, log_path: Path | No
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    finally:
-        if log_path is not None:
-            log_file.close()
     with trio.move_on_after(timeout):
         while (conn := _connect_keeper(socket_path)) is None:
             if proc.poll() is not None:

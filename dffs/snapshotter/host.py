@@ -8,10 +8,10 @@ ready and stops before it: when the daemon's run ends (a signal), the
 snapshots server, the prefetchers and the FUSE session are cancelled with it.
 
 One FUSE session per process (pyfuse3): without ``--mount`` the layers get a
-mount of their own at ``DATA_DIR/snapshotter/layers``; with ``--mount`` the
-layers are served by the same session under ``MOUNT/.layers``
-(:class:`dffs.fs.multiplex.MultiplexOperations`) once the daemon hands the
-session its layer operations.
+mount of their own at ``DATA_DIR/snapshotter/layers``; with ``--mount`` this
+module serves the daemon's mount itself, the URL namespace and the layers in
+one session, the layers under ``MOUNT/.layers``
+(:class:`dffs.fs.multiplex.MultiplexOperations`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from pathlib import Path
 import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
-from dffs.errors import DffsError, UsageError
+from dffs.errors import DffsError
 from dffs.fs.layerops import LayerOperations
 from dffs.fs.layertree import LayerTree
+from dffs.fs.mount import build as build_namespace
 from dffs.fs.mount import serve_layers
+from dffs.fs.multiplex import LAYERS_NAME
+from dffs.fs.prefetch import Prefetcher
 from dffs.rpc import bridge
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.snapshotter.lazy import LazyLayers, Mounted, SharedDocuments
@@ -66,21 +69,25 @@ def _publisher(data_dir: Path):
 async def run_daemon_with_snapshotter(daemon, cfg: SnapshotterConfig | None = None) -> None:
     cfg = cfg or SnapshotterConfig()
     data_dir = Path(daemon.cfg.data_dir)
-    if daemon.mount is not None:
-        raise UsageError("--snapshotter with --mount is not wired yet: run the snapshotter's daemon without --mount")
+    # With --mount, the one FUSE session (namespace and layers) is served here, not by the daemon.
+    mount_cfg, daemon.mount = daemon.mount, None
     root = data_dir / "snapshotter"
-    layers_dir = root / "layers"
+    if mount_cfg is None:
+        mountpoint = layers_dir = root / "layers"
+    else:
+        mountpoint = mount_cfg.mountpoint.absolute()
+        layers_dir = mountpoint / LAYERS_NAME
     tree = LayerTree()
     layer_ops = LayerOperations(tree, read_timeout=cfg.read_timeout)
     root.mkdir(parents=True, exist_ok=True)
     store = MetaStore(root / "metadata.db")
     try:
-        await _run(daemon, cfg, root, layers_dir, tree, layer_ops, store)
+        await _run(daemon, cfg, mount_cfg, root, mountpoint, layers_dir, tree, layer_ops, store)
     finally:
         store.close()
 
 
-async def _run(daemon, cfg, root, layers_dir, tree, layer_ops, store) -> None:
+async def _run(daemon, cfg, mount_cfg, root, mountpoint, layers_dir, tree, layer_ops, store) -> None:
     data_dir = Path(daemon.cfg.data_dir)
     async with trio.open_nursery() as nursery:
 
@@ -114,13 +121,18 @@ async def _run(daemon, cfg, root, layers_dir, tree, layer_ops, store) -> None:
         # Every layer back in the tree before the kernel can ask about it (after a
         # restart, running containers' requests are waiting at the keeper).
         await service.restore()
+        namespace = None
+        if mount_cfg is not None:
+            namespace, _, _ = build_namespace(mount_cfg, daemon.tasks)
+            namespace.attach(Prefetcher(nursery, concurrency=mount_cfg.prefetch_concurrency))
         await nursery.start(
             functools.partial(
                 serve_layers,
-                layers_dir,
+                mountpoint,
                 layer_ops,
                 keeper_socket=root / "fuse.sock",
                 keeper_log=root / "fuse-keeper.log",
+                namespace=namespace,
             )
         )
         await nursery.start(serve, service, socket_path(data_dir))

@@ -91,6 +91,8 @@ def run_dffs(work: Path, net: Network, hosts, sched_host, seed_host, registry: R
         net.processes.append(sched.proc)
         config = work / "daemon.toml"
         config.write_text(DAEMON_CONFIG)
+        seed_config = work / "seed.toml"  # the seed is a plain daemon: no [snapshotter] table
+        seed_config.write_text(DAEMON_CONFIG.split("[snapshotter]")[0])
         run_dir = work / tag
         run_dir.mkdir()
         seed = Daemon(
@@ -100,7 +102,7 @@ def run_dffs(work: Path, net: Network, hosts, sched_host, seed_host, registry: R
             ip=seed_host.ip,
             seed=True,
             prefix=seed_host.command([]),
-            extra=("--config", str(config), "--proxy-port", "-1", "--metrics-port", "-1"),
+            extra=("--config", str(seed_config), "--proxy-port", "-1", "--metrics-port", "-1"),
         )
         started.append(seed.start())
         net.processes.append(seed.proc)
