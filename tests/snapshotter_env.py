@@ -113,7 +113,7 @@ class SnapshotterHost:
         """``dffs image pull REF --containerd SOCK --plain-http``."""
         assert self.containerd is not None
         argv = [sys.executable, "-m", "dffs", "image", "pull", ref, "--containerd", self.containerd.address,
-                "--plain-http", *extra]  # fmt: skip
+                "--plain-http", "--data-dir", str(self.daemon.data_dir), *extra]  # fmt: skip
         if self.netns_host is not None:  # the registry is reachable from the host's namespace only
             argv = self.netns_host.command(argv)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

@@ -134,3 +134,23 @@ def test_what_one_host_read_first_is_prefetched_on_the_next(tmp_path):
             assert h2.metric("dffs_daemon_layer_prefetched_bytes_total", layer=image.layers[2]) > 0
         finally:
             _close(started)
+
+
+@pytest.mark.slow
+def test_a_registry_gone_after_the_first_pull_does_not_stop_the_next_host(tmp_path):
+    config = "announce_interval = 1\nparent_wait = 5\nparent_rounds = 3\n[snapshotter]\nprefetch = false\n"
+    with Network(subnet="10.84.0") as net:
+        started: list = []
+        try:
+            hosts, registry, (h1, h2) = _cluster(tmp_path, net, started, config)
+            image = build_rich_image(registry, "test/gone", "v1", payload_bytes=4 * MiB)
+            assert "lazy=3" in h1.image_pull(image.ref).stdout
+            assert image.message in h1.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c1").stdout
+            registry.close()  # the registry is gone: documents and layers must come from the swarm
+            out = h2.image_pull(image.ref).stdout
+            assert "lazy=3" in out, (out, h2.daemon.output()[-3000:])
+            assert image.message in h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c2").stdout
+            listing = h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c3", "/bin/busybox", "ls", "/data")
+            assert "small.txt" in listing.stdout
+        finally:
+            _close(started)

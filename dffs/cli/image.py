@@ -20,6 +20,13 @@ def add_image_arguments(parser: argparse.ArgumentParser, parser_class) -> None:
     pull.add_argument("--platform", default="", metavar="P", help="os/arch[/variant] (default linux/amd64)")
     pull.add_argument("--snapshotter", default="dffs", help="containerd's name for the dffs snapshotter")
     pull.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per call (default 60)")
+    pull.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        metavar="DIR",
+        help="the local dffs daemon's data dir: the image's documents are shared through its swarm, "
+        "and come from it when the registry is gone",
+    )
     config = commands.add_parser("containerd-config", help="print containerd's config fragment for dffs")
     config.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), metavar="DIR", help="the daemon's data dir")
     config.add_argument("--registry", metavar="HOST[:PORT]", help="also print a hosts.toml for this registry")
@@ -48,6 +55,7 @@ def run_image(args: argparse.Namespace) -> int:
             platform=args.platform,
             snapshotter=args.snapshotter,
             timeout=args.timeout,
+            daemon_socket=Path(args.data_dir) / "dffs.sock",
         )
         print(
             f"{result.name} {result.manifest_digest} lazy={len(result.lazy)} unpacked={len(result.unpacked)} "

@@ -24,13 +24,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import attrs
 
 from dffs.api import containerd_types_pb2
 from dffs.errors import SourceError
-from dffs.image import plan
+from dffs.image import plan, swarm
 from dffs.image.containerd import CHUNK, Containerd
+from dffs.image.swarm import DaemonLink
 from dffs.oci import manifest as oci_manifest
 from dffs.oci.reference import ImageReference
 from dffs.oci.registry import RegistryClient, ResolvedImage
@@ -63,6 +65,35 @@ def _blob_chunks(image: ResolvedImage, blob: oci_manifest.Blob, timeout: float) 
         raise SourceError(f"{image.reference}: layer {blob.digest}: {exc}") from None
 
 
+def _resolve(
+    registry: RegistryClient, ref: ImageReference, platform: str, link: DaemonLink | None
+) -> tuple[ResolvedImage, bytes]:
+    """The image's documents from the registry (then shared with the swarm), or from the swarm
+    when the registry cannot be reached (the layers come from the swarm anyway)."""
+    url = swarm.url_for(str(ref), platform)
+    try:
+        image = registry.resolve(ref, platform=platform)
+        config = registry.fetch_blob(image, image.blobs[0])
+    except SourceError as exc:
+        if exc.status in (401, 403, 404) or link is None or not link.available():
+            raise
+        shared = link.fetch(url)
+        decoded = swarm.decode(shared) if shared else None
+        if decoded is None:
+            raise
+        documents, config = decoded
+        log.warning("event=registry_unreachable action=documents_from_swarm ref=%s error=%s", ref, exc)
+        parsed = oci_manifest.parse(documents[-1][2], documents[-1][0])
+        if not isinstance(parsed, oci_manifest.Manifest):
+            raise
+        base = f"{'http' if registry.plain_http else 'https'}://{ref.registry}"
+        image = ResolvedImage(ref, base, documents[-1][1], parsed.blobs, {}, documents)
+        return image, config
+    if link is not None and link.available():
+        link.publish(url, swarm.encode(image.documents, config))
+    return image, config
+
+
 def pull(
     ref_text: str,
     address: str,
@@ -72,15 +103,16 @@ def pull(
     platform: str = "",
     snapshotter: str = "dffs",
     timeout: float = 60.0,
+    daemon_socket: Path | None = None,
 ) -> PullResult:
     started = time.monotonic()
     ref = parse_ref(ref_text)
     name = ref_text.removeprefix("oci://")
     registry = RegistryClient(timeout=timeout, plain_http=plain_http)
-    image = registry.resolve(ref, platform=platform)
+    link = DaemonLink(daemon_socket, timeout) if daemon_socket is not None else None
+    image, config_body = _resolve(registry, ref, platform, link)
     manifest_type, manifest_digest, manifest_body = image.documents[-1]
     config_blob = image.blobs[0]
-    config_body = registry.fetch_blob(image, config_blob)
     steps = plan.layer_steps(manifest_body, config_body)
     layer_blobs = {b.digest: b for b in image.blobs[1:]}
     ctd = Containerd(address, namespace, timeout=timeout)
