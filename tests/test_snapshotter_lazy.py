@@ -12,10 +12,12 @@ and opaque directories (``trusted.overlay.opaque``).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,9 @@ def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(regi
         "run", "--rm", "--snapshotter", "dffs", image.ref, "lazy2", "/bin/busybox", "ls", "/etc", "/opt/stuff"
     ).stdout
     assert "old" not in listing.split() and "a" not in listing.split() and "c" in listing.split(), listing
+    # the image removed: containerd's GC removes its snapshots here, and the layers leave the mount
+    host.ctr("images", "rm", "--sync", image.ref)
+    assert os.listdir(host.layers_dir) == [], host.daemon.output()[-2000:]
 
 
 @pytest.mark.slow
@@ -99,6 +104,11 @@ def test_an_estargz_image_reads_only_what_the_container_needs(registry, host):
     assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "esgz1").stdout
     fetched = host.downloaded() - before
     total = sum(image.sizes[d] for d in image.layers)
+    # per-layer metrics: busybox's layer was read on demand, the big payload's hardly at all
+    busybox, payload = image.layers[0], image.layers[2]
+    assert host.metric("dffs_daemon_layer_on_demand_bytes_total", layer=busybox) > 0
+    assert host.metric("dffs_daemon_layer_present_ratio", layer=busybox) > 0.5
+    assert host.metric("dffs_daemon_layer_present_ratio", layer=payload) < 0.2
     print(f"estargz, one host: fetched {fetched:.0f} of {total} image bytes ({100 * fetched / total:.1f} %)")
     assert fetched <= 0.10 * total, (fetched, total)
     lazy = [_strip(t, ESTARGZ_EXTRAS) for t in lazy_layers(host, image)]
@@ -173,5 +183,34 @@ def test_one_fuse_session_serves_the_url_namespace_and_the_layers(tmp_path, regi
         assert ".layers" not in os.listdir(host.daemon.mountpoint)  # hidden from the namespace's listing
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         assert mounts.count(str(host.daemon.mountpoint)) == 1 and str(host.layers_dir) not in mounts
+    finally:
+        host.close()
+
+
+@pytest.mark.slow
+@needs_layers
+def test_a_read_the_swarm_cannot_answer_fails_with_eio_after_its_timeout(tmp_path, registry):
+    config = tmp_path / "daemon.toml"
+    config.write_text("[snapshotter]\nprefetch = false\nread_timeout = 3\n")
+    host = SnapshotterHost(tmp_path, "slow", extra=("--config", str(config)))
+    try:
+        host.start()
+        plain = build_rich_image(registry, "test/stall", "v1", payload_bytes=8 * MiB)
+        image = convert_estargz(host.containerd, registry, plain, "v1-esgz")
+        assert "lazy=3" in host.image_pull(image.ref).stdout
+        big = host.layers_dir / image.layers[2].removeprefix("sha256:") / "data" / "big.bin"
+        os.kill(registry.proc.pid, signal.SIGSTOP)  # the only source of the bytes stalls
+        try:
+            with pytest.raises(OSError) as info:
+                with open(big, "rb") as f:
+                    f.read(4096)
+            assert info.value.errno == errno.EIO
+            log = host.daemon_log_waits_for("event=layer_read_failed")
+            assert "timed out after 3s" in log, log[-2000:]
+            assert host.daemon.alive()
+        finally:
+            os.kill(registry.proc.pid, signal.SIGCONT)
+        with open(big, "rb") as f:  # the next read tries again, and the registry answers
+            assert len(f.read(4096)) == 4096
     finally:
         host.close()
