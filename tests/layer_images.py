@@ -159,6 +159,11 @@ def _pushed(registry: Registry, repo: str, tag: str, message: str) -> Image:
 
 def convert_estargz(containerd, registry: Registry, image: Image, tag: str) -> Image:
     """``ctr-remote image convert --estargz --oci`` in ``containerd`` (a tests.containerd.Containerd), pushed."""
+    return convert(containerd, registry, image, tag, "--estargz")
+
+
+def convert(containerd, registry: Registry, image: Image, tag: str, *flags: str) -> Image:
+    """``ctr-remote image convert FLAGS --oci`` (``--estargz``, ``--zstdchunked``, ...), pushed as ``tag``."""
     target = f"{registry.address}/{image.repo}:{tag}"
 
     def ctr_remote(*args: str) -> None:
@@ -169,7 +174,7 @@ def convert_estargz(containerd, registry: Registry, image: Image, tag: str) -> I
         assert result.returncode == 0, (args, result.stdout, result.stderr)
 
     ctr_remote("images", "pull", "--plain-http", image.ref)
-    ctr_remote("image", "convert", "--estargz", "--oci", image.ref, target)
+    ctr_remote("image", "convert", *flags, "--oci", image.ref, target)
     ctr_remote("images", "push", "--plain-http", target)
     return _pushed(registry, image.repo, tag, image.message)
 

@@ -2,9 +2,10 @@
 
 containerd talks to ``dffs daemon --snapshotter`` as a proxy snapshot plugin;
 images come from a real docker-registry (built offline with umoci + busybox).
-These tests need no lazy layers: plain ``ctr images pull --snapshotter dffs``
-sends no layer labels, so every layer is unpacked by containerd into the
-snapshotter's ordinary directories, and containers run on overlay mounts.
+These tests use no lazy layers: plain ``ctr images pull --snapshotter dffs``
+sends no layer labels, and zstd layers have no lazy reader, so every layer is
+unpacked by containerd into the snapshotter's ordinary directories, and
+containers run on overlay mounts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from layer_images import convert
 from registry import Registry, build_busybox_image
 from snapshotter_env import SnapshotterHost
 
@@ -62,9 +64,13 @@ def _dffs(*args: str, timeout: float = 180) -> str:
 
 @pytest.mark.slow
 def test_dffs_image_pull_unpacks_what_cannot_be_lazy(registry, host):
-    # This daemon serves no lazy layers, so every labelled Prepare gets ordinary
-    # mounts back and `dffs image pull` has containerd unpack into them.
-    image = build_busybox_image(registry, "test/pulled", "v1", layers=3, message="pulled by dffs image pull")
+    # zstd layers have no lazy reader: every labelled Prepare gets ordinary mounts
+    # back and `dffs image pull` has containerd's differ unpack into them.
+    plain = build_busybox_image(registry, "test/pulled", "v1", layers=3, message="pulled by dffs image pull")
+    image = convert(host.containerd, registry, plain, "zstd", "--zstdchunked")  # zstd:chunked layers
+    host.ctr("images", "rm", plain.ref, image.ref)  # pulled and converted in this containerd: forget them
+    _, manifest = registry.get_manifest(image.repo, "zstd")
+    assert all("zstd" in layer["mediaType"] for layer in manifest["layers"]), manifest
     out = _dffs("image", "pull", image.ref, "--containerd", host.containerd.address, "--plain-http")
     assert "unpacked=3" in out and "lazy=0" in out, out
     assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "pulled1").stdout
