@@ -158,13 +158,14 @@ def run_mount(args: argparse.Namespace) -> int:
         return 0
     from dffs.daemon.server import Daemon
 
-    daemon = Daemon(daemon_config(args), mount_config(args, mountpoint) if mountpoint else None)
     file_values = config_module.load_toml(args.config) if args.config else {}
+    snapshotter = None
     if getattr(args, "snapshotter", False) or file_values.get("snapshotter", False) is not False:
         from dffs.snapshotter.config import from_toml
-        from dffs.snapshotter.host import run_daemon_with_snapshotter
 
-        trio.run(run_daemon_with_snapshotter, daemon, from_toml(file_values.get("snapshotter")))
-        return 0
+        snapshotter = from_toml(file_values.get("snapshotter"))
+    daemon = Daemon(
+        daemon_config(args), mount_config(args, mountpoint) if mountpoint else None, snapshotter=snapshotter
+    )
     trio.run(daemon.run)
     return 0

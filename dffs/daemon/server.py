@@ -10,7 +10,8 @@ them in reverse. Who owns what while it runs:
   digest checks, the proxy's blob fetches;
 * the daemon's nursery owns the servers (piece upload, gRPC, proxy, metrics),
   the GC loop, the scheduler client's announcement loops, the manager link and
-  the mount;
+  the mount — or, with ``--snapshotter``, the snapshotter, which serves the
+  snapshots API and the one FUSE session (layers, and the mount's namespace);
 * the gRPC servers (bridge) own the threads that serve RPCs.
 """
 
@@ -43,6 +44,8 @@ from dffs.metrics.server import serve_trio as serve_metrics
 from dffs.peertask import NoSwarm, Swarm, TaskManager
 from dffs.proxy import ProxyConfig, ProxyServer
 from dffs.rpc import bridge
+from dffs.snapshotter.component import Snapshotter
+from dffs.snapshotter.config import SnapshotterConfig
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
 from dffs.upload import PieceUploadServer
@@ -52,7 +55,14 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, mount: MountConfig | None = None, *, embedded: bool = False):
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        mount: MountConfig | None = None,
+        *,
+        embedded: bool = False,
+        snapshotter: SnapshotterConfig | None = None,
+    ):
         self.cfg = cfg
         #: Run for one caller's download (``dffs get --scheduler`` without a daemon):
         #: no signals, no socket, no GC, no proxy, no metrics.
@@ -91,6 +101,12 @@ class Daemon:
         #: The HTTP proxy / registry mirror (off when embedded or ``proxy_port = -1``); bound here
         #: so a bad or taken address fails before anything runs.
         self.proxy = None if embedded or cfg.proxy_port == -1 else _bind_proxy(self.tasks, cfg)
+        #: containerd's snapshots API with lazy layers (``--snapshotter``); it serves the mount too, if any.
+        self.snapshotter = (
+            Snapshotter(cfg.data_dir, snapshotter, tasks=self.tasks, local=self.local, mount=mount)
+            if snapshotter is not None and not embedded
+            else None
+        )
         #: Membership through ``--manager`` (schedulers handed out, cluster config, seed keepalive).
         self.manager_link = ManagerLink(cfg, self.schedulers, self._apply_cluster_config) if cfg.manager else None
         #: The cluster's dynamic config as last read from the manager (None: no manager, or not yet).
@@ -209,6 +225,11 @@ class Daemon:
     async def _main_job(self) -> None:
         if self.embedded:
             await trio.sleep_forever()  # the caller cancels when its download is done
+        elif self.snapshotter is not None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.snapshotter.run)
+                await _wait_for_signal()
+                nursery.cancel_scope.cancel()
         elif self.mount is not None:
             await serve_mount(self.mount, self.tasks)
         else:

@@ -10,7 +10,8 @@
   ``rate`` bytes per second, so on-demand reads (which go straight to
   ``ensure_piece``) keep the bandwidth they need.
 
-Every loop here runs in the snapshotter's nursery and ends with it.
+The recorder's timers run in the snapshotter's nursery; each layer's prefetch
+belongs to its blob task's background work and ends with the task.
 """
 
 from __future__ import annotations
@@ -89,21 +90,15 @@ class AccessRecorder:
 
 
 class BackgroundPrefetch:
-    def __init__(
-        self,
-        shared: SharedDocuments,
-        nursery: trio.Nursery,
-        *,
-        rate: float = 20e6,
-        delay: float = 2.0,
-    ):
+    """One prefetch per mounted layer, owned by the layer blob task's background (cancelled with the task)."""
+
+    def __init__(self, shared: SharedDocuments, *, rate: float = 20e6, delay: float = 2.0):
         self.shared = shared
-        self.nursery = nursery
         self.rate = rate
         self.delay = delay
 
     def layer_mounted(self, mounted: Mounted) -> None:
-        self.nursery.start_soon(self._run, mounted)
+        mounted.reader.task.background.start_soon(self._run, mounted)
 
     async def _run(self, mounted: Mounted) -> None:
         PREFETCHING.set(True)
