@@ -13,6 +13,9 @@ data dirs and containerds) and the contenders alternate from run to run:
              ``dffs image pull`` then ``ctr run --snapshotter dffs``
   overlayfs  ``ctr images pull`` (containerd's own overlayfs snapshotter)
              then ``ctr run``, straight from the registry
+  stargz     (with --stargz PATH: a stargz-snapshotter daemon binary; this
+             script does not build it) ``ctr-remote images rpull`` then
+             ``ctr run --snapshotter stargz``, straight from the registry
 
 Timed per contender: host 1 alone (pull start to the container's output),
 then hosts 2..N together (start to the last output), and the registry's
@@ -22,7 +25,7 @@ image), and one JSON line. Root only (namespaces). Run it under
 ``flock /tmp/dffs-bench.lock``. Usage:
 
   .venv/bin/python scripts/bench/snapshotter.py [--runs 3] [--hosts 4] [--layers 4] [--layer-mib 52]
-      [--rate 200mbit|none] [--format gzip|estargz] [--smoke]
+      [--rate 200mbit|none] [--format gzip|estargz] [--stargz PATH] [--smoke]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the namespace, registry and container
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import Daemon, Process  # noqa: E402
 from common import machine  # noqa: E402
-from containerd import Containerd  # noqa: E402
+from containerd import Containerd, proxy_snapshotter  # noqa: E402
 from layer_images import convert_estargz  # noqa: E402
 from netns import Network  # noqa: E402
 from registry import Registry, build_busybox_image  # noqa: E402
@@ -166,6 +170,59 @@ def run_overlayfs(work: Path, hosts, registry: Registry, image, tag: str) -> dic
             c.close()
 
 
+def run_stargz(work: Path, net: Network, hosts, registry: Registry, image, tag: str, binary: str) -> dict:
+    """stargz-snapshotter per host (no P2P): its daemon, a containerd using it, rpull, run."""
+    instances, daemons = [], []
+    try:
+        for h in hosts:
+            root = work / tag / f"stargz-{h.name}"
+            root.mkdir(parents=True)
+            sock = Path(tempfile.mkdtemp(prefix="dffs-stargz-", dir="/run")) / "s.sock"
+            log = open(root / "stargzd.log", "ab")
+            daemons.append((net.run(h, [binary, "--root", str(root / "state"), "--address", str(sock)],
+                                    stdout=log, stderr=log), root, sock))  # fmt: skip
+            log.close()
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"stargz-snapshotter did not start: {(root / 'stargzd.log').read_text()[-2000:]}"
+                    )
+                time.sleep(0.05)
+            c = Containerd(work / tag / f"ctd-{h.name}", netns_host=h, extra_config=proxy_snapshotter("stargz", sock))
+            instances.append(c)
+            c.start()
+        mark = len(registry.accesses())
+
+        def one(c: Containerd, name: str):
+            def job():
+                result = subprocess.run(
+                    c.command(["ctr-remote", "--address", c.address, "images", "rpull", "--plain-http", image.ref]),
+                    capture_output=True, text=True, timeout=900,
+                )  # fmt: skip
+                if result.returncode != 0:
+                    raise RuntimeError(f"rpull failed: {result.stderr[-2000:]}")
+                _check(c.ctr("run", "--rm", "--snapshotter", "stargz", image.ref, name).stdout, image.message)
+
+            return job
+
+        first = _together([one(instances[0], f"{tag}-1")])
+        rest = _together([one(c, f"{tag}-{i + 2}") for i, c in enumerate(instances[1:])]) if len(instances) > 1 else 0.0
+        egress = sum(a.bytes for a in registry.accesses()[mark:] if a.method == "GET")
+        return {"first_s": first, "rest_s": rest, "registry_bytes": egress}
+    finally:
+        for c in instances:
+            c.close()
+        for proc, root, sock in daemons:
+            proc.kill()
+            proc.wait(10)
+            for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+                point = line.split()[4]
+                if point.startswith(str(root)):
+                    subprocess.run(["umount", "-l", point], capture_output=True)
+            shutil.rmtree(sock.parent, ignore_errors=True)
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -178,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer-mib", type=int, default=52)
     parser.add_argument("--rate", default="200mbit", help="tc tbf rate of the registry's link, or 'none'")
     parser.add_argument("--format", choices=("gzip", "estargz"), default="gzip")
+    parser.add_argument("--stargz", metavar="PATH", help="a stargz-snapshotter daemon binary: a third contender")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: 2 hosts, 1 run, 2 small layers")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
     args = parser.parse_args(argv)
@@ -185,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         args.runs, args.hosts, args.layers, args.layer_mib, args.rate = 1, 2, 2, 2, "none"
     work = Path(tempfile.mkdtemp(prefix="dffs-bench-snapshotter."))
     results: dict[str, list[dict]] = {"dffs": [], "overlayfs": []}
+    if args.stargz:
+        results["stargz"] = []
     try:
         with Network(subnet="10.83.0") as net:
             reg_host, sched_host, seed_host = net.add_host("registry"), net.add_host("sched"), net.add_host("seed")
@@ -210,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.rate != "none":
                     net.limit(reg_host, args.rate)
                 for run in range(args.runs):
-                    order = ["dffs", "overlayfs"] if run % 2 == 0 else ["overlayfs", "dffs"]
+                    order = list(results) if run % 2 == 0 else list(reversed(results))
                     for name in order:
                         tag = f"{name}{run}"
                         if name == "dffs":
                             r = run_dffs(work, net, hosts, sched_host, seed_host, registry, image, tag)
+                        elif name == "stargz":
+                            r = run_stargz(work, net, hosts, registry, image, tag, args.stargz)
                         else:
                             r = run_overlayfs(work, hosts, registry, image, tag)
                         results[name].append(r)
