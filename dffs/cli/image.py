@@ -59,7 +59,8 @@ def run_image(args: argparse.Namespace) -> int:
         )
         print(
             f"{result.name} {result.manifest_digest} lazy={len(result.lazy)} unpacked={len(result.unpacked)} "
-            f"present={len(result.present)} seconds={result.seconds:.2f}",
+            f"present={len(result.present)} seconds={result.seconds:.2f} "
+            + " ".join(f"{k}={v:.2f}" for k, v in result.phases.items()),
             flush=True,
         )
         return 0

@@ -43,12 +43,36 @@ def _add_get_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = _Parser(prog="dffs", description="P2P file distribution with a lazy FUSE filesystem")
     parser.add_argument("--version", action="version", version=f"dffs {__version__}")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    return parser, commands
+
+
+def _add_image_command(commands: argparse._SubParsersAction) -> None:
+    from dffs.cli.image import add_image_arguments
+
+    image = commands.add_parser("image", help="container images for the dffs snapshotter (pull, containerd-config)")
+    add_image_arguments(image, _Parser)
+
+
+def build_image_parser() -> argparse.ArgumentParser:
+    """Only ``dffs image``: a pull is on a container's start path, and the full parser
+    imports the FUSE and daemon stacks (over a second of a loaded host's time)."""
+    parser, commands = _base_parser()
+    _add_image_command(commands)
+    return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, commands = _base_parser()
     get = commands.add_parser("get", help="download a URL to a file through dffs")
     _add_get_arguments(get)
 
@@ -87,10 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="inspect and control a running daemon (tasks, import, export, gc)")
     add_ctl_arguments(ctl, _Parser)
 
-    from dffs.cli.image import add_image_arguments
-
-    image = commands.add_parser("image", help="container images for the dffs snapshotter (pull, containerd-config)")
-    add_image_arguments(image, _Parser)
+    _add_image_command(commands)
 
     from dffs.cli.up import add_up_arguments
 
@@ -103,7 +124,7 @@ def run(argv: Sequence[str]) -> int:
     debug = "--debug" in argv
     setup_logging(logging.DEBUG if debug else logging.WARNING)
     try:
-        args = build_parser().parse_args(argv)
+        args = (build_image_parser() if _command(argv) == "image" else build_parser()).parse_args(argv)
         if args.command == "get":
             from dffs.cli.get import run_get
 

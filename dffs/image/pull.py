@@ -48,6 +48,8 @@ class PullResult:
     unpacked: tuple[str, ...]
     present: tuple[str, ...]
     seconds: float
+    #: Seconds spent resolving the image, storing its documents, and preparing its layers.
+    phases: dict[str, float] = attrs.field(factory=dict)
 
 
 def parse_ref(text: str) -> ImageReference:
@@ -110,7 +112,17 @@ def pull(
     name = ref_text.removeprefix("oci://")
     registry = RegistryClient(timeout=timeout, plain_http=plain_http)
     link = DaemonLink(daemon_socket, timeout) if daemon_socket is not None else None
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = now - mark
+        mark = now
+
     image, config_body = _resolve(registry, ref, platform, link)
+    phase("resolve")
     manifest_type, manifest_digest, manifest_body = image.documents[-1]
     config_blob = image.blobs[0]
     steps = plan.layer_steps(manifest_body, config_body)
@@ -133,6 +145,7 @@ def pull(
                 target = containerd_types_pb2.Descriptor(
                     media_type=index_type, digest=index_digest, size=len(index_body)
                 )
+            phase("documents")
             for step in steps:
                 if ctd.snapshot_exists(snapshotter, step.chain_id):
                     present.append(step.digest)
@@ -158,11 +171,15 @@ def pull(
                     raise
                 unpacked.append(step.digest)
                 log.info("event=layer_unpacked digest=%s chain=%s", step.digest, step.chain_id)
+            phase("layers")
             if steps:
                 ctd.update_content_labels(config_blob.digest, plan.config_gc_labels(snapshotter, steps[-1].chain_id))
             ctd.put_image(name, target, {})
+            phase("image")
         finally:
             ctd.end_lease()
     finally:
         ctd.close()
-    return PullResult(name, manifest_digest, tuple(lazy), tuple(unpacked), tuple(present), time.monotonic() - started)
+    return PullResult(
+        name, manifest_digest, tuple(lazy), tuple(unpacked), tuple(present), time.monotonic() - started, phases
+    )

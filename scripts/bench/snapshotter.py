@@ -126,16 +126,23 @@ def run_dffs(work: Path, net: Network, hosts, sched_host, seed_host, registry: R
             nodes.append(node)
         mark = len(registry.accesses())
 
+        steps: list[str] = []
+
         def one(node: SnapshotterHost, name: str):
             def job():
-                node.image_pull(image.ref)
+                t0 = time.perf_counter()
+                out = node.image_pull(image.ref).stdout
+                t1 = time.perf_counter()
                 _check(node.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, name).stdout, image.message)
+                inside = " ".join(w for w in out.split() if w.split("=")[0] in ("resolve", "documents", "layers"))
+                steps.append(f"{name}: pull {t1 - t0:.2f} s ({inside}), run {time.perf_counter() - t1:.2f} s")
 
             return job
 
         first = _together([one(nodes[0], f"{tag}-1")])
         rest = _together([one(n, f"{tag}-{i + 2}") for i, n in enumerate(nodes[1:])]) if len(nodes) > 1 else 0.0
         egress = sum(a.bytes for a in registry.accesses()[mark:] if a.method == "GET")
+        print("  " + "; ".join(steps), flush=True)
         return {"first_s": first, "rest_s": rest, "registry_bytes": egress}
     finally:
         for item in reversed(started):
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", default="200mbit", help="tc tbf rate of the registry's link, or 'none'")
     parser.add_argument("--format", choices=("gzip", "estargz"), default="gzip")
     parser.add_argument("--stargz", metavar="PATH", help="a stargz-snapshotter daemon binary: a third contender")
+    parser.add_argument("--only", choices=("dffs", "overlayfs", "stargz"), help="one contender (diagnosis)")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: 2 hosts, 1 run, 2 small layers")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
     args = parser.parse_args(argv)
@@ -245,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {"dffs": [], "overlayfs": []}
     if args.stargz:
         results["stargz"] = []
+    if args.only:
+        results = {args.only: []}
     try:
         with Network(subnet="10.83.0") as net:
             reg_host, sched_host, seed_host = net.add_host("registry"), net.add_host("sched"), net.add_host("seed")
@@ -303,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  hosts 2-{args.hosts} {t['rest_s']['median']:6.2f} s ({t['rest_s']['min']:.2f}-{t['rest_s']['max']:.2f})"
             f"  registry {t['registry_bytes']['median'] / image_bytes:5.2f}x the image"
         )
+    if "dffs" not in table or "overlayfs" not in table:
+        return 0
     speedup = table["overlayfs"]["rest_s"]["median"] / max(1e-9, table["dffs"]["rest_s"]["median"])
     egress = table["dffs"]["registry_bytes"]["median"] / image_bytes
     print(f"hosts 2-{args.hosts}: dffs {speedup:.1f}x faster than overlayfs (target >= 5x); "
