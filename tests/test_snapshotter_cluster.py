@@ -24,11 +24,6 @@ from snapshotter_env import SnapshotterHost
 
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(
-    not Path(__file__).resolve().parent.parent.joinpath("dffs", "layers", "__init__.py").exists(),
-    reason="needs the layer formats (dffs/layers) — a hard dependency once merged",
-)
-
 
 def _cluster(tmp_path: Path, net: Network, started: list, config: str):
     hosts = {name: net.add_host(name) for name in ("registry", "sched", "seed", "h1", "h2")}

@@ -30,11 +30,6 @@ MiB = 1024 * 1024
 #: (dffs's, like stargz-snapshotter's) present only the layer's own files.
 ESTARGZ_EXTRAS = {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}
 
-needs_layers = pytest.mark.skipif(
-    not Path(__file__).resolve().parent.parent.joinpath("dffs", "layers", "__init__.py").exists(),
-    reason="needs the layer formats (dffs/layers) — a hard dependency once merged",
-)
-
 
 @pytest.fixture
 def registry(tmp_path):
@@ -70,7 +65,6 @@ def _strip(tree: dict, names: set[str]) -> dict:
 
 
 @pytest.mark.slow
-@needs_layers
 def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(registry, host):
     image = build_rich_image(registry, "test/rich", "v1", payload_bytes=4 * MiB)
     out = host.image_pull(image.ref).stdout
@@ -93,7 +87,6 @@ def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(regi
 
 
 @pytest.mark.slow
-@needs_layers
 def test_an_estargz_image_reads_only_what_the_container_needs(registry, host):
     plain = build_rich_image(registry, "test/esgz", "v1", payload_bytes=24 * MiB)
     image = convert_estargz(host.containerd, registry, plain, "v1-esgz")
@@ -163,7 +156,6 @@ def test_a_bad_layer_blob_is_a_clear_error_and_the_daemon_lives_on(registry, hos
 
 
 @pytest.mark.slow
-@needs_layers
 def test_one_fuse_session_serves_the_url_namespace_and_the_layers(tmp_path, registry, nginx_origin, make_file):
     """``--mount`` with ``--snapshotter``: URLs under MOUNT/http/..., layers under MOUNT/.layers, one FUSE mount."""
     files = tmp_path / "files"
@@ -188,7 +180,6 @@ def test_one_fuse_session_serves_the_url_namespace_and_the_layers(tmp_path, regi
 
 
 @pytest.mark.slow
-@needs_layers
 def test_a_read_the_swarm_cannot_answer_fails_with_eio_after_its_timeout(tmp_path, registry):
     config = tmp_path / "daemon.toml"
     config.write_text("[snapshotter]\nprefetch = false\nread_timeout = 3\n")

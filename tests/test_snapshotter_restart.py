@@ -12,7 +12,6 @@ and new containers must start.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from layer_images import build_rich_image, convert_estargz
@@ -20,11 +19,6 @@ from registry import Registry
 from snapshotter_env import SnapshotterHost
 
 MiB = 1024 * 1024
-
-needs_layers = pytest.mark.skipif(
-    not Path(__file__).resolve().parent.parent.joinpath("dffs", "layers", "__init__.py").exists(),
-    reason="needs the layer formats (dffs/layers) — a hard dependency once merged",
-)
 
 
 @pytest.fixture
@@ -47,7 +41,6 @@ def _exec(host: SnapshotterHost, container: str, exec_id: str, *argv: str) -> st
 
 
 @pytest.mark.slow
-@needs_layers
 @pytest.mark.parametrize(
     "lazy, signal", [(True, 15), (True, 9), (False, 15)], ids=["lazy-sigterm", "lazy-sigkill", "unpacked-sigterm"]
 )
