@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,20 @@ def test_a_read_the_swarm_cannot_answer_fails_with_eio_after_its_timeout(tmp_pat
             assert len(f.read(4096)) == 4096
     finally:
         host.close()
+
+
+@pytest.mark.slow
+def test_ctr_remote_rpull_labels_are_enough_for_a_lazy_mount(registry, host):
+    """stargz-snapshotter's client sends the reference and layer digest: dffs mounts from those."""
+    plain = build_rich_image(registry, "test/rpull", "v1", payload_bytes=2 * MiB)
+    image = convert_estargz(host.containerd, registry, plain, "v1-esgz")
+    host.ctr("images", "rm", plain.ref, image.ref)
+    result = subprocess.run(
+        ["ctr-remote", "--address", host.containerd.address, "images", "rpull", "--plain-http",
+         "--snapshotter", "dffs", image.ref],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "rpull1").stdout
+    assert host.daemon.output().count("event=remote_snapshot_committed") == 3
+    assert sorted(os.listdir(host.layers_dir)) == sorted(d.removeprefix("sha256:") for d in image.layers)
