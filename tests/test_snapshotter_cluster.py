@@ -93,12 +93,12 @@ def test_the_second_host_starts_lazily_from_the_swarm(tmp_path, fmt):
             total = sum(image.sizes[d] for d in image.layers)
             out = h1.image_pull(image.ref).stdout
             assert "lazy=3" in out, (out, h1.daemon.output()[-3000:])
-            assert image.message in h1.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c1").stdout
+            assert image.message in h1.run(image.ref, "c1")
 
             before = h2.downloaded()
             out = h2.image_pull(image.ref).stdout
             assert "lazy=3" in out, (out, h2.daemon.output()[-3000:])
-            assert image.message in h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c2").stdout
+            assert image.message in h2.run(image.ref, "c2")
             fetched = h2.downloaded() - before
             print(f"{fmt}: host 2 fetched {fetched:.0f} of {total} image bytes ({100 * fetched / total:.1f} %)")
             assert fetched <= 0.10 * total, (fetched, total, h2.daemon.output()[-3000:])
@@ -121,7 +121,7 @@ def test_what_one_host_read_first_is_prefetched_on_the_next(tmp_path):
             hosts, registry, (h1, h2) = _cluster(tmp_path, net, started, config)
             image = build_rich_image(registry, "test/learn", "v1", payload_bytes=8 * MiB)
             h1.image_pull(image.ref)
-            h1.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c1", "/bin/busybox", "cat", "/data/small.txt")
+            h1.run(image.ref, "c1", "/bin/busybox", "cat", "/data/small.txt")
             h1.daemon_log_waits_for("event=shared_document_published kind=prefetch-list")
             h2.image_pull(image.ref)
             log = h2.daemon_log_waits_for("event=learned_prefetch_done")
@@ -140,12 +140,12 @@ def test_a_registry_gone_after_the_first_pull_does_not_stop_the_next_host(tmp_pa
             hosts, registry, (h1, h2) = _cluster(tmp_path, net, started, config)
             image = build_rich_image(registry, "test/gone", "v1", payload_bytes=4 * MiB)
             assert "lazy=3" in h1.image_pull(image.ref).stdout
-            assert image.message in h1.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c1").stdout
+            assert image.message in h1.run(image.ref, "c1")
             registry.close()  # the registry is gone: documents and layers must come from the swarm
             out = h2.image_pull(image.ref).stdout
             assert "lazy=3" in out, (out, h2.daemon.output()[-3000:])
-            assert image.message in h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c2").stdout
-            listing = h2.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "c3", "/bin/busybox", "ls", "/data")
-            assert "small.txt" in listing.stdout
+            assert image.message in h2.run(image.ref, "c2")
+            listing = h2.run(image.ref, "c3", "/bin/busybox", "ls", "/data")
+            assert "small.txt" in listing
         finally:
             _close(started)

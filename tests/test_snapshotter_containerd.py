@@ -38,7 +38,7 @@ def host(tmp_path):
 def test_plain_pull_and_run_through_the_snapshotter(registry, host):
     image = build_busybox_image(registry, "test/plain", "v1", layers=3, message="hello from the dffs snapshotter")
     host.ctr("images", "pull", "--plain-http", "--snapshotter", "dffs", image.ref)
-    out = host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "plain1").stdout
+    out = host.run(image.ref, "plain1")
     assert image.message in out
     # containerd's view of our snapshots: three committed layers in one chain
     listing = host.ctr("snapshots", "--snapshotter", "dffs", "ls").stdout
@@ -73,7 +73,7 @@ def test_dffs_image_pull_unpacks_what_cannot_be_lazy(registry, host):
     assert all("zstd" in layer["mediaType"] for layer in manifest["layers"]), manifest
     out = _dffs("image", "pull", image.ref, "--containerd", host.containerd.address, "--plain-http")
     assert "unpacked=3" in out and "lazy=0" in out, out
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "pulled1").stdout
+    assert image.message in host.run(image.ref, "pulled1")
     # pulled again: every chain is already there
     out = _dffs("image", "pull", image.ref, "--containerd", host.containerd.address, "--plain-http")
     assert "present=3" in out, out

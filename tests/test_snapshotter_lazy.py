@@ -70,7 +70,7 @@ def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(regi
     image = build_rich_image(registry, "test/rich", "v1", payload_bytes=4 * MiB)
     out = host.image_pull(image.ref).stdout
     assert "lazy=3" in out and "unpacked=0" in out, (out, host.daemon.output()[-3000:])
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "lazy1").stdout
+    assert image.message in host.run(image.ref, "lazy1")
     lazy = lazy_layers(host, image)
     assert lazy == overlayfs_layers(host, image)
     # the whiteout and the opaque directory as overlayfs expects them, hard links shared
@@ -78,9 +78,7 @@ def test_a_gzip_image_runs_lazily_and_each_layer_is_what_containerd_unpacks(regi
     assert ("trusted.overlay.opaque", b"y") in lazy[1]["opt/stuff"][9]
     assert lazy[0]["bin/ash"][8] == lazy[0]["bin/busybox"][8] == "bin/ash"
     # the merged view a container sees: the deleted file and the hidden directory entries are gone
-    listing = host.ctr(
-        "run", "--rm", "--snapshotter", "dffs", image.ref, "lazy2", "/bin/busybox", "ls", "/etc", "/opt/stuff"
-    ).stdout
+    listing = host.run(image.ref, "lazy2", "/bin/busybox", "ls", "/etc", "/opt/stuff")
     assert "old" not in listing.split() and "a" not in listing.split() and "c" in listing.split(), listing
     # the image removed: containerd's GC removes its snapshots here, and the layers leave the mount
     host.ctr("images", "rm", "--sync", image.ref)
@@ -95,7 +93,7 @@ def test_an_estargz_image_reads_only_what_the_container_needs(registry, host):
     before = host.downloaded()
     out = host.image_pull(image.ref).stdout
     assert "lazy=3" in out, (out, host.daemon.output()[-3000:])
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "esgz1").stdout
+    assert image.message in host.run(image.ref, "esgz1")
     fetched = host.downloaded() - before
     total = sum(image.sizes[d] for d in image.layers)
     # per-layer metrics: busybox's layer was read on demand, the big payload's hardly at all
@@ -153,7 +151,7 @@ def test_a_bad_layer_blob_is_a_clear_error_and_the_daemon_lives_on(registry, hos
     # and the snapshotter still serves: a good image pulls and runs
     image = build_rich_image(registry, "test/after", "v1", payload_bytes=1 * MiB)
     host.image_pull(image.ref)
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, f"after-{kind}").stdout
+    assert image.message in host.run(image.ref, f"after-{kind}")
 
 
 @pytest.mark.slow
@@ -167,7 +165,7 @@ def test_one_fuse_session_serves_the_url_namespace_and_the_layers(tmp_path, regi
         host.start()
         image = build_rich_image(registry, "test/both", "v1", payload_bytes=1 * MiB)
         assert "lazy=3" in host.image_pull(image.ref).stdout
-        assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "both1").stdout
+        assert image.message in host.run(image.ref, "both1")
         url_file = host.daemon.path("/blob.bin", origin)
         assert hashlib.sha256(url_file.read_bytes()).hexdigest() == digest
         assert (host.layers_dir / image.layers[1].removeprefix("sha256:") / "etc" / "message").read_text() == (
@@ -220,6 +218,6 @@ def test_ctr_remote_rpull_labels_are_enough_for_a_lazy_mount(registry, host):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, "rpull1").stdout
+    assert image.message in host.run(image.ref, "rpull1")
     assert host.daemon.output().count("event=remote_snapshot_committed") == 3
     assert sorted(os.listdir(host.layers_dir)) == sorted(d.removeprefix("sha256:") for d in image.layers)

@@ -67,5 +67,5 @@ def test_a_container_keeps_running_across_a_snapshotter_restart(registry, host, 
     assert image.message in _exec(host, long, "e3", "/bin/busybox", "cat", "/etc/message")
     host.wait_for_containerd_link()
     after = f"after-{os.urandom(4).hex()}"
-    assert image.message in host.ctr("run", "--rm", "--snapshotter", "dffs", image.ref, after).stdout
+    assert image.message in host.run(image.ref, after)
     host.ctr("tasks", "kill", "-s", "SIGKILL", long)

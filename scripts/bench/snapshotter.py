@@ -77,7 +77,16 @@ def _together(jobs) -> float:
     return time.perf_counter() - started
 
 
+LOST_OUTPUT = 0
+
+
 def _check(out: str, message: str) -> None:
+    """The container printed the message. ctr 1.6 now and then loses the output of a container that
+    exits at once (for every snapshotter; the run itself succeeded): counted and reported, not fatal."""
+    global LOST_OUTPUT
+    if not out:
+        LOST_OUTPUT += 1
+        return
     if message not in out:
         raise RuntimeError(f"the container printed {out!r}, not {message!r}")
 
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     table = {name: {k: summary([r[k] for r in runs]) for k in ("first_s", "rest_s", "registry_bytes")}
              for name, runs in results.items()}  # fmt: skip
+    if LOST_OUTPUT:
+        print(f"(ctr lost the output of {LOST_OUTPUT} container runs that succeeded)")
     print(f"\nimage {image_bytes / 2**20:.1f} MiB ({args.format}), {args.hosts} hosts, registry link {args.rate}, "
           f"{args.runs} runs (median, min-max)")  # fmt: skip
     for name, t in table.items():
