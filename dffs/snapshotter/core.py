@@ -34,23 +34,25 @@ REMOTE_LABEL = "containerd.io/snapshot/remote"
 
 
 class SnapshotError(Exception):
-    code = "unknown"
+    """A call containerd made that the rules refuse; ``grpc_code`` is the status it gets (dffs.rpc.status)."""
+
+    grpc_code = "UNKNOWN"
 
 
 class AlreadyExists(SnapshotError):
-    code = "already_exists"
+    grpc_code = "ALREADY_EXISTS"
 
 
 class NotFound(SnapshotError):
-    code = "not_found"
+    grpc_code = "NOT_FOUND"
 
 
 class FailedPrecondition(SnapshotError):
-    code = "failed_precondition"
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class InvalidArgument(SnapshotError):
-    code = "invalid_argument"
+    grpc_code = "INVALID_ARGUMENT"
 
 
 @attrs.frozen

@@ -1,8 +1,9 @@
 """The gRPC servicer for containerd's ``containerd.services.snapshots.v1.Snapshots``.
 
 Thin on purpose: it reads the namespace from the ``containerd-namespace``
-metadata, asks :mod:`dffs.snapshotter.core` what a call may do, does the
-filesystem work (directories, usage, removal) and maps errors to gRPC codes.
+metadata, asks :mod:`dffs.snapshotter.core` what a call may do and does the
+filesystem work (directories, usage, removal); the rules' errors carry their
+gRPC status (``grpc_code``), which the bridge applies.
 Lazy layers are :class:`RemoteLayers`' business; without one (or when a
 layer cannot be lazy) a layer's Prepare answers ordinary mounts and
 containerd unpacks into them, so every image works.
@@ -37,12 +38,6 @@ from dffs.snapshotter.store import MetaStore, Row
 log = logging.getLogger(__name__)
 
 NAMESPACE_HEADER = "containerd-namespace"
-_CODES = {
-    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
-    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
-}
 _KINDS = {"view": pb.VIEW, "active": pb.ACTIVE, "committed": pb.COMMITTED}
 
 
@@ -80,8 +75,11 @@ def disk_usage(path: Path) -> tuple[int, int]:
     return size, inodes
 
 
-class SnapshotService:
+class SnapshotService(pb_grpc.SnapshotsServicer, bridge.TrioServicer):
+    """One servicer for the Snapshots service; build it inside the trio run that serves it."""
+
     def __init__(self, root: Path, store: MetaStore, remote: RemoteLayers | None = None):
+        bridge.TrioServicer.__init__(self)
         self.root = Path(root)
         self.snaps = core.Snapshots(store)
         self.remote = remote
@@ -149,25 +147,7 @@ class SnapshotService:
 
     # -------------------------------------------------------------- gRPC
     def register(self, server: grpc.Server) -> None:
-        servicer = pb_grpc.SnapshotsServicer()
-        for name in ("Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "Usage", "Cleanup"):
-            handler = getattr(self, "mounts_" if name == "Mounts" else name.lower())
-            setattr(servicer, name, bridge.trio_unary(self._guarded(handler)))
-        setattr(servicer, "List", bridge.trio_unary_stream(self.list))  # noqa: B010 (a generated method)
-        pb_grpc.add_SnapshotsServicer_to_server(servicer, server)
-
-    def _guarded(self, fn):
-        async def call(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                return await fn(request, context)
-            except core.SnapshotError as exc:
-                context.abort(_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), str(exc))
-            except OSError as exc:
-                log.error("event=snapshot_call_failed call=%s error=%s", fn.__name__, exc)
-                context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {exc}")
-
-        call.__name__ = fn.__name__
-        return call
+        pb_grpc.add_SnapshotsServicer_to_server(self, server)
 
     @staticmethod
     def namespace(context: grpc.ServicerContext) -> str:
@@ -186,6 +166,14 @@ class SnapshotService:
         message.created_at.FromNanoseconds(int(info.created * 1e9))
         message.updated_at.FromNanoseconds(int(info.updated * 1e9))
         return message
+
+    async def _io(self, what: str, fn, *args):
+        """Filesystem work in a thread; an OSError is this call's INTERNAL error, logged."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            log.error("event=snapshot_call_failed call=%s error=%s", what, exc)
+            raise SnapshotIOError(f"{what}: {exc}") from None
 
     async def _try_remote(self, ns: str, request: Any) -> bool:
         """The skip-download flow: True when the layer is (now) committed remotely."""
@@ -212,69 +200,82 @@ class SnapshotService:
         log.info("event=remote_snapshot_committed ns=%s target=%s parent=%s", ns, target, request.parent or "-")
         return True
 
-    async def prepare(self, request: pb.PrepareSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Prepare(self, request: pb.PrepareSnapshotRequest, context: grpc.ServicerContext):
         ns = self.namespace(context)
         if await self._try_remote(ns, request):
             raise core.AlreadyExists(f"target snapshot {request.labels[core.TARGET_LABEL]!r} is mounted remotely")
         row = self.snaps.create(ns, request.key, request.parent, "active", dict(request.labels))
-        self._make_dirs(row)
+        await self._io("Prepare", self._make_dirs, row)
         return pb.PrepareSnapshotResponse(mounts=self._pb_mounts(self.mounts(row)))
 
-    async def view(self, request: pb.ViewSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def View(self, request: pb.ViewSnapshotRequest, context: grpc.ServicerContext):
         row = self.snaps.create(self.namespace(context), request.key, request.parent, "view", dict(request.labels))
-        self._make_dirs(row)
+        await self._io("View", self._make_dirs, row)
         return pb.ViewSnapshotResponse(mounts=self._pb_mounts(self.mounts(row)))
 
-    async def mounts_(self, request: pb.MountsRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Mounts(self, request: pb.MountsRequest, context: grpc.ServicerContext):
         row = self.snaps.for_mounts(self.namespace(context), request.key)
         return pb.MountsResponse(mounts=self._pb_mounts(self.mounts(row)))
 
-    async def commit(self, request: pb.CommitSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Commit(self, request: pb.CommitSnapshotRequest, context: grpc.ServicerContext):
         ns = self.namespace(context)
         row = self.snaps.for_mounts(ns, request.key)
-        usage = await trio.to_thread.run_sync(disk_usage, self._dir(row) / "fs")
+        usage = await self._io("Commit", disk_usage, self._dir(row) / "fs")
         row = self.snaps.commit(ns, request.name, request.key, dict(request.labels), usage)
         # The work directory is overlay's scratch space; a committed layer needs none.
         await trio.to_thread.run_sync(lambda: shutil.rmtree(self._dir(row) / "work", ignore_errors=True))
         return empty_pb2.Empty()
 
-    async def remove(self, request: pb.RemoveSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Remove(self, request: pb.RemoveSnapshotRequest, context: grpc.ServicerContext):
         row = self.snaps.remove(self.namespace(context), request.key)
-        await trio.to_thread.run_sync(self._trash, row)
+        await self._io("Remove", self._trash, row)
         if row.remote is not None and self.remote is not None:
             if not any(r.remote == row.remote for r in self.snaps.store.all()):
                 await self.remote.release(row.remote)
         return empty_pb2.Empty()
 
-    async def stat(self, request: pb.StatSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Stat(self, request: pb.StatSnapshotRequest, context: grpc.ServicerContext):
         return pb.StatSnapshotResponse(info=self._pb_info(self.snaps.stat(self.namespace(context), request.key)))
 
-    async def update(self, request: pb.UpdateSnapshotRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Update(self, request: pb.UpdateSnapshotRequest, context: grpc.ServicerContext):
         info = self.snaps.update(
             self.namespace(context), request.info.name, dict(request.info.labels), list(request.update_mask.paths)
         )
         return pb.UpdateSnapshotResponse(info=self._pb_info(info))
 
-    async def usage(self, request: pb.UsageRequest, context: grpc.ServicerContext):
+    @bridge.unary_method
+    async def Usage(self, request: pb.UsageRequest, context: grpc.ServicerContext):
         row = self.snaps.usage_row(self.namespace(context), request.key)
         if row.kind == "committed" and row.size is not None:
             size, inodes = row.size, row.inodes or 0
         else:
-            size, inodes = await trio.to_thread.run_sync(disk_usage, self._dir(row) / "fs")
+            size, inodes = await self._io("Usage", disk_usage, self._dir(row) / "fs")
         return pb.UsageResponse(size=size, inodes=inodes)
 
-    async def cleanup(self, request: pb.CleanupRequest, context: grpc.ServicerContext):
-        removed = await trio.to_thread.run_sync(self._sweep)
+    @bridge.unary_method
+    async def Cleanup(self, request: pb.CleanupRequest, context: grpc.ServicerContext):
+        removed = await self._io("Cleanup", self._sweep)
         log.info("event=snapshot_cleanup removed=%d", removed)
         return empty_pb2.Empty()
 
-    async def list(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext):
-        try:
-            infos = self.snaps.list(self.namespace(context), list(request.filters))
-        except core.SnapshotError as exc:
-            context.abort(_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), str(exc))
+    @bridge.unary_stream_method
+    async def List(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext):
+        infos = self.snaps.list(self.namespace(context), list(request.filters))
         for start in range(0, len(infos), 100):
             yield pb.ListSnapshotsResponse(info=[self._pb_info(i) for i in infos[start : start + 100]])
+
+
+class SnapshotIOError(core.SnapshotError):
+    """The filesystem failed under a call (disk full, permissions): INTERNAL, and logged."""
+
+    grpc_code = "INTERNAL"
 
 
 async def serve(
