@@ -14,7 +14,7 @@ packages=(
   postgresql                                                   # the manager's PostgreSQL tests
   docker-registry containerd runc                              # the registry-mirror tests: real registry and runtime
   skopeo umoci busybox-static                                  # test images built offline and pushed
-  stargz-snapshotter                                           # ctr-remote: eStargz conversions in the layer tests
+  stargz-snapshotter                                           # ctr-remote: eStargz conversions in the layer and snapshotter tests
 )
 missing=()
 for p in "${packages[@]}"; do
