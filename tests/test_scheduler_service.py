@@ -704,6 +704,7 @@ class InProcessScheduler:
 
         from dffs.scheduler.config import SchedulerConfig
         from dffs.scheduler.server import serve
+        from dffs.security.transport import insecure
 
         self._asyncio = asyncio
         self._ready = threading.Event()
@@ -717,7 +718,8 @@ class InProcessScheduler:
         async def main():
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(cfg, self._stop, seed_trigger=seed_trigger, ready=ready)
+            # In-process plumbing of the seed trigger: plain text (mutual TLS is tests/test_security_*).
+            await serve(cfg, self._stop, transport=insecure(), seed_trigger=seed_trigger, ready=ready)
 
         def run():
             try:

@@ -12,18 +12,10 @@ from google.protobuf import empty_pb2
 
 from dffs.api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from dffs.errors import UsageError
-from dffs.security import (
-    Identity,
-    PieceAuth,
-    PieceAuthError,
-    create_cluster_key,
-    insecure,
-    is_loopback,
-    load_cluster_key,
-    make_transport,
-    secure,
-)
-from dffs.security.ca import identity_of
+from dffs.security.ca import Identity, create_cluster_key, identity_of, load_cluster_key
+from dffs.security.pieceauth import PieceAuth, PieceAuthError
+from dffs.security.setup import is_loopback, make_transport
+from dffs.security.transport import insecure, secure
 
 
 class _Health(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):

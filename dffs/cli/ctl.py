@@ -43,6 +43,15 @@ def add_ctl_arguments(parser: argparse.ArgumentParser, parser_class) -> None:
     )
     common.add_argument("--manager", metavar="ADDR", default=argparse.SUPPRESS, help="manager (preheat, jobs)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument(
+        "--cluster-key",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="the cluster key, to talk to the manager (default /etc/dffs/cluster.key, or DATA_DIR/cluster.key)",
+    )
+    common.add_argument(
+        "--insecure", action="store_true", default=argparse.SUPPRESS, help="talk to the manager in plain text"
+    )
     for action in common._actions:
         if action.dest != "help":
             parser._add_action(action)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import socket
 import sys
 import time
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 
 from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
+from dffs.config import DEFAULT_DATA_DIR
 from dffs.errors import DffsError, UsageError
 from dffs.manager.job_names import SCOPE_FROM_PB, SCOPE_TO_PB, STATE_FROM_PB, STATE_TO_PB
+from dffs.security.ca import Identity
+from dffs.security.setup import make_transport
 
 _FINISHED = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED)
 _CALL_TIMEOUT = 10.0
@@ -27,7 +33,16 @@ class _Manager:
         if not address:
             raise UsageError(f"dffs ctl {args.ctl_command} needs --manager ADDR (the manager's gRPC address)")
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        transport = make_transport(
+            "ctl",
+            Identity("client", f"{socket.gethostname()}:{os.getpid()}"),
+            cluster_key=getattr(args, "cluster_key", None),
+            insecure_ok=bool(getattr(args, "insecure", False)),
+            data_dir=Path(getattr(args, "data_dir", None) or DEFAULT_DATA_DIR),
+            addresses=[address],
+            create=False,
+        )
+        self.channel = transport.channel(address)
         self.stub = manager_pb2_grpc.ManagerStub(self.channel)
 
     def call(self, method: str, request):

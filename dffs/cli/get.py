@@ -53,6 +53,8 @@ def _config(args: argparse.Namespace) -> GetConfig:
             "socket": args.socket,
             "scheduler": args.scheduler,
             "manager": args.manager,
+            "cluster_key": args.cluster_key,
+            "insecure": args.insecure,
         },
     )
 
@@ -146,6 +148,8 @@ async def _download_embedded_peer(cfg, request, expected, output) -> str:
             upload_port=0,
             rpc_port=0,
             disable_shared=True,
+            cluster_key=cfg.cluster_key,
+            insecure=cfg.insecure,
         ),
         embedded=True,
     )

@@ -41,6 +41,9 @@ def _add_get_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, metavar="N", help="pieces in flight at once (default 8)")
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from dffs.cli.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def _base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -117,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="manager, scheduler, seed and daemon with the mount, on this host")
     add_up_arguments(up)
+
+    from dffs.cli.cluster import add_cluster_command
+
+    add_cluster_command(commands)
     return parser
 
 
@@ -153,6 +160,10 @@ def run(argv: Sequence[str]) -> int:
             from dffs.cli.ctl import run_ctl
 
             return run_ctl(args)
+        if args.command == "cluster":
+            from dffs.cli.cluster import run_cluster
+
+            return run_cluster(args)
         raise UsageError(f"unknown command {args.command!r}")
     except DffsError as exc:
         if debug:

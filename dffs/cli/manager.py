@@ -19,6 +19,12 @@ def add_manager_arguments(parser: argparse.ArgumentParser) -> None:
         "--db", metavar="URL", help=f"sqlite:///PATH or postgresql://USER@HOST:PORT/DB (default {DEFAULT_DB})"
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags and the tunables")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="a one-host cluster's key and the API token's hash (default /var/lib/dffs)"
+    )
+    from dffs.cli.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def manager_config(args: argparse.Namespace) -> ManagerConfig:
@@ -26,7 +32,16 @@ def manager_config(args: argparse.Namespace) -> ManagerConfig:
 
     file_values = config_module.load_toml(args.config) if args.config else {}
     cfg = config_module.build(
-        ManagerConfig, file_values, {"listen": args.listen, "http_listen": args.http_listen, "db": args.db}
+        ManagerConfig,
+        file_values,
+        {
+            "listen": args.listen,
+            "http_listen": args.http_listen,
+            "db": args.db,
+            "cluster_key": args.cluster_key,
+            "insecure": args.insecure,
+            "data_dir": args.data_dir,
+        },
     )
     check_host_port(cfg.listen, "--listen")
     if cfg.http_listen:

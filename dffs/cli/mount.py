@@ -25,6 +25,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags")
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR...]", help="schedulers for P2P")
     parser.add_argument("--manager", metavar="ADDR", help="manager that hands out schedulers")
+    from dffs.cli.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def add_host_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +140,8 @@ def daemon_config(args: argparse.Namespace):
                 "registry_mirror",
                 "storage_quota",
                 "metrics_port",
+                "cluster_key",
+                "insecure",
             )
         },
         ignore=[*(f.name for f in attrs.fields(MountConfig)), "snapshotter"],

@@ -20,11 +20,27 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         help="manager to register with (gRPC HOST:PORT); it hands this scheduler to daemons",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with defaults for these flags and the tunables")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="where a one-host cluster's key is made (default /var/lib/dffs)"
+    )
+    from dffs.cli.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
     file_values = config_module.load_toml(args.config) if args.config else {}
-    cfg = config_module.build(SchedulerConfig, file_values, {"listen": args.listen, "manager": args.manager})
+    cfg = config_module.build(
+        SchedulerConfig,
+        file_values,
+        {
+            "listen": args.listen,
+            "manager": args.manager,
+            "cluster_key": args.cluster_key,
+            "insecure": args.insecure,
+            "data_dir": args.data_dir,
+        },
+    )
     check_listen(cfg.listen)
     return cfg
 

@@ -15,6 +15,9 @@ from dffs.config import DEFAULT_DATA_DIR
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="where to mount the lazy filesystem")
     parser.add_argument("--data-dir", metavar="DIR", help=f"everything dffs keeps (default {DEFAULT_DATA_DIR})")
+    from dffs.cli.cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -22,4 +25,13 @@ def run_up(args: argparse.Namespace) -> int:
 
     debug = logging.getLogger().isEnabledFor(logging.DEBUG)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).absolute()
-    return trio.run(functools.partial(up, data_dir, Path(args.mountpoint).absolute(), debug=debug))
+    return trio.run(
+        functools.partial(
+            up,
+            data_dir,
+            Path(args.mountpoint).absolute(),
+            cluster_key=Path(args.cluster_key).absolute() if args.cluster_key else None,
+            insecure=bool(args.insecure),
+            debug=debug,
+        )
+    )

@@ -38,6 +38,9 @@ class GetConfig:
     socket: Path | None = None
     scheduler: str | None = None
     manager: str | None = None
+    #: Joining the swarm without a daemon (--scheduler/--manager): the cluster key, or plain text.
+    cluster_key: str | None = None
+    insecure: bool = False
 
 
 def load_toml(path: Path | str) -> dict[str, Any]:

@@ -69,6 +69,14 @@ class DaemonConfig:
     #: Client networks (CIDR) allowed to use the proxy besides loopback.
     proxy_allow: tuple[str, ...] = ()
     proxy_max_connections: int = 512
+    #: The cluster key file (``dffs cluster init``); default /etc/dffs/cluster.key when it exists,
+    #: else DATA_DIR/cluster.key (made when everything is on loopback). See dffs/security/setup.py.
+    cluster_key: str | None = None
+    #: Plain text, members unauthenticated (a warning is logged).
+    insecure: bool = False
+    #: Networks (CIDR) that requests from other members may make this host fetch from besides public
+    #: addresses; loopback, link-local and cloud-metadata addresses are refused otherwise.
+    remote_allow_networks: tuple[str, ...] = ()
 
     @property
     def host_id(self) -> str:

@@ -19,7 +19,7 @@ import trio
 
 from dffs.api import common_pb2, manager_pb2, manager_pb2_grpc
 from dffs.daemon.config import DaemonConfig
-from dffs.daemon.schedulers import SchedulerClient
+from dffs.daemon.schedulers import ChannelFactory, SchedulerClient
 from dffs.manager.tunables import ClientTunables, client_tunables
 from dffs.rpc import bridge
 
@@ -34,10 +34,18 @@ def scheduler_address(ip: str, port: int) -> str:
 
 
 class ManagerLink:
-    def __init__(self, cfg: DaemonConfig, schedulers: SchedulerClient, apply: Callable[[ClientTunables], None]):
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        schedulers: SchedulerClient,
+        apply: Callable[[ClientTunables], None],
+        *,
+        channel_factory: ChannelFactory,
+    ):
         assert cfg.manager
         self.cfg = cfg
         self.schedulers = schedulers
+        self._channel_factory = channel_factory
         self.apply = apply
         self.cluster_id = cfg.cluster_id
         self._tunables: ClientTunables | None = None
@@ -51,7 +59,7 @@ class ManagerLink:
     async def run(self, rpc_port: int, upload_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Learn the schedulers once (so the first download already has them), then keep refreshing."""
         assert self.cfg.manager is not None  # a ManagerLink is only built with --manager
-        channel = bridge.insecure_channel(self.cfg.manager)
+        channel = self._channel_factory(self.cfg.manager)
         try:
             stub = manager_pb2_grpc.ManagerStub(channel)
             async with trio.open_nursery() as nursery:

@@ -25,11 +25,12 @@ import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
-from dffs.daemon.schedulers import SchedulerClient, Stub
+from dffs.daemon.schedulers import ChannelFactory, SchedulerClient, Stub
 from dffs.digest import format_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
 from dffs.rpc import bridge
+from dffs.security.redact import shareable_headers, shareable_url
 from dffs.source import SourceStat
 from dffs.upload.client import PeerError, PieceClient
 
@@ -53,10 +54,18 @@ class P2PSettings:
 class P2PSwarm:
     """The daemon's swarm (a :class:`dffs.peertask.Swarm`): fetchers through parents, metadata from schedulers."""
 
-    def __init__(self, schedulers: SchedulerClient, piece_client: PieceClient, settings: P2PSettings):
+    def __init__(
+        self,
+        schedulers: SchedulerClient,
+        piece_client: PieceClient,
+        settings: P2PSettings,
+        *,
+        channel_factory: ChannelFactory,
+    ):
         self.schedulers = schedulers
         self.piece_client = piece_client
         self.settings = settings
+        self._channel_factory = channel_factory
         self._channels: dict[str, grpc.Channel] = {}
 
     def fetcher(self, request: DownloadRequest) -> P2PFetcher:
@@ -70,7 +79,7 @@ class P2PSwarm:
         target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = bridge.insecure_channel(target)
+            channel = self._channels[target] = self._channel_factory(target)
         return dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
 
     def close(self) -> None:
@@ -129,12 +138,14 @@ class P2PFetcher:
     async def run(self, task: PeerTask, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The AnnouncePeer conversation, for as long as the task downloads (in its background)."""
         meta = task.store.meta
+        # Credentials stay here (dffs.security.redact): the scheduler, and any seed it
+        # triggers, get the URL without signatures and the headers without secrets.
         download = common_pb2.Download(
-            url=self.request.url,
+            url=shareable_url(self.request.url),
             tag=self.request.tag,
             application=self.request.application,
             piece_length=meta.piece_length,
-            request_header=dict(self.request.headers),
+            request_header=shareable_headers(self.request.headers),
             need_back_to_source=self.settings.seed,
         )
         self._started_status = task_status

@@ -62,7 +62,7 @@ class SchedulerClient:
         addresses: Iterable[str] = (),
         *,
         announce_interval: float = 10.0,
-        channel_factory: ChannelFactory = bridge.insecure_channel,
+        channel_factory: ChannelFactory,
     ):
         self.host_id = host_id
         self.announce_interval = announce_interval

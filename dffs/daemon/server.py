@@ -44,6 +44,9 @@ from dffs.metrics.server import serve_trio as serve_metrics
 from dffs.peertask import NoSwarm, Swarm, TaskManager
 from dffs.proxy import ProxyConfig, ProxyServer
 from dffs.rpc import bridge
+from dffs.security.ca import Identity
+from dffs.security.setup import make_transport
+from dffs.security.urls import RemoteUrlPolicy
 from dffs.snapshotter.component import Snapshotter
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.source import SourceRegistry
@@ -69,14 +72,30 @@ class Daemon:
         self.embedded = embedded
         self.mount = mount
         self.storage = StorageManager(cfg.data_dir)
+        #: How this host talks to other members: mutual TLS from the cluster key, or --insecure.
+        self.transport = make_transport(
+            "daemon",
+            Identity("daemon", cfg.host_id),
+            cluster_key=cfg.cluster_key,
+            insecure_ok=cfg.insecure,
+            data_dir=cfg.data_dir,
+            addresses=[cfg.ip, *cfg.schedulers, *([cfg.manager] if cfg.manager else [])],
+            cert_addresses=(cfg.ip,),
+        )
         self.sources = SourceRegistry()
-        self.piece_client = PieceClient()
-        self.schedulers = SchedulerClient(cfg.host_id, cfg.schedulers, announce_interval=cfg.announce_interval)
+        self.piece_client = PieceClient(auth=self.transport.piece_auth, host_id=cfg.host_id)
+        self.schedulers = SchedulerClient(
+            cfg.host_id,
+            cfg.schedulers,
+            announce_interval=cfg.announce_interval,
+            channel_factory=self.transport.channel,
+        )
         self.swarm: Swarm = (
             P2PSwarm(
                 self.schedulers,
                 self.piece_client,
                 P2PSettings(parent_wait=cfg.parent_wait, parent_rounds=cfg.parent_rounds, seed=cfg.seed),
+                channel_factory=self.transport.channel,
             )
             if cfg.schedulers or cfg.manager
             else NoSwarm()
@@ -88,6 +107,7 @@ class Daemon:
             port=cfg.upload_port,
             max_concurrent_uploads=cfg.max_concurrent_uploads,
             rate_limit_bytes_per_sec=cfg.upload_rate_limit or None,
+            auth=self.transport.piece_auth,
         )
         self.gc = GcService(
             self.storage,
@@ -108,7 +128,11 @@ class Daemon:
             else None
         )
         #: Membership through ``--manager`` (schedulers handed out, cluster config, seed keepalive).
-        self.manager_link = ManagerLink(cfg, self.schedulers, self._apply_cluster_config) if cfg.manager else None
+        self.manager_link = (
+            ManagerLink(cfg, self.schedulers, self._apply_cluster_config, channel_factory=self.transport.channel)
+            if cfg.manager
+            else None
+        )
         #: The cluster's dynamic config as last read from the manager (None: no manager, or not yet).
         self.cluster_tunables: ClientTunables | None = None
         self.ports: dict[str, int] = {}
@@ -171,11 +195,14 @@ class Daemon:
         """Piece upload, gRPC for members, and (unless embedded) the GC, metrics and the local socket."""
         cfg = self.cfg
         self.ports["upload"] = await nursery.start(self.upload.serve)
-        upload_rpc = UploadServicer(self.storage, self.tasks, cfg.host_id)
+        upload_rpc = UploadServicer(
+            self.storage, self.tasks, cfg.host_id, self.transport, RemoteUrlPolicy(cfg.remote_allow_networks)
+        )
         server = await servers.enter_async_context(
             bridge.open_grpc_server(
                 f"{cfg.ip}:{cfg.rpc_port}",
                 lambda grpc_server: dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(upload_rpc, grpc_server),
+                add_port=self.transport.add_port,
             )
         )
         self.ports["rpc"] = server.port

@@ -32,6 +32,9 @@ from dffs.idgen import is_task_id
 from dffs.peertask import DownloadRequest, TaskManager
 from dffs.peertask.download import download_to_file
 from dffs.rpc import bridge
+from dffs.security.redact import redact_url
+from dffs.security.transport import Transport
+from dffs.security.urls import Forbidden, RemoteUrlPolicy
 from dffs.storage import StorageManager, TaskStore
 
 log = logging.getLogger(__name__)
@@ -67,11 +70,22 @@ def _task_id(text: str) -> str:
 
 
 class UploadServicer(dfdaemon_pb2_grpc.DfdaemonUploadServicer, bridge.TrioServicer):
-    def __init__(self, storage: StorageManager, tasks: TaskManager, host_id: str):
+    """For members only (mutual TLS): what they may ask of this host is limited (:meth:`DownloadTask`)."""
+
+    def __init__(
+        self,
+        storage: StorageManager,
+        tasks: TaskManager,
+        host_id: str,
+        transport: Transport,
+        url_policy: RemoteUrlPolicy,
+    ):
         bridge.TrioServicer.__init__(self)
         self.storage = storage
         self.tasks = tasks
         self.host_id = host_id
+        self.transport = transport
+        self.url_policy = url_policy
 
     @staticmethod
     def _piece(store: TaskStore, number: int) -> dfdaemon_pb2.SyncPiecesResponse:
@@ -121,8 +135,27 @@ class UploadServicer(dfdaemon_pb2_grpc.DfdaemonUploadServicer, bridge.TrioServic
     async def DownloadTask(  # noqa: N802
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.ServicerContext
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
-        """Download a task here (a seed's trigger, a preheat), streaming progress."""
-        task = await self.tasks.open(download_request(request.download, from_member=True))
+        """Download a task here (a seed's trigger, a preheat), streaming progress.
+
+        Only schedulers (seed triggers) and managers (preheat) may ask, and only for what the
+        cluster shares: never a local file, never an address inside this host or its cloud's
+        metadata service. A refusal is a PERMISSION_DENIED and a log line, never a fetch."""
+        caller = self.transport.peer(context)
+        req = download_request(request.download, from_member=True)
+        try:
+            if self.transport.secure and (caller is None or caller.role not in ("scheduler", "manager")):
+                who = caller.uri if caller is not None else "an unknown caller"
+                raise Forbidden(f"{who} may not trigger downloads on this host (only schedulers and managers)")
+            await trio.to_thread.run_sync(self.url_policy.check, req.url)
+        except Forbidden as exc:
+            log.warning(
+                "event=remote_download_refused caller=%s url=%s error=%s",
+                caller.uri if caller is not None else context.peer(),
+                redact_url(req.url),
+                exc,
+            )
+            raise
+        task = await self.tasks.open(req)
         meta = task.store.meta
         yield dfdaemon_pb2.DownloadTaskResponse(
             host_id=self.host_id,

@@ -38,6 +38,12 @@ class ManagerConfig:
     preheat_timeout: float = attrs.field(default=3600.0, converter=float, validator=_positive)
     #: Seconds per request to an image registry (manifest, token).
     registry_timeout: float = attrs.field(default=10.0, converter=float, validator=_positive)
+    #: The cluster key file (``dffs cluster init``); default /etc/dffs/cluster.key when it exists.
+    cluster_key: str | None = None
+    #: Plain text, members unauthenticated (a warning is logged).
+    insecure: bool = False
+    #: Where a key is made when everything is on loopback, and where the HTTP API token's hash is kept.
+    data_dir: str = "/var/lib/dffs"
 
 
 def check_host_port(value: str, what: str) -> None:

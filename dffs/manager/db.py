@@ -81,8 +81,21 @@ jobs = sa.Table(
 )
 
 
+#: Bearer tokens of the JSON HTTP API, by their SHA-256 (the token itself is shown once, never stored).
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
 class DatabaseUnavailable(DffsError):
     """The database cannot be reached or refused the operation."""
+
+    grpc_code = "UNAVAILABLE"
 
 
 def sqlalchemy_url(url: str) -> str:

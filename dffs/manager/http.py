@@ -2,8 +2,11 @@
 
 A stdlib ``ThreadingHTTPServer`` on its own thread: each request runs on a
 thread of its own and calls the synchronous store directly.  JSON in and out;
-errors are ``{"error": "..."}`` with 400 (bad input), 404 (unknown path or
-object), 405, 411, 413 or 503 (database unavailable).
+errors are ``{"error": "..."}`` with 400 (bad input), 401 (no valid bearer
+token: every ``/api/`` path needs one, see :mod:`dffs.manager.tokens`), 404
+(unknown path or object), 405, 411, 413 or 503 (database unavailable, or too
+many connections). A connection that says nothing for ``TIMEOUT`` seconds is
+closed; at most ``MAX_CONNECTIONS`` are served at once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from dffs.errors import DffsError, UsageError
 from dffs.manager.db import DatabaseUnavailable
 from dffs.manager.jobs import JobStore
 from dffs.manager.store import SCHEDULER, SEED_PEER, NotFound, Store
+from dffs.manager.tokens import ApiTokens
 
 log = logging.getLogger("dffs.manager.http")
 
 MAX_BODY = 1 << 20
+#: Seconds a connection may be silent (reading a request line, headers or body).
+TIMEOUT = 30.0
+#: Connections served at once; beyond it a client gets 503 at once.
+MAX_CONNECTIONS = 64
 
 
 class HttpError(Exception):
@@ -176,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dffs-manager"
     protocol_version = "HTTP/1.1"
     api: Api  # set on the subclass
+    tokens: ApiTokens  # set on the subclass
 
     def _respond(self, status: int, payload: Any) -> None:
         if isinstance(payload, RawBody):
@@ -190,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _dispatch(self) -> None:
+        if urlsplit(self.path).path.startswith("/api/") and not self.tokens.check(self.headers.get("Authorization")):
+            log.info("event=http_unauthorized client=%s path=%s", self.client_address[0], urlsplit(self.path).path)
+            self.close_connection = True
+            return self._respond(401, {"error": "a bearer token is required (printed by dffs manager at first start)"})
         body = None
         if self.command in ("POST", "PUT"):
             length = self.headers.get("Content-Length")
@@ -221,7 +234,40 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("event=http_request client=%s %s", self.client_address[0], format % args)
 
 
-class _ThreadingHTTPServer6(ThreadingHTTPServer):
+class _BoundedServer(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS handled at once; the rest get 503 without a thread."""
+
+    daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = b'{"error": "too many connections"}\n'
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                request.settimeout(1.0)
+                request.sendall(head.encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _BoundedServer6(_BoundedServer):
     """For an IPv6 listen address: the stdlib server binds IPv4 unless told otherwise."""
 
     address_family = socket.AF_INET6
@@ -230,11 +276,11 @@ class _ThreadingHTTPServer6(ThreadingHTTPServer):
 class HttpApiServer:
     """The HTTP API on a daemon thread; ``port`` is known after construction."""
 
-    def __init__(self, address: str, api: Api) -> None:
+    def __init__(self, address: str, api: Api, tokens: ApiTokens) -> None:
         host, _, port = address.rpartition(":")
-        handler = type("Handler", (_Handler,), {"api": api})
+        handler = type("Handler", (_Handler,), {"api": api, "tokens": tokens, "timeout": TIMEOUT})
         host = host.strip("[]")
-        server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
+        server_class: type[_BoundedServer] = _BoundedServer6 if ":" in host else _BoundedServer
         try:
             self.httpd = server_class((host, int(port)), handler)
         except OSError as exc:

@@ -37,6 +37,7 @@ from dffs.manager.store import SCHEDULER, SEED_PEER, Store
 from dffs.oci.reference import ImageReference
 from dffs.oci.registry import RegistryClient
 from dffs.rpc.bridge import channel_options
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.manager")
 
@@ -96,6 +97,7 @@ class PreheatExecutor:
         self,
         store: Store,
         jobs: JobStore,
+        transport: Transport,
         *,
         poll_interval: float = 1.0,
         download_timeout: float = 3600.0,
@@ -103,6 +105,8 @@ class PreheatExecutor:
         max_downloads: int = 8,
         registry: RegistryClient | None = None,
     ):
+        #: Mutual TLS as the manager, to schedulers (ListHosts) and to hosts (DownloadTask).
+        self.transport = transport
         self.store = store
         self.jobs = jobs
         self.poll_interval = poll_interval
@@ -230,7 +234,7 @@ class PreheatExecutor:
 
     async def _scheduler_hosts(self, scheduler: Target) -> list[Target]:
         try:
-            async with grpc.aio.insecure_channel(scheduler.address, options=channel_options()) as channel:
+            async with self.transport.aio_channel(scheduler.address, options=channel_options()) as channel:
                 answer = await scheduler_pb2_grpc.SchedulerStub(channel).ListHosts(empty_pb2.Empty(), timeout=10)
         except grpc.aio.AioRpcError as exc:
             log.warning("event=list_hosts_failed scheduler=%s code=%s", scheduler.address, exc.code().name)
@@ -261,7 +265,7 @@ class PreheatExecutor:
             )
         )  # piece length: the standard rule, so task IDs match every reader's
         try:
-            async with grpc.aio.insecure_channel(target.address, options=channel_options()) as channel:
+            async with self.transport.aio_channel(target.address, options=channel_options()) as channel:
                 call = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel).DownloadTask(
                     request, timeout=self.download_timeout
                 )

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -20,8 +21,12 @@ from dffs.manager.jobs import JobStore
 from dffs.manager.preheat import PreheatExecutor
 from dffs.manager.service import ManagerService
 from dffs.manager.store import Store
+from dffs.manager.tokens import ApiTokens
 from dffs.oci.registry import RegistryClient
 from dffs.rpc.bridge import server_options
+from dffs.security.ca import Identity
+from dffs.security.setup import host_of, make_transport
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.manager")
 
@@ -40,8 +45,26 @@ async def expire_loop(store: Store, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def manager_transport(config: ManagerConfig) -> Transport:
+    """Mutual TLS from the cluster key (or --insecure): see dffs/security/setup.py."""
+    host = host_of(config.listen)
+    return make_transport(
+        "manager",
+        Identity("manager", config.listen),
+        cluster_key=config.cluster_key,
+        insecure_ok=config.insecure,
+        data_dir=Path(config.data_dir),
+        addresses=[config.listen],
+        cert_addresses=(host,) if host and host not in ("0.0.0.0", "::") else (),
+    )
+
+
 async def serve(
-    config: ManagerConfig, stop: asyncio.Event, *, ready: Callable[[str, int, str, int | None], None] | None = None
+    config: ManagerConfig,
+    stop: asyncio.Event,
+    *,
+    transport: Transport,
+    ready: Callable[[str, int, str, int | None], None] | None = None,
 ) -> None:
     engine = db.create_engine(config.db, connect_timeout=config.db_connect_timeout)
     try:
@@ -49,14 +72,19 @@ async def serve(
         log.info("event=schema_ready revision=%s", revision)
         store = Store(engine, keepalive_ttl=config.keepalive_ttl)
         jobs = JobStore(engine)
+        tokens = ApiTokens(engine)
+        first_token = await asyncio.to_thread(tokens.ensure_first)
+        if first_token is not None:
+            # Printed once: only its SHA-256 is kept.
+            print(f"dffs manager: HTTP API token (shown once, keep it): {first_token}", flush=True)
         service = ManagerService(store, jobs)
         server = grpc.aio.server(options=server_options())
         manager_pb2_grpc.add_ManagerServicer_to_server(service, server)
         try:
-            port = server.add_insecure_port(config.listen)
+            port = transport.add_port(server, config.listen)
         except RuntimeError as exc:
             raise DffsError(f"manager cannot listen on {config.listen}: {exc}") from None
-        http = HttpApiServer(config.http_listen, Api(store, jobs)) if config.http_listen else None
+        http = HttpApiServer(config.http_listen, Api(store, jobs), tokens) if config.http_listen else None
         await server.start()
         if http is not None:
             http.start()
@@ -66,6 +94,7 @@ async def serve(
             PreheatExecutor(
                 store,
                 jobs,
+                transport,
                 poll_interval=config.job_poll_interval,
                 download_timeout=config.preheat_timeout,
                 registry=RegistryClient(timeout=config.registry_timeout),
@@ -100,4 +129,5 @@ def _print_ready(address: str, port: int, http_address: str, http_port: int | No
 
 def run(config: ManagerConfig) -> int:
     """The ``dffs manager`` process: serve until SIGINT or SIGTERM, then exit 0."""
-    return run_until_signal(lambda stop: serve(config, stop, ready=_print_ready))
+    transport = manager_transport(config)
+    return run_until_signal(lambda stop: serve(config, stop, transport=transport, ready=_print_ready))

@@ -19,13 +19,14 @@ from google.protobuf import empty_pb2
 
 from dffs.api import common_pb2, manager_pb2_grpc
 from dffs.api import manager_pb2 as pb
-from dffs.errors import UsageError
+from dffs.errors import DffsError
 from dffs.manager import jobs as jobs_module
 from dffs.manager.config_keys import CLIENT_KEYS, SCHEDULER_KEYS
 from dffs.manager.db import DatabaseUnavailable
 from dffs.manager.job_names import SCOPE_FROM_PB, SCOPE_TO_PB, STATE_FROM_PB, STATE_TO_PB
 from dffs.manager.jobs import JobStore
 from dffs.manager.store import DEFAULT_CLUSTER_ID, SCHEDULER, SEED_PEER, NotFound, Store
+from dffs.rpc.status import abort_aio
 
 log = logging.getLogger("dffs.manager")
 
@@ -131,13 +132,10 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
     async def _call(self, context: grpc.aio.ServicerContext, fn, *args, **kwargs):
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except UsageError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except DatabaseUnavailable as exc:
-            log.warning("event=database_unavailable error=%r", str(exc))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except DffsError as exc:  # each knows its status (dffs.rpc.status)
+            if isinstance(exc, DatabaseUnavailable):
+                log.warning("event=database_unavailable error=%r", str(exc))
+            await abort_aio(context, exc)
 
     async def ListSchedulers(self, request, context):
         rows = await self._call(
@@ -241,7 +239,7 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             except NotFound:
                 pass
             except DatabaseUnavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                await abort_aio(context, exc)
         cluster = await self._call(context, self.store.get_cluster, cluster_id or DEFAULT_CLUSTER_ID)
         return cluster_config_pb(cluster)
 

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from dffs import errors
 from dffs.errors import UsageError
 from dffs.manager import db
 from dffs.manager.config_keys import CONFIG_KEYS, validate_config_patch
@@ -27,8 +28,8 @@ SEED_PEER = "seed_peer"
 _TABLES = {SCHEDULER: db.schedulers, SEED_PEER: db.seed_peers}
 
 
-class NotFound(LookupError):
-    pass
+class NotFound(errors.NotFound, LookupError):
+    """No such member, cluster or job (NOT_FOUND over gRPC, 404 over HTTP)."""
 
 
 def _row(row) -> dict[str, Any]:

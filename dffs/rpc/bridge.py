@@ -617,6 +617,7 @@ async def open_grpc_server(
     maximum_concurrent_rpcs: int | None = None,
     grace: float = 1.0,
     options: Sequence[tuple[str, Any]] = (),
+    add_port: Callable[[grpc.Server, str], int] | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Serve gRPC on ``address`` for the duration of the block.
 
@@ -645,7 +646,7 @@ async def open_grpc_server(
     )
     try:
         register(server)
-        port = server.add_insecure_port(address)
+        port = add_port(server, address) if add_port is not None else server.add_insecure_port(address)
         server.start()
     except BaseException:
         await _run_in_thread("dffs-rpc-server-stop", lambda: _stop_server(server, executor, 0))

@@ -88,6 +88,12 @@ class SchedulerConfig:
     metrics_port: int = attrs.field(default=8000, converter=int)
     #: Pieces a child fetches at once across its parents (0 = the daemon's default).
     concurrent_piece_count: int = _count(0)
+    #: The cluster key file (``dffs cluster init``); default /etc/dffs/cluster.key when it exists.
+    cluster_key: str | None = None
+    #: Plain text, members unauthenticated (a warning is logged).
+    insecure: bool = False
+    #: Where a key is made when everything is on loopback (shared with a default daemon there).
+    data_dir: str = "/var/lib/dffs"
 
     def policy(self) -> PolicyConfig:
         return PolicyConfig(

@@ -19,6 +19,7 @@ from dffs.manager.tunables import scheduler_tunables
 from dffs.rpc.bridge import channel_options
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.scheduler")
 
@@ -46,8 +47,11 @@ def advertised_ip(config: SchedulerConfig) -> str:
 
 
 class ManagerMembership:
-    def __init__(self, core: SchedulerCore, config: SchedulerConfig, port: int, *, on_change=lambda: None):
+    def __init__(
+        self, core: SchedulerCore, config: SchedulerConfig, port: int, transport: Transport, *, on_change=lambda: None
+    ):
         assert config.manager
+        self.transport = transport
         self.core = core
         self.config = config
         self.port = port
@@ -63,7 +67,8 @@ class ManagerMembership:
     async def run(self) -> None:
         """Forever: register, keep alive, refresh; reconnect with backoff when the manager is gone."""
         backoff = 1.0
-        async with grpc.aio.insecure_channel(self.config.manager, options=channel_options()) as channel:
+        assert self.config.manager is not None
+        async with self.transport.aio_channel(self.config.manager, options=channel_options()) as channel:
             stub = manager_pb2_grpc.ManagerStub(channel)
             while True:
                 try:

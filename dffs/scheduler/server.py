@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -16,6 +17,9 @@ from dffs.scheduler.core import SchedulerCore
 from dffs.scheduler.membership import ManagerMembership
 from dffs.scheduler.service import SchedulerService, add_to_server
 from dffs.scheduler.trigger import GrpcSeedTrigger, SeedTrigger
+from dffs.security.ca import Identity
+from dffs.security.setup import host_of, make_transport
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.scheduler")
 
@@ -24,10 +28,25 @@ log = logging.getLogger("dffs.scheduler")
 STOP_GRACE = 0.5
 
 
+def scheduler_transport(config: SchedulerConfig) -> Transport:
+    """Mutual TLS from the cluster key (or --insecure): see dffs/security/setup.py."""
+    advertise = config.advertise_ip or host_of(config.listen)
+    return make_transport(
+        "scheduler",
+        Identity("scheduler", config.advertise_ip or config.listen),
+        cluster_key=config.cluster_key,
+        insecure_ok=config.insecure,
+        data_dir=Path(config.data_dir),
+        addresses=[config.listen, *([config.manager] if config.manager else [])],
+        cert_addresses=(advertise,) if advertise and advertise not in ("0.0.0.0", "::") else (),
+    )
+
+
 async def serve(
     config: SchedulerConfig,
     stop: asyncio.Event,
     *,
+    transport: Transport,
     seed_trigger: SeedTrigger | None = None,
     ready: Callable[[str, int], None] | None = None,
 ) -> None:
@@ -35,13 +54,15 @@ async def serve(
     core = SchedulerCore(config)
     if seed_trigger is None:
         seed_trigger = GrpcSeedTrigger(
-            accept_timeout=config.seed_trigger_timeout, channel_options=channel_options(config.max_message_bytes)
+            transport,
+            accept_timeout=config.seed_trigger_timeout,
+            channel_options=channel_options(config.max_message_bytes),
         )
     service = SchedulerService(core, seed_trigger=seed_trigger)
     server = grpc.aio.server(options=server_options(config.max_message_bytes))
     add_to_server(service, server)
     try:
-        port = server.add_insecure_port(config.listen)
+        port = transport.add_port(server, config.listen)
     except RuntimeError as exc:
         raise DffsError(f"scheduler cannot listen on {config.listen}: {exc}") from None
     await server.start()
@@ -50,7 +71,8 @@ async def serve(
     membership = None
     if config.manager:
         membership = asyncio.create_task(
-            ManagerMembership(core, config, port, on_change=service.notify_all).run(), name="manager-membership"
+            ManagerMembership(core, config, port, transport, on_change=service.notify_all).run(),
+            name="manager-membership",
         )
     try:
         log.info("event=listening address=%s port=%d", config.listen, port)
@@ -100,4 +122,5 @@ def _print_ready(address: str, port: int) -> None:
 
 def run(config: SchedulerConfig) -> int:
     """The ``dffs scheduler`` process: serve until SIGINT or SIGTERM, then exit 0."""
-    return run_until_signal(lambda stop: serve(config, stop, ready=_print_ready))
+    transport = scheduler_transport(config)
+    return run_until_signal(lambda stop: serve(config, stop, transport=transport, ready=_print_ready))

@@ -26,6 +26,7 @@ import grpc
 
 from dffs.api import dfdaemon_pb2
 from dffs.scheduler.core import SeedTriggerRequest
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.scheduler")
 
@@ -39,13 +40,17 @@ def seed_target(ip: str, port: int) -> str:
 
 
 class GrpcSeedTrigger:
-    def __init__(self, *, accept_timeout: float = 30.0, channel_options: list | None = None):
+    def __init__(self, transport: Transport, *, accept_timeout: float = 30.0, channel_options: list | None = None):
+        #: Mutual TLS as this scheduler: the seed only takes triggers from schedulers and managers.
+        self.transport = transport
         self.accept_timeout = accept_timeout
         self.channel_options = channel_options or []
         self._drains: set[asyncio.Task] = set()
 
     async def __call__(self, request: SeedTriggerRequest) -> None:
-        channel = grpc.aio.insecure_channel(seed_target(request.ip, request.port), options=self.channel_options)
+        channel = self.transport.aio_channel(
+            seed_target(request.ip, request.port), options=self.channel_options or None
+        )
         call = channel.unary_stream(
             DOWNLOAD_TASK_METHOD,
             request_serializer=dfdaemon_pb2.DownloadTaskRequest.SerializeToString,

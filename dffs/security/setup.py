@@ -61,8 +61,11 @@ def make_transport(
     data_dir: Path | None,
     addresses: Iterable[str],
     cert_addresses: tuple[str, ...] = (),
+    create: bool = True,
 ) -> Transport:
-    """The transport for ``dffs COMPONENT``; ``addresses`` are every address it listens on or dials."""
+    """The transport for ``dffs COMPONENT``; ``addresses`` are every address it listens on or dials.
+
+    ``create=False`` for clients (``dffs ctl``): a key made now would match no server."""
     explicit = Path(cluster_key) if cluster_key else None
     if explicit is not None and insecure_ok:
         raise UsageError("--insecure and --cluster-key exclude each other")
@@ -72,7 +75,7 @@ def make_transport(
     if path is None and not insecure_ok:
         if DEFAULT_CLUSTER_KEY.exists():
             path = DEFAULT_CLUSTER_KEY
-        elif local_key is not None and loopback_only:
+        elif local_key is not None and loopback_only and (create or local_key.exists()):
             if not local_key.exists():
                 create_cluster_key(local_key, name="dffs one-host cluster")
                 log.info("event=cluster_key_created path=%s reason=loopback_only", local_key)

@@ -31,10 +31,11 @@ class Child:
         return [a.replace("{manager}", manager or "") for a in self.args]
 
 
-def children(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> list[Child]:
+def children(data_dir: Path, mountpoint: Path, *, cluster: tuple[str, ...] = (), debug: bool = False) -> list[Child]:
+    """``cluster``: the trust flags every child gets (``--cluster-key FILE``, or ``--insecure``)."""
     config = data_dir / "up"
     verbose = ("-v",) if debug else ()
-    return [
+    plan = [
         Child(
             "manager",
             (
@@ -107,11 +108,15 @@ def children(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> list[C
             DAEMON_READY,
         ),
     ]
+    return [attrs.evolve(child, args=(*child.args, *cluster)) for child in plan]
 
 
 #: Config files written to DATA_DIR/up/ (short refresh intervals: everything is local).
 CONFIGS = {
     "manager.toml": "keepalive_ttl = 15\njob_poll_interval = 0.5\n",
     "scheduler.toml": "manager_refresh_interval = 2\n",
-    "daemon.toml": "manager_refresh_interval = 2\nannounce_interval = 5\n",
+    # Every member is this host: a trigger from the scheduler may fetch from this host's own servers.
+    "daemon.toml": (
+        'manager_refresh_interval = 2\nannounce_interval = 5\nremote_allow_networks = ["127.0.0.0/8", "::1/128"]\n'
+    ),
 }

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import trio
 
-from dffs.errors import DffsError
+from dffs.errors import DffsError, UsageError
+from dffs.security.ca import create_cluster_key, load_cluster_key
+from dffs.security.setup import DEFAULT_CLUSTER_KEY, KEY_FILE_NAME
 from dffs.up.plan import CONFIGS, IP, Child, children
 
 log = logging.getLogger(__name__)
@@ -86,10 +88,34 @@ async def _wait_mounted(mountpoint: Path, running: Running) -> None:
     raise DffsError(f"dffs up: the mount at {mountpoint} did not come up (see {running.log_path})")
 
 
-async def up(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> int:
+def cluster_flags(data_dir: Path, cluster_key: Path | None, insecure: bool) -> tuple[str, ...]:
+    """The trust flags for every child: the given key, else /etc/dffs/cluster.key, else a key made in
+    DATA_DIR (everything is on loopback: one host, one cluster), unless ``--insecure``."""
+    if insecure:
+        if cluster_key is not None:
+            raise UsageError("--insecure and --cluster-key exclude each other")
+        return ("--insecure",)
+    path = cluster_key or (DEFAULT_CLUSTER_KEY if DEFAULT_CLUSTER_KEY.exists() else data_dir / KEY_FILE_NAME)
+    if not path.exists():
+        create_cluster_key(path, name="dffs up one-host cluster")
+        log.info("event=cluster_key_created path=%s", path)
+    load_cluster_key(path)  # a one-line error now rather than four children failing
+    return ("--cluster-key", str(path.absolute()))
+
+
+async def up(
+    data_dir: Path,
+    mountpoint: Path,
+    *,
+    cluster_key: Path | None = None,
+    insecure: bool = False,
+    debug: bool = False,
+) -> int:
     config_dir, logs = data_dir / "up", data_dir / "logs"
     for directory in (data_dir, config_dir, logs, mountpoint):
         directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    cluster = cluster_flags(data_dir, cluster_key, insecure)
     for name, text in CONFIGS.items():
         if not (config_dir / name).exists():  # the user's edits win
             (config_dir / name).write_text(text)
@@ -106,7 +132,7 @@ async def up(data_dir: Path, mountpoint: Path, *, debug: bool = False) -> int:
                         return
 
                 nursery.start_soon(watch_signals)
-                for child in children(data_dir, mountpoint, debug=debug):
+                for child in children(data_dir, mountpoint, cluster=cluster, debug=debug):
                     running = await _start(child, manager, logs, debug)
                     started.append(running)
                     nursery.start_soon(_drain, running)

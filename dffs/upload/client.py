@@ -13,14 +13,16 @@ as a :class:`PeerError` naming the parent, the task and the piece.
 
 from __future__ import annotations
 
+import time
 from typing import TypedDict
 
 import trio
 
 from dffs.digest import PIECE_DIGEST_SIZE, format_piece_digest, piece_digest
 from dffs.errors import DffsError, DigestMismatch, RetryableSourceError, SourceError
+from dffs.security.pieceauth import PieceAuth
 from dffs.source.http import HttpOptions, HttpSource
-from dffs.upload.protocol import HEADER_PIECE_DIGEST, host_port, parse_piece_digest, piece_url
+from dffs.upload.protocol import HEADER_PIECE_DIGEST, host_port, parse_piece_digest, piece_path, piece_url
 
 #: Pieces at least this big are hashed in a worker thread (BLAKE3 releases the
 #: GIL), so the trio loop is never held for more than ~1 ms. Smaller ones are
@@ -106,7 +108,12 @@ class PieceClient:
         read_timeout: float = 5.0,
         max_idle_per_parent: int = 4,
         hash_in_thread_min: int = HASH_IN_THREAD_MIN,
+        auth: PieceAuth | None = None,
+        host_id: str = "",
     ):
+        #: Signs every request as this host (a member of the cluster); None: unsigned (--insecure).
+        self.auth = auth
+        self.host_id = host_id
         self.http = HttpSource(
             HttpOptions(
                 connect_timeout=connect_timeout,
@@ -153,8 +160,11 @@ class PieceClient:
         where = _Where(parent=parent, task_id=task_id, number=number)
         about = f"piece {number} of task {task_id} from parent {parent}"
         failure: PeerError | None = None
+        headers = None
+        if self.auth is not None:
+            headers = {"Authorization": self.auth.sign("GET", piece_path(task_id, number), self.host_id, time.time())}
         try:
-            async with self.http.exchange("GET", url, follow_redirects=False) as (head, body):
+            async with self.http.exchange("GET", url, headers=headers, follow_redirects=False) as (head, body):
                 if head.status == 200:
                     claimed, failure = self._check_head(head, len(view), expected, about, where)
                     if failure is None:

@@ -58,6 +58,7 @@ REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    401: "Unauthorized",
     405: "Method Not Allowed",
     408: "Request Timeout",
     416: "Range Not Satisfiable",
@@ -122,6 +123,15 @@ class MalformedHttp(BadRequest):
 
 class NotFound(PieceRequestError):
     status, code = 404, "not_found"
+
+
+class Unauthorized(PieceRequestError):
+    """The request is not signed by a member of this cluster (dffs.security.pieceauth)."""
+
+    status, code = 401, "unauthorized"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", "DffsPiece")]
 
 
 class PieceCorrupt(NotFound):

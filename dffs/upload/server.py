@@ -29,6 +29,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -39,6 +40,7 @@ import trio
 from dffs.errors import StorageError
 from dffs.httpserve import FileSpan, serve_listeners
 from dffs.metrics import daemon as metrics
+from dffs.security.pieceauth import PieceAuth, PieceAuthError
 from dffs.storage import StorageManager, TaskStore
 from dffs.upload.protocol import (
     Busy,
@@ -47,6 +49,7 @@ from dffs.upload.protocol import (
     PieceCorrupt,
     PieceRequest,
     PieceRequestError,
+    Unauthorized,
     check_piece_number,
     error_body,
     has_body,
@@ -165,6 +168,7 @@ class PieceUploadServer:
         send_timeout: float = 30.0,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after: int = 1,
+        auth: PieceAuth | None = None,
     ):
         if max_concurrent_uploads < 1:
             raise ValueError("max_concurrent_uploads must be at least 1")
@@ -177,6 +181,8 @@ class PieceUploadServer:
         self.send_timeout = send_timeout
         self.max_header_bytes = max_header_bytes
         self.retry_after = retry_after
+        #: Checks that each request is signed by a cluster member; None: anyone may fetch (--insecure).
+        self.auth = auth
         self._bucket = TokenBucket(rate_limit_bytes_per_sec) if rate_limit_bytes_per_sec else None
         self._connections_accepted = 0
         self._connections_active = 0
@@ -344,6 +350,7 @@ class PieceUploadServer:
         is_head = event.method == b"HEAD"
         try:
             request = parse_request(event.method, event.target)
+            self._authenticate(event)
         except PieceRequestError as exc:
             await self._send_error(conn, sock, exc, head=is_head)
             return
@@ -370,6 +377,22 @@ class PieceUploadServer:
         finally:
             if slot:
                 self._uploads_active -= 1
+
+    def _authenticate(self, event: h11.Request) -> None:
+        """Only members fetch pieces: the request must carry a valid cluster signature."""
+        if self.auth is None:
+            return
+        header = next((v for k, v in event.headers if k == b"authorization"), None)
+        try:
+            self.auth.verify(
+                header.decode("latin-1") if header is not None else None,
+                event.method.decode("ascii"),
+                event.target.decode("ascii"),
+                time.time(),
+            )
+        except PieceAuthError as exc:
+            log.info("event=upload_refused reason=unauthorized error=%s", exc)
+            raise Unauthorized(str(exc)) from None
 
     def _prepare(self, request: PieceRequest) -> _Prepared:
         """In a worker thread: find, verify and pin the piece (opening a task may
