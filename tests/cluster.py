@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from members import api_token
 from mounts import force_unmount, is_mounted
 
 
@@ -21,6 +22,8 @@ class Process:
         self.ready_re = re.compile(ready)
         self.proc: subprocess.Popen | None = None
         self.match: re.Match | None = None
+        #: A manager's HTTP API token, when it printed one (its database's first start).
+        self.api_token: str | None = None
 
     def start(self, timeout: float = 20) -> Process:
         self.log = open(self.log_path, "ab")
@@ -37,6 +40,7 @@ class Process:
                     raise RuntimeError(f"{self.argv[3:5]} did not start:\n{self.output()}")
                 if sel.select(min(left, 0.2)):
                     line = self.proc.stdout.readline()
+                    self.api_token = api_token(line) or self.api_token
                     self.match = self.ready_re.search(line)
         finally:
             sel.close()
@@ -104,7 +108,12 @@ class Manager(Process):
         http_port = re.search(r"http api on http://\S+:(\d+)/api/v1", http_line)
         assert http_port, (http_line, self.output())
         self.http_url = f"http://{self.ip}:{http_port.group(1)}/api/v1"
+        assert self.api_token, "a manager on a new database prints its API token"
         return self
+
+    @property
+    def auth_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
 
     def http(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         import json
@@ -112,7 +121,7 @@ class Manager(Process):
         import urllib.request
 
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.http_url + path, data=data, method=method)
+        request = urllib.request.Request(self.http_url + path, data=data, method=method, headers=self.auth_header)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())

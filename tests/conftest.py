@@ -41,6 +41,27 @@ def pytest_make_collect_report(collector):
     return _fail_skip_under_ci((yield))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cluster_key(tmp_path_factory):
+    """One cluster for the whole run: every dffs process a test starts inherits
+    ``DFFS_CLUSTER_KEY``, so managers, schedulers and daemons authenticate each
+    other with mutual TLS exactly as in production. Tests of the refusal and of
+    ``--insecure`` clear the variable for their own processes."""
+    from dffs.security.ca import create_cluster_key
+
+    path = tmp_path_factory.mktemp("cluster") / "cluster.key"
+    create_cluster_key(path, name="dffs test cluster")
+    previous = os.environ.get("DFFS_CLUSTER_KEY")
+    os.environ["DFFS_CLUSTER_KEY"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("DFFS_CLUSTER_KEY", None)
+        else:
+            os.environ["DFFS_CLUSTER_KEY"] = previous
+
+
 @pytest.fixture
 def nginx_origin():
     """Factory: ``nginx_origin(root_dir, **options) -> NginxOrigin``, started.

@@ -19,6 +19,8 @@ from dffs.errors import NotFound, NotReady, StorageError, UsageError
 from dffs.gc.policy import GcLimits
 from dffs.gc.service import GcService
 from dffs.peertask import DownloadRequest, TaskManager
+from dffs.security.ca import Identity, load_cluster_key
+from dffs.security.transport import secure
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
 
@@ -27,9 +29,10 @@ HOST_ID = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-async def local(tmp_path):
+async def local(tmp_path, cluster_key):
     """``await local(schedulers=())`` -> LocalTasks on fresh storage; everything closed at teardown."""
     made = []
+    transport = secure(load_cluster_key(cluster_key), Identity("daemon", HOST_ID))
 
     async def hold(storage, sources, schedulers, *, task_status):
         async with TaskManager(storage, sources) as tasks, trio.open_nursery() as nursery:
@@ -44,7 +47,7 @@ async def local(tmp_path):
             storage = StorageManager(tmp_path / f"data{len(made)}")
             sources = SourceRegistry()
             made.append((storage, sources))
-            client = SchedulerClient(HOST_ID, schedulers, announce_interval=60)
+            client = SchedulerClient(HOST_ID, schedulers, announce_interval=60, channel_factory=transport.channel)
             return await nursery.start(hold, storage, sources, client)
 
         yield make

@@ -38,7 +38,7 @@ def ctl(net, host, *args: str, timeout: float = 90) -> subprocess.CompletedProce
 
 def api(net, host, manager: Manager, method: str, path: str, body: dict | None = None) -> dict:
     """The manager's JSON API, with curl from inside a namespace that can reach it."""
-    argv = ["curl", "-sS", "-X", method, manager.http_url + path]
+    argv = ["curl", "-sS", "-X", method, "-H", f"Authorization: Bearer {manager.api_token}", manager.http_url + path]
     if body is not None:
         argv += ["-d", json.dumps(body)]
     return json.loads(net.check_output(host, argv))

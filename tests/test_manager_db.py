@@ -37,15 +37,15 @@ def store(engine):
 def test_migrations_create_schema_from_nothing_and_are_idempotent(db_url):
     engine = db.create_engine(db_url)
     try:
-        assert db.migrate(engine) == "0001"
+        assert db.migrate(engine) == "0002"
         tables = set(sa.inspect(engine).get_table_names())
-        assert {"clusters", "schedulers", "seed_peers", "jobs", "alembic_version"} <= tables
+        assert {"clusters", "schedulers", "seed_peers", "jobs", "api_tokens", "alembic_version"} <= tables
         JobStore(engine).create({"type": "preheat", "urls": ["http://example.com/a"]})
     finally:
         engine.dispose()
     engine = db.create_engine(db_url)  # a restart: same database, migrate again
     try:
-        assert db.migrate(engine) == "0001"
+        assert db.migrate(engine) == "0002"
         assert [c["name"] for c in Store(engine).list_clusters()] == ["default"]
         assert len(JobStore(engine).list()) == 1
     finally:
@@ -160,3 +160,27 @@ def test_jobs_lifecycle(engine):
 def test_job_validation(spec, message):
     with pytest.raises(UsageError, match=message):
         validate_job(spec)
+
+
+def test_api_tokens_are_made_once_and_stored_hashed(db_url):
+    from dffs.manager.tokens import ApiTokens
+    from dffs.scheduler.testing import FakeClock
+
+    engine = db.create_engine(db_url)
+    try:
+        db.migrate(engine)
+        clock = FakeClock()
+        tokens = ApiTokens(engine, clock=clock)
+        first = tokens.ensure_first()
+        assert first and tokens.check(f"Bearer {first}")
+        assert ApiTokens(engine).ensure_first() is None  # the next start prints nothing
+        stored = [row.token_sha256 for row in engine.connect().execute(sa.select(db.api_tokens))]
+        assert first not in stored and len(stored) == 1  # only the digest is kept
+        for bad in (None, "", "Bearer", f"Basic {first}", f"Bearer {first}x", "Bearer x"):
+            assert not tokens.check(bad)
+        later = ApiTokens(engine).create("for CI")
+        assert not tokens.check(f"bearer {later}")  # the database is read at most once a second ...
+        clock.advance(1.5)
+        assert tokens.check(f"bearer {later}")  # ... so another manager's token is learnt soon after
+    finally:
+        engine.dispose()

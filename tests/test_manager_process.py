@@ -18,12 +18,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from members import api_token, member_channel
 from pg import wait_for
 
 from dffs.api import manager_pb2 as pb
 from dffs.api import manager_pb2_grpc
 
 TTL = 1.0
+#: The HTTP API token each database's first manager printed (later starts print none).
+_API_TOKENS: dict[str, str] = {}
 
 
 class ManagerProcess:
@@ -49,9 +52,12 @@ class ManagerProcess:
                 line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"manager did not start: {self.stderr_text()}") from None
+            if (token := api_token(line)) is not None:
+                _API_TOKENS[self.db_url] = token  # printed at a database's first start only
+                continue
             ports.append(int(line.rsplit("(port ", 1)[1].rstrip(")\n")))
         self.grpc_port, self.http_port = ports
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.channel = member_channel(f"127.0.0.1:{self.grpc_port}", role="client")
         self.stub = manager_pb2_grpc.ManagerStub(self.channel)
         return self
 
@@ -61,6 +67,8 @@ class ManagerProcess:
     def http(self, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if isinstance(body, dict | list) else body
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
+        if path.startswith("/api/") and self.db_url in _API_TOKENS:
+            request.add_header("Authorization", f"Bearer {_API_TOKENS[self.db_url]}")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())

@@ -125,6 +125,7 @@ def test_manager_metrics_and_health(tmp_path):
             f"{base}/api/v1/jobs",
             method="POST",
             data=json.dumps({"type": "preheat", "urls": ["http://127.0.0.1:9/x.bin"], "scope": "seed"}).encode(),
+            headers={"Authorization": f"Bearer {manager.api_token}"},
         )
         with urllib.request.urlopen(request, timeout=10) as r:
             assert r.status == 201

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from members import member, member_channel
 
 from dffs.api import common_pb2, dfdaemon_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -73,7 +74,7 @@ class SchedulerProcess:
             match = re.search(r"listening on (\S+):(\d+)", line)
             assert match, line
             self.port = int(match.group(2))
-            self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+            self.channel = member_channel(f"127.0.0.1:{self.port}")
             self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
         except BaseException:
             self.close()
@@ -396,7 +397,7 @@ class FakeSeed:
             },
         )
         self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = member("daemon", "fake-seed").add_port(self.server, "127.0.0.1:0")
         self.server.start()
 
     def close(self):
@@ -731,7 +732,7 @@ class InProcessScheduler:
         self._thread = threading.Thread(target=run)
         self._thread.start()
         assert self._ready.wait(STEP) and not self._error, self._error
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")  # serve(transport=insecure())
         self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
 
     def close(self):

@@ -129,6 +129,7 @@ def test_signed_piece_requests():
 
 def test_which_transport_a_process_gets(tmp_path, monkeypatch):
     monkeypatch.setattr("dffs.security.setup.DEFAULT_CLUSTER_KEY", tmp_path / "no-such-default.key")
+    monkeypatch.delenv("DFFS_CLUSTER_KEY", raising=False)
     ident = Identity("daemon", "d1")
     data = tmp_path / "data"
     data.mkdir()

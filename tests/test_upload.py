@@ -730,8 +730,11 @@ async def test_client_checks_digests_against_the_header_and_the_expectation(fake
         # The parent's digest disagrees with the scheduler's: refused before the body.
         with pytest.raises(PieceDigestMismatch, match="expected"):
             await client.fetch(LOCAL, port, TID, 1, buf, expected_digest=piece_digest(b"other"))
-        with pytest.raises(ValueError):
+        # a malformed digest or port from a parent or the scheduler is the parent's fault, not a crash
+        with pytest.raises(PeerProtocolError, match="malformed piece digest"):
             await client.fetch(LOCAL, port, TID, 1, buf, expected_digest="md5:abc")
+        with pytest.raises(PeerProtocolError, match="invalid port"):
+            await client.fetch(LOCAL, 0, TID, 1, buf)
 
         with pytest.raises(ParentBusy) as busy:
             await client.fetch(LOCAL, port, TID, 2, buf)

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from dffs.config import DEFAULT_DATA_DIR
+from dffs.errors import primary_error
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +22,17 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from dffs.up.supervisor import up
-
     debug = logging.getLogger().isEnabledFor(logging.DEBUG)
     data_dir = Path(args.data_dir or DEFAULT_DATA_DIR).absolute()
+    try:
+        return _run(args, data_dir, debug)
+    except BaseExceptionGroup as group:  # one line, like every other command's errors
+        raise primary_error(group) from None
+
+
+def _run(args: argparse.Namespace, data_dir: Path, debug: bool) -> int:
+    from dffs.up.supervisor import up
+
     return trio.run(
         functools.partial(
             up,

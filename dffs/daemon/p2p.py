@@ -15,6 +15,7 @@ scheduler is left).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 from typing import Any
@@ -33,12 +34,29 @@ from dffs.rpc import bridge
 from dffs.security.redact import shareable_headers, shareable_url
 from dffs.source import SourceStat
 from dffs.upload.client import PeerError, PieceClient
+from dffs.upload.protocol import is_piece_digest
 
 log = logging.getLogger(__name__)
 
 
 class _SchedulerUnreachable(Exception):
     """The scheduler never answered the register: try the next one."""
+
+
+def unusable_parent(peer: common_pb2.Peer, own_host_id: str) -> str | None:
+    """Why a candidate parent from the scheduler cannot be used (None: it can)."""
+    if not peer.id or len(peer.id) > 256:
+        return "no id, or one too long"
+    if peer.host.id == own_host_id:
+        return "it is this host"
+    try:
+        ipaddress.ip_address(peer.host.ip)
+    except ValueError:
+        return f"bad address {peer.host.ip[:64]!r}"
+    for name, port in (("port", peer.host.port), ("download_port", peer.host.download_port)):
+        if not 0 < port < 65536:
+            return f"bad {name} {port}"
+    return None
 
 
 @attrs.frozen
@@ -193,10 +211,10 @@ class P2PFetcher:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._finish_when_complete, task, stream)
-                self._handle(first)
+                self._handle(task, first)
                 try:
                     async for response in stream:
-                        self._handle(response)
+                        self._handle(task, response)
                 except grpc.RpcError as exc:
                     log.info(
                         "task=%s peer=%s event=announce_ended code=%s detail=%s",
@@ -220,30 +238,56 @@ class P2PFetcher:
             except (grpc.RpcError, trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
 
-    def _handle(self, response: scheduler_pb2.AnnouncePeerResponse) -> None:
+    def _handle(self, task: PeerTask, response: scheduler_pb2.AnnouncePeerResponse) -> None:
         kind = response.WhichOneof("response")
         if kind == "normal_task_response":
             for peer in response.normal_task_response.candidate_parents:
-                if peer.id in self.parents or not peer.host.ip:
+                if peer.id in self.parents:
+                    continue
+                problem = unusable_parent(peer, self.schedulers.host_id)
+                if problem is not None:
+                    log.warning(
+                        "task=%s peer=%s event=parent_ignored parent=%.80r reason=%r",
+                        self.task_id,
+                        self.peer_id,
+                        peer.id,
+                        problem,
+                    )
                     continue
                 parent = Parent(peer.id, peer.host.ip, peer.host.port, peer.host.download_port)
                 self.parents[peer.id] = parent
                 assert self._nursery is not None
-                self._nursery.start_soon(self._watch, parent)
+                self._nursery.start_soon(self._watch, parent, task.store.meta.piece_count)
             log.info("task=%s peer=%s event=parents count=%d", self.task_id, self.peer_id, len(self.parents))
         elif kind in ("need_back_to_source_response", "empty_task_response"):
             log.info("task=%s peer=%s event=back_to_source reason=%s", self.task_id, self.peer_id, kind)
             self.back_to_source = True
         self._notify()
 
-    async def _watch(self, parent: Parent) -> None:
-        """Learn a parent's pieces as it gets them (SyncPieces)."""
+    async def _watch(self, parent: Parent, piece_count: int) -> None:
+        """Learn a parent's pieces as it gets them (SyncPieces). What a parent says is checked: a
+        piece outside the task or a malformed digest is ignored, and a parent that keeps saying
+        such things is dropped."""
         request = dfdaemon_pb2.SyncPiecesRequest(host_id=self.schedulers.host_id, task_id=self.task_id)
+        nonsense = 0
         try:
             async with bridge.open_unary_stream(
                 self.swarm.upload_stub(parent.ip, parent.port).SyncPieces, request
             ) as stream:
                 async for piece in stream:
+                    if not 0 <= piece.number < piece_count or not is_piece_digest(piece.digest):
+                        nonsense += 1
+                        log.warning(
+                            "task=%s parent=%s event=parent_nonsense piece=%d digest=%.80r",
+                            self.task_id,
+                            parent.id,
+                            piece.number,
+                            piece.digest,
+                        )
+                        if nonsense >= MAX_PARENT_FAILURES:
+                            parent.failures = MAX_PARENT_FAILURES
+                            break
+                        continue
                     parent.pieces[piece.number] = piece.digest
                     self._notify()
         except grpc.RpcError as exc:

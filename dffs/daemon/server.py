@@ -45,7 +45,7 @@ from dffs.peertask import NoSwarm, Swarm, TaskManager
 from dffs.proxy import ProxyConfig, ProxyServer
 from dffs.rpc import bridge
 from dffs.security.ca import Identity
-from dffs.security.setup import make_transport
+from dffs.security.setup import is_loopback, make_transport
 from dffs.security.urls import RemoteUrlPolicy
 from dffs.snapshotter.component import Snapshotter
 from dffs.snapshotter.config import SnapshotterConfig
@@ -196,7 +196,11 @@ class Daemon:
         cfg = self.cfg
         self.ports["upload"] = await nursery.start(self.upload.serve)
         upload_rpc = UploadServicer(
-            self.storage, self.tasks, cfg.host_id, self.transport, RemoteUrlPolicy(cfg.remote_allow_networks)
+            self.storage,
+            self.tasks,
+            cfg.host_id,
+            self.transport,
+            RemoteUrlPolicy(cfg.remote_allow_networks, allow_loopback=is_loopback(cfg.ip)),
         )
         server = await servers.enter_async_context(
             bridge.open_grpc_server(

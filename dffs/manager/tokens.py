@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -25,8 +26,9 @@ def _digest(token: str) -> str:
 
 
 class ApiTokens:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
+        self.clock = clock
         self._known: frozenset[str] = frozenset()
         self._loaded_at = 0.0
 
@@ -60,17 +62,17 @@ class ApiTokens:
 
     def _load(self, conn: sa.Connection) -> None:
         self._known = frozenset(conn.execute(sa.select(db.api_tokens.c.token_sha256)).scalars())
-        self._loaded_at = time.monotonic()
+        self._loaded_at = self.clock()
 
     def _reload(self) -> None:
         """Tokens another manager on the same database made (at most once a second)."""
-        if time.monotonic() - self._loaded_at < 1.0:
+        if self.clock() - self._loaded_at < 1.0:
             return
         try:
             with db.guard(), self.engine.connect() as conn:
                 self._load(conn)
         except db.DatabaseUnavailable:
-            self._loaded_at = time.monotonic()
+            self._loaded_at = self.clock()
 
     def check(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header carries one of the tokens (constant time per token)."""

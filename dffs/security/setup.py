@@ -1,8 +1,10 @@
 """Which transport a process runs with: the rules of ``--cluster-key`` and ``--insecure``.
 
-1. ``--cluster-key FILE`` (config key ``cluster_key``), else ``/etc/dffs/cluster.key``
-   when it exists, else ``DATA_DIR/cluster.key`` when it exists and the process
-   is on loopback alone.
+1. ``--cluster-key FILE`` (config key ``cluster_key``), else the file named by the
+   environment variable ``DFFS_CLUSTER_KEY`` (for systemd units and test
+   harnesses that start many members), else ``/etc/dffs/cluster.key`` when it
+   exists, else ``DATA_DIR/cluster.key`` when it exists and the process is on
+   loopback alone.
 2. No key and ``--insecure``: plain text, with a warning in the log.
 3. No key, on loopback alone (every listen and every member address is
    loopback or a Unix socket): a key is created at ``DATA_DIR/cluster.key``, so
@@ -14,17 +16,31 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dffs.errors import UsageError
 from dffs.security.ca import Identity, create_cluster_key, load_cluster_key
-from dffs.security.transport import Transport, insecure, secure
+
+if TYPE_CHECKING:
+    from dffs.security.transport import Transport
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER_KEY = Path("/etc/dffs/cluster.key")
 KEY_FILE_NAME = "cluster.key"
+#: Names the cluster key file when no flag or config key does.
+KEY_ENV = "DFFS_CLUSTER_KEY"
+
+
+def default_key() -> Path | None:
+    """The cluster key a process uses when none is given: $DFFS_CLUSTER_KEY, else /etc/dffs/cluster.key."""
+    named = os.environ.get(KEY_ENV)
+    if named:
+        return Path(named)
+    return DEFAULT_CLUSTER_KEY if DEFAULT_CLUSTER_KEY.exists() else None
 
 
 def host_of(address: str) -> str | None:
@@ -65,7 +81,11 @@ def make_transport(
 ) -> Transport:
     """The transport for ``dffs COMPONENT``; ``addresses`` are every address it listens on or dials.
 
+    (grpc is imported here, not at module level: the CLI must set GRPC_VERBOSITY before grpc loads.)
+
     ``create=False`` for clients (``dffs ctl``): a key made now would match no server."""
+    from dffs.security.transport import insecure, secure
+
     explicit = Path(cluster_key) if cluster_key else None
     if explicit is not None and insecure_ok:
         raise UsageError("--insecure and --cluster-key exclude each other")
@@ -73,8 +93,8 @@ def make_transport(
     local_key = data_dir / KEY_FILE_NAME if data_dir is not None else None
     path = explicit
     if path is None and not insecure_ok:
-        if DEFAULT_CLUSTER_KEY.exists():
-            path = DEFAULT_CLUSTER_KEY
+        if (default := default_key()) is not None:
+            path = default
         elif local_key is not None and loopback_only and (create or local_key.exists()):
             if not local_key.exists():
                 create_cluster_key(local_key, name="dffs one-host cluster")

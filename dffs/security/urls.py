@@ -62,10 +62,18 @@ def check_scheme(url: str) -> None:
         raise Forbidden(f"{scheme or 'no'} scheme in a request from another member: only {shared} are shared")
 
 
+#: Loopback, allowed to the members of a one-host cluster (they all are this host).
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104")
+
+
 class RemoteUrlPolicy:
-    def __init__(self, allow_networks: Iterable[str] = ()):
+    def __init__(self, allow_networks: Iterable[str] = (), *, allow_loopback: bool = False):
+        """``allow_loopback``: this daemon listens on loopback only, so every member that can call it
+        runs on this host; their requests may name its loopback origins (link-local and metadata
+        addresses stay refused)."""
+        networks = [*allow_networks, *(LOOPBACK_NETWORKS if allow_loopback else ())]
         #: Networks an operator allows despite BLOCKED_NETWORKS (a private origin on loopback, say).
-        self.allow: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in allow_networks)
+        self.allow: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
     def check_address(self, address: str | IPAddress, *, what: str = "the origin") -> None:
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address

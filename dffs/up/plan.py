@@ -115,8 +115,5 @@ def children(data_dir: Path, mountpoint: Path, *, cluster: tuple[str, ...] = (),
 CONFIGS = {
     "manager.toml": "keepalive_ttl = 15\njob_poll_interval = 0.5\n",
     "scheduler.toml": "manager_refresh_interval = 2\n",
-    # Every member is this host: a trigger from the scheduler may fetch from this host's own servers.
-    "daemon.toml": (
-        'manager_refresh_interval = 2\nannounce_interval = 5\nremote_allow_networks = ["127.0.0.0/8", "::1/128"]\n'
-    ),
+    "daemon.toml": "manager_refresh_interval = 2\nannounce_interval = 5\n",
 }

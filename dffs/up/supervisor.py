@@ -21,7 +21,7 @@ import trio
 
 from dffs.errors import DffsError, UsageError
 from dffs.security.ca import create_cluster_key, load_cluster_key
-from dffs.security.setup import DEFAULT_CLUSTER_KEY, KEY_FILE_NAME
+from dffs.security.setup import KEY_FILE_NAME, default_key
 from dffs.up.plan import CONFIGS, IP, Child, children
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,13 @@ async def _wait_mounted(mountpoint: Path, running: Running) -> None:
 
 
 def cluster_flags(data_dir: Path, cluster_key: Path | None, insecure: bool) -> tuple[str, ...]:
-    """The trust flags for every child: the given key, else /etc/dffs/cluster.key, else a key made in
-    DATA_DIR (everything is on loopback: one host, one cluster), unless ``--insecure``."""
+    """The trust flags for every child: the given key, else the default one (dffs.security.setup),
+    else a key made in DATA_DIR (everything is on loopback: one host, one cluster), unless ``--insecure``."""
     if insecure:
         if cluster_key is not None:
             raise UsageError("--insecure and --cluster-key exclude each other")
         return ("--insecure",)
-    path = cluster_key or (DEFAULT_CLUSTER_KEY if DEFAULT_CLUSTER_KEY.exists() else data_dir / KEY_FILE_NAME)
+    path = cluster_key or default_key() or data_dir / KEY_FILE_NAME
     if not path.exists():
         create_cluster_key(path, name="dffs up one-host cluster")
         log.info("event=cluster_key_created path=%s", path)

@@ -110,10 +110,16 @@ class PieceClient:
         hash_in_thread_min: int = HASH_IN_THREAD_MIN,
         auth: PieceAuth | None = None,
         host_id: str = "",
+        min_rate: float = 256 * 1024,
     ):
         #: Signs every request as this host (a member of the cluster); None: unsigned (--insecure).
         self.auth = auth
         self.host_id = host_id
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        #: A parent slower than this (bytes/s, beyond the timeouts) is given up on: a drip of bytes
+        #: under the read timeout must not hold a piece for ever.
+        self.min_rate = min_rate
         self.http = HttpSource(
             HttpOptions(
                 connect_timeout=connect_timeout,
@@ -153,37 +159,50 @@ class PieceClient:
         and the expected digest. Raises a :class:`PeerError` otherwise; the
         buffer's contents are then undefined.
         """
-        url = piece_url(host, port, task_id, number)
-        parent = host_port(host, port)
+        try:
+            url = piece_url(host, port, task_id, number)
+            parent = host_port(host, port)
+            expected = _as_digest(expected_digest)
+        except ValueError as exc:  # what a parent or the scheduler said about it is malformed
+            raise PeerProtocolError(
+                f"piece {number} of task {task_id} from {host!r} port {port!r}: {exc}",
+                parent=f"{host}:{port}",
+                task_id=task_id,
+                number=number,
+            ) from None
         view = memoryview(buffer).cast("B")
-        expected = _as_digest(expected_digest)
         where = _Where(parent=parent, task_id=task_id, number=number)
         about = f"piece {number} of task {task_id} from parent {parent}"
         failure: PeerError | None = None
         headers = None
         if self.auth is not None:
             headers = {"Authorization": self.auth.sign("GET", piece_path(task_id, number), self.host_id, time.time())}
+        deadline = self.connect_timeout + self.read_timeout + len(view) / self.min_rate
         try:
-            async with self.http.exchange("GET", url, headers=headers, follow_redirects=False) as (head, body):
-                if head.status == 200:
-                    claimed, failure = self._check_head(head, len(view), expected, about, where)
-                    if failure is None:
-                        await _read_exactly(body, view)
-                elif head.status == 503:
-                    failure = ParentBusy(
-                        f"{about}: parent is busy (503)",
-                        status=503,
-                        retry_after=_retry_after(head.get("retry-after")),
-                        **where,
-                    )
-                elif head.status in (404, 416):
-                    failure = PieceNotAvailable(
-                        f"{about}: parent does not have it ({head.status})", status=head.status, **where
-                    )
-                else:
-                    failure = PeerProtocolError(
-                        f"{about}: parent answered {head.status} {head.reason}".rstrip(), status=head.status, **where
-                    )
+            with trio.fail_after(deadline):
+                async with self.http.exchange("GET", url, headers=headers, follow_redirects=False) as (head, body):
+                    if head.status == 200:
+                        claimed, failure = self._check_head(head, len(view), expected, about, where)
+                        if failure is None:
+                            await _read_exactly(body, view)
+                    elif head.status == 503:
+                        failure = ParentBusy(
+                            f"{about}: parent is busy (503)",
+                            status=503,
+                            retry_after=_retry_after(head.get("retry-after")),
+                            **where,
+                        )
+                    elif head.status in (404, 416):
+                        failure = PieceNotAvailable(
+                            f"{about}: parent does not have it ({head.status})", status=head.status, **where
+                        )
+                    else:
+                        answered = f"{about}: parent answered {head.status} {head.reason}".rstrip()
+                        failure = PeerProtocolError(answered, status=head.status, **where)
+        except trio.TooSlowError:
+            raise ParentUnreachable(
+                f"{about}: slower than {self.min_rate / 1024:.0f} KiB/s (gave up after {deadline:.0f}s)", **where
+            ) from None
         except RetryableSourceError as exc:
             raise ParentUnreachable(f"{about}: {exc}", **where) from None
         except SourceError as exc:

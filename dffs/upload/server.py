@@ -169,6 +169,9 @@ class PieceUploadServer:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after: int = 1,
         auth: PieceAuth | None = None,
+        min_rate: float = 256 * 1024,
+        max_connections: int = 1024,
+        max_connections_per_client: int = 64,
     ):
         if max_concurrent_uploads < 1:
             raise ValueError("max_concurrent_uploads must be at least 1")
@@ -183,6 +186,12 @@ class PieceUploadServer:
         self.retry_after = retry_after
         #: Checks that each request is signed by a cluster member; None: anyone may fetch (--insecure).
         self.auth = auth
+        #: A child that reads a piece slower than this (bytes/s, after a grace of ``send_timeout``)
+        #: loses its connection: a drip of reads must not hold an upload slot for ever.
+        self.min_rate = min_rate
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
+        self._per_client: Counter[str] = Counter()
         self._bucket = TokenBucket(rate_limit_bytes_per_sec) if rate_limit_bytes_per_sec else None
         self._connections_accepted = 0
         self._connections_active = 0
@@ -273,6 +282,29 @@ class PieceUploadServer:
         sock = stream.socket
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         try:
+            client = sock.getpeername()[0]
+        except OSError:
+            client = "?"
+        self._per_client[client] += 1
+        try:
+            if (
+                self._connections_active > self.max_connections
+                or self._per_client[client] > self.max_connections_per_client
+            ):
+                self._rejected["too_many_connections"] += 1
+                log.info("event=upload_connection_refused client=%s reason=too_many_connections", client)
+                body = b"too many connections\n"
+                with trio.move_on_after(1):  # h11 answers only requests: this one is said before any
+                    await self._send_bytes(
+                        sock,
+                        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: "
+                        + str(self.retry_after).encode()
+                        + b"\r\nContent-Length: "
+                        + str(len(body)).encode()
+                        + b"\r\n\r\n"
+                        + body,
+                    )
+                return
             first = True
             while True:
                 event = await self._receive_request(conn, sock, first=first)
@@ -293,6 +325,9 @@ class PieceUploadServer:
             log.exception("event=upload_connection_failed")
         finally:
             self._connections_active -= 1
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
             await trio.aclose_forcefully(stream)
 
     # -------------------------------------------------------------- requests
@@ -469,8 +504,20 @@ class PieceUploadServer:
         tail = conn.send(h11.EndOfMessage())
         assert not tail  # Content-Length framing has no trailer
         await self._send_bytes(sock, head, _MSG_MORE)
+        deadline = self.send_timeout + piece.length / self.min_rate
         try:
-            await self._send_file(sock, piece.fd, piece.offset, piece.length)
+            with trio.fail_after(deadline):
+                await self._send_file(sock, piece.fd, piece.offset, piece.length)
+        except trio.TooSlowError:
+            self._uploads_aborted += 1
+            self._rejected["too_slow"] += 1
+            log.info(
+                "task=%s piece=%d event=upload_aborted reason=too_slow seconds=%.0f",
+                request.task_id,
+                request.number,
+                deadline,
+            )
+            raise _Close() from None
         except BaseException:
             self._uploads_aborted += 1
             raise
