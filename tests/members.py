@@ -31,3 +31,15 @@ def api_token(line: str) -> str | None:
     """The manager's API token from its first-start line, if ``line`` is that line."""
     match = _TOKEN_LINE.search(line)
     return match.group(1) if match else None
+
+
+def signed_piece_header(task_id: str, number: int, *, host_id: str = "tests") -> str:
+    """An ``Authorization`` header value for ``GET /pieces/TASK/N``, signed as a member would
+    (for a plain HTTP client such as curl reading a daemon's upload port)."""
+    import time
+
+    from dffs.security.pieceauth import PieceAuth
+    from dffs.upload.protocol import piece_path
+
+    key = load_cluster_key(Path(os.environ["DFFS_CLUSTER_KEY"]))
+    return PieceAuth(key.piece_auth_key()).sign("GET", piece_path(task_id, number), host_id, time.time())

@@ -16,6 +16,7 @@ import sys
 import pytest
 from cli import sha256_file
 from cluster import Daemon, Manager, Process
+from members import signed_piece_header
 from netns import Network
 from test_p2p_cluster import wait_for
 
@@ -66,7 +67,18 @@ def fetch_piece(net, hosts, daemons, name: str, task_id: str) -> float:
     upload_port = daemons[name].match.group(1)
     url = f"http://{hosts[name].ip}:{upload_port}/pieces/{task_id}/0"
     out = net.check_output(
-        client, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", url]
+        client,
+        [
+            "curl",
+            "-sS",
+            "-H",
+            f"Authorization: {signed_piece_header(task_id, 0)}",  # the data plane serves members only
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download} %{time_total}",
+            url,
+        ],
     )
     code, size, seconds = out.split()
     assert (code, int(size)) == ("200", 4 * MiB), out
