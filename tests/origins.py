@@ -666,7 +666,10 @@ class Behavior:
     the first N requests of the path (counted from when it was set), then act
     normally. ``.replace(methods=("GET",))`` limits it to some methods.
     ``rate`` (bytes/s of body) and ``headers`` (extra response
-    headers) apply with any kind.
+    headers) apply with any kind. ``replace_headers`` replaces (or, with a None
+    value, removes) headers of the served object's answer by name, e.g. a
+    ``Content-Length`` of ``99999999999999999999`` for a hostile origin; the
+    body sent stays the real one.
     """
 
     kind: str = NORMAL
@@ -681,6 +684,7 @@ class Behavior:
     absolute: bool = False
     shift: int = 1
     headers: tuple[tuple[str, str], ...] = ()
+    replace_headers: tuple[tuple[str, str | None], ...] = ()
     #: Apply only to these methods (e.g. ``("GET",)``); None: to every method.
     methods: tuple[str, ...] | None = None
 
@@ -1389,6 +1393,11 @@ class FaultyOrigin:
         else:
             headers.append(("Content-Length", str(len(part))))
         headers += extra
+        if b.replace_headers:
+            replaced = {name.lower() for name, _ in b.replace_headers}
+            headers = [h for h in headers if h[0].lower() not in replaced]
+            headers += [(name, value) for name, value in b.replace_headers if value is not None]
+            keep = False  # the framing may be a lie now: one answer per connection
         if kind in (RESET, TRUNCATE):
             keep = False
         self._send_head(sock, req, status, headers, keep)

@@ -14,9 +14,10 @@ from typing import Any
 
 import trio
 
+from dffs.bounds import check_size
 from dffs.digest import ExpectedDigest
-from dffs.errors import DigestMismatch, SourceError, StorageError
-from dffs.idgen import piece_length_for
+from dffs.errors import DigestMismatch, SourceError, StorageError, UsageError
+from dffs.idgen import piece_count, piece_length_for
 from dffs.peertask.background import Background
 from dffs.peertask.buffers import BufferPool
 from dffs.peertask.export import verify_task
@@ -25,12 +26,15 @@ from dffs.peertask.singleflight import SingleFlight
 from dffs.peertask.swarm import NoSwarm, Swarm
 from dffs.peertask.task import PeerTask, ProgressCallback
 from dffs.source import Source, SourceRegistry, SourceStat, Validators
+from dffs.source.http.protocol import forwarded_headers
 from dffs.storage import StorageManager, TaskMeta
 
 log = logging.getLogger(__name__)
 
 #: Rounds of "drop the corrupt pieces, fetch them again" before a task is given up on.
 VERIFY_ROUNDS = 3
+#: Most pieces one task may have (its piece table and journal are kept whole).
+MAX_PIECE_COUNT = 1 << 22
 
 
 class TaskManager:
@@ -114,11 +118,20 @@ class TaskManager:
             if store is None:
                 if stat.content_length is None:
                     raise SourceError(f"{request.url}: the origin does not report the object's size")
+                try:  # sources bound what they parse; the swarm's word (a scheduler's StatTask) too
+                    size = check_size(stat.content_length)
+                except ValueError as exc:
+                    raise SourceError(f"{request.url}: unusable object size: {exc}") from None
+                piece_length = request.piece_length or piece_length_for(size)
+                if piece_count(size, piece_length) > MAX_PIECE_COUNT:
+                    raise UsageError(
+                        f"{request.url}: {size} bytes in pieces of {piece_length} is over {MAX_PIECE_COUNT} pieces"
+                    )
                 meta = TaskMeta(
                     task_id=tid,
                     url=request.url,
-                    content_length=stat.content_length,
-                    piece_length=request.piece_length or piece_length_for(stat.content_length),
+                    content_length=size,
+                    piece_length=piece_length,
                     etag=stat.etag,
                     last_modified=stat.last_modified,
                     content_type=stat.content_type,
@@ -134,7 +147,8 @@ class TaskManager:
                 stat,
                 fetcher=fetcher,
                 background=background,
-                headers=request.headers,
+                # Pieces go straight to where the origin redirected: credentials only if that is the same origin.
+                headers=forwarded_headers(request.url, stat.url, request.headers),
                 buffers=self.buffers,
             )
             if not store.is_complete():

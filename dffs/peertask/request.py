@@ -6,7 +6,12 @@ from collections.abc import Mapping
 
 import attrs
 
+from dffs.errors import UsageError
 from dffs.idgen import task_id
+
+#: Bounds of a piece length a client names (``dffs ctl import --piece-length``).
+MIN_EXPLICIT_PIECE_LENGTH = 1024
+MAX_EXPLICIT_PIECE_LENGTH = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -17,7 +22,15 @@ class DownloadRequest:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     tag: str = ""
     application: str = ""
-    piece_length: int | None = None
+    piece_length: int | None = attrs.field(default=None)
+
+    @piece_length.validator
+    def _check_piece_length(self, attribute: attrs.Attribute, value: int | None) -> None:
+        # Buffers are one piece long: an explicit length is bounded before anything is allocated.
+        if value is not None and not MIN_EXPLICIT_PIECE_LENGTH <= value <= MAX_EXPLICIT_PIECE_LENGTH:
+            raise UsageError(
+                f"piece length {value} is not between {MIN_EXPLICIT_PIECE_LENGTH} and {MAX_EXPLICIT_PIECE_LENGTH}"
+            )
 
     @property
     def task_id(self) -> str:

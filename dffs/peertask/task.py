@@ -53,7 +53,9 @@ class PeerTask:
         self.background = background
         self.headers = dict(headers or {})
         self.buffers = buffers or BufferPool()
-        self.validators = Validators(etag=store.meta.etag, last_modified=store.meta.last_modified)
+        self.validators = Validators(
+            etag=store.meta.etag, last_modified=store.meta.last_modified, content_length=store.meta.content_length
+        )
         self._pieces: SingleFlight[int] = SingleFlight()
         self._ranges_supported = stat.accepts_ranges
         #: Bytes this process fetched from the origin for this task.

@@ -38,6 +38,8 @@ class Validators:
 
     etag: str | None = None
     last_modified: str | None = None
+    #: The object's size as first seen: a ranged answer about another size is a changed object.
+    content_length: int | None = None
 
     @property
     def any(self) -> bool:

@@ -437,7 +437,9 @@ class S3Source:
         conditions = self._conditions(validators)
         signed = await self._sign("GET", http_url, headers)
         try:
-            await self.http.read_range(http_url, offset, buffer, headers={**signed, **conditions})
+            # The size is checked against Content-Range; versions are pinned by the conditions above.
+            size_only = Validators(content_length=validators.content_length) if validators is not None else None
+            await self.http.read_range(http_url, offset, buffer, headers={**signed, **conditions}, validators=size_only)
         except SourceError as exc:
             raise await self._explain(exc, loc, http_url, headers, conditions) from None
 

@@ -15,6 +15,7 @@ import time
 import h11
 import trio
 
+from dffs.bounds import validator
 from dffs.errors import RetryableSourceError, SourceError
 from dffs.source.http.pool import reason
 from dffs.source.http.protocol import (
@@ -65,7 +66,7 @@ class HttpConnection:
         await self._send(data)
         head, leftover = await self._read_head(conn)
         self._reset_body_state()
-        self.content_length = head.content_length
+        self.content_length = _checked_length(head)
         self._pending = memoryview(leftover)
         connection_ok = keep_alive(head.http_version, head.get("connection"))
         if body_is_empty(method, head.status):
@@ -222,6 +223,20 @@ class HttpConnection:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
                     await trio.aclose_forcefully(self._stream)
+
+
+def _checked_length(head: ResponseHead) -> int | None:
+    """The head's Content-Length, and its validators' lengths, checked once per response: an
+    absurd value is this request's SourceError, never a surprise to whoever reads the head later."""
+    for name in ("etag", "last-modified"):
+        try:
+            validator(head.get(name))
+        except ValueError as exc:
+            raise SourceError(f"unusable HTTP response head: {name}: {exc}") from None
+    try:
+        return head.content_length
+    except ValueError as exc:
+        raise SourceError(f"unusable HTTP response head: Content-Length: {exc}") from None
 
 
 class StaleConnection(RetryableSourceError):

@@ -8,16 +8,21 @@ connection be reused, is it worth retrying, where does a redirect go.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import attrs
 
+from dffs.bounds import MAX_OBJECT_SIZE, parse_size
 from dffs.errors import UsageError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*$", re.IGNORECASE)
+#: Request headers that carry credentials: never sent on to another origin by a redirect.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-amz-security-token", "x-auth-token", "x-api-key"}
+)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -69,6 +74,8 @@ def parse_content_range(value: str) -> tuple[int, int, int | None]:
     total = None if match.group(3) == "*" else int(match.group(3))
     if end < start or (total is not None and end >= total):
         raise ValueError(f"inconsistent Content-Range {value!r}")
+    if end >= MAX_OBJECT_SIZE or (total is not None and total > MAX_OBJECT_SIZE):
+        raise ValueError(f"Content-Range {value!r} is past the {MAX_OBJECT_SIZE}-byte object limit")
     return start, end, total
 
 
@@ -80,9 +87,36 @@ def range_header(offset: int, length: int | None) -> str:
 
 
 def redirect_url(base: str, location: str | None) -> str:
+    """Where a redirect from ``base`` goes; ValueError for none, or for a step down from https to http."""
     if not location:
         raise ValueError("redirect without a Location header")
-    return urljoin(base, location)
+    target = urljoin(base, location)
+    if urlsplit(base).scheme.lower() == "https" and urlsplit(target).scheme.lower() == "http":
+        raise ValueError(f"refusing a redirect from https to plain http ({target})")
+    return target
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs reach the same (scheme, host, port); False when either is malformed."""
+
+    def key(url: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname, parts.port or DEFAULT_PORTS.get(scheme)
+
+    try:
+        return key(a) == key(b)
+    except ValueError:
+        return False
+
+
+def forwarded_headers(from_url: str, to_url: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers to send to ``to_url`` when ``from_url`` redirected there:
+    all of them on the same origin, none that carry credentials on another
+    (as browsers and curl do: a redirect must not hand a token to a third party)."""
+    if same_origin(from_url, to_url):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
 
 
 def keep_alive(http_version: bytes, connection_header: str | None) -> bool:
@@ -109,8 +143,9 @@ class ResponseHead:
 
     @property
     def content_length(self) -> int | None:
+        """The body's length; ValueError when it is not a sane byte count (checked once per response)."""
         value = self.headers.get("content-length")
-        return int(value) if value is not None else None
+        return parse_size(value) if value is not None else None
 
 
 def headers_to_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from dffs.source.http.autoindex import parse_index
 from dffs.source.http.connection import HttpConnection, StaleConnection
 from dffs.source.http.pool import ConnectionPool
 from dffs.source.http.protocol import (
+    CREDENTIAL_HEADERS,
     REDIRECT_STATUSES,
     RETRYABLE_STATUSES,
     ResponseHead,
@@ -33,6 +34,7 @@ from dffs.source.http.protocol import (
     parse_target,
     range_header,
     redirect_url,
+    same_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -131,15 +133,24 @@ class HttpSource:
                     await self.pool.discard_idle(target.origin_key)
                     if fresh_try:
                         raise
+                except SourceError as exc:
+                    await conn.aclose()
+                    if exc.args and isinstance(exc.args[0], str) and url not in exc.args[0]:
+                        exc.args = (f"{method} {url}: {exc.args[0]}", *exc.args[1:])  # one line naming the URL
+                    raise
                 except BaseException:
                     await conn.aclose()
                     raise
             if follow_redirects and head.status in REDIRECT_STATUSES and method in ("GET", "HEAD"):
                 await self._release(conn)
                 try:
-                    url = redirect_url(url, head.get("location"))
-                except ValueError as exc:
-                    raise SourceError(f"{method} {url}: {exc}") from None
+                    new_url = redirect_url(url, head.get("location"))
+                    parse_target(new_url)
+                except (ValueError, UsageError) as exc:
+                    raise SourceError(f"{method} {url}: bad redirect: {exc}") from None
+                if not same_origin(url, new_url):  # credentials are for the origin they were given for
+                    headers = [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS]
+                url = new_url
                 continue
             return conn, head, url
         raise SourceError(f"{method} {url}: more than {self.options.max_redirects} redirects")
@@ -197,9 +208,14 @@ class HttpSource:
         try:
             if head.status == 206:
                 try:
-                    _, _, total = parse_content_range(head.get("content-range") or "")
+                    start, end, total = parse_content_range(head.get("content-range") or "")
                 except ValueError as exc:
                     raise SourceError(f"GET {url}: {exc}") from None
+                if start != 0 or (head.content_length is not None and head.content_length != end - start + 1):
+                    raise SourceError(
+                        f"GET {url}: asked for byte 0, origin sent Content-Range {head.get('content-range')!r} "
+                        f"with Content-Length {head.content_length}"
+                    )
                 return self._stat_from(final_url, head, total)
             if head.status == 416:  # nothing to range over: an empty object
                 return self._stat_from(final_url, head, 0)
@@ -261,7 +277,7 @@ class HttpSource:
         )
         try:
             if head.status == 206:
-                self._check_content_range(url, head, start, want)
+                self._check_content_range(url, head, start, want, validators)
             elif head.status == 200:
                 if validators is not None and validators.etag and head.get("etag") not in (None, validators.etag):
                     raise SourceChanged(f"GET {url}: the object changed at the origin (ETag {head.get('etag')})")
@@ -291,12 +307,19 @@ class HttpSource:
         return filled
 
     @staticmethod
-    def _check_content_range(url: str, head: ResponseHead, start: int, length: int) -> None:
+    def _check_content_range(
+        url: str, head: ResponseHead, start: int, length: int, validators: Validators | None = None
+    ) -> None:
         value = head.get("content-range")
         try:
-            got_start, got_end, _ = parse_content_range(value or "")
+            got_start, got_end, total = parse_content_range(value or "")
         except ValueError as exc:
             raise SourceError(f"GET {url}: {exc}") from None
+        expected_total = validators.content_length if validators is not None else None
+        if total is not None and expected_total is not None and total != expected_total:
+            raise SourceChanged(
+                f"GET {url}: Content-Range {value!r} says the object is {total} bytes, not {expected_total}"
+            )
         if got_start != start or got_end != start + length - 1:
             raise SourceError(
                 f"GET {url}: asked for bytes {start}-{start + length - 1}, origin sent Content-Range {value!r}"
