@@ -14,6 +14,7 @@ from origins import Behavior, FaultyOrigin
 
 from dffs.bounds import MAX_OBJECT_SIZE
 from dffs.errors import SourceChanged, SourceError
+from dffs.fs.namespace import parse_http_date
 from dffs.source import HttpOptions, HttpSource, Validators
 
 BODY = bytes(range(256)) * 64  # 16 KiB
@@ -96,6 +97,17 @@ async def test_thousands_of_headers(source, faulty_origin):
     lots = faulty_origin.add("/lots", BODY, behavior=Behavior(headers=tuple((f"X-H{i}", "v") for i in range(20000))))
     with pytest.raises(SourceError, match="larger than"):
         await source.stat(lots)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Fri, 31 Dec 99999 23:59:59 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "garbage", "Thu, 01 Jan 1970 00:00:00 +9999"],
+)
+async def test_absurd_last_modified_is_an_unknown_time(source, faulty_origin, value):
+    url = faulty_origin.add("/dated", BODY, last_modified=value)
+    stat = await source.stat(url)
+    assert stat.last_modified == value  # kept as the validator the origin gave
+    assert parse_http_date(stat.last_modified) == 0.0  # but not believed as a time
 
 
 # --------------------------------------------------------------- redirects

@@ -25,6 +25,7 @@ import attrs
 import pyfuse3
 import trio
 
+from dffs.bounds import check_size, name_problem, timestamp
 from dffs.errors import DffsError, SourceError, UsageError
 from dffs.fs.manifest import ManifestEntry
 from dffs.fs.nodes import InodeTable, Node, Role
@@ -49,11 +50,13 @@ def valid_host(name: str) -> bool:
 
 
 def parse_http_date(value: str | None) -> float:
+    """An HTTP date as seconds since the epoch; 0 (unknown) when garbage or out of range, as RFC 9110
+    lets a recipient ignore an invalid Last-Modified."""
     if not value:
         return 0.0
     try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+        return timestamp(parsedate_to_datetime(value).timestamp()) or 0.0
+    except (TypeError, ValueError, OverflowError, IndexError):
         return 0.0
 
 
@@ -251,22 +254,37 @@ class Namespace:
             log.info("event=listing_unavailable url=%s error=%s", node.url, exc)
             return
         seen = set()
+        skipped = 0
         for entry in entries:
+            # Whatever the listing's parser let through, a name must be one file name and a
+            # size a real size: a bad entry is logged and left out, the rest of the directory stays.
+            problem = name_problem(entry.name)
+            if problem is None and entry.size is not None:
+                try:
+                    check_size(entry.size)
+                except ValueError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                skipped += 1
+                if skipped <= 10:
+                    log.error(
+                        "event=listing_entry_skipped url=%s name=%r reason=%s", node.url, entry.name[:300], problem
+                    )
+                continue
+            if entry.name in seen:
+                continue  # a listing that names an entry twice: the first one counts
             if entry.size is None and not entry.is_dir:
                 continue  # rounded or missing size: resolved by HEAD when looked up
             seen.add(entry.name)
+            mtime = timestamp(entry.mtime) or 0.0
             if entry.is_dir:
-                self.table.add_child(node, entry.name, Role.REMOTE_DIR, url=entry.url, mtime=entry.mtime or 0.0)
+                self.table.add_child(node, entry.name, Role.REMOTE_DIR, url=entry.url, mtime=mtime)
             else:
                 self.table.add_child(
-                    node,
-                    entry.name,
-                    Role.FILE,
-                    url=entry.url,
-                    size=entry.size,
-                    mtime=entry.mtime or 0.0,
-                    etag=entry.etag,
+                    node, entry.name, Role.FILE, url=entry.url, size=entry.size, mtime=mtime, etag=entry.etag
                 )
+        if skipped > 10:
+            log.error("event=listing_entries_skipped url=%s count=%d", node.url, skipped)
         for name in [n for n in node.children if n not in seen]:
             node.children.pop(name)
         node.listed_at = time.monotonic()

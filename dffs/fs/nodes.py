@@ -15,6 +15,8 @@ import time
 import attrs
 import pyfuse3
 
+from dffs.bounds import MAX_OBJECT_SIZE, timestamp
+
 
 class Role(enum.Enum):
     ROOT = "root"
@@ -110,17 +112,19 @@ def attributes(node: Node, *, entry_timeout: float, attr_timeout: float) -> pyfu
     attr.generation = 0
     attr.entry_timeout = entry_timeout
     attr.attr_timeout = attr_timeout
+    # Sizes and times were bounded where they were parsed; clamped again here, because a value
+    # pyfuse3 cannot convert (an int64 overflow) would end the whole mount, not one request.
+    size = 0 if node.is_dir else min(max(node.size, 0), MAX_OBJECT_SIZE)
     if node.is_dir:
         attr.st_mode = stat.S_IFDIR | 0o555
         attr.st_nlink = 2
-        attr.st_size = 0
     else:
         attr.st_mode = stat.S_IFREG | 0o444
         attr.st_nlink = 1
-        attr.st_size = node.size
+    attr.st_size = size
     attr.st_blksize = 1 << 20  # invites large reads
-    attr.st_blocks = (attr.st_size + 511) // 512
-    mtime_ns = int(node.mtime * 1e9)
+    attr.st_blocks = (size + 511) // 512
+    mtime_ns = int((timestamp(node.mtime) or 0.0) * 1e9)
     attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
     attr.st_uid = 0
     attr.st_gid = 0

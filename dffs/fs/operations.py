@@ -9,12 +9,13 @@ with EIO rather than hang; the next read tries the origin again.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
 
 import attrs
 import pyfuse3
@@ -68,6 +69,26 @@ class OpenFile:
     prefetched_whole: bool = False
 
 
+def _eio_on_surprise(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Answer EIO, with the traceback in the log, when a handler raises anything but FUSEError.
+
+    pyfuse3 ends its main loop — the whole mount, for every user — on any other
+    exception; no input, however absurd, may cost more than the one request."""
+
+    @functools.wraps(method)
+    async def guarded(self: DffsOperations, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("event=fuse_internal_error op=%s action=eio", method.__name__)
+            metrics.fuse_errors.labels(method.__name__).inc()
+            raise fuse_error(errno.EIO) from None
+
+    return guarded
+
+
 class DffsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -99,6 +120,7 @@ class DffsOperations(pyfuse3.Operations):
         return attributes(node, entry_timeout=timeout, attr_timeout=timeout)
 
     # ----------------------------------------------------------- metadata
+    @_eio_on_surprise
     async def lookup(self, parent_inode, name, ctx=None):
         self.counters["lookups"] += 1
         metrics.fuse_ops.labels("lookup").inc()
@@ -113,6 +135,7 @@ class DffsOperations(pyfuse3.Operations):
                 raise
         return self._attr(node)
 
+    @_eio_on_surprise
     async def getattr(self, inode, ctx=None):
         return self._attr(self._node(inode))
 
@@ -121,6 +144,7 @@ class DffsOperations(pyfuse3.Operations):
         # any name still maps to them, and they are small.
         pass
 
+    @_eio_on_surprise
     async def statfs(self, ctx):
         st = os.statvfs(self.data_dir)
         data = pyfuse3.StatvfsData()
@@ -136,6 +160,7 @@ class DffsOperations(pyfuse3.Operations):
         return data
 
     # --------------------------------------------------------- directories
+    @_eio_on_surprise
     async def opendir(self, inode, ctx):
         node = self._node(inode)
         if not node.is_dir:
@@ -145,6 +170,7 @@ class DffsOperations(pyfuse3.Operations):
         self._dirs[handle] = sorted(children, key=lambda n: n.name)
         return handle
 
+    @_eio_on_surprise
     async def readdir(self, fh, start_id, token):
         entries = self._dirs.get(fh, [])
         for index in range(start_id, len(entries)):
@@ -156,6 +182,7 @@ class DffsOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     # ---------------------------------------------------------------- files
+    @_eio_on_surprise
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
         if node.is_dir:
@@ -170,6 +197,7 @@ class DffsOperations(pyfuse3.Operations):
     async def release(self, fh):
         self._files.pop(fh, None)
 
+    @_eio_on_surprise
     async def read(self, fh, off, size):
         """One kernel read: errors become EIO (cause logged with the task ID), never a hang."""
         handle = self._files.get(fh)

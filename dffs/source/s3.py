@@ -38,6 +38,7 @@ from urllib.parse import quote
 import attrs
 import trio
 
+from dffs.bounds import parse_size, timestamp
 from dffs.errors import RetryableSourceError, SourceChanged, SourceError, UsageError
 from dffs.source.base import ListEntry, SourceStat, Validators
 from dffs.source.http import HttpSource
@@ -137,6 +138,8 @@ def parse_error(body: bytes) -> S3ErrorDocument | None:
 class ListPage:
     entries: list[ListEntry]
     next_token: str | None  #: None on the last page
+    #: (key, why) of entries left out: not a direct child, a bad size. Logged by the caller.
+    skipped: list[tuple[str, str]] = attrs.Factory(list)
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -144,11 +147,11 @@ def _parse_time(value: str | None) -> float | None:
         return None
     try:
         when = datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return timestamp(when.timestamp())
+    except (ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return when.timestamp()
 
 
 def parse_list_page(body: bytes, bucket: str, prefix: str) -> ListPage:
@@ -160,22 +163,34 @@ def parse_list_page(body: bytes, bucket: str, prefix: str) -> ListPage:
     if _local(root.tag) != "ListBucketResult":
         raise ValueError(f"root element is <{_local(root.tag)}>, not <ListBucketResult>")
     entries: list[ListEntry] = []
+    skipped: list[tuple[str, str]] = []
     for element in root:
         kind = _local(element.tag)
         if kind == "CommonPrefixes":
             sub = _text(element, "Prefix") or ""
-            name = sub[len(prefix) :].rstrip("/") if sub.startswith(prefix) else ""
-            if name:
-                entries.append(ListEntry(name=name, url=f"s3://{bucket}/{sub}", is_dir=True))
+            if not sub.startswith(prefix) or not sub.endswith("/"):
+                skipped.append((sub, "a common prefix outside the listed prefix"))
+                continue
+            name = sub[len(prefix) : -1]
+            if not name:
+                continue  # "prefix//": an empty component names nothing
+            if "/" in name:
+                skipped.append((sub, "a common prefix more than one level down"))
+                continue
+            entries.append(ListEntry(name=name, url=f"s3://{bucket}/{sub}", is_dir=True))
         elif kind == "Contents":
             key = _text(element, "Key") or ""
             if key == prefix or not key.startswith(prefix):
                 continue  # the prefix's own "directory marker" object
+            if "/" in key[len(prefix) :]:
+                skipped.append((key, "a key below a sub-prefix (the listing used delimiter '/')"))
+                continue
             size_text = _text(element, "Size")
             try:
-                size = int(size_text) if size_text is not None else None
-            except ValueError:
-                raise ValueError(f"bad <Size> {size_text!r} for key {key!r}") from None
+                size = parse_size(size_text) if size_text is not None else None
+            except ValueError as exc:
+                skipped.append((key, str(exc)))
+                continue
             entries.append(
                 ListEntry(
                     name=key[len(prefix) :],
@@ -190,7 +205,7 @@ def parse_list_page(body: bytes, bucket: str, prefix: str) -> ListPage:
     token = _text(root, "NextContinuationToken") if truncated else None
     if truncated and not token:
         raise ValueError("a truncated page without a NextContinuationToken")
-    return ListPage(entries, token)
+    return ListPage(entries, token, skipped)
 
 
 # --------------------------------------------------------------- config
@@ -484,6 +499,10 @@ class S3Source:
                 page = parse_list_page(body, loc.bucket, prefix)
             except ValueError as exc:
                 raise SourceError(f"{where}: malformed ListObjectsV2 response: {exc}") from None
+            for key, why in page.skipped[:10]:
+                log.error("event=s3_listing_entry_skipped url=%s key=%r reason=%s", where, key[:300], why)
+            if len(page.skipped) > 10:
+                log.error("event=s3_listing_entries_skipped url=%s count=%d", where, len(page.skipped))
             for entry in page.entries:
                 yield entry
             if page.next_token is None:

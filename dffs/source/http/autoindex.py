@@ -19,6 +19,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import attrs
 
+from dffs.bounds import check_size, timestamp
+
 
 @attrs.frozen
 class IndexEntry:
@@ -29,7 +31,7 @@ class IndexEntry:
     mtime: float | None
 
 
-_NGINX_LINE = re.compile(r"^\s*(\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2})\s+(-|\d+)\s*$")
+_NGINX_LINE = re.compile(r"^\s*(\d{2}-[A-Za-z]{3}-\d{4} \d{2}:\d{2})\s+(-|\d{1,20})\s*$")
 _APACHE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2})")
 
 
@@ -81,6 +83,22 @@ def _entry_name(base_url: str, href: str) -> tuple[str, str, bool] | None:
     return name, absolute, is_dir
 
 
+def _time(text: str, layout: str) -> float | None:
+    """A listing's time, or None when it is not a real date (``31-Feb-2024``) or out of range."""
+    try:
+        return timestamp(timegm(time.strptime(text, layout)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _size(value: object) -> int | None:
+    """A listed size, or None (unknown: the mount asks the server) when it is not a sane one."""
+    try:
+        return check_size(value)
+    except ValueError:
+        return None
+
+
 def parse_html_index(base_url: str, html: str) -> list[IndexEntry]:
     collector = _LinkCollector()
     collector.feed(html)
@@ -94,38 +112,45 @@ def parse_html_index(base_url: str, html: str) -> list[IndexEntry]:
         first_line = trailing.split("\n", 1)[0]
         match = _NGINX_LINE.match(first_line)
         if match:
-            mtime = timegm(time.strptime(match.group(1), "%d-%b-%Y %H:%M"))
-            size = None if match.group(2) == "-" else int(match.group(2))
+            mtime = _time(match.group(1), "%d-%b-%Y %H:%M")
+            size = None if match.group(2) == "-" else _size(int(match.group(2)))
         else:
             date = _APACHE_DATE.search(trailing)
             if date:
-                mtime = timegm(time.strptime(date.group(1), "%Y-%m-%d %H:%M"))
+                mtime = _time(date.group(1), "%Y-%m-%d %H:%M")
         entries.setdefault(name, IndexEntry(name, url, is_dir, None if is_dir else size, mtime))
     return list(entries.values())
 
 
 def parse_json_index(base_url: str, text: str) -> list[IndexEntry]:
     """nginx ``autoindex_format json``: ``[{"name", "type", "mtime", "size"}]``."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON listing is nested too deeply") from None
     if not isinstance(data, list):
         raise ValueError("JSON listing is not a list")
     entries = []
     base = base_url if base_url.endswith("/") else base_url + "/"
     for item in data:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ValueError("JSON listing entry without a name")
+            continue  # one bad entry costs itself, not the listing
         name = item["name"]
         if name in (".", "..") or "/" in name or "\x00" in name or not name:
+            continue
+        try:
+            quoted = quote(name)
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: no URL names it
             continue
         is_dir = item.get("type") == "directory"
         mtime = None
         if isinstance(item.get("mtime"), str):
             try:
-                mtime = parsedate_to_datetime(item["mtime"]).timestamp()
-            except (TypeError, ValueError):
+                mtime = timestamp(parsedate_to_datetime(item["mtime"]).timestamp())
+            except (TypeError, ValueError, OverflowError, IndexError):
                 mtime = None
-        size = item.get("size") if isinstance(item.get("size"), int) and not is_dir else None
-        entries.append(IndexEntry(name, urljoin(base, quote(name) + ("/" if is_dir else "")), is_dir, size, mtime))
+        size = _size(item.get("size")) if not is_dir else None
+        entries.append(IndexEntry(name, urljoin(base, quoted + ("/" if is_dir else "")), is_dir, size, mtime))
     return entries
 
 
