@@ -206,7 +206,7 @@ class Namespace:
         except SourceError as exc:
             if exc.status in (404, 410):
                 parent.missing[name] = time.monotonic()
-                parent.children.pop(name, None)
+                self.table.detach(parent, name)
                 raise fuse_error(errno.ENOENT) from None
             if exc.status in (401, 403):
                 log.info("event=lookup_denied url=%s error=%s", url, exc)
@@ -286,5 +286,5 @@ class Namespace:
         if skipped > 10:
             log.error("event=listing_entries_skipped url=%s count=%d", node.url, skipped)
         for name in [n for n in node.children if n not in seen]:
-            node.children.pop(name)
+            self.table.detach(node, name)
         node.listed_at = time.monotonic()

@@ -3,6 +3,14 @@
 Every name the kernel has looked up is a Node with a stable inode number.
 Nodes know what they are (a directory or a file), where their bytes or their
 listing come from (a URL), and how fresh their metadata is.
+
+The table follows the kernel's lookup counts: each entry the kernel is given
+(a lookup, a readdirplus entry) counts one reference, each ``forget`` takes
+them back, and a node nobody references any more — and none of whose
+descendants the kernel knows — leaves the table, so browsing a large tree does
+not grow memory for ever. A node the kernel knows is never dropped, so its
+inode number stays the same for as long as the kernel may use it. Nodes made
+up front (the scheme directories, ``--source`` and manifest entries) stay.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class Node:
     static: bool = False
     #: The whole-file ``digest`` check: None (not yet), "checking", "ok" or "bad".
     digest_check: str | None = None
+    #: References the kernel holds (lookups and readdirplus entries not forgotten yet).
+    lookups: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -96,11 +106,64 @@ class InodeTable:
                 setattr(old, key, value)
             old.checked_at = time.monotonic()
             return old
+        if old is not None:
+            self.detach(parent, name)
         node = Node(next(self._numbers), name, role, parent=parent, **fields)
         self._nodes[node.inode] = node
         parent.children[name] = node
         parent.missing.pop(name, None)
         return node
+
+    def detach(self, parent: Node, name: str) -> None:
+        """``name`` is no longer a child of ``parent`` (gone at the origin, or replaced).
+
+        What the kernel still knows of it stays in the table until forgotten; the rest goes now."""
+        node = parent.children.pop(name, None)
+        if node is not None:
+            self._drop_unknown(node)
+
+    # ------------------------------------------------------ kernel references
+    def remember(self, node: Node) -> None:
+        """The kernel was handed ``node`` (a lookup or readdirplus reply): one more reference."""
+        node.lookups += 1
+        if self._nodes.get(node.inode) is not node:  # pruned while an open directory still listed it
+            self._nodes[node.inode] = node
+
+    def forget(self, inode: int, count: int) -> None:
+        """The kernel dropped ``count`` references to ``inode``; prune what nobody knows any more."""
+        node = self._nodes.get(inode)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        while node is not None and self._prunable(node):
+            parent = node.parent
+            assert parent is not None
+            if parent.children.get(node.name) is node:
+                del parent.children[node.name]
+            self._drop_unknown(node)
+            node = parent
+
+    def _prunable(self, node: Node) -> bool:
+        parent = node.parent
+        return (
+            node.lookups == 0
+            and not node.static
+            and parent is not None
+            and parent.role in (Role.SCHEME, Role.REMOTE_DIR)  # children made up front cannot be remade
+            and self._unknown_below(node)
+        )
+
+    def _unknown_below(self, node: Node) -> bool:
+        return all(c.lookups == 0 and self._unknown_below(c) for c in node.children.values())
+
+    def _drop_unknown(self, node: Node) -> None:
+        """Remove ``node`` and its descendants from the table, except those the kernel still knows."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            stack.extend(current.children.values())
+            if current.lookups == 0 and self._nodes.get(current.inode) is current:
+                del self._nodes[current.inode]
 
     def __len__(self) -> int:
         return len(self._nodes)

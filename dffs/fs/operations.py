@@ -133,16 +133,21 @@ class DffsOperations(pyfuse3.Operations):
             except BaseException:
                 metrics.fuse_errors.labels("lookup").inc()
                 raise
-        return self._attr(node)
+        attr = self._attr(node)
+        self.ns.table.remember(node)  # only once the reply cannot fail any more
+        return attr
 
     @_eio_on_surprise
     async def getattr(self, inode, ctx=None):
         return self._attr(self._node(inode))
 
     async def forget(self, inode_list):
-        # Nodes stay in the table: their inode numbers must stay stable while
-        # any name still maps to them, and they are small.
-        pass
+        """The kernel dropped its references: nodes nobody knows any more leave the table."""
+        try:
+            for inode, count in inode_list:
+                self.ns.table.forget(inode, count)
+        except Exception:  # forget must never raise (pyfuse3's rule): the table only stays larger
+            log.exception("event=fuse_forget_failed")
 
     @_eio_on_surprise
     async def statfs(self, ctx):
@@ -177,6 +182,7 @@ class DffsOperations(pyfuse3.Operations):
             node = entries[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attr(node), index + 1):
                 break
+            self.ns.table.remember(node)  # readdirplus: the kernel now holds a reference, as after lookup
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
