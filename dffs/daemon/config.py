@@ -53,6 +53,9 @@ class DaemonConfig:
     gc_interval: float = 60.0
     #: A task unused this long is evicted whole (seconds; 0: never).
     task_ttl: float = 7 * 24 * 3600.0
+    #: An open task nobody holds, reads, fetches or pins is forgotten from memory after this long
+    #: (seconds; 0: never); its pieces stay on disk, and the GC may then apply the TTL to it.
+    task_idle_timeout: float = 600.0
     #: Prometheus metrics and /healthy on this port (0: any free port; -1: off).
     metrics_port: int = 4002
     #: HTTP proxy / registry mirror (dffs/proxy). None: 4001 if free (else no proxy, with a

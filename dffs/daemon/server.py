@@ -100,7 +100,7 @@ class Daemon:
             if cfg.schedulers or cfg.manager
             else NoSwarm()
         )
-        self.tasks = TaskManager(self.storage, self.sources, swarm=self.swarm)
+        self.tasks = TaskManager(self.storage, self.sources, swarm=self.swarm, idle_timeout=cfg.task_idle_timeout)
         self.upload = PieceUploadServer(
             self.storage,
             host=cfg.ip,

@@ -201,7 +201,9 @@ class DffsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=handle, keep_cache=node.immutable, direct_io=False)
 
     async def release(self, fh):
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.task is not None:
+            handle.task.release()
 
     @_eio_on_surprise
     async def read(self, fh, off, size):
@@ -307,7 +309,10 @@ class DffsOperations(pyfuse3.Operations):
                 task.store.meta.content_length,
             )
             node.size = task.store.meta.content_length
-        handle.task = task
+        if handle.task is None:  # two reads of a fresh handle may race to open its task
+            handle.task = task
+            task.hold()  # an open file keeps its task in memory until released
+        task = handle.task
         if node.digest and node.digest_check is None and task.task_id not in self._digest_watch:
             self._digest_watch.add(task.task_id)
             task.background.start_soon(self._check_digest_when_complete, node, task)
@@ -334,6 +339,7 @@ class DffsOperations(pyfuse3.Operations):
                 log.error("task=%s event=digest_mismatch path=%s error=%s", task.task_id, node.path(), exc)
                 for handle in self._files.values():
                     if handle.task is task:
+                        handle.task.release()
                         handle.task = None
                 return
             except DffsError as exc:

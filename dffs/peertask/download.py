@@ -57,8 +57,9 @@ async def download_to_file(
     task = await tasks.open(request)
     fetched_before = task.source_bytes + task.peer_bytes
     on_start(task)
-    await tasks.verify(task, expected, concurrency=concurrency, on_progress=on_progress)
-    method = await trio.to_thread.run_sync(export_task, task.store, output)
+    with task.held():  # between pieces (verification, export) the task looks idle, but is not
+        await tasks.verify(task, expected, concurrency=concurrency, on_progress=on_progress)
+        method = await trio.to_thread.run_sync(export_task, task.store, output)
     result = DownloadResult(task.task_id, task.store.meta.content_length, task.source_bytes, task.peer_bytes, method)
     task.store.touch()
     fetched = task.source_bytes + task.peer_bytes - fetched_before

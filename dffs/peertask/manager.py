@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 import trio
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 VERIFY_ROUNDS = 3
 #: Most pieces one task may have (its piece table and journal are kept whole).
 MAX_PIECE_COUNT = 1 << 22
+#: Seconds an open task may sit unused before the task manager forgets it.
+DEFAULT_IDLE_TIMEOUT = 600.0
 
 
 class TaskManager:
@@ -45,14 +48,18 @@ class TaskManager:
         *,
         swarm: Swarm | None = None,
         buffers: BufferPool | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ):
         self.storage = storage
         self.sources = sources
         #: Where pieces and metadata come from besides the origin (the daemon's P2P; NoSwarm alone).
         self.swarm: Swarm = swarm or NoSwarm()
         self.buffers = buffers or BufferPool()
+        #: A task nobody has used for this long is forgotten (0: never), see :meth:`_sweep_idle`.
+        self.idle_timeout = idle_timeout
         self._tasks: dict[str, PeerTask] = {}
-        self._opening: dict[str, trio.Lock] = {}
+        #: Per task being opened: its lock and how many openers want it (dropped at zero).
+        self._opening: dict[str, tuple[trio.Lock, list[int]]] = {}
         self._opened: dict[str, trio.Event] = {}
         self._checks: SingleFlight[tuple[str, str]] = SingleFlight()
         #: Complete tasks whose bytes did not match their whole-object digest (each deleted).
@@ -63,7 +70,23 @@ class TaskManager:
     # --------------------------------------------------------- lifecycle
     async def __aenter__(self) -> TaskManager:
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        if self.idle_timeout > 0:
+            self._nursery.start_soon(self._sweep_idle)
         return self
+
+    async def _sweep_idle(self) -> None:
+        """Forget tasks nobody holds, reads, fetches or pins, once idle for ``idle_timeout``.
+
+        A long-running daemon otherwise keeps every task it ever opened in memory, with its
+        background work — and an open task counts as in use for the GC, whose TTL then never
+        applies. A forgotten task's pieces stay on disk; the next reader opens it again."""
+        while True:
+            await trio.sleep(min(60.0, self.idle_timeout / 4))
+            now = time.monotonic()
+            for tid, task in list(self._tasks.items()):
+                if task.idle(now, self.idle_timeout):
+                    log.debug("task=%s event=task_forgotten reason=idle", tid)
+                    self.forget(tid)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
         assert self._nursery is not None
@@ -93,73 +116,86 @@ class TaskManager:
             raise RuntimeError("TaskManager.open outside `async with TaskManager(...)`")
         source = self.sources.for_url(request.url)
         tid = request.task_id
-        lock = self._opening.setdefault(tid, trio.Lock())
-        async with lock:
-            task = self._tasks.get(tid)
-            if task is not None:
-                return task
-            store = await trio.to_thread.run_sync(self.storage.open_task, tid)
-            if store is not None and store.meta.imported:
-                # Seeded from a local file: there is no origin to revalidate against.
-                meta = store.meta
-                stat = SourceStat(url=request.url, content_length=meta.content_length, etag=meta.etag)
-            elif store is not None:
-                meta = store.meta
-                stat = await source.stat(
-                    request.url,
-                    headers=request.headers,
-                    validators=Validators(etag=meta.etag, last_modified=meta.last_modified),
-                )
-                if not (stat.not_modified or meta.same_content_as(stat.content_length, stat.etag, stat.last_modified)):
-                    log.info("task=%s event=origin_changed action=restart url=%s", tid, request.url)
-                    store = None
-            else:
-                stat = await self._stat(source, request)
-            if store is None:
-                if stat.content_length is None:
-                    raise SourceError(f"{request.url}: the origin does not report the object's size")
-                try:  # sources bound what they parse; the swarm's word (a scheduler's StatTask) too
-                    size = check_size(stat.content_length)
-                except ValueError as exc:
-                    raise SourceError(f"{request.url}: unusable object size: {exc}") from None
-                piece_length = request.piece_length or piece_length_for(size)
-                if piece_count(size, piece_length) > MAX_PIECE_COUNT:
-                    raise UsageError(
-                        f"{request.url}: {size} bytes in pieces of {piece_length} is over {MAX_PIECE_COUNT} pieces"
-                    )
-                meta = TaskMeta(
-                    task_id=tid,
-                    url=request.url,
-                    content_length=size,
-                    piece_length=piece_length,
-                    etag=stat.etag,
-                    last_modified=stat.last_modified,
-                    content_type=stat.content_type,
-                    tag=request.tag,
-                    application=request.application,
-                )
-                store = await trio.to_thread.run_sync(self.storage.create_task, meta)
-            background = await Background.open(self._nursery, tid)
-            fetcher = self.swarm.fetcher(request)
-            task = PeerTask(
-                store,
-                source,
-                stat,
-                fetcher=fetcher,
-                background=background,
-                # Pieces go straight to where the origin redirected: credentials only if that is the same origin.
-                headers=forwarded_headers(request.url, stat.url, request.headers),
-                buffers=self.buffers,
-            )
-            if not store.is_complete():
-                try:
-                    await background.start(fetcher.run, task)  # P2P: registered with a scheduler
-                except BaseException:
-                    background.cancel()
-                    raise
-            self._tasks[tid] = task
-            self._opened.pop(tid, trio.Event()).set()
+        lock, wanted = self._opening.setdefault(tid, (trio.Lock(), [0]))
+        wanted[0] += 1
+        try:
+            async with lock:
+                return await self._open_locked(request, source)
+        finally:
+            wanted[0] -= 1
+            if not wanted[0]:
+                del self._opening[tid]
+
+    async def _open_locked(self, request: DownloadRequest, source: Source) -> PeerTask:
+        """:meth:`open`, with the task's lock held."""
+        assert self._nursery is not None
+        tid = request.task_id
+        task = self._tasks.get(tid)
+        if task is not None:
+            task.last_used = time.monotonic()
             return task
+        store = await trio.to_thread.run_sync(self.storage.open_task, tid)
+        if store is not None and store.meta.imported:
+            # Seeded from a local file: there is no origin to revalidate against.
+            meta = store.meta
+            stat = SourceStat(url=request.url, content_length=meta.content_length, etag=meta.etag)
+        elif store is not None:
+            meta = store.meta
+            stat = await source.stat(
+                request.url,
+                headers=request.headers,
+                validators=Validators(etag=meta.etag, last_modified=meta.last_modified),
+            )
+            if not (stat.not_modified or meta.same_content_as(stat.content_length, stat.etag, stat.last_modified)):
+                log.info("task=%s event=origin_changed action=restart url=%s", tid, request.url)
+                store = None
+        else:
+            stat = await self._stat(source, request)
+        if store is None:
+            if stat.content_length is None:
+                raise SourceError(f"{request.url}: the origin does not report the object's size")
+            try:  # sources bound what they parse; the swarm's word (a scheduler's StatTask) too
+                size = check_size(stat.content_length)
+            except ValueError as exc:
+                raise SourceError(f"{request.url}: unusable object size: {exc}") from None
+            piece_length = request.piece_length or piece_length_for(size)
+            if piece_count(size, piece_length) > MAX_PIECE_COUNT:
+                raise UsageError(
+                    f"{request.url}: {size} bytes in pieces of {piece_length} is over {MAX_PIECE_COUNT} pieces"
+                )
+            meta = TaskMeta(
+                task_id=tid,
+                url=request.url,
+                content_length=size,
+                piece_length=piece_length,
+                etag=stat.etag,
+                last_modified=stat.last_modified,
+                content_type=stat.content_type,
+                tag=request.tag,
+                application=request.application,
+            )
+            store = await trio.to_thread.run_sync(self.storage.create_task, meta)
+        background = await Background.open(self._nursery, tid)
+        fetcher = self.swarm.fetcher(request)
+        task = PeerTask(
+            store,
+            source,
+            stat,
+            fetcher=fetcher,
+            background=background,
+            # Pieces go straight to where the origin redirected: credentials only if that is the same origin.
+            headers=forwarded_headers(request.url, stat.url, request.headers),
+            buffers=self.buffers,
+        )
+        if not store.is_complete():
+            try:
+                await background.start(fetcher.run, task)  # P2P: registered with a scheduler
+            except BaseException:
+                background.cancel()
+                raise
+        self._tasks[tid] = task
+        self._opened.pop(tid, trio.Event()).set()
+        return task
 
     async def _stat(self, source: Source, request: DownloadRequest) -> SourceStat:
         try:

@@ -45,6 +45,10 @@ class SingleFlight(Generic[K]):
     def __contains__(self, key: K) -> bool:
         return key in self._flights
 
+    def __bool__(self) -> bool:
+        """Whether any flight is running."""
+        return bool(self._flights)
+
     def begin(self, key: K) -> Flight | None:
         """Claim ``key`` for a run that the caller finishes (maybe in another task); None if one is running."""
         if key in self._flights:

@@ -68,7 +68,43 @@ class PeerTask:
         self._listeners: set[trio.MemorySendChannel] = set()
         #: Whole-task downloads (fetch_all) running: the GC leaves such a task alone.
         self.filling = 0
+        #: Readers that keep this PeerTask between requests (open FUSE files, downloads): see :meth:`held`.
+        self.holders = 0
+        #: When anyone last used the task (monotonic), for the task manager's idle sweep.
+        self.last_used = time.monotonic()
         self._note_written()
+
+    # ------------------------------------------------------------- users
+    @contextmanager
+    def held(self):
+        """Keep this PeerTask (and its background work) for the block, however idle it looks.
+
+        The task manager drops idle tasks from memory (:meth:`TaskManager.forget`); whoever
+        keeps a PeerTask across requests — an open file, a download — holds it meanwhile."""
+        self.hold()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def hold(self) -> None:
+        """:meth:`held` for holders that are not a block (an open file, until its release)."""
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        self.last_used = time.monotonic()
+
+    def idle(self, now: float, after: float) -> bool:
+        """Nobody holds, reads, fetches, subscribes or pins anything of it, for ``after`` seconds."""
+        return (
+            self.holders == 0
+            and self.filling == 0
+            and not self._pieces
+            and not self._listeners
+            and not self.store.pinned_pieces()
+            and now - self.last_used >= after
+        )
 
     def _note_written(self, number: int | None = None) -> None:
         if number is not None:
@@ -114,6 +150,7 @@ class PeerTask:
         worker thread); a corrupt one is dropped and fetched again.
         """
         store = self.store
+        self.last_used = time.monotonic()
         if store.is_verified(number):
             return
         if store.has_piece(number) and await trio.to_thread.run_sync(store.ensure_verified, number):

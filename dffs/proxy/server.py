@@ -382,6 +382,10 @@ class ProxyServer:
         except DffsError as exc:
             await self._send_error(client, 502, str(exc))
             return
+        with task.held():  # a slow client between pieces must not see its task forgotten
+            await self._serve_task(client, route, task)
+
+    async def _serve_task(self, client: _Client, route: ViaP2P, task: PeerTask) -> None:
         store = task.store
         meta = store.meta
         size = meta.content_length

@@ -1,0 +1,92 @@
+"""Tasks nobody holds are forgotten from memory, and a long-running daemon then applies the task TTL.
+
+Real origins (FaultyOrigin) and, for the TTL, a real ``dffs daemon`` with ``dffs get`` and
+``dffs ctl`` talking to it over its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import trio
+from cli import run_dffs
+from cluster import Daemon
+
+from dffs.peertask import DownloadRequest, TaskManager
+from dffs.source import SourceRegistry
+from dffs.storage import StorageManager
+
+
+async def test_idle_tasks_are_forgotten_and_held_ones_kept(tmp_path, faulty_origin):
+    idle_url = faulty_origin.add("/idle", b"i" * 1000)
+    held_url = faulty_origin.add("/held", b"h" * 1000)
+    storage = StorageManager(tmp_path / "data")
+    sources = SourceRegistry()
+    try:
+        async with TaskManager(storage, sources, idle_timeout=0.2) as tasks:
+            held = await tasks.open(DownloadRequest(url=held_url))
+            with held.held():
+                idle = await tasks.open(DownloadRequest(url=idle_url))
+                await idle.fetch_all()
+                with trio.fail_after(30):
+                    while tasks.active(idle.task_id) is not None:
+                        await trio.sleep(0.05)
+                assert idle.background.cancelled  # forgetting ended its background work
+                assert tasks.active(held.task_id) is held and not held.background.cancelled
+            # Its pieces stayed on disk: opened again, it is complete without the origin.
+            again = await tasks.open(DownloadRequest(url=idle_url))
+            assert again is not idle and again.store.is_complete()
+            assert faulty_origin.count("/idle", "GET") == 1
+    finally:
+        storage.close()
+        await sources.aclose()
+
+
+async def test_a_task_with_a_pinned_piece_is_not_forgotten(tmp_path, faulty_origin):
+    url = faulty_origin.add("/pinned", b"p" * 1000)
+    other_url = faulty_origin.add("/other", b"o" * 1000)
+    storage = StorageManager(tmp_path / "data")
+    sources = SourceRegistry()
+    try:
+        async with TaskManager(storage, sources, idle_timeout=0.2) as tasks:
+            task = await tasks.open(DownloadRequest(url=url))
+            await task.fetch_all()
+            with task.store.pinned([0]):
+                other = await tasks.open(DownloadRequest(url=other_url))
+                with trio.fail_after(30):
+                    while tasks.active(other.task_id) is not None:
+                        await trio.sleep(0.05)
+                assert tasks.active(task.task_id) is task
+    finally:
+        storage.close()
+        await sources.aclose()
+
+
+@pytest.mark.slow
+def test_a_long_running_daemon_applies_the_task_ttl(tmp_path, faulty_origin):
+    url = faulty_origin.add("/ttl.bin", b"t" * 100_000)
+    config = tmp_path / "daemon.toml"
+    config.write_text("task_ttl = 2.0\ngc_interval = 0.5\ntask_idle_timeout = 0.5\n")
+    daemon = Daemon(
+        tmp_path, "ttl", None, extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1")
+    )
+    daemon.start()
+    try:
+        out = tmp_path / "out.bin"
+        got = run_dffs("get", url, "-O", str(out), "--data-dir", str(daemon.data_dir))
+        assert got.returncode == 0, got.stderr + daemon.output()[-3000:]
+        assert out.read_bytes() == b"t" * 100_000
+        deadline = time.monotonic() + 60
+        while True:
+            listed = run_dffs("ctl", "--data-dir", str(daemon.data_dir), "tasks", "--json")
+            assert listed.returncode == 0, listed.stderr
+            if json.loads(listed.stdout) == []:
+                break
+            assert time.monotonic() < deadline, daemon.output()[-3000:]
+            time.sleep(0.2)
+        assert "event=gc_evict_task reason=ttl" in daemon.output()
+        assert daemon.alive()
+    finally:
+        daemon.stop()
