@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from dffs.errors import StorageError
 from dffs.gc.policy import GcLimits, PieceState, Plan, TaskState, plan
 from dffs.metrics import daemon as metrics
 from dffs.storage import StorageManager
@@ -93,20 +94,30 @@ class GcService:
 
     # ------------------------------------------------------------ the pass
     def _states(self) -> list[TaskState]:
+        """Every task's state. Tasks this process has open come from memory; the others from a
+        cheap read of their files (metadata, journal, access time) without opening them — a pass
+        must not open every task on disk (two descriptors each, kept)."""
         states = []
         for task_id in self.storage.task_ids():
-            store = self.storage.open_task(task_id)
-            if store is None:
-                continue
+            store = self.storage.opened(task_id)
+            if store is not None:
+                pieces = tuple(
+                    PieceState(n, store.span(n).length, store.piece_access(n)) for n in store.present_pieces()
+                )
+                last_access, disk_bytes, pinned = store.last_access, store.disk_bytes(), store.pinned_pieces()
+            else:
+                summary = self.storage.summary(task_id)
+                if summary is None:
+                    continue
+                last_access, disk_bytes, pinned = summary.last_access, summary.disk_bytes, frozenset()
+                pieces = tuple(PieceState(n, length, last_access) for n, length in summary.pieces)
             states.append(
                 TaskState(
                     task_id=task_id,
-                    last_access=store.last_access,
-                    pieces=tuple(
-                        PieceState(n, store.span(n).length, store.piece_access(n)) for n in store.present_pieces()
-                    ),
-                    disk_bytes=store.disk_bytes(),
-                    pinned=store.pinned_pieces(),
+                    last_access=last_access,
+                    pieces=pieces,
+                    disk_bytes=disk_bytes,
+                    pinned=pinned,
                     active=self.is_active(task_id),
                     busy=task_id in self._held or self.is_busy(task_id),
                 )
@@ -116,18 +127,23 @@ class GcService:
     def _apply(self, decided: Plan) -> GcResult:
         tasks, pieces, freed = [], [], 0
         for task_id, reason in decided.delete_tasks:
-            store = self.storage.open_task(task_id)
+            store = self.storage.opened(task_id)
             # Re-check: a reader may have pinned a piece since the plan.
-            if store is not None and (store.pinned_pieces() or self.is_active(task_id)):
+            if (store is not None and store.pinned_pieces()) or self.is_active(task_id):
                 continue
-            size = store.disk_bytes() if store is not None else 0
+            summary = self.storage.summary(task_id)
+            size = summary.disk_bytes if summary is not None else 0
             self.storage.delete_task(task_id)
             tasks.append(task_id)
             freed += size
             metrics.gc_evicted_tasks.labels(reason).inc()
             log.info("task=%s event=gc_evict_task reason=%s bytes=%d", task_id, reason, size)
         for task_id, numbers in decided.evict_pieces:
-            store = self.storage.open_task(task_id)
+            try:
+                store = self.storage.open_task(task_id)  # only the tasks that lose pieces are opened
+            except StorageError as exc:
+                log.warning("task=%s event=gc_evict_skipped error=%s", task_id, exc)
+                continue
             if store is None:
                 continue
             done = []

@@ -1,22 +1,45 @@
-"""The storage manager: where tasks live under the data dir, and how much disk they use."""
+"""The storage manager: where tasks live under the data dir, and how much disk they use.
+
+It also bounds the descriptors tasks hold: every open task has two (content and
+journal), so a daemon that has touched a few hundred tasks would reach the
+default limit of 1024. The manager keeps the most recently used stores' files
+open, up to ``max_open_files`` stores, and parks the least recently used idle
+ones (:meth:`TaskStore.park`); a parked store reopens its files on next use.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import shutil
+import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 from dffs.errors import StorageError
 from dffs.storage.memory import MemoryTier
 from dffs.storage.meta import TaskMeta
-from dffs.storage.task import META_FILE, TaskStore
+from dffs.storage.task import DIR_MODE, META_FILE, TaskCorrupt, TaskStore, TaskSummary, summarize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_TIER_BYTES = 64 * 1024 * 1024
+#: Descriptors left for everything but task files (sockets, uploads' dups, the mount, gRPC).
+FD_RESERVE = 256
+#: Most stores kept with open files, whatever the limit allows.
+MAX_OPEN_STORES = 4096
+
+
+def default_max_open_stores() -> int:
+    """How many stores may keep their two files open under this process's RLIMIT_NOFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_STORES
+    return max(8, min(MAX_OPEN_STORES, (soft - FD_RESERVE) // 4))
 
 
 class StorageManager:
@@ -28,17 +51,25 @@ class StorageManager:
         *,
         memory_tier_bytes: int = DEFAULT_MEMORY_TIER_BYTES,
         clock: Callable[[], float] = time.time,
+        max_open_files: int | None = None,
     ):
         self.data_dir = Path(data_dir)
         #: Stamps pieces' last access (the GC's LRU order); wall-clock time, injectable for tests.
         self.clock = clock
         self.tasks_dir = self.data_dir / "tasks"
         try:
-            self.tasks_dir.mkdir(parents=True, exist_ok=True)
+            self.tasks_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            _make_private(self.data_dir)
+            _make_private(self.tasks_dir)
         except OSError as exc:
             raise StorageError(f"cannot use data dir {self.data_dir}: {exc.strerror}") from exc
         self.memory = MemoryTier(memory_tier_bytes)
+        #: Stores whose files may stay open at once (the rest are parked).
+        self.max_open_files = max_open_files if max_open_files is not None else default_max_open_stores()
         self._open: dict[str, TaskStore] = {}
+        #: Stores with open files, least recently used first.
+        self._files_lru: OrderedDict[str, TaskStore] = OrderedDict()
+        self._lru_lock = threading.Lock()
         self._lock = threading.Lock()
         self._used_bytes = 0
         self._usage_lock = threading.Lock()
@@ -60,8 +91,10 @@ class StorageManager:
     def open_task(self, task_id: str) -> TaskStore | None:
         """The task's store if it exists on disk (None otherwise).
 
-        A task whose files are damaged is deleted and reported as absent:
-        the cache can always be refilled, a crash loop cannot.
+        A task whose files are provably damaged (TaskCorrupt) is deleted and reported
+        as absent: the cache can always be refilled, a crash loop cannot. Any other
+        failure (EIO, EMFILE, ENOSPC...) is raised and the task left as it is: a
+        transient error must not cost the pieces.
         """
         with self._lock:
             store = self._open.get(task_id)
@@ -71,19 +104,73 @@ class StorageManager:
             if not (directory / META_FILE).exists():
                 return None
             try:
-                store = TaskStore.open(
-                    directory,
-                    memory=self.memory,
-                    on_usage_change=self._account,
-                    before_write=self._before_write,
-                    clock=self.clock,
-                )
-            except StorageError as exc:
+                store = TaskStore.open(directory, **self._store_hooks())
+            except TaskCorrupt as exc:
                 log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
                 shutil.rmtree(directory, ignore_errors=True)
                 return None
+            except StorageError as exc:
+                log.warning("task=%s event=task_open_failed action=keep error=%s", task_id, exc)
+                raise
             self._open[task_id] = store
-            return store
+        self._files_opened(store)
+        return store
+
+    def opened(self, task_id: str) -> TaskStore | None:
+        """The task's store if this process has it open (never opens it)."""
+        with self._lock:
+            return self._open.get(task_id)
+
+    def summary(self, task_id: str) -> TaskSummary | None:
+        """What the GC needs of a task, from memory if it is open, else read from its files
+        without opening it; None if it is not on disk (or unreadable: logged, left alone)."""
+        store = self.opened(task_id)
+        if store is not None:
+            pieces = tuple((n, store.span(n).length) for n in store.present_pieces())
+            return TaskSummary(store.meta, pieces, store.disk_bytes(), store.last_access)
+        try:
+            return summarize(self.task_dir(task_id))
+        except StorageError as exc:
+            log.info("task=%s event=task_summary_failed error=%s", task_id, exc)
+            return None
+
+    def _store_hooks(self) -> dict:
+        return dict(
+            memory=self.memory,
+            on_usage_change=self._account,
+            before_write=self._before_write,
+            clock=self.clock,
+            on_files_opened=self._files_opened,
+        )
+
+    # ------------------------------------------------------ open files
+    def _files_opened(self, store: TaskStore) -> None:
+        """``store`` has its files open (new, or reopened): most recently used; park the oldest idle
+        stores beyond the bound. Called without any store's lock held."""
+        with self._lru_lock:
+            self._files_lru[store.task_id] = store
+            self._files_lru.move_to_end(store.task_id)
+            excess = len(self._files_lru) - self.max_open_files
+            if excess <= 0:
+                return
+            for task_id, victim in list(self._files_lru.items()):
+                if excess <= 0:
+                    break
+                if victim is store:
+                    continue
+                if not victim.files_open:  # closed or parked elsewhere
+                    del self._files_lru[task_id]
+                    excess -= 1
+                elif victim.park():
+                    del self._files_lru[task_id]
+                    excess -= 1
+                # else: in use now (pinned, or busy in a thread): kept; the bound is met later
+
+    @property
+    def open_file_stores(self) -> int:
+        """Stores whose files are open right now (for tests and metrics)."""
+        with self._lock:
+            return sum(1 for store in self._open.values() if store.files_open)
 
     def create_task(self, meta: TaskMeta) -> TaskStore:
         """A fresh, empty store for ``meta``, replacing any older copy of the task."""
@@ -92,16 +179,10 @@ class StorageManager:
             if old is not None:
                 self._account(-old.present_bytes())
                 old.close_dirty()
-            store = TaskStore.create(
-                self.task_dir(meta.task_id),
-                meta,
-                memory=self.memory,
-                on_usage_change=self._account,
-                before_write=self._before_write,
-                clock=self.clock,
-            )
+            store = TaskStore.create(self.task_dir(meta.task_id), meta, **self._store_hooks())
             self._open[meta.task_id] = store
-            return store
+        self._files_opened(store)
+        return store
 
     def delete_task(self, task_id: str) -> None:
         with self._lock:
@@ -109,6 +190,8 @@ class StorageManager:
             if store is not None:
                 self._account(-store.present_bytes())
                 store.close_dirty()
+            with self._lru_lock:
+                self._files_lru.pop(task_id, None)
             self.memory.discard_where(lambda key: key[0] == task_id)
             shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
 
@@ -117,6 +200,8 @@ class StorageManager:
             for store in self._open.values():
                 store.close()
             self._open.clear()
+            with self._lru_lock:
+                self._files_lru.clear()
 
     def open_stores(self) -> dict[str, TaskStore]:
         """The tasks this process has open, by ID (a snapshot)."""
@@ -146,3 +231,13 @@ class StorageManager:
             except FileNotFoundError:
                 pass
         return total
+
+
+def _make_private(directory: Path) -> None:
+    """Directory ``0700`` whatever the umask: the cache holds what only this user could fetch.
+
+    Only directories this user owns are changed (a data dir given as someone else's is theirs to set)."""
+    st = os.stat(directory)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != DIR_MODE:
+        os.chmod(directory, DIR_MODE)
+        log.info("event=data_dir_private path=%s mode_was=%o", directory, stat.S_IMODE(st.st_mode))

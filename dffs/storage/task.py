@@ -16,11 +16,23 @@ it, so bytes damaged at rest never reach a reader.
 
 Methods are synchronous and thread-safe: the download layer calls the I/O
 ones from worker threads so disk writes and hashing run off the trio loop.
+
+Open files are a bounded resource (two per task): the storage manager may
+*park* a store nobody is using — its descriptors closed, everything else kept
+in memory — and the store reopens them by itself on next use. A store is in
+use while any of its pieces is pinned or one of its own methods runs, so a
+caller that reads :attr:`TaskStore.content_fd` must hold a pin meanwhile
+(every reader does: the mount, the proxy and the upload server pin the pieces
+they serve, and dup the descriptor before an await).
+
+Files are private to the daemon: directories 0700, files 0600, whatever the
+umask (a cache may hold what only its user could fetch).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import threading
@@ -29,6 +41,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
+
+import attrs
 
 from dffs.digest import PIECE_DIGEST_SIZE, piece_digest
 from dffs.errors import StorageError
@@ -49,15 +63,47 @@ ACCESS_FILE = "access"
 ACCESS_PERSIST_INTERVAL = 5.0
 
 _VERIFY_CHUNK = 4 * 1024 * 1024
+#: Every file of a task (content, journal, metadata, markers).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: errno values that say a task's files are gone or garbage (reset it), not that the disk is unwell.
+_CORRUPT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+class TaskCorrupt(StorageError):
+    """A task's files are provably unusable (missing, garbage): the cache may start it over.
+
+    Any other StorageError while opening a task (EIO, EMFILE, ENOSPC, EACCES...) may pass: the
+    task is left as it is and that request fails."""
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a task file, created 0600 whatever the umask."""
+    fd = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
+    if flags & os.O_CREAT:
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with open(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _storage_error(directory: Path, what: str, exc: BaseException) -> StorageError:
+    """Corrupt for garbage or missing files, a plain (transient) StorageError for the rest."""
+    if isinstance(exc, OSError) and exc.errno not in _CORRUPT_ERRNOS:
+        return StorageError(f"task {directory.name}: {what}: {exc.strerror or exc}")
+    return TaskCorrupt(f"task {directory.name}: {what}: {exc}")
 
 
 class TaskStore:
@@ -75,6 +121,7 @@ class TaskStore:
         on_usage_change: Callable[[int], None] | None = None,
         before_write: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_files_opened: Callable[[TaskStore], None] | None = None,
     ):
         self.directory = directory
         self.meta = meta
@@ -89,6 +136,10 @@ class TaskStore:
         #: what it returns, if callable, is called once the write is over.
         self._before_write = before_write
         self._closed = False
+        #: Methods of this store running now: its files are not parked under them.
+        self._users = 0
+        #: Called (outside the lock) after parked files were opened again: the manager's LRU.
+        self._on_files_opened = on_files_opened or (lambda store: None)
         #: Pieces being read or uploaded right now: never evicted (refcounts).
         self._pins: Counter[int] = Counter()
         #: Wall-clock last access per piece, this process; the task's is persisted.
@@ -102,61 +153,63 @@ class TaskStore:
     @classmethod
     def create(cls, directory: Path, meta: TaskMeta, **kwargs) -> TaskStore:
         """Start a task from nothing, replacing whatever was in ``directory``."""
-        directory.mkdir(parents=True, exist_ok=True)
+        for level in (directory.parent, directory):  # tasks/<id[:2]>/<id>, private whatever the umask
+            level.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(level, DIR_MODE)
         for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
             (directory / name).unlink(missing_ok=True)
         write_atomically(directory / META_FILE, meta.to_json().encode())
-        content_fd = os.open(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        content_fd = open_private(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT)
         try:
             os.ftruncate(content_fd, meta.content_length)  # sparse: no blocks yet
-            journal_fd = os.open(directory / JOURNAL_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            journal_fd = open_private(directory / JOURNAL_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         except OSError:
             os.close(content_fd)
             raise
-        os.write(journal_fd, journal.encode_header(meta.piece_length))
+        try:
+            os.write(journal_fd, journal.encode_header(meta.piece_length))
+        except OSError:
+            os.close(content_fd)
+            os.close(journal_fd)
+            raise
         return cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
 
     @classmethod
     def open(cls, directory: Path, **kwargs) -> TaskStore:
-        """Reopen a task; raises StorageError if its files are unusable."""
-        try:
-            meta = TaskMeta.from_json((directory / META_FILE).read_text())
-        except (OSError, ValueError, TypeError) as exc:
-            raise StorageError(f"task {directory.name}: unreadable metadata: {exc}") from exc
+        """Reopen a task; raises TaskCorrupt if its files are unusable, StorageError if the disk
+        fails to give them (EIO, EMFILE...: nothing is changed then)."""
+        meta = read_meta(directory)
         clean = (directory / CLEAN_MARKER).exists()
         try:
             content_fd = os.open(directory / CONTENT_FILE, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            raise StorageError(f"task {directory.name}: content file: {exc}") from exc
+            raise _storage_error(directory, "content file", exc) from exc
         try:
             journal_fd = os.open(directory / JOURNAL_FILE, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            data = _read_all(journal_fd)
-            if journal.decode_header(data) != meta.piece_length:
-                raise ValueError("journal piece length disagrees with metadata")
-            records, good = journal.decode_records(data[journal.HEADER.size :])
-            if journal.HEADER.size + good != len(data):
-                log.warning(
-                    "task=%s event=journal_torn_tail dropped_bytes=%d",
-                    meta.task_id,
-                    len(data) - journal.HEADER.size - good,
-                )
-                os.ftruncate(journal_fd, journal.HEADER.size + good)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             os.close(content_fd)
-            raise StorageError(f"task {directory.name}: piece journal: {exc}") from exc
-        present = {
-            n: r
-            for n, r in journal.replay(records).items()
-            if 0 <= n < meta.piece_count and r.length == piece_span(n, meta.content_length, meta.piece_length).length
-        }
+            raise _storage_error(directory, "piece journal", exc) from exc
+        try:
+            present = _read_journal(directory, meta, journal_fd)
+        except BaseException:
+            os.close(content_fd)
+            os.close(journal_fd)
+            raise
         on_usage_change = kwargs.pop("on_usage_change", None)
         store = cls(directory, meta, content_fd, journal_fd, present, **kwargs)
-        (directory / CLEAN_MARKER).unlink(missing_ok=True)
-        if not clean:
-            dropped = store.verify_all()
-            if dropped:
-                log.warning("task=%s event=recovery_dropped_pieces pieces=%s", meta.task_id, dropped)
-            store._compact_journal()
+        try:
+            (directory / CLEAN_MARKER).unlink(missing_ok=True)
+            if not clean:
+                dropped = store.verify_all()
+                if dropped:
+                    log.warning("task=%s event=recovery_dropped_pieces pieces=%s", meta.task_id, dropped)
+                store._compact_journal()
+        except OSError as exc:
+            store.close_dirty()
+            raise _storage_error(directory, "recovery", exc) from exc
+        except BaseException:
+            store.close_dirty()
+            raise
         if on_usage_change is not None:
             store._on_usage_change = on_usage_change
             on_usage_change(store.present_bytes())
@@ -168,17 +221,79 @@ class TaskStore:
             if self._closed:
                 return
             self._closed = True
-            os.close(self._journal_fd)
-            os.close(self._content_fd)
-        (self.directory / CLEAN_MARKER).touch()
+            self._close_files_locked()
+        try:
+            (self.directory / CLEAN_MARKER).touch(mode=FILE_MODE)
+        except OSError as exc:  # the next open verifies every piece instead
+            log.warning("task=%s event=clean_marker_failed error=%s", self.task_id, exc.strerror)
 
     def close_dirty(self) -> None:
         """Close without the clean marker (tests use it to simulate a crash)."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                os.close(self._journal_fd)
-                os.close(self._content_fd)
+                self._close_files_locked()
+
+    def _close_files_locked(self) -> None:
+        for fd in (self._journal_fd, self._content_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._journal_fd = self._content_fd = -1
+
+    # ------------------------------------------------------- parked files
+    @property
+    def files_open(self) -> bool:
+        return self._content_fd >= 0
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self._users or self._pins)
+
+    def park(self) -> bool:
+        """Close this store's files if nobody is using it (the manager's LRU); True if closed.
+
+        Never waits: a store busy in another thread is simply not parked now."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self._users or self._pins or self._content_fd < 0:
+                return False
+            self._close_files_locked()
+            return True
+        finally:
+            self._lock.release()
+
+    def _open_files_locked(self) -> bool:
+        """Reopen parked files (under the lock); True when they had been parked."""
+        if self._closed:
+            raise StorageError(f"task {self.task_id} is closed")
+        if self._content_fd >= 0:
+            return False
+        try:
+            content_fd = os.open(self.content_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _storage_error(self.directory, "reopening the content file", exc) from None
+        try:
+            journal_fd = os.open(self.directory / JOURNAL_FILE, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            os.close(content_fd)
+            raise _storage_error(self.directory, "reopening the piece journal", exc) from None
+        self._content_fd, self._journal_fd = content_fd, journal_fd
+        return True
+
+    @contextmanager
+    def _in_use(self):
+        """The store's files are open, and stay open (not parked) for the block."""
+        with self._lock:
+            reopened = self._open_files_locked()
+            self._users += 1
+        try:
+            if reopened:
+                self._on_files_opened(self)
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
 
     # --------------------------------------------------------------- state
     @property
@@ -191,7 +306,19 @@ class TaskStore:
 
     @property
     def content_fd(self) -> int:
-        return self._content_fd
+        """The content file's descriptor, reopened if it was parked: hold a pin while using it."""
+        with self._lock:
+            reopened = self._open_files_locked()
+            fd = self._content_fd
+        if reopened:
+            self._on_files_opened(self)
+        return fd
+
+    @contextmanager
+    def files_held(self):
+        """Keep the store's files open for the block (a whole-file export reads ``content_fd``)."""
+        with self._in_use():
+            yield self
 
     def span(self, number: int) -> PieceSpan:
         return piece_span(number, self.meta.content_length, self.meta.piece_length)
@@ -241,18 +368,22 @@ class TaskStore:
             release = self._before_write(span.length)  # may evict to make room; returns a release
         self.touch((number,))
         try:
-            try:
-                _pwrite_all(self._content_fd, view, span.offset)
-            except OSError as exc:
-                raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
-            record = journal.PieceRecord(number, span.length, True, digest)
-            with self._lock:
-                if self._closed:
-                    raise StorageError(f"task {self.task_id} is closed")
-                os.write(self._journal_fd, journal.encode_record(record))
-                had = number in self._present
-                self._present[number] = record
-                self._verified.add(number)
+            with self._in_use():
+                try:
+                    _pwrite_all(self._content_fd, view, span.offset)
+                except OSError as exc:
+                    raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
+                record = journal.PieceRecord(number, span.length, True, digest)
+                with self._lock:
+                    if self._closed:
+                        raise StorageError(f"task {self.task_id} is closed")
+                    try:
+                        os.write(self._journal_fd, journal.encode_record(record))
+                    except OSError as exc:
+                        raise StorageError(f"task {self.task_id}: recording piece {number}: {exc}") from exc
+                    had = number in self._present
+                    self._present[number] = record
+                    self._verified.add(number)
         finally:
             if release is not None:
                 release()
@@ -278,12 +409,15 @@ class TaskStore:
             self._access.pop(number, None)
             if record is None or self._closed:
                 return 0
+            reopened = self._open_files_locked()
             self._detach_if_linked()
             os.write(
                 self._journal_fd,
                 journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
             )
             _punch_hole(self._content_fd, span.offset, span.length)
+        if reopened:
+            self._on_files_opened(self)
         if self._memory is not None:
             self._memory.discard((self.task_id, number))
         self._on_usage_change(-span.length)
@@ -303,7 +437,7 @@ class TaskStore:
                 os.utime(path, (now, now))
             except FileNotFoundError:
                 try:
-                    path.touch()
+                    path.touch(mode=FILE_MODE)
                 except OSError:
                     pass
             except OSError:
@@ -344,7 +478,7 @@ class TaskStore:
     def disk_bytes(self) -> int:
         """Bytes the content file occupies on disk."""
         try:
-            return os.fstat(self._content_fd).st_blocks * 512
+            return os.stat(self.content_path).st_blocks * 512  # no descriptor needed (it may be parked)
         except OSError:
             return 0
 
@@ -356,7 +490,8 @@ class TaskStore:
             if cached is not None:
                 return cached
         span = self.span(number)
-        data = os.pread(self._content_fd, span.length, span.offset)
+        with self._in_use():
+            data = os.pread(self._content_fd, span.length, span.offset)
         if number not in self._verified:
             if not self._check(number, data):
                 raise StorageError(f"task {self.task_id}: piece {number} failed verification")
@@ -378,7 +513,9 @@ class TaskStore:
         if number in self._verified and on_bytes is None:
             return True
         span = self.span(number)
-        view = memoryview(os.pread(self._content_fd, span.length, span.offset)) if span.length else memoryview(b"")
+        with self._in_use():
+            data = os.pread(self._content_fd, span.length, span.offset) if span.length else b""
+        view = memoryview(data)
         if len(view) != span.length:
             self.remove_piece(number)
             return False
@@ -412,7 +549,7 @@ class TaskStore:
         if os.fstat(self._content_fd).st_nlink <= 1:
             return
         tmp = self.directory / f".{CONTENT_FILE}.detach"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
             offset, length = 0, self.meta.content_length
             while offset < length:
@@ -436,8 +573,90 @@ class TaskStore:
             body = journal.encode_header(self.meta.piece_length) + b"".join(journal.iter_compacted(self._present))
             write_atomically(path, body)
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            os.close(self._journal_fd)
-            self._journal_fd = fd
+            if self._journal_fd >= 0:
+                os.close(self._journal_fd)
+                self._journal_fd = fd
+            else:  # parked meanwhile: stays parked, the new journal is opened on next use
+                os.close(fd)
+
+
+def read_meta(directory: Path) -> TaskMeta:
+    """A task's metadata; TaskCorrupt if it is garbage, StorageError if the disk will not say."""
+    try:
+        return TaskMeta.from_json((directory / META_FILE).read_text())
+    except OSError as exc:
+        raise _storage_error(directory, "metadata", exc) from exc
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        raise TaskCorrupt(f"task {directory.name}: unreadable metadata: {exc}") from exc
+
+
+def _read_journal(directory: Path, meta: TaskMeta, journal_fd: int) -> dict[int, journal.PieceRecord]:
+    """The present pieces a journal records (a torn tail cut off); TaskCorrupt when it is not one."""
+    try:
+        data = _read_all(journal_fd)
+    except OSError as exc:
+        raise _storage_error(directory, "piece journal", exc) from exc
+    try:
+        if journal.decode_header(data) != meta.piece_length:
+            raise ValueError("journal piece length disagrees with metadata")
+        records, good = journal.decode_records(data[journal.HEADER.size :])
+    except ValueError as exc:
+        raise TaskCorrupt(f"task {directory.name}: piece journal: {exc}") from exc
+    if journal.HEADER.size + good != len(data):
+        log.warning(
+            "task=%s event=journal_torn_tail dropped_bytes=%d", meta.task_id, len(data) - journal.HEADER.size - good
+        )
+        try:
+            os.ftruncate(journal_fd, journal.HEADER.size + good)
+        except OSError as exc:
+            raise _storage_error(directory, "piece journal", exc) from exc
+    return {
+        n: r
+        for n, r in journal.replay(records).items()
+        if 0 <= n < meta.piece_count and r.length == piece_span(n, meta.content_length, meta.piece_length).length
+    }
+
+
+@attrs.frozen
+class TaskSummary:
+    """What the GC and ``dffs ctl tasks`` need of a task, read without opening it (no descriptor kept)."""
+
+    meta: TaskMeta
+    #: (number, length) of each recorded piece.
+    pieces: tuple[tuple[int, int], ...]
+    disk_bytes: int
+    last_access: float
+
+
+def summarize(directory: Path) -> TaskSummary:
+    """A closed task's summary from its files; StorageError (or TaskCorrupt) when they cannot be read."""
+    meta = read_meta(directory)
+    try:
+        fd = os.open(directory / JOURNAL_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _storage_error(directory, "piece journal", exc) from exc
+    try:
+        data = _read_all(fd)
+    except OSError as exc:
+        raise _storage_error(directory, "piece journal", exc) from exc
+    finally:
+        os.close(fd)
+    try:
+        if journal.decode_header(data) != meta.piece_length:
+            raise ValueError("journal piece length disagrees with metadata")
+        records, _ = journal.decode_records(data[journal.HEADER.size :])
+    except ValueError as exc:
+        raise TaskCorrupt(f"task {directory.name}: piece journal: {exc}") from exc
+    pieces = tuple(
+        (n, r.length)
+        for n, r in sorted(journal.replay(records).items())
+        if 0 <= n < meta.piece_count and r.length == piece_span(n, meta.content_length, meta.piece_length).length
+    )
+    try:
+        disk_bytes = os.stat(directory / CONTENT_FILE).st_blocks * 512
+    except OSError:
+        disk_bytes = 0
+    return TaskSummary(meta, pieces, disk_bytes, read_last_access(directory, meta))
 
 
 def read_last_access(directory: Path, meta: TaskMeta) -> float:
