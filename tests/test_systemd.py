@@ -28,3 +28,10 @@ def test_unit_verifies(unit, tmp_path):
 
 def test_there_are_units():
     assert any(u.name == "dffs-mount@.service" for u in UNITS)
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_units_raise_the_open_file_limit(unit):
+    """Every service holds task files and sockets: far more than the default 1024 descriptors."""
+    limits = [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith("LimitNOFILE=")]
+    assert limits and int(limits[0]) >= 65536

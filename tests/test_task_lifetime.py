@@ -7,6 +7,7 @@ Real origins (FaultyOrigin) and, for the TTL, a real ``dffs daemon`` with ``dffs
 from __future__ import annotations
 
 import json
+import resource
 import time
 
 import pytest
@@ -69,11 +70,20 @@ def test_a_long_running_daemon_applies_the_task_ttl(tmp_path, faulty_origin):
     url = faulty_origin.add("/ttl.bin", b"t" * 100_000)
     config = tmp_path / "daemon.toml"
     config.write_text("task_ttl = 2.0\ngc_interval = 0.5\ntask_idle_timeout = 0.5\n")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     daemon = Daemon(
-        tmp_path, "ttl", None, extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1")
+        tmp_path,
+        "ttl",
+        None,
+        extra=("--config", str(config), "--metrics-port", "-1", "--proxy-port", "-1"),
+        prefix=["prlimit", f"--nofile=256:{hard}"],  # started with a low soft limit
     )
     daemon.start()
     try:
+        # It raised its soft descriptor limit to the hard one at start.
+        limits = open(f"/proc/{daemon.proc.pid}/limits").read()
+        soft_now = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert int(soft_now) == hard, limits
         out = tmp_path / "out.bin"
         got = run_dffs("get", url, "-O", str(out), "--data-dir", str(daemon.data_dir))
         assert got.returncode == 0, got.stderr + daemon.output()[-3000:]

@@ -132,6 +132,10 @@ def run(argv: Sequence[str]) -> int:
     setup_logging(logging.DEBUG if debug else logging.WARNING)
     try:
         args = (build_image_parser() if _command(argv) == "image" else build_parser()).parse_args(argv)
+        if args.command in ("mount", "daemon", "scheduler", "manager", "up"):
+            from dffs.rlimit import raise_open_file_limit
+
+            raise_open_file_limit()  # servers: descriptors for task files, sockets, streams
         if args.command == "get":
             from dffs.cli.get import run_get
 
