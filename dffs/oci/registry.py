@@ -14,12 +14,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from email.message import Message
+from http.client import HTTPMessage
+from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from dffs.errors import SourceError
 from dffs.oci import auth, manifest
 from dffs.oci.reference import ImageReference
+from dffs.source.http.protocol import CREDENTIAL_HEADERS, same_origin
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PLATFORM = "linux/amd64"
@@ -45,31 +49,66 @@ class ResolvedImage:
         return [self.blob_url(b) for b in self.blobs]
 
 
+#: What OpenSSL says when the other end answered a TLS ClientHello with plain text (an HTTP
+#: server's "HTTP/1.1 400"): 3.0/3.1 and LibreSSL, then 3.2 and later.
+_PLAIN_HTTP_ANSWERS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"})
+
+
+def answered_tls_with_plain_http(error: BaseException | str) -> bool:
+    """Whether a failed TLS handshake means a plain-HTTP registry, and only that.
+
+    A certificate that does not verify is *not* that: falling back to http then
+    would hand the pull to whoever sits on the path."""
+    if isinstance(error, ssl.SSLCertVerificationError) or not isinstance(error, ssl.SSLError):
+        return False
+    return getattr(error, "reason", None) in _PLAIN_HTTP_ANSWERS
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects that never step down from https to http and never carry credentials to another host."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: HTTPMessage, newurl: str
+    ) -> urllib.request.Request | None:
+        if req.type == "https" and urlsplit(newurl).scheme.lower() == "http":
+            reason = f"refusing a redirect from https to http ({newurl})"
+            raise urllib.error.HTTPError(newurl, code, reason, headers, fp)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not same_origin(req.full_url, new.full_url):
+            for name in [k for k in new.headers if k.lower() in CREDENTIAL_HEADERS]:
+                del new.headers[name]
+        return new
+
+
 class RegistryClient:
     def __init__(self, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None, plain_http: bool = False):
         self.timeout = timeout
         self.ssl_context = ssl_context
         #: Only plain HTTP (containerd's ``--plain-http``), no TLS attempt first.
         self.plain_http = plain_http
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=ssl_context or ssl.create_default_context()), _SafeRedirects()
+        )
 
     def _fetch(self, url: str, headers: Mapping[str, str]) -> tuple[int, Message, bytes]:
         """Status, headers (an email Message: looked up without regard to case) and at most a manifest's bytes."""
         request = urllib.request.Request(url, headers=dict(headers))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return response.status, response.headers, response.read(MAX_MANIFEST_BYTES + 1)
         except urllib.error.HTTPError as exc:
             with exc:
                 return exc.code, exc.headers, exc.read(64 * 1024)
 
     def _base_url(self, ref: ImageReference, headers: Mapping[str, str]) -> str:
-        """https, or http when the registry speaks plain HTTP on that port."""
+        """https, or http when the registry answers the TLS handshake with plain HTTP (and only then);
+        only http with ``plain_http``."""
         for scheme in ("http",) if self.plain_http else ("https", "http"):
             try:
                 self._fetch(f"{scheme}://{ref.registry}/v2/", headers)
                 return f"{scheme}://{ref.registry}"
             except urllib.error.URLError as exc:
-                if scheme == "https" and isinstance(exc.reason, ssl.SSLError):
+                if scheme == "https" and answered_tls_with_plain_http(exc.reason):
                     continue  # TLS spoken to a plain-HTTP registry
                 raise SourceError(f"{ref}: cannot reach registry {ref.registry}: {exc.reason}") from None
             except (TimeoutError, OSError) as exc:
