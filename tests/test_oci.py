@@ -248,3 +248,9 @@ def test_digest_pinned_manifest_is_checked(token_registry):
     token_registry.manifests[wrong] = token_registry.manifests[token_registry.image_digest]
     with pytest.raises(SourceError, match=f"not the {wrong}"):
         RegistryClient(timeout=5).resolve(ImageReference.parse(f"oci://{token_registry.registry}/a/b@{wrong}"))
+
+
+def test_a_manifest_nested_too_deeply_is_a_source_error():
+    """Found by tests/test_fuzz.py: json.loads raised RecursionError, past the SourceError handler."""
+    with pytest.raises(SourceError, match="not JSON"):
+        manifest.parse(b"[" * 100_000)

@@ -77,7 +77,7 @@ def parse(body: bytes, content_type: str = "") -> Manifest | Index:
     """An index (several platforms) or a single-platform manifest; SourceError when malformed."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the interpreter's stack
         raise SourceError("manifest is not JSON") from None
     if not isinstance(doc, dict):
         raise SourceError("manifest is not a JSON object")
