@@ -254,3 +254,9 @@ def test_a_manifest_nested_too_deeply_is_a_source_error():
     """Found by tests/test_fuzz.py: json.loads raised RecursionError, past the SourceError handler."""
     with pytest.raises(SourceError, match="not JSON"):
         manifest.parse(b"[" * 100_000)
+
+
+def test_a_token_response_nested_too_deeply_is_a_source_error():
+    """Found by tests/test_fuzz.py: the token service's answer had the same RecursionError."""
+    with pytest.raises(SourceError, match="not JSON"):
+        auth.parse_token_response(b"[" * 100_000)

@@ -38,7 +38,7 @@ def token_request_url(params: dict[str, str], repository: str) -> str:
 def parse_token_response(body: bytes) -> str:
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SourceError("registry token service answered something that is not JSON") from None
     token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
     if not isinstance(token, str) or not token:
