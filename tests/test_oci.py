@@ -260,3 +260,11 @@ def test_a_token_response_nested_too_deeply_is_a_source_error():
     """Found by tests/test_fuzz.py: the token service's answer had the same RecursionError."""
     with pytest.raises(SourceError, match="not JSON"):
         auth.parse_token_response(b"[" * 100_000)
+
+
+def test_an_index_platform_that_is_not_an_object_is_a_source_error():
+    """Found by tests/test_fuzz.py: ``"platform": 1`` raised AttributeError out of the parser."""
+    digest = "sha256:" + "a" * 64
+    body = json.dumps({"manifests": [{"digest": digest, "size": 0, "platform": 1}]}).encode()
+    with pytest.raises(SourceError, match="platform"):
+        manifest.parse(body)

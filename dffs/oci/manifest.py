@@ -90,6 +90,8 @@ def parse(body: bytes, content_type: str = "") -> Manifest | Index:
         for i, entry in enumerate(entries):
             blob = _blob(entry, f"manifests[{i}]")
             platform = entry.get("platform") or {}
+            if not isinstance(platform, dict):
+                raise SourceError(f"image index manifests[{i}] has a platform that is not an object")
             parts = [str(platform.get("os", "")), str(platform.get("architecture", ""))]
             if platform.get("variant"):
                 parts.append(str(platform["variant"]))
