@@ -63,6 +63,22 @@ def download_request(download: common_pb2.Download, *, from_member: bool) -> Dow
     )
 
 
+#: Longest deadline a local client may give a download (a year; more is a garbage value).
+MAX_DOWNLOAD_TIMEOUT = 365 * 24 * 3600.0
+
+
+def download_expectations(download: common_pb2.Download) -> tuple[float, ExpectedDigest | None]:
+    """What a local client's download must meet: a deadline in seconds (0: none) and a whole-object
+    digest; UsageError for a negative or absurd deadline, or a malformed digest."""
+    expected = ExpectedDigest.parse(download.digest) if download.HasField("digest") else None
+    timeout = 0.0
+    if download.HasField("timeout"):
+        timeout = download.timeout.seconds + download.timeout.nanos / 1e9
+        if not 0 <= timeout <= MAX_DOWNLOAD_TIMEOUT:
+            raise UsageError(f"download timeout {timeout:g}s is not between 0 and {MAX_DOWNLOAD_TIMEOUT:g}s")
+    return timeout, expected
+
+
 def _task_id(text: str) -> str:
     if not is_task_id(text):
         raise UsageError("task_id must be 64 lowercase hex digits")
@@ -217,8 +233,7 @@ class DownloadServicer(dfdaemon_pb2_grpc.DfdaemonDownloadServicer, bridge.TrioSe
         if not download.HasField("output_path"):
             raise UsageError("download.url and download.output_path are required")
         req = download_request(download, from_member=False)
-        expected = ExpectedDigest.parse(download.digest) if download.HasField("digest") else None
-        timeout = download.timeout.ToTimedelta().total_seconds() if download.HasField("timeout") else 0
+        timeout, expected = download_expectations(download)
         try:
             with trio.fail_after(timeout or float("inf")):
                 result = await download_to_file(self.tasks, req, Path(download.output_path), expected=expected)
