@@ -184,3 +184,15 @@ def test_api_tokens_are_made_once_and_stored_hashed(db_url):
         assert tokens.check(f"bearer {later}")  # ... so another manager's token is learnt soon after
     finally:
         engine.dispose()
+
+
+def test_numbers_no_column_can_hold_are_usage_errors(store, engine):
+    """Found by tests/test_fuzz.py: a GetJob id of 2**64-1 (a uint64 on the wire) raised SQLite's
+    OverflowError out of the manager; PostgreSQL's DataError was reported as an outage."""
+    jobs = JobStore(engine)
+    with pytest.raises(UsageError, match="out of range"):
+        jobs.get(2**64 - 1)
+    with pytest.raises(UsageError, match="out of range"):
+        store.get_member(SCHEDULER, "h", "10.0.0.1", cluster_id=2**64 - 1)
+    with pytest.raises(UsageError, match="out of range"):
+        store.register(SCHEDULER, hostname="h", ip="10.0.0.1", port=8002, cluster_id=2**64 - 1)

@@ -158,6 +158,11 @@ class guard:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        # A number no column can hold (a uint64 id from a request): SQLite's driver raises
+        # OverflowError before the query, PostgreSQL a DataError. The caller's mistake, not an outage.
+        if isinstance(exc, OverflowError) or isinstance(exc, sa_exc.DataError):
+            detail = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
+            raise UsageError(f"a value is out of range for the database: {detail[0] if detail else exc}") from None
         if exc is None or not isinstance(exc, sa_exc.DBAPIError) or isinstance(exc, sa_exc.IntegrityError):
             return False
         detail = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
