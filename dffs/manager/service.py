@@ -268,7 +268,11 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
         return job_pb(await self._call(context, self.jobs.get, request.id))
 
     async def ListJobs(self, request, context):
-        state = STATE_FROM_PB[request.state] if request.HasField("state") else None
+        state = None
+        if request.HasField("state"):
+            state = STATE_FROM_PB.get(request.state)
+            if state is None:  # proto3 enums are open: any number arrives
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown job state {request.state}")
         if request.HasField("type") and request.type != pb.JOB_TYPE_PREHEAT:
             return pb.ListJobsResponse()
         rows = await self._call(
