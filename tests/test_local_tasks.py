@@ -169,3 +169,16 @@ async def test_import_is_refused_while_the_task_is_open(local, tmp_path, make_fi
     with pytest.raises(NotReady, match="is open on this host"):
         await ops.import_file(tmp_path / "other.bin", request)
     assert hashlib.sha256((tmp_path / "other.bin").read_bytes()).hexdigest()  # the file is untouched
+
+
+async def test_listing_tasks_opens_none_of_them(local, tmp_path, make_file):
+    """dffs ctl tasks on a host with many tasks: each is read from its summary, none is opened."""
+    local_tasks = await local()
+    for i in range(5):
+        make_file(f"f{i}.bin", 1000 + i)
+        await local_tasks.import_file(tmp_path / f"f{i}.bin", DownloadRequest(url=f"http://nowhere.invalid/{i}"))
+    local_tasks.storage.close()  # as after a restart: nothing open
+    infos = await local_tasks.list()
+    assert sorted(i.present_bytes for i in infos) == [1000, 1001, 1002, 1003, 1004]
+    assert all(i.complete and i.disk_bytes > 0 for i in infos)
+    assert local_tasks.storage.open_stores() == {}

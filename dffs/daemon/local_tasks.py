@@ -105,8 +105,22 @@ class LocalTasks:
         """Every task on this host, most recently used first."""
 
         def collect() -> list[LocalTaskInfo]:
-            stores = [self.storage.open_task(tid) for tid in self.storage.task_ids()]
-            return [self._info(s) for s in stores if s is not None]
+            # From each task's summary: a listing must not open every task on disk (two files each).
+            infos = []
+            for tid in self.storage.task_ids():
+                summary = self.storage.summary(tid)
+                if summary is not None:
+                    infos.append(
+                        LocalTaskInfo(
+                            meta=summary.meta,
+                            present_pieces=len(summary.pieces),
+                            present_bytes=sum(length for _, length in summary.pieces),
+                            disk_bytes=summary.disk_bytes,
+                            last_access=summary.last_access,
+                            active=self.is_active(tid),
+                        )
+                    )
+            return infos
 
         infos = await trio.to_thread.run_sync(collect)
         infos.sort(key=lambda info: -info.last_access)
