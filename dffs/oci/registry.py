@@ -23,7 +23,8 @@ import attrs
 from dffs.errors import SourceError
 from dffs.oci import auth, manifest
 from dffs.oci.reference import ImageReference
-from dffs.source.http.protocol import CREDENTIAL_HEADERS, same_origin
+from dffs.security.redact import CREDENTIAL_HEADERS
+from dffs.source.http.protocol import same_origin
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DEFAULT_PLATFORM = "linux/amd64"

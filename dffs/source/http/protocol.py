@@ -15,14 +15,11 @@ import attrs
 
 from dffs.bounds import MAX_OBJECT_SIZE, parse_size
 from dffs.errors import UsageError
+from dffs.security.redact import CREDENTIAL_HEADERS  # one list: redirects drop what logs redact
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*$", re.IGNORECASE)
-#: Request headers that carry credentials: never sent on to another origin by a redirect.
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "x-amz-security-token", "x-auth-token", "x-api-key"}
-)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
