@@ -159,6 +159,7 @@ def test_common_task_timestamps_and_optional_length():
                 "AnnounceHost": (False, False),
                 "DeleteHost": (False, False),
                 "ListHosts": (False, False),
+                "GetPieceDigests": (False, False),
             },
         ),
         (

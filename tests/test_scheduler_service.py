@@ -74,7 +74,7 @@ class SchedulerProcess:
             match = re.search(r"listening on (\S+):(\d+)", line)
             assert match, line
             self.port = int(match.group(2))
-            self.channel = member_channel(f"127.0.0.1:{self.port}")
+            self.channel = member_channel(f"127.0.0.1:{self.port}", role="client")  # may speak for any host
             self.stub = scheduler_pb2_grpc.SchedulerStub(self.channel)
         except BaseException:
             self.close()
@@ -208,7 +208,9 @@ class PeerStream:
     def piece_from_source(self, number, length=4 * MiB):
         self.send(
             download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
-                piece=common_pb2.Piece(number=number, offset=number * length, length=length, digest="blake3:00")
+                piece=common_pb2.Piece(
+                    number=number, offset=number * length, length=length, digest=piece_digest(number)
+                )
             )
         )
 
@@ -218,7 +220,7 @@ class PeerStream:
             parent_id=parent_id,
             offset=number * length,
             length=length,
-            digest="blake3:00",
+            digest=piece_digest(number),
             traffic_type=common_pb2.TRAFFIC_TYPE_REMOTE_PEER,
         )
         piece.cost.nanos = cost_ms * 1_000_000
@@ -371,6 +373,11 @@ def test_empty_task(sched, ids):
     second.register()
     assert second.recv_kind()[0] == "empty_task_response"
     second.close()
+
+
+def piece_digest(number: int) -> str:
+    """A well-formed digest, the same for a piece wherever it is reported (as real bytes would be)."""
+    return "blake3:" + f"{number:064x}"
 
 
 class FakeSeed:

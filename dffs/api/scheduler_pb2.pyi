@@ -203,6 +203,29 @@ class DeletePiecesRequest(_message.Message):
     piece_numbers: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ..., piece_numbers: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class GetPieceDigestsRequest(_message.Message):
+    __slots__ = ("host_id", "task_id", "piece_numbers")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PIECE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    task_id: str
+    piece_numbers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ..., piece_numbers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetPieceDigestsResponse(_message.Message):
+    __slots__ = ("digests",)
+    class DigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.ScalarMap[int, str]
+    def __init__(self, digests: _Optional[_Mapping[int, str]] = ...) -> None: ...
+
 class AnnounceHostRequest(_message.Message):
     __slots__ = ("host", "interval")
     HOST_FIELD_NUMBER: _ClassVar[int]

@@ -81,6 +81,11 @@ class SchedulerStub:
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
                 response_deserializer=dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.FromString,
                 _registered_method=True)
+        self.GetPieceDigests = channel.unary_unary(
+                '/dffs.scheduler.Scheduler/GetPieceDigests',
+                request_serializer=dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsRequest.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -146,6 +151,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPieceDigests(self, request, context):
+        """The anchored digests of a task's pieces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +205,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListHosts,
                     request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                     response_serializer=dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.SerializeToString,
+            ),
+            'GetPieceDigests': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPieceDigests,
+                    request_deserializer=dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsRequest.FromString,
+                    response_serializer=dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +455,33 @@ class Scheduler:
             '/dffs.scheduler.Scheduler/ListHosts',
             google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             dffs_dot_api_dot_scheduler__pb2.ListHostsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPieceDigests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.scheduler.Scheduler/GetPieceDigests',
+            dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsRequest.SerializeToString,
+            dffs_dot_api_dot_scheduler__pb2.GetPieceDigestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

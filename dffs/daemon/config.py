@@ -77,6 +77,10 @@ class DaemonConfig:
     cluster_key: str | None = None
     #: Plain text, members unauthenticated (a warning is logged).
     insecure: bool = False
+    #: How piece bytes travel between members: "signed" (sendfile; each request signed, bytes checked
+    #: against anchored digests, not encrypted) or "tls" (encrypted; bytes through user space). Every
+    #: member of a cluster must use the same. See docs/security.md.
+    data_plane: str = attrs.field(default="signed", validator=attrs.validators.in_(("signed", "tls")))
     #: Networks (CIDR) that requests from other members may make this host fetch from besides public
     #: addresses; loopback, link-local and cloud-metadata addresses are refused otherwise.
     remote_allow_networks: tuple[str, ...] = ()

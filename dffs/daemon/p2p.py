@@ -27,16 +27,21 @@ import trio
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
 from dffs.daemon.schedulers import ChannelFactory, SchedulerClient, Stub
-from dffs.digest import format_piece_digest
+from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
 from dffs.rpc import bridge
 from dffs.security.redact import shareable_headers, shareable_url
 from dffs.source import SourceStat
 from dffs.upload.client import PeerError, PieceClient
-from dffs.upload.protocol import is_piece_digest
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds between asks for anchored digests the scheduler did not have yet (a report in flight).
+ANCHOR_REFRESH = 0.2
+#: Pieces asked about per GetPieceDigests (the one needed and those after it).
+ANCHOR_BATCH = 1024
 
 
 class _SchedulerUnreachable(Exception):
@@ -127,6 +132,11 @@ class P2PFetcher:
         self._random = random.Random()
         self._nursery: trio.Nursery | None = None
         self._started_status: Any = None
+        #: The scheduler of the current conversation (asked for anchored digests).
+        self._stub: Stub | None = None
+        #: piece number -> the digest anchored at the scheduler: what a parent's bytes must hash to.
+        self.anchored: dict[int, str] = {}
+        self._anchors_asked_at = -1e9
 
     # ------------------------------------------------------ conversation
     def _message(self, **request: Any) -> scheduler_pb2.AnnouncePeerRequest:
@@ -198,6 +208,7 @@ class P2PFetcher:
         """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered."""
         async with self.schedulers.announce_peer(stub) as stream:
             self._stream = stream
+            self._stub = stub
             await self._send(self._message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download)))
             try:
                 first = await stream.receive()
@@ -298,12 +309,55 @@ class P2PFetcher:
             self.parents.pop(parent.id, None)  # useless so far: may be offered again later
 
     # ---------------------------------------------------------- fetching
+    async def _anchor(self, task: PeerTask, number: int) -> str | None:
+        """The scheduler's digest for piece ``number`` (None: not anchored yet, or no scheduler)."""
+        if number in self.anchored or self._stub is None:
+            return self.anchored.get(number)
+        now = trio.current_time()
+        if now - self._anchors_asked_at < ANCHOR_REFRESH:
+            return None
+        self._anchors_asked_at = now
+        count = task.store.meta.piece_count
+        wanted = [n for n in range(number, min(number + ANCHOR_BATCH, count)) if n not in self.anchored]
+        try:
+            self.anchored.update(await self.schedulers.piece_digests(self._stub, self.task_id, wanted))
+        except grpc.RpcError as exc:
+            log.info(
+                "task=%s peer=%s event=anchored_digests_unavailable code=%s", self.task_id, self.peer_id, exc.code()
+            )
+        return self.anchored.get(number)
+
     async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
+        """Piece ``number`` from a parent — its bytes checked against the digest anchored at the
+        scheduler, not only the parent's word — or from the origin when none can serve it."""
         rounds = 0
+        unanchored_since: float | None = None
         while True:
             changed = self._changed
             parent = pick_parent(self.parents.values(), number)
-            if parent is not None:
+            if parent is not None and not self.back_to_source:
+                anchor = await self._anchor(task, number)
+                if anchor is None:
+                    # Not anchored (yet): no parent's bytes can be checked. A report may be in
+                    # flight; past parent_wait, the origin.
+                    now = trio.current_time()
+                    unanchored_since = unanchored_since if unanchored_since is not None else now
+                    if now - unanchored_since < self.settings.parent_wait:
+                        await trio.sleep(ANCHOR_REFRESH)
+                        continue
+                    log.warning("task=%s piece=%d event=piece_not_anchored action=back_to_source", task.task_id, number)
+                    self.back_to_source = True
+                    continue
+                if parent.pieces.get(number) != anchor:
+                    self._drop_piece(
+                        parent,
+                        number,
+                        f"parent announced digest {parent.pieces.get(number)}, the scheduler anchored {anchor}",
+                    )
+                    await self._report_failure(
+                        number, parent, "announced digest differs from the anchored one", temporary=False
+                    )
+                    continue
                 parent.active += 1
                 try:
                     digest = await self.swarm.piece_client.fetch(
@@ -312,7 +366,7 @@ class P2PFetcher:
                         task.task_id,
                         number,
                         buffer,
-                        expected_digest=parent.pieces.get(number),
+                        expected_digest=anchor,
                     )
                 except PeerError as exc:
                     parent.failures += 1 if exc.retryable else MAX_PARENT_FAILURES
@@ -324,10 +378,7 @@ class P2PFetcher:
                         parent.id,
                         exc,
                     )
-                    failed = scheduler_pb2.DownloadPieceFailedRequest(
-                        piece_number=number, parent_id=parent.id, temporary=exc.retryable, description=str(exc)
-                    )
-                    await self._send(self._message(download_piece_failed_request=failed))
+                    await self._report_failure(number, parent, str(exc), temporary=exc.retryable)
                     continue
                 finally:
                     parent.active -= 1
@@ -354,6 +405,18 @@ class P2PFetcher:
                         )
                     )
                 )
+
+    def _drop_piece(self, parent: Parent, number: int, why: str) -> None:
+        """A parent that says wrong things about a piece is not asked again."""
+        parent.failures = MAX_PARENT_FAILURES
+        parent.pieces.pop(number, None)
+        log.warning("task=%s piece=%d parent=%s event=parent_dropped reason=%r", self.task_id, number, parent.id, why)
+
+    async def _report_failure(self, number: int, parent: Parent, description: str, *, temporary: bool) -> None:
+        failed = scheduler_pb2.DownloadPieceFailedRequest(
+            piece_number=number, parent_id=parent.id, temporary=temporary, description=description
+        )
+        await self._send(self._message(download_piece_failed_request=failed))
 
     def choose(self, candidates: list[int]) -> int:
         """Rarest first among pieces some parent has (:func:`choose_piece`)."""

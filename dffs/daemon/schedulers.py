@@ -32,7 +32,7 @@ import trio
 from google.protobuf import timestamp_pb2
 
 from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from dffs.digest import format_piece_digest
+from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.gc.service import GcResult
 from dffs.peertask import DownloadRequest
 from dffs.rpc import bridge
@@ -231,6 +231,16 @@ class SchedulerClient:
                     exc.details() if isinstance(exc, grpc.RpcError) else exc,
                 )
         return False
+
+    async def piece_digests(self, stub: Stub, task_id: str, numbers: list[int]) -> dict[int, str]:
+        """The digests the scheduler anchored for these pieces (where their bytes entered the
+        cluster); malformed answers are dropped. Raises grpc.RpcError."""
+        answer = await bridge.unary(
+            stub.GetPieceDigests,
+            scheduler_pb2.GetPieceDigestsRequest(host_id=self.host_id, task_id=task_id, piece_numbers=numbers),
+            timeout=CALL_TIMEOUT,
+        )
+        return {n: d for n, d in answer.digests.items() if is_piece_digest(d)}
 
     async def stat_task(self, request: DownloadRequest) -> SourceStat | None:
         """The object's size from the task's scheduler, when some peer holds it."""

@@ -83,7 +83,10 @@ class Daemon:
             cert_addresses=(cfg.ip,),
         )
         self.sources = SourceRegistry()
-        self.piece_client = PieceClient(auth=self.transport.piece_auth, host_id=cfg.host_id)
+        server_tls, client_tls = (
+            self.transport.piece_tls() if cfg.data_plane == "tls" and self.transport.secure else (None, None)
+        )
+        self.piece_client = PieceClient(auth=self.transport.piece_auth, host_id=cfg.host_id, tls=client_tls)
         self.schedulers = SchedulerClient(
             cfg.host_id,
             cfg.schedulers,
@@ -108,6 +111,7 @@ class Daemon:
             max_concurrent_uploads=cfg.max_concurrent_uploads,
             rate_limit_bytes_per_sec=cfg.upload_rate_limit or None,
             auth=self.transport.piece_auth,
+            tls=server_tls,
         )
         self.gc = GcService(
             self.storage,

@@ -32,6 +32,14 @@ def format_piece_digest(raw: bytes) -> str:
     return f"{PIECE_DIGEST_ALGORITHM}:{raw.hex()}"
 
 
+_PIECE_DIGEST = re.compile(rf"{PIECE_DIGEST_ALGORITHM}:[0-9a-fA-F]{{{2 * PIECE_DIGEST_SIZE}}}")
+
+
+def is_piece_digest(text: str) -> bool:
+    """Whether ``text`` is a well-formed ``blake3:<64 hex>`` (as peers and schedulers exchange them)."""
+    return _PIECE_DIGEST.fullmatch(text) is not None
+
+
 _HASHERS: dict[str, tuple[Callable[[], object], int]] = {
     "sha256": (hashlib.sha256, 32),
     "sha512": (hashlib.sha512, 64),

@@ -31,6 +31,7 @@ import attrs
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from dffs.api import common_pb2, manager_pb2, scheduler_pb2
+from dffs.digest import is_piece_digest
 from dffs.idgen import host_id
 from dffs.scheduler import policy
 from dffs.scheduler.config import SchedulerConfig
@@ -46,12 +47,15 @@ from dffs.scheduler.resource import (
     PeerState,
     Task,
 )
+from dffs.security.redact import shareable_headers
 
 log = logging.getLogger("dffs.scheduler")
 
 #: Longest id (host, task, peer) accepted.
 MAX_ID_LENGTH = 512
 MAX_URL_LENGTH = 64 * 1024
+#: Pieces one GetPieceDigests request may name (an answer stays well under the message limit).
+MAX_DIGESTS_PER_ANSWER = 65536
 #: Longest piece cost accepted (a day).
 MAX_COST_SECONDS = 24 * 3600.0
 
@@ -272,6 +276,18 @@ class SchedulerCore:
         _check_id("task", request.task_id)
         return self.task_message(self.graph.task(request.task_id))
 
+    def piece_digests(self, request: scheduler_pb2.GetPieceDigestsRequest) -> scheduler_pb2.GetPieceDigestsResponse:
+        """The anchored digests of the pieces asked (all anchored ones when none are named)."""
+        _check_id("task", request.task_id)
+        if len(request.piece_numbers) > MAX_DIGESTS_PER_ANSWER:
+            raise InvalidArgument(f"at most {MAX_DIGESTS_PER_ANSWER} pieces per request")
+        anchored = self.graph.task(request.task_id).piece_digests
+        if not request.piece_numbers:
+            return scheduler_pb2.GetPieceDigestsResponse(digests=anchored)
+        return scheduler_pb2.GetPieceDigestsResponse(
+            digests={n: anchored[n] for n in request.piece_numbers if n in anchored}
+        )
+
     def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
         _check_id("host", request.host_id)
         _check_id("task", request.task_id)
@@ -345,7 +361,8 @@ class SchedulerCore:
             task_type=d.type,
             digest=d.digest if d.HasField("digest") else None,
             filtered_query_params=d.filtered_query_params,
-            request_header=dict(d.request_header),
+            # Credentials never stay here (a daemon strips them; this is for one that did not).
+            request_header=shareable_headers(d.request_header),
             piece_length=d.piece_length if d.HasField("piece_length") else None,
             priority=d.priority,
             disable_back_to_source=d.disable_back_to_source,
@@ -433,6 +450,19 @@ class SchedulerCore:
                 length=piece.length,
                 offset=piece.offset,
             )
+            if piece.digest and not from_parent:
+                if not is_piece_digest(piece.digest):
+                    raise InvalidArgument(f"piece {piece.number}: malformed digest {piece.digest[:80]!r}")
+                if not graph.anchor_piece_digest(peer, piece.number, piece.digest):
+                    log.warning(
+                        "event=digest_conflict task=%s peer=%s host=%s piece=%d reported=%s anchored=%s action=suspect",
+                        peer.task.id,
+                        peer.id,
+                        peer.host.id,
+                        piece.number,
+                        piece.digest,
+                        peer.task.piece_digests[piece.number],
+                    )
             log.debug(
                 "event=piece_finished task=%s peer=%s piece=%d parent=%s",
                 peer.task.id,
@@ -608,7 +638,7 @@ class SchedulerCore:
             tag=task.tag,
             application=task.application,
             filtered_query_params=task.filtered_query_params,
-            request_header=task.request_header,
+            request_header=shareable_headers(task.request_header),
             piece_length=task.piece_length or 0,
             piece_count=task.piece_count or 0,
             state=task.state.value,

@@ -35,3 +35,9 @@ class FailedPrecondition(SchedulerError):
     """Valid message, wrong moment: before register, after the peer finished, ..."""
 
     code = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(SchedulerError):
+    """The caller's certificate does not allow it: a daemon speaking for another host."""
+
+    code = "PERMISSION_DENIED"

@@ -13,6 +13,8 @@ Filters, in order (the first that applies is the reason)
 ``state``           FAILED, LEAVING or PENDING (a pending peer has nothing yet
                     and may never start)
 ``not_shared``      the parent's host disabled sharing
+``suspect``         the parent's host reported origin pieces whose digests
+                    contradict the anchored ones
 ``no_upload_slot``  the parent's host has no free upload slot
 ``useless``         holds no piece this peer lacks; except a *seed* that is
                     fetching from the origin (TRIGGERED or BACK_TO_SOURCE),
@@ -165,6 +167,8 @@ def exclusion(parent: Peer, child: Peer, blocklist: Collection[str] = ()) -> str
         return "state"
     if parent.host.disable_shared:
         return "not_shared"
+    if parent.host.suspect_reports:
+        return "suspect"
     if parent.host.free_upload_slots <= 0 and child.id not in parent.children:
         return "no_upload_slot"
     if not (is_feeding_seed(parent) or parent.has_pieces_missing_from(child)):

@@ -123,6 +123,9 @@ class Host:
     #: Pieces children got from this host, and failures they reported.
     upload_count: int = 0
     upload_failed_count: int = 0
+    #: Origin pieces this host reported with a digest that contradicts the anchored one:
+    #: such a host is not offered as a parent (its bytes are not what entered the cluster).
+    suspect_reports: int = 0
     peers: dict[str, Peer] = attrs.Factory(dict)
 
     @property
@@ -170,6 +173,11 @@ class Task:
     seed_trigger_failed_at: float | None = None
     #: How many times a seed was triggered for the task (names placeholders).
     seed_triggers: int = 0
+    #: piece number -> "blake3:<hex>", fixed by the first peer that reported the piece from the
+    #: origin: children check parents' bytes against these (GetPieceDigests).
+    piece_digests: dict[int, str] = attrs.Factory(dict)
+    #: Back-to-source reports whose digest contradicted the anchored one.
+    digest_conflicts: int = 0
 
     @property
     def state(self) -> TaskState:
@@ -617,6 +625,18 @@ class Graph:
             parent.host.upload_count += 1
             parent.updated_at = now
         return parent
+
+    def anchor_piece_digest(self, peer: Peer, number: int, digest: str) -> bool:
+        """Keep ``digest`` for piece ``number`` if it is the first report of it from the origin;
+        False when it contradicts the anchored one (the reporter's host becomes suspect)."""
+        task = peer.task
+        self.check_piece_number(task, number)
+        known = task.piece_digests.setdefault(number, digest)
+        if known == digest:
+            return True
+        task.digest_conflicts += 1
+        peer.host.suspect_reports += 1
+        return False
 
     def piece_failed(self, peer: Peer, number: int, *, parent_id: str, temporary: bool) -> Peer | None:
         """A child could not get a piece from ``parent_id``.

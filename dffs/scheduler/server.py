@@ -58,7 +58,7 @@ async def serve(
             accept_timeout=config.seed_trigger_timeout,
             channel_options=channel_options(config.max_message_bytes),
         )
-    service = SchedulerService(core, seed_trigger=seed_trigger)
+    service = SchedulerService(core, transport, seed_trigger=seed_trigger)
     server = grpc.aio.server(options=server_options(config.max_message_bytes))
     add_to_server(service, server)
     try:

@@ -94,8 +94,9 @@ from dffs.api import scheduler_pb2, scheduler_pb2_grpc
 from dffs.metrics import scheduler as metrics
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
-from dffs.scheduler.errors import InvalidArgument, SchedulerError
+from dffs.scheduler.errors import InvalidArgument, PermissionDenied, SchedulerError
 from dffs.scheduler.trigger import SeedTrigger
+from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.scheduler")
 
@@ -116,11 +117,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
 
 
 def _unary(method):
-    """Run a synchronous unary handler; SchedulerError -> its status code."""
+    """Run a synchronous unary handler for an authorized caller; SchedulerError -> its status code."""
 
     @functools.wraps(method)
     async def handler(self, request, context):
         try:
+            self.authorize(context, _host_named(request))
             return method(self, request)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status
             await _abort(context, exc)
@@ -128,9 +130,18 @@ def _unary(method):
     return handler
 
 
+def _host_named(request) -> str | None:
+    """The host a request speaks for (None: about no host, e.g. ListHosts)."""
+    if isinstance(request, scheduler_pb2.AnnounceHostRequest):
+        return request.host.id
+    return getattr(request, "host_id", None)
+
+
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, core: SchedulerCore, *, seed_trigger: SeedTrigger | None = None):
+    def __init__(self, core: SchedulerCore, transport: Transport, *, seed_trigger: SeedTrigger | None = None):
         self.core = core
+        #: Who is calling (mutual TLS): a daemon may speak only for its own host.
+        self.transport = transport
         self.config: SchedulerConfig = core.config
         self.seed_trigger = seed_trigger
         #: task id -> event set (and dropped) when the task changes.
@@ -210,6 +221,19 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.core.seed_trigger_failed(trigger, reason)
         self._notify(trigger.task_id)
 
+    def authorize(self, context, host_id: str | None) -> None:
+        """A daemon's certificate names its host: it may announce, register and delete only for it.
+        Managers and clients (``dffs ctl``, holders of the cluster key) may speak for any host."""
+        if not self.transport.secure:
+            return
+        caller = self.transport.peer(context)
+        if caller is None:
+            raise PermissionDenied("no member certificate")
+        if caller.role == "daemon" and host_id is not None and host_id != caller.id:
+            raise PermissionDenied(f"{caller.uri} may not speak for host {host_id[:64]!r}")
+        if caller.role == "scheduler" and host_id is not None:
+            raise PermissionDenied(f"{caller.uri} may not speak for hosts")
+
     # ---- AnnouncePeer -----------------------------------------------------
 
     async def AnnouncePeer(self, request_iterator, context):
@@ -218,6 +242,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         try:
             async for request in request_iterator:
                 peer_id = request.peer_id or "-"
+                self.authorize(context, request.host_id)
                 if session is None:
                     session = self.core.register(request)
                     wants_answer = True
@@ -306,6 +331,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self._notify(task_id)
         metrics.pieces_deleted.inc(len(request.piece_numbers))
         return empty_pb2.Empty()
+
+    @_unary
+    def GetPieceDigests(self, request):
+        return self.core.piece_digests(request)
 
     @_unary
     def StatPeer(self, request):

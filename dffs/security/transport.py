@@ -15,6 +15,10 @@ socket) are local and protected by their file mode: they never use TLS.
 from __future__ import annotations
 
 import logging
+import os
+import ssl
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -85,6 +89,23 @@ class Transport:
             require_client_auth=True,
         )
         return int(server.add_secure_port(address, creds))
+
+    def piece_tls(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """(server, client) TLS contexts for a TLS data plane: both sides present member certificates."""
+        assert self.credentials is not None
+        creds = self.credentials
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cadata=creds.ca_pem.decode())
+        server.verify_mode = ssl.CERT_REQUIRED
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=creds.ca_pem.decode())
+        with tempfile.TemporaryDirectory(prefix="dffs-tls-") as tmp:  # ssl loads chains from files only
+            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            cert.write_bytes(creds.cert_pem)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(creds.key_pem)
+            for context in (server, client):
+                context.load_cert_chain(cert, key)
+        return server, client
 
     def peer(self, context: Any) -> Identity | None:
         """Who is calling (from the client certificate); None on an insecure transport."""

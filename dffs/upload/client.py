@@ -13,6 +13,7 @@ as a :class:`PeerError` naming the parent, the task and the piece.
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import TypedDict
 
@@ -111,6 +112,7 @@ class PieceClient:
         auth: PieceAuth | None = None,
         host_id: str = "",
         min_rate: float = 256 * 1024,
+        tls: ssl.SSLContext | None = None,
     ):
         #: Signs every request as this host (a member of the cluster); None: unsigned (--insecure).
         self.auth = auth
@@ -120,6 +122,8 @@ class PieceClient:
         #: A parent slower than this (bytes/s, beyond the timeouts) is given up on: a drip of bytes
         #: under the read timeout must not hold a piece for ever.
         self.min_rate = min_rate
+        #: Client TLS context (with this member's certificate) when the data plane runs TLS.
+        self.tls = tls
         self.http = HttpSource(
             HttpOptions(
                 connect_timeout=connect_timeout,
@@ -127,6 +131,7 @@ class PieceClient:
                 attempts=1,
                 max_redirects=0,
                 max_idle_per_origin=max_idle_per_parent,
+                ssl_context=tls,
             )
         )
         self.hash_in_thread_min = hash_in_thread_min
@@ -161,6 +166,8 @@ class PieceClient:
         """
         try:
             url = piece_url(host, port, task_id, number)
+            if self.tls is not None:
+                url = "https" + url[len("http") :]
             parent = host_port(host, port)
             expected = _as_digest(expected_digest)
         except ValueError as exc:  # what a parent or the scheduler said about it is malformed

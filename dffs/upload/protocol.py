@@ -271,11 +271,6 @@ def parse_piece_digest(value: str | None) -> bytes:
     return bytes.fromhex(match.group(1))
 
 
-def is_piece_digest(value: str) -> bool:
-    """Whether ``value`` is a well-formed ``blake3:<64 hex>``."""
-    return _DIGEST_RE.fullmatch(value) is not None
-
-
 def piece_path(task_id: str, number: int) -> str:
     """The request target for a piece; ValueError if the task id or number is not valid."""
     if not is_task_id(task_id):

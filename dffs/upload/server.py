@@ -29,6 +29,7 @@ import functools
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -144,6 +145,23 @@ class _Close(Exception):
     """End this connection (after an answer that said so, or a timeout)."""
 
 
+class _TlsSocket:
+    """The two socket calls the server makes, over TLS (``data_plane = "tls"``). There is no
+    sendfile under TLS in Python: piece bytes are read and encrypted in user space."""
+
+    is_tls = True
+
+    def __init__(self, stream: trio.SSLStream):
+        self.stream = stream
+
+    async def recv(self, size: int) -> bytes:
+        return bytes(await self.stream.receive_some(size))
+
+    async def send(self, data, flags: int = 0) -> int:
+        await self.stream.send_all(data)
+        return len(data)
+
+
 class PieceUploadServer:
     """Serves this daemon's pieces on the upload port; see the module docstring.
 
@@ -169,6 +187,7 @@ class PieceUploadServer:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after: int = 1,
         auth: PieceAuth | None = None,
+        tls: ssl.SSLContext | None = None,
         min_rate: float = 256 * 1024,
         max_connections: int = 1024,
         max_connections_per_client: int = 64,
@@ -186,6 +205,8 @@ class PieceUploadServer:
         self.retry_after = retry_after
         #: Checks that each request is signed by a cluster member; None: anyone may fetch (--insecure).
         self.auth = auth
+        #: Server TLS context (client certificates required) when the data plane runs TLS; None: plain.
+        self.tls = tls
         #: A child that reads a piece slower than this (bytes/s, after a grace of ``send_timeout``)
         #: loses its connection: a drip of reads must not hold an upload slot for ever.
         self.min_rate = min_rate
@@ -285,6 +306,17 @@ class PieceUploadServer:
             client = sock.getpeername()[0]
         except OSError:
             client = "?"
+        if self.tls is not None:
+            tls_stream = trio.SSLStream(stream, self.tls, server_side=True)
+            try:
+                with trio.fail_after(self.head_timeout):
+                    await tls_stream.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+                self._connections_active -= 1
+                log.info("event=upload_tls_refused client=%s error=%s", client, exc)
+                await trio.aclose_forcefully(stream)
+                return
+            sock = _TlsSocket(tls_stream)  # type: ignore[assignment]
         self._per_client[client] += 1
         try:
             if (
@@ -569,7 +601,7 @@ class PieceUploadServer:
 
     async def _send_file(self, sock, fd: int, offset: int, count: int) -> None:
         """``count`` bytes of ``fd`` at ``offset`` to the socket with sendfile, paced by the bucket."""
-        if not self._use_sendfile:
+        if not self._use_sendfile or getattr(sock, "is_tls", False):
             await self._send_file_fallback(sock, fd, offset, count)
             return
         out = sock.fileno()

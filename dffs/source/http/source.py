@@ -58,6 +58,8 @@ class HttpOptions:
     verify_tls: bool = True
     #: Extra CA certificates (PEM) to trust, e.g. a private CA; the system's are trusted too.
     ca_file: str | None = None
+    #: A ready TLS context used instead of the above (the P2P data plane's, with a client certificate).
+    ssl_context: ssl.SSLContext | None = None
 
 
 class HttpSource:
@@ -75,6 +77,8 @@ class HttpSource:
         )
 
     def _ssl_context(self) -> ssl.SSLContext:
+        if self.options.ssl_context is not None:
+            return self.options.ssl_context
         """Built on first https use: loading the CA bundle costs ~10 ms."""
         context = ssl.create_default_context()
         if self.options.ca_file:
