@@ -336,7 +336,11 @@ class PeerTask:
             async with receive:
                 async for number, buffer, length in receive:
                     if not self.store.has_piece(number):
+                        started = time.monotonic()
                         await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
+                        # Reported like any origin piece (its digest anchors it for children),
+                        # before it counts as written.
+                        await self.fetcher.stored(self, number, True, time.monotonic() - started)
                         self._note_written(number)
                         progress(length)
                     free_send.send_nowait(buffer)
