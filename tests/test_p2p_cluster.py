@@ -172,7 +172,11 @@ def test_five_peers_get_one_file_at_once(net, tmp_path, nginx_origin, make_file)
         origin.sync_log()
         hosts = net.cluster_hosts
         by_client = {name: origin.body_bytes("/big.bin", "GET", client=hosts[name].ip) for name in ["seed", *gets]}
-        assert by_client == {"seed": size} | {name: 0 for name in gets}, by_client
+        why = {
+            name: [line for line in daemons[name].output().splitlines() if "back_to_source" in line][-5:]
+            for name in gets
+        }
+        assert by_client == {"seed": size} | {name: 0 for name in gets}, (by_client, why)
         assert origin.body_bytes("/big.bin", "GET") == size
         for name in gets:
             from_origin, from_peers = done_line(daemons[name].output())
