@@ -331,3 +331,100 @@ def test_candidates_are_the_best_scored_usable_parents(swarm):
     assert all(0.0 <= v <= 1.0 for c in ranked for v in c.parts.values())
     chosen = candidate_parents(child, graph, limit=limit, blocklist=blocklist)
     assert ids(chosen) == [c.peer.id for c in ranked[:limit]]
+
+
+# ---- bounded work -------------------------------------------------------------------
+
+
+def _reference_is_bad(costs):
+    """The rule on exact fractions (statistics), as the scheduler computed it before."""
+    import statistics
+
+    if len(costs) < evaluator.BAD_MIN_HISTORY + 1:
+        return False
+    *history, last = costs
+    mean = max(statistics.fmean(history), evaluator.BAD_COST_FLOOR)
+    if len(history) < evaluator.BAD_NORMAL_HISTORY:
+        return last > evaluator.BAD_RATIO * mean
+    return last > mean + evaluator.BAD_SIGMAS * statistics.pstdev(history) and last > 2 * mean
+
+
+@given(st.lists(st.floats(min_value=0, max_value=50), min_size=4, max_size=70), st.floats(0, 500))
+def test_float_statistics_give_the_exact_rule_s_verdicts(history, last):
+    import statistics
+
+    mean = max(statistics.fmean(history), evaluator.BAD_COST_FLOOR)
+    stdev = statistics.pstdev(history)
+    limits = [evaluator.BAD_RATIO * mean, mean + evaluator.BAD_SIGMAS * stdev, 2 * mean]
+    if any(abs(last - limit) <= 1e-9 * max(1.0, limit) for limit in limits):
+        return  # on a threshold to within rounding: either verdict is right
+    assert is_bad_parent([*history, last]) == _reference_is_bad([*history, last])
+
+
+def _finished_swarm(graph, n, task_id="big"):
+    for i in range(n):
+        add_peer(graph, f"f{i}", f"fh{i}", task_id, state=PeerState.SUCCEEDED, pieces=4, piece_count=4)
+
+
+def test_a_decision_examines_a_bounded_sample_of_the_peers_that_can_serve(graph, monkeypatch):
+    _finished_swarm(graph, 2000)
+    for i in range(500):
+        add_peer(graph, f"pending{i}", f"ph{i}", "big")  # never candidates: not in the pool at all
+    child = add_peer(graph, "child", "me", "big")
+    examined = []
+    real = evaluator.exclusion
+
+    def counting(parent, *args, **kwargs):
+        examined.append(parent)
+        return real(parent, *args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "exclusion", counting)
+    hint = graph.peer("f1999")
+    chosen = candidate_parents(child, graph, sample=15, extra=[hint])
+    assert len(chosen) == 4 and len(examined) <= 16
+    assert hint in examined and all(p.state is PeerState.SUCCEEDED for p in examined)
+    examined.clear()
+    assert len(candidate_parents(child, graph, sample=0)) == 4 and len(examined) == 2000  # 0: the whole pool
+
+
+def test_hints_no_longer_in_the_pool_are_ignored(graph):
+    _finished_swarm(graph, 3)
+    child = add_peer(graph, "child", "me", "big")
+    gone = graph.peer("f0")
+    graph.leave_peer(gone)
+    assert gone not in evaluator.draw_candidates(child, 15, [gone])
+
+
+def test_the_cycle_walk_runs_only_for_a_peer_with_children(graph, monkeypatch):
+    chain = [add_peer(graph, f"c{i}", f"ch{i}", "chain", state=PeerState.RUNNING, pieces=[i]) for i in range(300)]
+    for parent, child in zip(chain, chain[1:], strict=False):
+        graph.set_parents(child, [parent])
+    walks = []
+    real = evaluator.Descendants
+
+    def counting(peer, *args):
+        walks.append(peer.id)
+        return real(peer, *args)
+
+    monkeypatch.setattr(evaluator, "Descendants", counting)
+    newcomer = add_peer(graph, "new", "nh", "chain")
+    assert len(candidate_parents(newcomer, graph, sample=0, limit=300)) == 300 and walks == []
+    # The head of the chain rescheduling: every other link downloads from it, directly or not.
+    assert candidate_parents(chain[0], graph, sample=0) == [] and walks == ["c0"]
+    assert set(ids(candidate_parents(chain[150], graph, sample=0, limit=300))) == {f"c{i}" for i in range(150)}
+
+
+def test_past_the_walk_limit_peers_that_have_parents_count_as_cycles(graph, monkeypatch):
+    monkeypatch.setattr(evaluator, "CYCLE_WALK_LIMIT", 5)
+    root = add_peer(graph, "root", "rh", state=PeerState.RUNNING, pieces=[0])
+    for i in range(10):
+        graph.set_parents(add_peer(graph, f"d{i}", f"dh{i}", state=PeerState.RUNNING, pieces=[i + 1]), [root])
+    source = add_peer(graph, "source", "sh", state=PeerState.BACK_TO_SOURCE, pieces=[5, 6])
+    unrelated = add_peer(graph, "other", "oh", state=PeerState.RUNNING, pieces=[7])
+    graph.set_parents(unrelated, [source])
+    descendants = evaluator.Descendants(root)
+    assert not descendants.complete and len(descendants.found) == 5
+    # Conservative: a peer with parents may be a descendant; one without cannot be.
+    assert exclusion(unrelated, root, descendants=descendants) == "cycle"
+    assert exclusion(source, root, descendants=descendants) is None
+    assert not creates_cycle(unrelated, root)  # the exact walk, for comparison

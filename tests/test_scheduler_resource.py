@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from collections import deque
+
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dffs.scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dffs.scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, SchedulerError
 from dffs.scheduler.resource import (
     TRANSITIONS,
+    CostWindow,
     HostType,
+    PeerPool,
     PeerState,
     TaskState,
     cost_per_mib,
@@ -377,3 +382,188 @@ def test_gc_gives_up_on_triggered_seeds(graph, clock):
 def test_cost_per_mib():
     assert cost_per_mib(1.0, 2 * MiB) == 0.5
     assert cost_per_mib(1.0, 0) == 1.0
+
+
+# ---- indexes --------------------------------------------------------------------
+
+
+def _random_operation(graph, clock, data) -> None:
+    """One graph operation with random arguments; bad ones raise SchedulerError and must change nothing."""
+    hosts = sorted(graph.hosts)
+    peers = sorted(graph.peers)
+    draw = data.draw
+    op = draw(
+        st.sampled_from(
+            [
+                "announce",
+                "register",
+                "start",
+                "source",
+                "piece",
+                "fail_piece",
+                "parents",
+                "block",
+                "finish",
+                "fail",
+                "leave",
+                "delete_pieces",
+                "delete_host",
+                "gc",
+                "trigger",
+                "flag",
+            ]
+        )  # fmt: skip
+    )
+    peer = graph.peers[draw(st.sampled_from(peers))] if peers else None
+    if op == "announce" or not hosts:
+        name = draw(st.sampled_from([f"h{i}" for i in range(6)]))
+        add_host(
+            graph,
+            name,
+            seed=draw(st.booleans()),
+            disable_shared=draw(st.booleans()),
+            labels={"upload_slots": str(draw(st.integers(0, 3)))},
+        )
+    elif op == "register":
+        graph.register_peer(
+            f"p{draw(st.integers(0, 30))}",
+            draw(st.sampled_from(hosts)),
+            draw(st.sampled_from(["t1", "t2"])),
+            url="http://origin/x",
+            need_back_to_source=draw(st.booleans()),
+        )
+    elif peer is None:
+        return
+    elif op == "start":
+        graph.peer_started(peer)
+    elif op == "source":
+        graph.peer_back_to_source_started(peer)
+    elif op == "piece":
+        parent = draw(st.sampled_from([None, *peers]))
+        graph.piece_finished(peer, draw(st.integers(0, 7)), parent_id=parent, cost=0.1, length=MiB)
+    elif op == "fail_piece":
+        graph.piece_failed(peer, 0, parent_id=draw(st.sampled_from(peers)), temporary=draw(st.booleans()))
+    elif op == "parents":
+        graph.set_parents(peer, [graph.peers[p] for p in draw(st.lists(st.sampled_from(peers), max_size=3))])
+    elif op == "block":
+        graph.block_parents(peer, draw(st.lists(st.sampled_from(peers), max_size=2)))
+    elif op == "finish":
+        graph.peer_finished(peer, content_length=8 * MiB, piece_count=8)
+    elif op == "fail":
+        graph.peer_failed(peer)
+    elif op == "leave":
+        graph.leave_peer(peer)
+    elif op == "delete_pieces":
+        graph.delete_pieces(peer.host.id, peer.task.id, draw(st.lists(st.integers(0, 7), max_size=3)))
+    elif op == "delete_host":
+        graph.delete_host(draw(st.sampled_from(hosts)))
+    elif op == "gc":
+        clock.advance(draw(st.sampled_from([1, 6, 11, 40])))
+        graph.gc()
+    elif op == "trigger":
+        seeds = graph.seed_hosts()
+        if seeds:
+            graph.add_triggered_seed(peer.task, draw(st.sampled_from(seeds)))
+    elif op == "flag":
+        peer.need_back_to_source = draw(st.booleans())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_indexes_agree_with_the_graph_after_any_operations(data):
+    """Per-task state counts, pool of servers, origin fetchers, seed peers; per-host upload slots
+    in use; the seed hosts: whatever happens, each equals its slow recomputation."""
+    clock = FakeClock()
+    graph = make_graph(clock, task_ttl=20, failed_peer_ttl=5, seed_trigger_timeout=5, collect_offers=True)
+    for _ in range(data.draw(st.integers(1, 60))):
+        try:
+            _random_operation(graph, clock, data)
+        except SchedulerError:
+            pass
+        assert graph.index_problems() == []
+
+
+def test_pool_of_servers_follows_state_pieces_and_sharing(graph):
+    task_peer = add_peer(graph, "pending", "h1")
+    task = task_peer.task
+    assert task_peer not in task.servers  # pending: has nothing, may never start
+    running = add_peer(graph, "running", "h2", state=PeerState.RUNNING)
+    assert running not in task.servers  # nothing to give yet
+    graph.piece_finished(running, 0, parent_id="pending")
+    assert running in task.servers
+    graph.delete_pieces("h2", task.id, [0])
+    assert running not in task.servers
+    seed = graph.add_triggered_seed(task, add_host(graph, "seed", seed=True))
+    assert seed in task.servers  # a seed fetching from the origin serves what it is about to get
+    add_host(graph, "seed", seed=True, disable_shared=True)
+    assert seed not in task.servers
+    assert graph.index_problems() == []
+
+
+def test_seed_hosts_are_indexed_as_they_announce(graph):
+    add_host(graph, "a", seed=True)
+    add_host(graph, "b")
+    assert [h.id for h in graph.seed_hosts()] == ["a"]
+    add_host(graph, "a")  # no longer a seed
+    add_host(graph, "b", seed=True)
+    assert [h.id for h in graph.seed_hosts()] == ["b"]
+    graph.delete_host("b")
+    assert graph.seed_hosts() == []
+
+
+def test_upload_slots_in_use_are_counted_not_walked(graph):
+    parent = add_peer(graph, "parent", "h1", state=PeerState.SUCCEEDED, pieces=2)
+    children = [add_peer(graph, f"c{i}", f"ch{i}") for i in range(3)]
+    for child in children:
+        graph.set_parents(child, [parent])
+    graph.set_parents(children[0], [parent])  # the same edge again
+    assert parent.host.upload_used == 3
+    graph.block_parents(children[1], ["parent"])
+    graph.leave_peer(children[2])
+    assert parent.host.upload_used == 1 and graph.index_problems() == []
+
+
+def test_peers_keep_no_download_cost_history():
+    """Nothing reads a peer's own download costs; only what children fetched from it counts."""
+    graph = make_graph(FakeClock())
+    peer = add_peer(graph, "p", "h1", state=PeerState.BACK_TO_SOURCE, pieces=3)
+    assert not hasattr(peer, "download_costs") and len(peer.upload_costs) == 0
+
+
+@given(st.lists(st.floats(0, 100), max_size=200), st.integers(1, 70))
+def test_cost_window_is_a_bounded_queue(costs, maxlen):
+    window, reference = CostWindow(maxlen=maxlen), deque(maxlen=maxlen)
+    for cost in costs:
+        window.append(cost)
+        reference.append(cost)
+    assert list(window) == list(reference) == window.tolist()
+    assert len(window) == len(reference)
+    if reference:
+        assert window[-1] == reference[-1] and window[0] == reference[0] and window[1:] == list(reference)[1:]
+
+
+def test_cost_window_memo_lasts_until_the_next_cost():
+    window = CostWindow([1.0, 2.0])
+    calls = []
+
+    def total(w):
+        calls.append(1)
+        return sum(w)
+
+    assert window.memo("sum", total) == 3.0 and window.memo("sum", total) == 3.0 and len(calls) == 1
+    window.append(4.0)
+    assert window.memo("sum", total) == 7.0 and len(calls) == 2
+
+
+def test_peer_pool_samples_without_copying_and_removes_in_constant_time(graph):
+    pool = PeerPool()
+    peers = [add_peer(graph, f"p{i}", f"h{i}") for i in range(50)]
+    assert all(pool.add(p) for p in peers) and not pool.add(peers[0])
+    for p in peers[::2]:
+        assert pool.discard(p)
+    assert not pool.discard(peers[0]) and len(pool) == 25
+    assert set(pool) == set(peers[1::2])
+    rng = random.Random(7)
+    sample = pool.sample(10, rng)
+    assert len(sample) == len(set(sample)) == 10 and set(sample) <= set(peers[1::2])
+    assert sorted(p.id for p in pool.sample(100, rng)) == sorted(p.id for p in peers[1::2])

@@ -7,7 +7,7 @@ import socket
 import attrs
 
 from dffs.errors import UsageError
-from dffs.scheduler.policy import PolicyConfig
+from dffs.scheduler.policy import DEFAULT_FILTER_PARENT_LIMIT, PolicyConfig
 
 DEFAULT_LISTEN = "0.0.0.0:8002"
 
@@ -51,6 +51,9 @@ class SchedulerConfig:
     manager_refresh_interval: float = _seconds(default=10.0)
     #: Parents offered per answer (K).
     candidate_parent_limit: int = _count(4, _positive)
+    #: Peers examined per scheduling decision, drawn at random from those that
+    #: can serve (0: all of them, which costs time in proportion to the task's size).
+    filter_parent_limit: int = _count(DEFAULT_FILTER_PARENT_LIMIT)
     #: A peer silent this long is forgotten.
     peer_ttl: float = _seconds(default=24 * 3600.0)
     #: A task with no peers is forgotten this long after its last activity.
@@ -98,6 +101,7 @@ class SchedulerConfig:
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
             candidate_parent_limit=self.candidate_parent_limit,
+            filter_parent_limit=self.filter_parent_limit,
             back_to_source_limit=self.back_to_source_limit,
             back_to_source_limit_with_seed=self.back_to_source_limit_with_seed,
             retry_back_to_source_rounds=self.retry_back_to_source_rounds,

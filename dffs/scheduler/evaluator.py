@@ -1,8 +1,22 @@
 """Parent selection: which peers may serve a peer, and in what order.  Pure.
 
-``candidate_parents(peer, graph)`` runs every other peer of the task through
-:func:`exclusion` (a reason to skip it, or None) and ranks the survivors by
-:func:`score`; the top ``limit`` win.
+``candidate_parents(peer, graph)`` draws up to ``sample`` peers at random from
+the task's pool of peers that can serve (``Task.servers``: 0 takes the whole
+pool), adds the ``extra`` peers a change offered to this waiter, runs each
+through :func:`exclusion` (a reason to skip it, or None) and ranks the
+survivors by :func:`score`; the top ``limit`` win.
+
+Bounded time
+------------
+A decision costs O(sample), not O(peers of the task): the pool already leaves
+out every peer the ``state``, ``not_shared`` and ``useless``-without-pieces
+filters would reject, statistics of a parent's costs are computed in floating
+point once per change of its window (:meth:`CostWindow.memo`), and the cycle
+check walks only when the peer has children (a newcomer cannot close a cycle):
+then the peer's descendants are collected once per decision, at most
+``CYCLE_WALK_LIMIT`` of them; beyond that, a candidate that has parents of its
+own (so may be a descendant) is treated as closing a cycle -- never wrong,
+only conservative for a peer that thousands download from.
 
 Filters, in order (the first that applies is the reason)
 --------------------------------------------------------
@@ -60,13 +74,15 @@ when it exceeds mean + 3 standard deviations and twice the mean.
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 import random
-import statistics
 from collections.abc import Collection, Iterable, Sequence
 
 import attrs
 
-from dffs.scheduler.resource import Graph, Peer, PeerState
+from dffs.scheduler.resource import PARENT_STATES, CostWindow, Graph, HostType, Peer, PeerState
 
 #: Number of location elements compared ("area|country|province|city|zone").
 MAX_LOCATION_ELEMENTS = 5
@@ -81,6 +97,10 @@ BAD_RATIO = 20.0
 BAD_SIGMAS = 3.0
 #: Costs are seconds per MiB; below this they are noise (loopback, page cache).
 BAD_COST_FLOOR = 1e-3
+#: Descendants of a rescheduling peer collected for the cycle check, at most.
+CYCLE_WALK_LIMIT = 2048
+
+_random = random.Random()
 
 
 @attrs.frozen
@@ -94,13 +114,21 @@ class Weights:
     location: float = 0.10
 
     def total(self, parts: dict[str, float]) -> float:
-        return sum(getattr(self, name) * value for name, value in parts.items())
+        return (
+            self.free_upload * parts["free_upload"]
+            + self.pieces * parts["pieces"]
+            + self.speed * parts["speed"]
+            + self.upload_success * parts["upload_success"]
+            + self.host_type * parts["host_type"]
+            + self.idc * parts["idc"]
+            + self.location * parts["location"]
+        )
 
 
 DEFAULT_WEIGHTS = Weights()
 
 #: States a parent may be in.
-_PARENT_STATES = frozenset({PeerState.TRIGGERED, PeerState.RUNNING, PeerState.BACK_TO_SOURCE, PeerState.SUCCEEDED})
+_PARENT_STATES = PARENT_STATES
 
 
 @attrs.frozen
@@ -118,24 +146,48 @@ def is_bad_parent(
     ratio: float = BAD_RATIO,
     sigmas: float = BAD_SIGMAS,
 ) -> bool:
-    """Whether the last of ``costs`` (oldest first) is an outlier against the rest."""
+    """Whether the last of ``costs`` (oldest first) is an outlier against the rest.
+
+    Floating point throughout: ``statistics.pstdev`` converts every float to
+    an exact fraction, which made this check most of a decision's time.
+    """
     if len(costs) < min_history + 1:
         return False
-    *history, last = costs
-    mean = max(statistics.fmean(history), BAD_COST_FLOOR)
-    if len(history) < normal_history:
+    history = costs.tolist() if isinstance(costs, CostWindow) else list(costs)
+    last = history.pop()
+    n = len(history)
+    raw_mean = math.fsum(history) / n
+    mean = max(raw_mean, BAD_COST_FLOOR)
+    if n < normal_history:
         return last > ratio * mean
-    stdev = statistics.pstdev(history)
-    return last > mean + sigmas * stdev and last > 2 * mean
+    # E[x^2] - mean^2 with exactly rounded sums: its error is far below what
+    # the 3-sigma and twice-the-mean thresholds can notice.
+    variance = max(0.0, math.fsum(map(operator.mul, history, history)) / n - raw_mean * raw_mean)
+    return last > mean + sigmas * math.sqrt(variance) and last > 2 * mean
+
+
+def _recent_mean(costs: Sequence[float]) -> float | None:
+    recent = (costs.tolist() if isinstance(costs, CostWindow) else list(costs))[-SPEED_SAMPLES:]
+    return math.fsum(recent) / len(recent) if recent else None
+
+
+def parent_is_bad(parent: Peer) -> bool:
+    """:func:`is_bad_parent` on the parent's upload costs, once per change of them."""
+    costs = parent.upload_costs
+    if isinstance(costs, CostWindow):
+        return costs.memo("bad", is_bad_parent)
+    return is_bad_parent(costs)
 
 
 def is_feeding_seed(parent: Peer) -> bool:
     """A seed that is fetching the task from the origin: useful before it has pieces."""
-    return parent.host.is_seed and parent.state in (PeerState.TRIGGERED, PeerState.BACK_TO_SOURCE)
+    return parent.is_feeding_seed
 
 
 def creates_cycle(parent: Peer, child: Peer) -> bool:
     """True when ``parent`` downloads from ``child``, directly or transitively."""
+    if not child.children:
+        return parent is child  # nobody downloads from child: no path back to it
     seen: set[int] = set()
     stack = [parent]
     while stack:
@@ -149,38 +201,71 @@ def creates_cycle(parent: Peer, child: Peer) -> bool:
     return False
 
 
-def exclusion(parent: Peer, child: Peer, blocklist: Collection[str] = ()) -> str | None:
-    """Why ``parent`` cannot serve ``child`` (see the module docstring), or None."""
+class Descendants:
+    """The peers that download from ``peer``, directly or transitively: collected once per decision.
+
+    At most ``limit`` are walked; past that :meth:`may_contain` answers True
+    for any peer that has parents (only such a peer can be a descendant).
+    """
+
+    def __init__(self, peer: Peer, limit: int | None = None):
+        if limit is None:
+            limit = CYCLE_WALK_LIMIT
+        self.found: set[int] = set()
+        self.complete = True
+        stack = list(peer.children.values())
+        while stack:
+            node = stack.pop()
+            if id(node) in self.found:
+                continue
+            if len(self.found) >= limit:
+                self.complete = False
+                break
+            self.found.add(id(node))
+            stack.extend(node.children.values())
+
+    def may_contain(self, peer: Peer) -> bool:
+        return id(peer) in self.found or (not self.complete and bool(peer.parents))
+
+
+def exclusion(
+    parent: Peer, child: Peer, blocklist: Collection[str] = (), *, descendants: Descendants | None = None
+) -> str | None:
+    """Why ``parent`` cannot serve ``child`` (see the module docstring), or None.
+
+    ``descendants``: the child's, when the caller collected them for several candidates.
+    """
     if parent is child:
         return "self"
-    if parent.host is child.host:
+    host = parent.host
+    if host is child.host:
         return "same_host"
-    if (
-        parent.id in blocklist
-        or parent.host.id in blocklist
-        or parent.id in child.blocked_parents
-        or not parent.aliases.isdisjoint(child.blocked_parents)
-        or not parent.aliases.isdisjoint(blocklist)
-    ):
+    blocked = child.blocked_parents
+    if (blocklist and (parent.id in blocklist or host.id in blocklist)) or (blocked and parent.id in blocked):
+        return "blocked"
+    if parent.aliases and (not parent.aliases.isdisjoint(blocked) or not parent.aliases.isdisjoint(blocklist)):
         return "blocked"
     if parent.state not in _PARENT_STATES:
         return "state"
-    if parent.host.disable_shared:
+    if host.disable_shared:
         return "not_shared"
-    if parent.host.suspect_reports:
+    if host.suspect_reports:
         return "suspect"
-    if parent.host.free_upload_slots <= 0 and child.id not in parent.children:
+    if host.upload_slots <= host.upload_used and child.id not in parent.children:
         return "no_upload_slot"
-    if not (is_feeding_seed(parent) or parent.has_pieces_missing_from(child)):
+    if not (parent.is_feeding_seed or parent.has_pieces_missing_from(child)):
         return "useless"
-    if creates_cycle(parent, child):
-        return "cycle"
-    if is_bad_parent(parent.upload_costs):
+    if child.children:
+        if descendants.may_contain(parent) if descendants is not None else creates_cycle(parent, child):
+            return "cycle"
+    if parent_is_bad(parent):
         return "bad"
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def location_affinity(a: str, b: str) -> float:
+    """Common leading ``|`` elements / 5 (cached: a cluster has few locations, a decision many candidates)."""
     if not a or not b:
         return 0.0
     if a.lower() == b.lower():
@@ -193,20 +278,41 @@ def location_affinity(a: str, b: str) -> float:
     return score / MAX_LOCATION_ELEMENTS
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def idc_affinity(a: str, b: str) -> float:
     return 1.0 if a and b and a.lower() == b.lower() else 0.0
 
 
 def recent_upload_cost(parent: Peer) -> float | None:
-    costs = list(parent.upload_costs)[-SPEED_SAMPLES:]
-    return statistics.fmean(costs) if costs else None
+    """Mean seconds/MiB of the last ``SPEED_SAMPLES`` pieces children fetched from ``parent``."""
+    costs = parent.upload_costs
+    if isinstance(costs, CostWindow):
+        return costs.memo("recent", _recent_mean)
+    return _recent_mean(costs)
 
 
-def score_parts(parent: Peer, child: Peer, *, best_cost: float | None, most_pieces: int) -> dict[str, float]:
-    """The seven parts of the score, each in 0..1 (see the module docstring)."""
+def score_parts(
+    parent: Peer,
+    child: Peer,
+    *,
+    best_cost: float | None,
+    most_pieces: int,
+    cost: float | None | bool = False,
+    child_idc: str | None = None,
+    child_location: str | None = None,
+) -> dict[str, float]:
+    """The seven parts of the score, each in 0..1 (see the module docstring).
+
+    ``cost`` (the parent's :func:`recent_upload_cost`), ``child_idc`` and
+    ``child_location`` may be passed when the caller has them already.
+    """
     host = parent.host
-    free = host.upload_slots - host.upload_used + (1 if child.id in parent.children else 0)
-    free_upload = min(1.0, max(0.0, free / host.upload_slots)) if host.upload_slots > 0 else 0.0
+    slots = host.upload_slots
+    if slots > 0:
+        free = slots - host.upload_used + (1 if child.id in parent.children else 0)
+        free_upload = 1.0 if free >= slots else (free / slots if free > 0 else 0.0)
+    else:
+        free_upload = 0.0
 
     piece_count = parent.task.piece_count
     if parent.state is PeerState.SUCCEEDED:
@@ -216,7 +322,8 @@ def score_parts(parent: Peer, child: Peer, *, best_cost: float | None, most_piec
     else:
         pieces = parent.finished_count / most_pieces if most_pieces else 0.0
 
-    cost = recent_upload_cost(parent)
+    if cost is False:
+        cost = recent_upload_cost(parent)
     if cost is None or best_cost is None:
         speed = UNMEASURED_SPEED
     else:
@@ -224,16 +331,44 @@ def score_parts(parent: Peer, child: Peer, *, best_cost: float | None, most_piec
 
     attempts = host.upload_count + host.upload_failed_count
     upload_success = host.upload_count / attempts if attempts else 1.0
+    if child_idc is None:
+        child_idc = child.host.effective_idc
+    if child_location is None:
+        child_location = child.host.effective_location
 
     return {
         "free_upload": free_upload,
         "pieces": pieces,
         "speed": speed,
         "upload_success": upload_success,
-        "host_type": 0.5 if host.is_seed else 1.0,
-        "idc": idc_affinity(host.effective_idc, child.host.effective_idc),
-        "location": location_affinity(host.effective_location, child.host.effective_location),
+        "host_type": 0.5 if host.type is HostType.SEED else 1.0,
+        "idc": idc_affinity(host.idc or host.labels.get("idc", ""), child_idc),
+        "location": location_affinity(host.location or host.labels.get("location", ""), child_location),
     }
+
+
+def _scored(peer: Peer, parents: Iterable[Peer], weights: Weights) -> list[tuple[float, str, Peer, dict[str, float]]]:
+    """(-score, peer id, parent, parts) for each of ``parents``, best first."""
+    parents = list(parents)
+    costs = [recent_upload_cost(p) for p in parents]
+    measured = [c for c in costs if c is not None]
+    best_cost = min(measured) if measured else None
+    most_pieces = max((p.finished_count for p in parents), default=0)
+    idc, location = peer.host.effective_idc, peer.host.effective_location
+    scored = []
+    for parent, cost in zip(parents, costs, strict=True):
+        parts = score_parts(
+            parent,
+            peer,
+            best_cost=best_cost,
+            most_pieces=most_pieces,
+            cost=cost,
+            child_idc=idc,
+            child_location=location,
+        )
+        scored.append((-weights.total(parts), parent.id, parent, parts))
+    scored.sort(key=lambda s: (s[0], s[1]))
+    return scored
 
 
 def rank_parents(
@@ -243,30 +378,47 @@ def rank_parents(
     weights: Weights = DEFAULT_WEIGHTS,
 ) -> list[Candidate]:
     """Score ``parents`` (already filtered) for ``peer``, best first."""
-    parents = list(parents)
-    measured = [c for c in map(recent_upload_cost, parents) if c is not None]
-    best_cost = min(measured) if measured else None
-    most_pieces = max((p.finished_count for p in parents), default=0)
-    ranked = []
-    for parent in parents:
-        parts = score_parts(parent, peer, best_cost=best_cost, most_pieces=most_pieces)
-        ranked.append(Candidate(parent, weights.total(parts), parts))
-    ranked.sort(key=lambda c: (-c.score, c.peer.id))
-    return ranked
+    return [Candidate(parent, -negative, parts) for negative, _, parent, parts in _scored(peer, parents, weights)]
+
+
+def draw_candidates(
+    peer: Peer, sample: int, extra: Iterable[Peer] = (), rng: random.Random | None = None
+) -> list[Peer]:
+    """Up to ``sample`` peers at random from the pool that can serve ``peer``'s task (0: the
+    whole pool), then those of ``extra`` still in the pool and not drawn."""
+    pool = peer.task.servers
+    drawn = pool.sample(sample if sample > 0 else len(pool), rng or _random)
+    seen = {id(p) for p in drawn}
+    for hint in extra:
+        if id(hint) not in seen and hint in pool:
+            seen.add(id(hint))
+            drawn.append(hint)
+    return drawn
 
 
 def filter_parents(
-    peer: Peer, blocklist: Collection[str] = (), *, sample: int = 0
+    peer: Peer,
+    blocklist: Collection[str] = (),
+    *,
+    sample: int | None = None,
+    extra: Iterable[Peer] = (),
+    rng: random.Random | None = None,
 ) -> tuple[list[Peer], dict[str, str]]:
-    """(usable parents, {excluded peer id: reason}) among the peer's task's peers
-    (a random ``sample`` of them when it is positive and the task has more)."""
+    """(usable parents, {excluded peer id: reason}).
+
+    ``sample`` None examines every peer of the task and names the reason for
+    each one excluded (tests, diagnostics); a number examines what
+    :func:`draw_candidates` draws, which is what decisions do.
+    """
+    if sample is None:
+        others = [p for p in peer.task.peers.values() if p is not peer]
+    else:
+        others = draw_candidates(peer, sample, extra, rng)
+    descendants = Descendants(peer) if peer.children else None
     usable: list[Peer] = []
     excluded: dict[str, str] = {}
-    others = [p for p in peer.task.peers.values() if p is not peer]
-    if 0 < sample < len(others):
-        others = random.sample(others, sample)
     for other in others:
-        reason = exclusion(other, peer, blocklist)
+        reason = exclusion(other, peer, blocklist, descendants=descendants)
         if reason is None:
             usable.append(other)
         elif reason != "self":
@@ -282,13 +434,17 @@ def candidate_parents(
     blocklist: Collection[str] = frozenset(),
     weights: Weights = DEFAULT_WEIGHTS,
     sample: int = 0,
+    extra: Iterable[Peer] = (),
+    rng: random.Random | None = None,
 ) -> list[Peer]:
     """The best ``limit`` parents for ``peer``, best first; empty when none is usable.
 
+    ``sample``: peers drawn from the task's pool of those that can serve (0:
+    all of them); ``extra``: peers to examine as well (offered by a change).
     ``graph`` is accepted for symmetry with the rest of the scheduler; the
     task's peers are reached through ``peer.task``.
     """
     if limit <= 0:
         return []
-    usable, _ = filter_parents(peer, blocklist, sample=sample)
-    return [c.peer for c in rank_parents(peer, usable, weights=weights)[:limit]]
+    usable, _ = filter_parents(peer, blocklist, sample=sample, extra=extra, rng=rng)
+    return [s[2] for s in _scored(peer, usable, weights)[:limit]]

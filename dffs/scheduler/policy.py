@@ -21,7 +21,8 @@ Rules, in order:
 2. priority LEVEL1 -> Refuse;
 3. the download asked for the origin (``need_back_to_source``) and may use it
    -> BackToSource;
-4. usable parents (:mod:`evaluator`) -> UseParents;
+4. usable parents (:mod:`evaluator`: a random sample of ``filter_parent_limit``
+   peers that can serve, plus the ``hints`` a waking change offered) -> UseParents;
 5. a normal peer, a seed host able to take the task, and the task has no live
    seed peer nor a seed failure in the last ``seed_trigger_backoff`` seconds
    -> TriggerSeed (best seed by free slots, then IDC/location affinity);
@@ -36,17 +37,27 @@ Rules, in order:
    * after ``retry_limit`` rounds -> BackToSource anyway: the limit protects
      the origin from a stampede, it must not starve a peer forever;
    otherwise, after ``retry_limit`` rounds -> Refuse;
-8. otherwise -> Retry.
+8. otherwise -> Retry, saying at which round the answer may change by itself:
+   the next one when the sample did not cover every peer that can serve (a
+   new draw may find a parent) or a seed trigger is backed off (time will
+   lift it), else the next of ``retry_back_to_source_rounds`` and
+   ``retry_limit``.  Anything else that could change the answer is a change
+   to the graph, which wakes the peer (:mod:`dffs.scheduler.waiting`), so the
+   service need not re-decide at every round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import random
+from collections.abc import Collection, Sequence
 
 import attrs
 
 from dffs.scheduler.evaluator import DEFAULT_WEIGHTS, Weights, candidate_parents, idc_affinity, location_affinity
 from dffs.scheduler.resource import LIVE_STATES, Graph, Host, Peer
+
+#: Peers examined per decision by default, as in Dragonfly (``filter_parent_limit``).
+DEFAULT_FILTER_PARENT_LIMIT = 15
 
 # common.Priority / common.TaskType values (kept numeric: this module does not import protos).
 PRIORITY_LEVEL1 = 1
@@ -57,8 +68,8 @@ TASK_TYPE_PERSISTENT = 1
 @attrs.frozen
 class PolicyConfig:
     candidate_parent_limit: int = 4
-    #: Peers of the task examined per round, a random sample (0: all of them).
-    filter_parent_limit: int = 0
+    #: Peers examined per decision: a random sample of those that can serve (0: all of them).
+    filter_parent_limit: int = DEFAULT_FILTER_PARENT_LIMIT
     back_to_source_limit: int = 3
     back_to_source_limit_with_seed: int = 1
     retry_back_to_source_rounds: int = 3
@@ -90,6 +101,9 @@ class BackToSource:
 @attrs.frozen
 class Retry:
     reason: str
+    #: The round at which this answer may change unless a change wakes the
+    #: peer first (see :func:`decide`); None: the next one.
+    next_round: int | None = None
 
 
 @attrs.frozen
@@ -119,7 +133,7 @@ def usable_seed_hosts(graph: Graph, peer: Peer, blocklist: Collection[str] = ())
     ]
     idc, location = peer.host.effective_idc, peer.host.effective_location
 
-    def key(h: Host):
+    def key(h: Host) -> tuple[float, float, float, str]:
         return (
             -h.free_upload_slots / max(h.upload_slots, 1),
             -idc_affinity(h.effective_idc, idc),
@@ -141,8 +155,15 @@ def decide(
     rounds: int = 0,
     config: PolicyConfig = PolicyConfig(),
     blocklist: Collection[str] = frozenset(),
+    hints: Sequence[Peer] = (),
+    rng: random.Random | None = None,
 ) -> Decision:
-    """The answer for ``peer`` after ``rounds`` fruitless rounds (see module docstring)."""
+    """The answer for ``peer`` after ``rounds`` fruitless rounds (see module docstring).
+
+    ``hints``: peers a change offered to this peer while it waited (examined
+    besides the sample).  Bounded work: nothing here walks the task's peers
+    or the cluster's hosts.
+    """
     task = peer.task
     if task.is_empty:
         return EmptyTask()
@@ -159,29 +180,37 @@ def decide(
         blocklist=blocklist,
         weights=config.weights,
         sample=config.filter_parent_limit,
+        extra=hints,
+        rng=rng,
     )
     if parents:
         return UseParents(tuple(parents))
 
+    backed_off = False
     if not peer.host.is_seed and origin_ok and not has_live_seed_peer(peer):
         failed_at = task.seed_trigger_failed_at
         if failed_at is None or graph.clock() - failed_at >= config.seed_trigger_backoff:
             seeds = usable_seed_hosts(graph, peer, blocklist)
             if seeds:
                 return TriggerSeed(seeds[0])
+        else:
+            backed_off = bool(graph.seeds)
 
     if peer.host.is_seed and origin_ok:
         return BackToSource("seed peers fetch from the origin")
 
     if origin_ok:
-        others = [p for p in task.peers.values() if p.host is not peer.host and p.state in LIVE_STATES]
-        if not others:
+        if not task.has_live_peer_off(peer.host):
             return BackToSource("first peer of the task")
-        limit = config.back_to_source_limit_with_seed if graph.seed_hosts() else config.back_to_source_limit
+        limit = config.back_to_source_limit_with_seed if graph.seeds else config.back_to_source_limit
         if rounds >= config.retry_back_to_source_rounds and task.back_to_source_count(exclude=peer) < limit:
             return BackToSource(f"no usable parent after {rounds} rounds")
         if rounds >= config.retry_limit:
             return BackToSource(f"no usable parent after {rounds} rounds (origin limit {limit} overridden)")
     elif rounds >= config.retry_limit:
         return Refuse(f"no usable parent after {rounds} rounds and the origin may not be used")
-    return Retry("no usable parent yet")
+    sampled = 0 < config.filter_parent_limit < len(task.servers)
+    if sampled or backed_off:
+        return Retry("no usable parent yet", rounds + 1)
+    thresholds = (config.retry_back_to_source_rounds, config.retry_limit) if origin_ok else (config.retry_limit,)
+    return Retry("no usable parent yet", min((t for t in thresholds if t > rounds), default=rounds + 1))

@@ -29,16 +29,34 @@ Vocabulary
 
 Piece costs are kept as seconds per MiB so pieces of different lengths (the
 last one is short) compare fairly.
+
+Indexes
+-------
+A scheduling decision must not scan a task's peers or the cluster's hosts, so
+the graph keeps what decisions ask for up to date as it changes: per task the
+number of peers in each state, the peers that can serve others
+(:attr:`Task.servers`, the pool parents are sampled from), the peers fetching
+from the origin and the task's seed peers; per host the upload slots in use;
+the seed hosts.  A peer's ``state`` and ``need_back_to_source`` are properties
+that re-index the peer when set, so no assignment can leave an index stale.
+
+Offers
+------
+With ``collect_offers`` the graph also notes, as :class:`Offer` records, the changes
+that may let a waiting peer be answered (a peer that can now serve, a freed
+upload slot, a peer gone that limited the origin); the scheduler core hands
+them to its waiting room (:mod:`dffs.scheduler.waiting`) after each request,
+which wakes only the waiters an offer can help.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import random
 from array import array
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 import attrs
 
@@ -49,10 +67,16 @@ MiB = 1024 * 1024
 #: Recent piece costs kept per peer for bad-parent detection and scoring.
 COST_WINDOW = 64
 
+_T = TypeVar("_T")
+
 
 class HostType(enum.Enum):
     NORMAL = "normal"
     SEED = "seed"
+
+    # Enum's own __hash__ is Python code; states and types are looked up in
+    # sets and dicts on every decision, and members are singletons.
+    __hash__ = object.__hash__
 
 
 class PeerState(enum.Enum):
@@ -64,11 +88,17 @@ class PeerState(enum.Enum):
     FAILED = "failed"
     LEAVING = "leaving"
 
+    __hash__ = object.__hash__
+
 
 #: Peers still downloading (or about to): they hold edges to parents.
 ACTIVE_STATES = frozenset({PeerState.TRIGGERED, PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE})
 #: Peers that have, or will soon have, pieces for others.
 LIVE_STATES = ACTIVE_STATES | {PeerState.SUCCEEDED}
+#: States a parent may be in (a PENDING peer has nothing yet and may never start).
+PARENT_STATES = frozenset({PeerState.TRIGGERED, PeerState.RUNNING, PeerState.BACK_TO_SOURCE, PeerState.SUCCEEDED})
+#: A seed in these states is fetching from the origin: useful before it has pieces.
+FEEDING_STATES = frozenset({PeerState.TRIGGERED, PeerState.BACK_TO_SOURCE})
 
 _S = PeerState
 #: (state, event) -> next state.  Anything else is a protocol error.
@@ -96,6 +126,124 @@ class TaskState(enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+    __hash__ = object.__hash__
+
+
+class CostWindow(Sequence[float]):
+    """The most recent costs, oldest first, in a fixed-size ring of C doubles.
+
+    Statistics over the window are asked for far more often than it changes
+    (every decision that samples the peer), so :meth:`memo` keeps each
+    computed value until the next ``append``.  A ring of doubles costs 8 B a
+    sample where a deque of floats cost 32.
+    """
+
+    __slots__ = ("_ring", "_start", "_maxlen", "_memo")
+
+    def __init__(self, costs: Iterable[float] = (), *, maxlen: int = COST_WINDOW):
+        self._ring = array("d")
+        self._start = 0
+        self._maxlen = maxlen
+        self._memo: dict[str, Any] | None = None
+        self.extend(costs)
+
+    def append(self, cost: float) -> None:
+        ring = self._ring
+        if len(ring) < self._maxlen:
+            ring.append(cost)
+        else:
+            ring[self._start] = cost
+            self._start = (self._start + 1) % self._maxlen
+        self._memo = None
+
+    def extend(self, costs: Iterable[float]) -> None:
+        for cost in costs:
+            self.append(cost)
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        ordered = self._ring[self._start :] + self._ring[: self._start]
+        if isinstance(index, slice):
+            return ordered[index].tolist()
+        return ordered[index]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.tolist())
+
+    def tolist(self) -> list[float]:
+        """The costs, oldest first."""
+        ring, start = self._ring, self._start
+        return ring[start:].tolist() + ring[:start].tolist() if start else ring.tolist()
+
+    def memo(self, key: str, compute: Callable[[CostWindow], _T]) -> _T:
+        """``compute(self)``, computed once per change of the window."""
+        if self._memo is None:
+            self._memo = {}
+        try:
+            value: _T = self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute(self)
+        return value
+
+    def __repr__(self) -> str:
+        return f"CostWindow({list(self)!r})"
+
+
+class PeerPool:
+    """A set of peers with O(1) add, discard and membership, and O(k) random samples.
+
+    ``random.sample`` needs a sequence; a list with each peer's position
+    (removal moves the last peer into the hole) gives one without copying.
+    """
+
+    __slots__ = ("_peers", "_position")
+
+    def __init__(self) -> None:
+        self._peers: list[Peer] = []
+        self._position: dict[Peer, int] = {}
+
+    def add(self, peer: Peer) -> bool:
+        """Add ``peer``; True when it was not in the pool."""
+        if peer in self._position:
+            return False
+        self._position[peer] = len(self._peers)
+        self._peers.append(peer)
+        return True
+
+    def discard(self, peer: Peer) -> bool:
+        """Remove ``peer``; True when it was in the pool."""
+        index = self._position.pop(peer, None)
+        if index is None:
+            return False
+        last = self._peers.pop()
+        if last is not peer:
+            self._peers[index] = last
+            self._position[last] = index
+        return True
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._position
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self._peers)
+
+    def sample(self, k: int, rng: random.Random) -> list[Peer]:
+        """``k`` distinct peers at random (all of them, in pool order, when there are not more)."""
+        if k >= len(self._peers):
+            return list(self._peers)
+        return rng.sample(self._peers, k)
 
 
 @attrs.define(eq=False, repr=False)
@@ -127,14 +275,15 @@ class Host:
     #: such a host is not offered as a parent (its bytes are not what entered the cluster).
     suspect_reports: int = 0
     peers: dict[str, Peer] = attrs.Factory(dict)
+    #: Edges from this host's peers to their children (kept by the graph; the
+    #: sum of ``len(p.children)`` over ``peers``, without the walk).
+    upload_used: int = 0
+    #: Announcements applied: what the host says may have changed when this did.
+    generation: int = 0
 
     @property
     def is_seed(self) -> bool:
         return self.type is HostType.SEED
-
-    @property
-    def upload_used(self) -> int:
-        return sum(len(p.children) for p in self.peers.values())
 
     @property
     def free_upload_slots(self) -> int:
@@ -168,6 +317,7 @@ class Task:
     piece_length: int | None = None
     content_length: int | None = None
     piece_count: int | None = None
+    #: By id; add and remove peers with :meth:`add` and :meth:`remove` only, which keep the indexes.
     peers: dict[str, Peer] = attrs.Factory(dict)
     #: When the last attempt to trigger a seed for this task failed.
     seed_trigger_failed_at: float | None = None
@@ -178,15 +328,74 @@ class Task:
     piece_digests: dict[int, str] = attrs.Factory(dict)
     #: Back-to-source reports whose digest contradicted the anchored one.
     digest_conflicts: int = 0
+    #: Peers of the task in each state.
+    state_counts: dict[PeerState, int] = attrs.Factory(lambda: dict.fromkeys(PeerState, 0))
+    #: Peers that may serve others: in a parent state, on a sharing host, and
+    #: holding a piece or being a seed that fetches from the origin.  Every
+    #: other peer is excluded by the evaluator's state, not_shared or useless
+    #: filter, so parents are sampled from here.
+    servers: PeerPool = attrs.Factory(PeerPool)
+    #: Active peers fetching from the origin (told to by us, or on their own), seeds included.
+    sourcing: set[Peer] = attrs.Factory(set)
+    #: Peers on seed hosts.
+    seeds: set[Peer] = attrs.Factory(set)
+
+    # ---- indexes ------------------------------------------------------------
+
+    def add(self, peer: Peer) -> None:
+        self.peers[peer.id] = peer
+        if not peer.indexed:
+            peer.indexed = True
+            self.state_counts[peer.state] += 1
+            self.reindex(peer)
+
+    def remove(self, peer: Peer) -> None:
+        if self.peers.get(peer.id) is peer:
+            del self.peers[peer.id]
+        if peer.indexed:
+            peer.indexed = False
+            self.state_counts[peer.state] -= 1
+            self.servers.discard(peer)
+            self.sourcing.discard(peer)
+            self.seeds.discard(peer)
+
+    def _state_changed(self, peer: Peer, old: PeerState) -> None:
+        self.state_counts[old] -= 1
+        self.state_counts[peer.state] += 1
+        self.reindex(peer)
+
+    def reindex(self, peer: Peer) -> None:
+        """Put ``peer`` in the indexes its fields say it belongs to (after a change)."""
+        if not peer.indexed:
+            return
+        state, host = peer.state, peer.host
+        if (
+            state in PARENT_STATES
+            and not host.disable_shared
+            and (peer.finished_count > 0 or (host.type is HostType.SEED and state in FEEDING_STATES))
+        ):
+            self.servers.add(peer)
+        else:
+            self.servers.discard(peer)
+        if state in ACTIVE_STATES and (peer.need_back_to_source or state is PeerState.BACK_TO_SOURCE):
+            self.sourcing.add(peer)
+        else:
+            self.sourcing.discard(peer)
+        if host.type is HostType.SEED:
+            self.seeds.add(peer)
+        else:
+            self.seeds.discard(peer)
+
+    # ---- questions decisions ask -------------------------------------------
 
     @property
     def state(self) -> TaskState:
-        states = {p.state for p in self.peers.values()}
-        if PeerState.SUCCEEDED in states:
+        counts = self.state_counts
+        if counts[PeerState.SUCCEEDED]:
             return TaskState.SUCCEEDED
-        if states & ACTIVE_STATES:
+        if any(counts[s] for s in ACTIVE_STATES):
             return TaskState.RUNNING
-        if PeerState.FAILED in states:
+        if counts[PeerState.FAILED]:
             return TaskState.FAILED
         return TaskState.PENDING
 
@@ -197,17 +406,20 @@ class Task:
 
     def back_to_source_count(self, *, include_seeds: bool = False, exclude: Peer | None = None) -> int:
         """Active peers fetching from the origin (told to by us, or on their own)."""
-        return sum(
-            1
-            for p in self.peers.values()
-            if p.state in ACTIVE_STATES
-            and p is not exclude
-            and (p.need_back_to_source or p.state is PeerState.BACK_TO_SOURCE)
-            and (include_seeds or not p.host.is_seed)
-        )
+        return sum(1 for p in self.sourcing if p is not exclude and (include_seeds or not p.host.is_seed))
 
     def seed_peers(self) -> list[Peer]:
-        return [p for p in self.peers.values() if p.host.is_seed]
+        return list(self.seeds)
+
+    def has_live_peer_off(self, host: Host) -> bool:
+        """Whether a live peer of the task is on another host than ``host``."""
+        live = sum(self.state_counts[s] for s in LIVE_STATES)
+        here = sum(1 for p in host.peers.values() if p.task is self and p.state in LIVE_STATES)
+        return live > here
+
+    def has_available_peer(self) -> bool:
+        """Some peer holds pieces for others (a succeeded one, or a live one with pieces)."""
+        return bool(self.state_counts[PeerState.SUCCEEDED]) or any(p.finished_count for p in self.servers)
 
     def __repr__(self) -> str:
         return f"Task({self.id!r}, {self.state.value}, peers={len(self.peers)})"
@@ -220,18 +432,16 @@ class Peer:
     task: Task
     created_at: float
     updated_at: float
-    state: PeerState = PeerState.PENDING
+    _state: PeerState = PeerState.PENDING
     #: common.Priority value.
     priority: int = 0
     #: Bit n set = piece n is here.
     pieces: int = 0
     finished_count: int = 0
     #: Cost (seconds) of each finished piece, indexed by piece number (0 = unknown).
-    piece_costs: array = attrs.Factory(lambda: array("f"))
-    #: Seconds/MiB of the most recent pieces this peer fetched (any source).
-    download_costs: deque[float] = attrs.Factory(lambda: deque(maxlen=COST_WINDOW))
+    piece_costs: array[float] = attrs.Factory(lambda: array("f"))
     #: Seconds/MiB of the most recent pieces children fetched from this peer.
-    upload_costs: deque[float] = attrs.Factory(lambda: deque(maxlen=COST_WINDOW))
+    upload_costs: CostWindow = attrs.Factory(CostWindow)
     #: Parents in use (edges parent -> self), by peer id.
     parents: dict[str, Peer] = attrs.Factory(dict)
     #: Children downloading from this peer (edges self -> child), by peer id.
@@ -239,13 +449,34 @@ class Peer:
     #: Parents (peer ids) this peer must not be offered again.
     blocked_parents: set[str] = attrs.Factory(set)
     #: The scheduler told this peer to go to the origin (counts against the task's limit).
-    need_back_to_source: bool = False
+    _need_back_to_source: bool = False
     #: From the download request: never / immediately go to the origin.
     disable_back_to_source: bool = False
     requested_back_to_source: bool = False
     #: Other ids this peer is known by (a triggered placeholder's id after adoption).
     aliases: set[str] = attrs.Factory(set)
     finished_at: float | None = None
+    #: In its task's indexes (between ``Task.add`` and ``Task.remove``).
+    indexed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def state(self) -> PeerState:
+        return self._state
+
+    @state.setter
+    def state(self, value: PeerState) -> None:
+        old, self._state = self._state, value
+        if self.indexed and old is not value:
+            self.task._state_changed(self, old)
+
+    @property
+    def need_back_to_source(self) -> bool:
+        return self._need_back_to_source
+
+    @need_back_to_source.setter
+    def need_back_to_source(self, value: bool) -> None:
+        self._need_back_to_source = value
+        self.task.reindex(self)
 
     def has_piece(self, number: int) -> bool:
         return bool(self.pieces >> number & 1)
@@ -266,8 +497,31 @@ class Peer:
     def is_complete(self) -> bool:
         return self.state is PeerState.SUCCEEDED
 
+    @property
+    def is_feeding_seed(self) -> bool:
+        """A seed fetching the task from the origin: useful before it has pieces."""
+        return self.host.type is HostType.SEED and self._state in FEEDING_STATES
+
     def __repr__(self) -> str:
         return f"Peer({self.id!r}, {self.state.value}, host={self.host.id!r}, pieces={self.finished_count})"
+
+
+@attrs.frozen
+class Offer:
+    """A change that may let up to ``budget`` waiting peers of ``task`` be answered.
+
+    ``server``: the peer that can now serve (a new piece, a freed upload slot,
+    a seed starting), to be tried by the woken decisions; a waiter it cannot
+    help (same host, blocked, holds nothing it lacks) is not woken for it,
+    nor, with ``piece`` (the server's newest), one it could help before.  No server: the policy's inputs changed (a peer
+    gone, a seed host appeared), any waiter may be woken.  ``task`` None:
+    ``budget`` waiters of every task.
+    """
+
+    task: Task | None
+    budget: int
+    server: Peer | None = None
+    piece: int | None = None
 
 
 @attrs.frozen
@@ -311,6 +565,7 @@ class Graph:
         upload_slots: int = 50,
         seed_upload_slots: int = 200,
         max_piece_count: int = 1 << 17,
+        collect_offers: bool = False,
     ):
         self.clock = clock
         self.peer_ttl = peer_ttl
@@ -327,6 +582,11 @@ class Graph:
         self.peers: dict[str, Peer] = {}
         #: Old peer id -> current peer id (adopted placeholders).
         self.aliases: dict[str, str] = {}
+        #: The seed hosts among ``hosts``.
+        self.seeds: dict[str, Host] = {}
+        #: Changes that may help waiting peers, since the last :meth:`take_offers` (with ``collect_offers``).
+        self.collect_offers = collect_offers
+        self.offers: list[Offer] = []
 
     # ---- lookups ----------------------------------------------------------
 
@@ -355,7 +615,39 @@ class Graph:
         return peer
 
     def seed_hosts(self) -> list[Host]:
-        return [h for h in self.hosts.values() if h.is_seed]
+        return list(self.seeds.values())
+
+    # ---- offers -----------------------------------------------------------
+
+    def take_offers(self) -> list[Offer]:
+        offers, self.offers = self.offers, []
+        return offers
+
+    def _offer(self, task: Task | None, budget: int, server: Peer | None = None, piece: int | None = None) -> None:
+        if self.collect_offers and budget > 0:
+            self.offers.append(Offer(task, budget, server, piece))
+
+    def _offer_server(self, peer: Peer, was_server: bool) -> None:
+        """Offer ``peer``'s free upload slots to its task's waiters if it has just become able to serve."""
+        if not was_server and peer in peer.task.servers:
+            self._offer(peer.task, peer.host.free_upload_slots, peer)
+
+    # ---- edges ------------------------------------------------------------
+
+    def _link(self, parent: Peer, child: Peer) -> None:
+        if child.id in parent.children:
+            return
+        parent.children[child.id] = child
+        child.parents[parent.id] = parent
+        parent.host.upload_used += 1
+
+    def _unlink(self, parent: Peer, child: Peer) -> None:
+        """Drop the edge; the slot it frees is offered to the parent's task's waiters."""
+        if parent.children.pop(child.id, None) is None:
+            return
+        parent.host.upload_used -= 1
+        if parent in parent.task.servers:
+            self._offer(parent.task, 1, parent)
 
     # ---- hosts ------------------------------------------------------------
 
@@ -403,7 +695,9 @@ class Graph:
         if host is None:
             host = self.hosts[host_id] = Host(id=host_id, created_at=now, announced_at=now, ttl=ttl)
         host.announced_at = now
+        host.generation += 1
         host.ttl = ttl
+        changed = host.type is not type or host.disable_shared != disable_shared
         host.type = type
         host.hostname = hostname
         host.ip = ip
@@ -416,6 +710,17 @@ class Graph:
         host.version = version
         host.disable_shared = disable_shared
         host.upload_slots = slots
+        if type is HostType.SEED:
+            if host_id not in self.seeds:
+                self._offer(None, 1)  # a seed to trigger for every waiting task
+            self.seeds[host_id] = host
+        else:
+            self.seeds.pop(host_id, None)
+        if changed:
+            for peer in list(host.peers.values()):
+                was_server = peer in peer.task.servers
+                peer.task.reindex(peer)
+                self._offer_server(peer, was_server)
         return host, is_new
 
     def delete_host(self, host_id: str) -> list[Peer]:
@@ -425,6 +730,7 @@ class Graph:
         for peer in removed:
             self._remove_peer(peer)
         del self.hosts[host_id]
+        self.seeds.pop(host_id, None)
         return removed
 
     # ---- peers ------------------------------------------------------------
@@ -499,7 +805,8 @@ class Graph:
         peer.priority = priority
         peer.disable_back_to_source = disable_back_to_source
         peer.requested_back_to_source = need_back_to_source
-        self.peers[peer_id] = host.peers[peer_id] = task.peers[peer_id] = peer
+        self.peers[peer_id] = host.peers[peer_id] = peer
+        task.add(peer)
         return peer
 
     def add_triggered_seed(self, task: Task, host: Host) -> Peer:
@@ -521,8 +828,10 @@ class Graph:
             state=PeerState.TRIGGERED,
             need_back_to_source=True,
         )
-        self.peers[peer_id] = host.peers[peer_id] = task.peers[peer_id] = peer
+        self.peers[peer_id] = host.peers[peer_id] = peer
+        task.add(peer)
         task.updated_at = now
+        self._offer_server(peer, False)
         return peer
 
     def _touch(self, peer: Peer) -> float:
@@ -532,8 +841,10 @@ class Graph:
         return now
 
     def _transition(self, peer: Peer, event: str) -> None:
+        was_server = peer in peer.task.servers
         peer.state = next_state(peer.state, event)
         self._touch(peer)
+        self._offer_server(peer, was_server)
 
     def peer_started(self, peer: Peer) -> None:
         self._transition(peer, "start")
@@ -544,17 +855,20 @@ class Graph:
 
     def set_parents(self, peer: Peer, parents: Iterable[Peer]) -> None:
         """Replace the peer's parents in use (edges) with ``parents``."""
-        self.clear_parents(peer)
+        parents = [p for p in parents if p is not peer]
+        keep = {id(p) for p in parents}
+        for old in list(peer.parents.values()):
+            if id(old) not in keep:
+                self._unlink(old, peer)
+        peer.parents.clear()
         for parent in parents:
-            if parent is peer:
-                continue
+            self._link(parent, peer)
             peer.parents[parent.id] = parent
-            parent.children[peer.id] = peer
         self._touch(peer)
 
     def clear_parents(self, peer: Peer) -> None:
-        for parent in peer.parents.values():
-            parent.children.pop(peer.id, None)
+        for parent in list(peer.parents.values()):
+            self._unlink(parent, peer)
         peer.parents.clear()
 
     def block_parents(self, peer: Peer, parent_ids: Iterable[str]) -> None:
@@ -568,7 +882,7 @@ class Graph:
                 peer.blocked_parents.add(parent.id)
                 peer.blocked_parents.update(parent.aliases)
                 if peer.parents.pop(parent.id, None) is not None:
-                    parent.children.pop(peer.id, None)
+                    self._unlink(parent, peer)
         self._touch(peer)
 
     def check_piece_number(self, task: Task, number: int) -> None:
@@ -615,13 +929,17 @@ class Graph:
         if not peer.has_piece(number):
             peer.pieces |= 1 << number
             peer.finished_count += 1
+            if peer.finished_count == 1:
+                was_server = peer in task.servers
+                task.reindex(peer)
+                self._offer_server(peer, was_server)
+            elif peer.host.free_upload_slots > 0 and peer in task.servers:
+                self._offer(task, 1, peer, number)  # for a waiter this piece makes it useful to
         if len(peer.piece_costs) <= number:
             peer.piece_costs.extend([0.0] * (number + 1 - len(peer.piece_costs)))
         peer.piece_costs[number] = cost
-        per_mib = cost_per_mib(cost, length)
-        peer.download_costs.append(per_mib)
         if parent is not None:
-            parent.upload_costs.append(per_mib)
+            parent.upload_costs.append(cost_per_mib(cost, length))
             parent.host.upload_count += 1
             parent.updated_at = now
         return parent
@@ -670,9 +988,11 @@ class Graph:
             )
         if task.content_length is not None and task.content_length != content_length:
             raise InvalidArgument(f"content length {content_length} differs from the task's {task.content_length}")
-        if task.piece_count is not None and task.piece_count != piece_count:
-            raise InvalidArgument(f"piece count {piece_count} differs from the task's {task.piece_count}")
-        top = max((p.pieces.bit_length() for p in task.peers.values()), default=0)
+        if task.piece_count is not None:
+            if task.piece_count != piece_count:
+                raise InvalidArgument(f"piece count {piece_count} differs from the task's {task.piece_count}")
+            return  # every piece number reported since was checked against the count
+        top = max((p.pieces.bit_length() for p in task.peers.values()), default=0)  # once per task
         if top > piece_count:
             raise InvalidArgument(f"piece count {piece_count} but piece {top - 1} was reported")
 
@@ -689,6 +1009,8 @@ class Graph:
         peer.finished_at = peer.updated_at
         peer.need_back_to_source = False
         self.clear_parents(peer)
+        if peer in task.servers:  # it now holds every piece: anyone lacking one may use it
+            self._offer(task, peer.host.free_upload_slots, peer)
 
     def peer_failed(self, peer: Peer) -> None:
         self._transition(peer, "fail")
@@ -696,10 +1018,12 @@ class Graph:
         self._drop_children(peer)
         if peer.state is PeerState.FAILED and peer.host.is_seed:
             peer.task.seed_trigger_failed_at = self.clock()
+        self._offer(peer.task, 1)  # one fewer on the origin, or no seed any more: the policy may answer now
 
     def _drop_children(self, peer: Peer) -> None:
         for child in peer.children.values():
             child.parents.pop(peer.id, None)
+        peer.host.upload_used -= len(peer.children)
         peer.children.clear()
 
     def leave_peer(self, peer: Peer) -> None:
@@ -712,10 +1036,11 @@ class Graph:
         self._drop_children(peer)
         self.peers.pop(peer.id, None)
         peer.host.peers.pop(peer.id, None)
-        peer.task.peers.pop(peer.id, None)
+        peer.task.remove(peer)
         for alias in peer.aliases:
             self.aliases.pop(alias, None)
         peer.task.updated_at = self.clock()
+        self._offer(peer.task, 1)
 
     def delete_task_from_host(self, host_id: str, task_id: str) -> list[Peer]:
         """The host no longer holds the task: its peers of the task leave."""
@@ -751,7 +1076,8 @@ class Graph:
             removed = peer.pieces & mask
             if removed:
                 peer.pieces &= ~mask
-                peer.finished_count -= bin(removed).count("1")
+                peer.finished_count -= removed.bit_count()
+                task.reindex(peer)
                 self._touch(peer)
             if not peer.pieces and peer.state is PeerState.SUCCEEDED:
                 self.leave_peer(peer)
@@ -805,3 +1131,49 @@ class Graph:
 
     def stats(self) -> dict[str, Any]:
         return {"hosts": len(self.hosts), "tasks": len(self.tasks), "peers": len(self.peers)}
+
+    def index_problems(self) -> list[str]:
+        """Every index recomputed the slow way and compared (for tests): what disagrees."""
+        problems = []
+        for host in self.hosts.values():
+            used = sum(len(p.children) for p in host.peers.values())
+            if host.upload_used != used:
+                problems.append(f"{host!r}: upload_used {host.upload_used}, edges {used}")
+            if host.is_seed != (self.seeds.get(host.id) is host):
+                problems.append(f"{host!r}: seed index")
+        if set(self.seeds) - set(self.hosts):
+            problems.append(f"seed index holds unknown hosts {set(self.seeds) - set(self.hosts)}")
+        for task in self.tasks.values():
+            peers = list(task.peers.values())
+            counts = dict.fromkeys(PeerState, 0)
+            for p in peers:
+                counts[p.state] += 1
+                if not p.indexed:
+                    problems.append(f"{p!r} not indexed")
+            if counts != task.state_counts:
+                problems.append(f"{task!r}: state counts {task.state_counts} != {counts}")
+            servers = {
+                p
+                for p in peers
+                if p.state in PARENT_STATES
+                and not p.host.disable_shared
+                and (p.finished_count > 0 or p.is_feeding_seed)
+            }
+            if servers != set(task.servers) or len(task.servers) != len(servers):
+                problems.append(f"{task!r}: servers {set(task.servers)} != {servers}")
+            sourcing = {
+                p
+                for p in peers
+                if p.state in ACTIVE_STATES and (p.need_back_to_source or p.state is PeerState.BACK_TO_SOURCE)
+            }
+            if sourcing != task.sourcing:
+                problems.append(f"{task!r}: sourcing {task.sourcing} != {sourcing}")
+            if {p for p in peers if p.host.is_seed} != task.seeds:
+                problems.append(f"{task!r}: seed peers")
+            for p in peers:
+                if p.finished_count != p.pieces.bit_count():
+                    problems.append(f"{p!r}: finished_count {p.finished_count} != {p.pieces.bit_count()} pieces")
+                for c in p.children.values():
+                    if c.parents.get(p.id) is not p:
+                        problems.append(f"edge {p.id} -> {c.id} has no reverse")
+        return problems
