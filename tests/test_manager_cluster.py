@@ -180,7 +180,7 @@ def test_daemons_find_schedulers_through_the_manager_and_read_a_preheated_file(n
         )
         wait_for(
             lambda: (
-                "event=cluster_config_applied candidate_parent_limit=2 filter_parent_limit=0 "
+                "event=cluster_config_applied candidate_parent_limit=2 filter_parent_limit=15 "
                 "blocked_hosts=p2" in sched.output()
             ),
             what="the scheduler to apply the config",

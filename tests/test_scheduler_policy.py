@@ -443,3 +443,100 @@ def test_core_gc_host_ttl(core):
     assert report.hosts == ("h1",) and report.peers == ("p1",)
     with pytest.raises(NotFound):
         core.stat_peer(scheduler_pb2.StatPeerRequest(peer_id="p1"))
+
+
+# ---- bounded time: next rounds, hints, waking ----------------------------------------
+
+
+def test_retry_names_the_round_its_answer_may_change_by_itself(graph):
+    add_peer(graph, "a", "h1", state=PeerState.BACK_TO_SOURCE)  # nothing to give yet
+    peer = add_peer(graph, "p", "h2")
+    config = PolicyConfig(retry_back_to_source_rounds=3, retry_limit=10, filter_parent_limit=15)
+    # Every peer that can serve was examined: only a round threshold (or a change) can help.
+    assert decide(peer, graph, rounds=0, config=config) == Retry("no usable parent yet", 3)
+    no_origin = add_peer(graph, "q", "h3", disable_back_to_source=True)
+    assert decide(no_origin, graph, rounds=4, config=config).next_round == 10
+    # More servers than the sample: another draw may find one next round.
+    for i in range(20):
+        add_peer(graph, f"useless{i}", f"u{i}", state=PeerState.RUNNING, pieces=[0])
+    graph.piece_finished(peer, 0, parent_id="useless0")
+    assert decide(peer, graph, rounds=1, config=config).next_round == 2
+
+
+def test_a_hint_is_examined_beside_the_sample(graph):
+    for i in range(200):
+        add_peer(
+            graph,
+            f"full{i}",
+            add_host(graph, f"fh{i}", labels={"upload_slots": "0"}),
+            state=PeerState.SUCCEEDED,
+            pieces=2,
+        )
+    free = add_peer(graph, "free", "freehost", state=PeerState.SUCCEEDED, pieces=2)
+    peer = add_peer(graph, "p", "me")
+    config = PolicyConfig(filter_parent_limit=1)
+    assert decide(peer, graph, config=config, hints=[free]) == UseParents((free,))
+
+
+def _core_swarm(core, waiting):
+    """A source peer with no piece yet and ``waiting`` peers whose decisions said Retry, waiting."""
+    core.announce_host(host_request("src", ip="10.0.1.1", labels={"upload_slots": "8"}))
+    source = core.register(register("src", "t", "source", need_back_to_source=True))
+    assert kind(core.schedule(source)) == "need_back_to_source_response"
+    woken, sessions = [], []
+    for i in range(waiting):
+        core.announce_host(host_request(f"h{i}", ip=f"10.0.2.{i + 1}"))
+        s = core.register(register(f"h{i}", "t", f"w{i}"))
+        assert core.schedule(s).response is None
+        core.wait(s, lambda s=s: woken.append(s.peer_id))
+        sessions.append(s)
+    return source, sessions, woken
+
+
+def test_core_wakes_only_the_waiters_a_message_can_help(core):
+    source, sessions, woken = _core_swarm(core, 10)
+    core.handle(source, announce("src", "t", "source", download_peer_back_to_source_started_request={}))
+    core.handle(
+        sessions[0],
+        announce(
+            "h0", "t", "w0", download_piece_failed_request={"piece_number": 0, "parent_id": "source", "temporary": True}
+        ),
+    )
+    assert woken == []  # started, a temporary failure: nothing anyone could use
+    core.handle(
+        source, announce("src", "t", "source", download_piece_back_to_source_finished_request={"piece": piece(0)})
+    )
+    assert woken == ["w0", "w1"]  # 8 free slots, 4 parents a decision: two waiters, the oldest
+    for s in sessions[:2]:
+        core.unwait(s)
+        answer = core.schedule(s)  # the woken decision has the source as a hint
+        assert [p.id for p in answer.response.normal_task_response.candidate_parents] == ["source"]
+    assert len(core.waiting) == 8
+    core.handle(
+        source, announce("src", "t", "source", download_piece_back_to_source_finished_request={"piece": piece(1)})
+    )
+    assert woken == ["w0", "w1"]  # its second piece helps no waiter it could not help before
+
+
+def test_core_config_change_wakes_every_waiter_and_keeps_its_own_sample_size(core):
+    _, _, woken = _core_swarm(core, 3)
+    from dffs.manager.tunables import SchedulerTunables
+
+    assert core.policy.filter_parent_limit == 15  # Dragonfly's default, from SchedulerConfig
+    core.apply_tunables(SchedulerTunables(filter_parent_limit=40))
+    assert core.policy.filter_parent_limit == 40
+    assert core.wake_all() == 3 and woken == ["w0", "w1", "w2"]
+    core.apply_tunables(SchedulerTunables())
+    assert core.policy.filter_parent_limit == 15  # unset in the cluster: this scheduler's own
+
+
+def test_core_parent_messages_carry_no_url_or_headers(core):
+    core.announce_host(host_request("h1", ip="10.0.0.1"))
+    core.announce_host(host_request("h2", ip="10.0.0.2"))
+    s1 = core.register(register("h1", "t", "p1", piece_length=4 * MiB, request_header={"Authorization": "Bearer x"}))
+    core.schedule(s1)
+    core.handle(s1, announce("h1", "t", "p1", download_piece_back_to_source_finished_request={"piece": piece(0)}))
+    s2 = core.register(register("h2", "t", "p2"))
+    (parent,) = core.schedule(s2).response.normal_task_response.candidate_parents
+    assert parent.task.id == "t" and parent.task.piece_length == 4 * MiB and parent.task.state == "running"
+    assert parent.task.url == "" and not parent.task.request_header

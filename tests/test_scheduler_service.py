@@ -308,12 +308,13 @@ def test_first_peer_goes_to_source_and_becomes_the_second_ones_parent(sched, ids
     assert stat_peer(stub, ids("p2")).state == "succeeded"
 
 
-@pytest.fixture
-def patient(tmp_path):
-    """A scheduler whose rounds are a minute apart: within a test, only events can answer a peer."""
-    s = SchedulerProcess(tmp_path / "patient", retry_interval=60)
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory):
+    """A scheduler whose rounds last a minute: any answer sooner was woken by a change."""
+    s = SchedulerProcess(tmp_path_factory.mktemp("patient"), retry_interval=60)
     try:
         yield s
+        assert s.alive() and "Traceback" not in s.log(), s.log()
     finally:
         s.close()
 
@@ -335,6 +336,45 @@ def test_a_waiting_peer_is_answered_as_soon_as_a_parent_has_a_piece(patient, ids
     assert [p.id for p in second.parents()] == [ids("p1")]
     first.close()
     second.close()
+
+
+def test_a_crowd_of_waiting_peers_is_answered_by_the_pieces_of_the_ones_before(patient, ids):
+    """30 peers wait on a task whose one source has no piece yet. Its first piece wakes as
+    many as its upload slots serve (8 / 4 parents each); their first pieces wake the rest."""
+    stub = patient.stub
+    announce_host(stub, ids("src"), labels={"upload_slots": "8"})
+    task = ids("task")
+    source = PeerStream(stub, ids("src"), task, ids("source"))
+    source.register(need_back_to_source=True)
+    assert source.recv_kind()[0] == "need_back_to_source_response"
+    crowd = []
+    for i in range(30):
+        announce_host(stub, ids(f"h{i}"))
+        peer = PeerStream(stub, ids(f"h{i}"), task, ids(f"p{i}"))
+        peer.register()
+        crowd.append(peer)
+    for i in range(30):
+        wait_for(lambda i=i: find_peer(stub, ids(f"p{i}")), what=f"p{i} registered")
+    with futures.ThreadPoolExecutor(30) as pool:
+        answers = [pool.submit(peer.parents) for peer in crowd]
+        source.piece_from_source(0)
+        reported: set[int] = set()
+
+        def report_new_answers():
+            """Each answered peer gets piece 0 from its first parent, as a daemon would."""
+            for i, answer in enumerate(answers):
+                if answer.done() and i not in reported:
+                    reported.add(i)
+                    crowd[i].piece_from(answer.result()[0].id, 0)
+            return len(reported) == len(crowd)
+
+        wait_for(report_new_answers, what="every waiting peer answered")
+        parents = [a.result() for a in answers]
+    first_wave = [ps for ps in parents if [p.id for p in ps] == [ids("source")]]
+    assert len(first_wave) >= 2  # the source's slots served the oldest first
+    assert all(p.state in ("back_to_source", "running") for ps in parents for p in ps)
+    for peer in (source, *crowd):
+        peer.close()
 
 
 def test_no_parent_for_a_few_rounds_means_back_to_source(sched, ids):

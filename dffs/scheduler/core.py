@@ -17,15 +17,25 @@ The AnnouncePeer contract in short (the full one, message by message, is in
 4. Each answer is exactly one AnnouncePeerResponse (normal task with
    candidate parents, need back-to-source, empty task), or the stream ends
    with a status.
+
+Waiting: a session the policy cannot answer yet waits in the core's
+:class:`~dffs.scheduler.waiting.WaitingRoom` (:meth:`SchedulerCore.wait`).
+Every request that changes the graph hands the graph's offers to the room
+before it returns, which wakes only the waiters a change can help; the
+service re-runs :meth:`SchedulerCore.schedule` for a woken session, and at
+its next round otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 import attrs
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -38,7 +48,6 @@ from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, SchedulerError
 from dffs.scheduler.resource import (
     ACTIVE_STATES,
-    LIVE_STATES,
     GcReport,
     Graph,
     Host,
@@ -48,8 +57,15 @@ from dffs.scheduler.resource import (
     Task,
 )
 from dffs.security.redact import shareable_headers
+from dffs.scheduler.waiting import WaitingRoom
+
+if TYPE_CHECKING:  # the manager's module pulls in its database layer
+    from dffs.manager.tunables import SchedulerTunables
 
 log = logging.getLogger("dffs.scheduler")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Longest id (host, task, peer) accepted.
 MAX_ID_LENGTH = 512
@@ -90,7 +106,7 @@ class Answer:
     trigger: SeedTriggerRequest | None = None
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Session:
     """One AnnouncePeer stream, after its register message."""
 
@@ -98,6 +114,8 @@ class Session:
     task_id: str
     peer_id: str
     peer: Peer
+    #: Peers offered by the changes that woke this session, for its next decision.
+    hints: list[Peer] = attrs.Factory(list)
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -109,7 +127,7 @@ def _check_id(kind: str, value: str) -> str:
 
 
 def _seconds(d: duration_pb2.Duration, what: str) -> float:
-    value = d.seconds + d.nanos / 1e9
+    value = float(d.seconds + d.nanos / 1e9)
     if value < 0 or value > MAX_COST_SECONDS:
         raise InvalidArgument(f"{what} {value}s out of range")
     return value
@@ -119,6 +137,19 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(seconds * 1e9))
     return d
+
+
+def _dispatching(method: Callable[Concatenate[SchedulerCore, _P], _R]) -> Callable[Concatenate[SchedulerCore, _P], _R]:
+    """After the request (even a rejected one), hand the graph's offers to the waiting room."""
+
+    @functools.wraps(method)
+    def wrapper(self: SchedulerCore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.dispatch_offers()
+
+    return wrapper
 
 
 class SchedulerCore:
@@ -136,6 +167,7 @@ class SchedulerCore:
         self.clock = clock
         self._wall_offset = wall_clock() - clock()
         self.graph = Graph(
+            collect_offers=True,
             clock=clock,
             peer_ttl=config.peer_ttl,
             task_ttl=config.task_ttl,
@@ -153,18 +185,53 @@ class SchedulerCore:
         self.blocked_hostnames: frozenset[str] = frozenset()
         #: Seed hosts added from the manager's list rather than by their own announcement.
         self.manager_seed_ids: set[str] = set()
+        #: Sessions waiting for an answer.
+        self.waiting = WaitingRoom()
+        #: Draws the candidates each decision examines.
+        self.rng = random.Random()
+        #: host id -> (host, generation, message): see :meth:`host_message`.
+        self._host_messages: dict[str, tuple[Host, int, common_pb2.Host]] = {}
+
+    # ---- waiting ----------------------------------------------------------
+
+    def wait(self, session: Session, wake: Callable[[], None]) -> None:
+        """The session got no answer: ``wake()`` (once) when a change may let it be answered."""
+        peer = self._session_peer(session)
+        self.waiting.add(peer, wake, session.hints)
+
+    def unwait(self, session: Session) -> None:
+        self.waiting.discard(session.peer)
+
+    def dispatch_offers(self) -> None:
+        """Wake the waiters the graph's changes since the last call can help."""
+        share = self.policy.candidate_parent_limit
+        for offer in self.graph.take_offers():
+            self.waiting.offer(offer, share=share)
+
+    def wake_all(self) -> int:
+        """Wake every waiting session (the cluster's config or seed list changed)."""
+        return self.waiting.wake_all()
 
     # ---- dynamic config ---------------------------------------------------
 
-    def apply_tunables(self, tunables) -> bool:
-        """Apply the cluster's dynamic config (a ``SchedulerTunables``); True when something changed."""
-        changes = {}
-        if tunables.candidate_parent_limit is not None:
-            changes["candidate_parent_limit"] = tunables.candidate_parent_limit
-        else:
-            changes["candidate_parent_limit"] = self.config.candidate_parent_limit
-        changes["filter_parent_limit"] = tunables.filter_parent_limit or 0
-        policy_now = attrs.evolve(self.policy, **changes)
+    def apply_tunables(self, tunables: SchedulerTunables) -> bool:
+        """Apply the cluster's dynamic config; True when something changed.
+
+        A limit the cluster does not set falls back to this scheduler's own config.
+        """
+        policy_now = attrs.evolve(
+            self.policy,
+            candidate_parent_limit=(
+                tunables.candidate_parent_limit
+                if tunables.candidate_parent_limit is not None
+                else self.config.candidate_parent_limit
+            ),
+            filter_parent_limit=(
+                tunables.filter_parent_limit
+                if tunables.filter_parent_limit is not None
+                else self.config.filter_parent_limit
+            ),
+        )
         changed = policy_now != self.policy or tunables.blocked_hosts != self.blocked_hostnames
         if changed:
             self.policy = policy_now
@@ -218,6 +285,7 @@ class SchedulerCore:
 
     # ---- hosts ------------------------------------------------------------
 
+    @_dispatching
     def announce_host(self, request: scheduler_pb2.AnnounceHostRequest) -> bool:
         """Register or refresh a host; True when it is new."""
         if not request.HasField("host"):
@@ -263,10 +331,12 @@ class SchedulerCore:
             )
         return is_new
 
+    @_dispatching
     def delete_host(self, request: scheduler_pb2.DeleteHostRequest) -> set[str]:
         """Drop a host and its peers; returns the ids of the tasks touched."""
         _check_id("host", request.host_id)
         removed = self.graph.delete_host(request.host_id)
+        self._host_messages.pop(request.host_id, None)
         log.info("event=host_deleted host=%s peers=%d", request.host_id, len(removed))
         return {p.task.id for p in removed}
 
@@ -288,6 +358,7 @@ class SchedulerCore:
             digests={n: anchored[n] for n in request.piece_numbers if n in anchored}
         )
 
+    @_dispatching
     def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
         _check_id("host", request.host_id)
         _check_id("task", request.task_id)
@@ -295,6 +366,7 @@ class SchedulerCore:
         log.info("event=task_deleted_from_host task=%s host=%s peers=%d", request.task_id, request.host_id, len(peers))
         return {request.task_id}
 
+    @_dispatching
     def delete_pieces(self, request: scheduler_pb2.DeletePiecesRequest) -> set[str]:
         _check_id("host", request.host_id)
         _check_id("task", request.task_id)
@@ -321,6 +393,7 @@ class SchedulerCore:
         peer = self._peer_for(request.host_id, request.task_id, request.peer_id)
         return self.peer_message(peer, with_pieces=True)
 
+    @_dispatching
     def delete_peer(self, request: scheduler_pb2.DeletePeerRequest) -> set[str]:
         peer = self._peer_for(request.host_id, request.task_id, request.peer_id)
         self.graph.leave_peer(peer)
@@ -329,6 +402,7 @@ class SchedulerCore:
 
     # ---- AnnouncePeer -----------------------------------------------------
 
+    @_dispatching
     def register(self, request: scheduler_pb2.AnnouncePeerRequest) -> Session:
         """The first message of a stream: create the peer."""
         kind = request.WhichOneof("request")
@@ -377,6 +451,7 @@ class SchedulerCore:
             raise NotFound(f"peer {session.peer_id!r} was deleted")
         return peer
 
+    @_dispatching
     def handle(self, session: Session, request: scheduler_pb2.AnnouncePeerRequest) -> bool:
         """Apply a message after register; True when it asks for an answer (reschedule)."""
         for kind, got, want in (
@@ -499,12 +574,16 @@ class SchedulerCore:
             raise InvalidArgument(f"unsupported AnnouncePeer request {kind}")
         return False
 
+    @_dispatching
     def schedule(self, session: Session, rounds: int = 0) -> Answer:
         """One scheduling round for the session's peer; apply what the policy decides."""
         peer = self._session_peer(session)
         if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
             raise FailedPrecondition(f"peer in state {peer.state.value} needs no parents")
-        decision = policy.decide(peer, self.graph, rounds=rounds, config=self.policy, blocklist=self.blocklist())
+        hints, session.hints = session.hints, []
+        decision = policy.decide(
+            peer, self.graph, rounds=rounds, config=self.policy, blocklist=self.blocklist(), hints=hints, rng=self.rng
+        )
         graph = self.graph
         task = peer.task
         Response = scheduler_pb2.AnnouncePeerResponse
@@ -562,14 +641,18 @@ class SchedulerCore:
             raise FailedPrecondition(decision.reason)
         return Answer(decision)
 
-    def _normal(self, parents) -> scheduler_pb2.AnnouncePeerResponse:
-        return scheduler_pb2.AnnouncePeerResponse(
-            normal_task_response=scheduler_pb2.NormalTaskResponse(
-                candidate_parents=[self.peer_message(p) for p in parents],
-                concurrent_piece_count=self.config.concurrent_piece_count,
-            )
-        )
+    def _normal(self, parents: Iterable[Peer]) -> scheduler_pb2.AnnouncePeerResponse:
+        parents = list(parents)
+        response = scheduler_pb2.AnnouncePeerResponse()
+        normal = response.normal_task_response
+        normal.concurrent_piece_count = self.config.concurrent_piece_count
+        if parents:
+            task = self.parent_task_message(parents[0].task)  # the same for every parent: once
+            for parent in parents:
+                self._fill_peer(normal.candidate_parents.add(), parent, task)  # in place: no copy of each
+        return response
 
+    @_dispatching
     def stream_closed(self, session: Session) -> None:
         """The peer's stream ended.  A peer that never started leaves; one mid-download fails."""
         peer = self.graph.peers.get(session.peer_id)
@@ -582,6 +665,7 @@ class SchedulerCore:
             self.graph.peer_failed(peer)
             log.info("event=peer_failed task=%s peer=%s reason='stream closed mid-download'", peer.task.id, peer.id)
 
+    @_dispatching
     def seed_trigger_failed(self, trigger: SeedTriggerRequest, reason: str) -> None:
         """The seed could not be asked (or refused): its placeholder fails."""
         peer = self.graph.find_peer(trigger.placeholder_id)
@@ -595,8 +679,11 @@ class SchedulerCore:
         if peer is not None and peer.state is PeerState.TRIGGERED:
             self.graph.peer_failed(peer)
 
+    @_dispatching
     def gc(self) -> GcReport:
         report = self.graph.gc()
+        for gone in report.hosts:
+            self._host_messages.pop(gone, None)
         if report:
             log.info(
                 "event=gc hosts=%s peers=%d tasks=%d expired_triggers=%d",
@@ -615,6 +702,15 @@ class SchedulerCore:
         return ts
 
     def host_message(self, host: Host) -> common_pb2.Host:
+        """The host as a message, built once per announcement (it goes into every answer naming it)."""
+        cached = self._host_messages.get(host.id)
+        if cached is not None and cached[0] is host and cached[1] == host.generation:
+            return cached[2]
+        msg = self._build_host_message(host)
+        self._host_messages[host.id] = (host, host.generation, msg)
+        return msg
+
+    def _build_host_message(self, host: Host) -> common_pb2.Host:
         return common_pb2.Host(
             id=host.id,
             type=_HOST_TYPES_BACK[host.type],
@@ -633,7 +729,7 @@ class SchedulerCore:
     def task_message(self, task: Task) -> common_pb2.Task:
         msg = common_pb2.Task(
             id=task.id,
-            type=task.type,
+            type=cast(common_pb2.TaskType, task.type),
             url=task.url,
             tag=task.tag,
             application=task.application,
@@ -643,10 +739,7 @@ class SchedulerCore:
             piece_count=task.piece_count or 0,
             state=task.state.value,
             peer_count=len(task.peers),
-            has_available_peer=any(
-                p.state is PeerState.SUCCEEDED or (p.state in LIVE_STATES and p.finished_count)
-                for p in task.peers.values()
-            ),
+            has_available_peer=task.has_available_peer(),
             created_at=self._timestamp(task.created_at),
             updated_at=self._timestamp(task.updated_at),
         )
@@ -662,19 +755,34 @@ class SchedulerCore:
                 msg.size_scope = common_pb2.SIZE_SCOPE_SMALL
         return msg
 
-    def peer_message(self, peer: Peer, *, with_pieces: bool = False) -> common_pb2.Peer:
-        end = peer.finished_at if peer.finished_at is not None else peer.updated_at
-        msg = common_pb2.Peer(
-            id=peer.id,
-            priority=peer.priority,
-            state=peer.state.value,
-            task=self.task_message(peer.task),
-            host=self.host_message(peer.host),
-            need_back_to_source=peer.need_back_to_source,
-            cost=_duration(max(0.0, end - peer.created_at)),
-            created_at=self._timestamp(peer.created_at),
-            updated_at=self._timestamp(peer.updated_at),
+    def parent_task_message(self, task: Task) -> common_pb2.Task:
+        """The task as a candidate parent carries it: what the contract promises (id, type,
+        piece length, and content length and piece count once known) and the state.
+
+        Not the URL nor the request headers: those are the asking peer's own,
+        and other peers' credentials have no business travelling with parents.
+        """
+        msg = common_pb2.Task(
+            id=task.id,
+            type=cast(common_pb2.TaskType, task.type),
+            piece_length=task.piece_length or 0,
+            piece_count=task.piece_count or 0,
+            state=task.state.value,
         )
+        if task.content_length is not None:
+            msg.content_length = task.content_length
+        return msg
+
+    def peer_message(
+        self, peer: Peer, *, with_pieces: bool = False, task: common_pb2.Task | None = None
+    ) -> common_pb2.Peer:
+        """``task``: the peer's task message when the caller built it already.
+
+        Sub-messages are filled in place (CopyFrom, FromNanoseconds): several
+        times cheaper than building them apart and passing them to the constructor.
+        """
+        msg = common_pb2.Peer()
+        self._fill_peer(msg, peer, task if task is not None else self.task_message(peer.task))
         if with_pieces:
             costs = peer.piece_costs
             for n in peer.piece_numbers():
@@ -682,13 +790,25 @@ class SchedulerCore:
                 msg.pieces.append(common_pb2.Piece(number=n, cost=_duration(cost)))
         return msg
 
+    def _fill_peer(self, msg: common_pb2.Peer, peer: Peer, task: common_pb2.Task) -> None:
+        end = peer.finished_at if peer.finished_at is not None else peer.updated_at
+        msg.id = peer.id
+        msg.priority = cast(common_pb2.Priority, peer.priority)
+        msg.state = peer.state.value
+        msg.need_back_to_source = peer.need_back_to_source
+        msg.task.CopyFrom(task)
+        msg.host.CopyFrom(self.host_message(peer.host))
+        msg.cost.FromNanoseconds(int(max(0.0, end - peer.created_at) * 1e9))
+        msg.created_at.FromNanoseconds(int((peer.created_at + self._wall_offset) * 1e9))
+        msg.updated_at.FromNanoseconds(int((peer.updated_at + self._wall_offset) * 1e9))
+
     def download_message(self, task: Task, *, priority: int = 0) -> common_pb2.Download:
         d = common_pb2.Download(
             url=task.url,
-            type=task.type,
+            type=cast(common_pb2.TaskType, task.type),
             tag=task.tag,
             application=task.application,
-            priority=priority,
+            priority=cast(common_pb2.Priority, priority),
             filtered_query_params=task.filtered_query_params,
             request_header=task.request_header,
         )

@@ -40,8 +40,10 @@ AnnouncePeer contract (what a daemon sends and gets)
      no parent appeared within ``retry_limit`` rounds; priority LEVEL1).
 
    The answer can take up to ``retry_limit`` x ``retry_interval`` (5 s by
-   default) while no parent is usable yet; it comes sooner when the task
-   changes (another peer reports a piece).  Wait for it before sending more.
+   default) while no parent is usable yet; it comes sooner when a change can
+   help this peer (another peer has a piece it lacks and a free upload slot,
+   a seed starts, a peer on the origin is gone).  Wait for it before sending
+   more.
 4. Then report, in order, as things happen:
 
    * ``download_peer_started_request`` when fetching from parents begins,
@@ -144,12 +146,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.transport = transport
         self.config: SchedulerConfig = core.config
         self.seed_trigger = seed_trigger
-        #: task id -> event set (and dropped) when the task changes.
-        self._changed: dict[str, asyncio.Event] = {}
-        #: task id -> scheduling rounds waiting on it.
-        self._waiters: dict[str, int] = {}
-        self._background: set[asyncio.Task] = set()
-        self._gc_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._gc_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -171,31 +169,18 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         while True:
             await asyncio.sleep(self.config.gc_interval)
             try:
-                report = self.core.gc()
+                report = self.core.gc()  # wakes the waiters its removals may help
             except Exception:  # a bug in GC must not stop future passes
                 log.exception("event=gc_failed")
                 continue
             for kind in ("hosts", "peers", "tasks"):
                 metrics.gc_removed.labels(kind).inc(len(getattr(report, kind)))
-            for task_id in report.touched_tasks:
-                self._notify(task_id)
 
     # ---- change notification ----------------------------------------------
 
-    def _notify(self, task_id: str) -> None:
-        event = self._changed.pop(task_id, None)
-        if event is not None:
-            event.set()
-
     def notify_all(self) -> None:
-        for task_id in list(self._changed):
-            self._notify(task_id)
-
-    def _event(self, task_id: str) -> asyncio.Event:
-        event = self._changed.get(task_id)
-        if event is None:
-            event = self._changed[task_id] = asyncio.Event()
-        return event
+        """Every waiting peer decides again (the cluster's config or seed list changed)."""
+        self.core.wake_all()
 
     # ---- seed triggers ----------------------------------------------------
 
@@ -207,6 +192,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         task.add_done_callback(self._background.discard)
 
     async def _run_trigger(self, trigger: SeedTriggerRequest) -> None:
+        assert self.seed_trigger is not None
         try:
             await asyncio.wait_for(self.seed_trigger(trigger), self.config.seed_trigger_timeout)
         except asyncio.CancelledError:
@@ -218,8 +204,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         else:
             log.info("event=seed_trigger_accepted task=%s seed_host=%s", trigger.task_id, trigger.host_id)
             return
-        self.core.seed_trigger_failed(trigger, reason)
-        self._notify(trigger.task_id)
+        self.core.seed_trigger_failed(trigger, reason)  # wakes a waiter of the task
 
     def authorize(self, context, host_id: str | None) -> None:
         """A daemon's certificate names its host: it may announce, register and delete only for it.
@@ -248,13 +233,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     wants_answer = True
                 else:
                     wants_answer = self.core.handle(session, request)
-                self._notify(session.task_id)
                 if wants_answer:
                     asked = asyncio.get_running_loop().time()
                     response = await self._answer(session)
                     metrics.schedule_seconds.observe(asyncio.get_running_loop().time() - asked)
                     metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
-                    self._notify(session.task_id)
                     yield response
         except SchedulerError as exc:
             log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.code, str(exc))
@@ -266,53 +249,49 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         finally:
             if session is not None:
                 self.core.stream_closed(session)
-                self._notify(session.task_id)
 
     async def _answer(self, session: Session) -> scheduler_pb2.AnnouncePeerResponse:
         """Scheduling rounds until the policy answers.
 
-        A round is ``retry_interval``; a change to the task (another peer's
-        piece, a new peer, a failed seed trigger) re-evaluates at once without
-        counting as a round.
+        A round is ``retry_interval``; between decisions the session waits in
+        the core's waiting room, and a change that can help it (see
+        :mod:`dffs.scheduler.waiting`) re-evaluates at once without counting
+        as a round.  Otherwise the next decision comes at the round the
+        policy named (``Retry.next_round``): deciding again earlier would
+        only repeat the answer.
         """
         loop = asyncio.get_running_loop()
         interval = self.config.retry_interval
-        task_id = session.task_id
         start = loop.time()
         rounds = 0
-        self._waiters[task_id] = self._waiters.get(task_id, 0) + 1
-        try:
-            while True:
-                event = self._event(task_id)
-                answer = self.core.schedule(session, rounds)
-                if answer.trigger is not None:
-                    self._start_trigger(answer.trigger)
-                if answer.response is not None:
-                    return answer.response
-                next_round = start + (rounds + 1) * interval
-                try:
-                    await asyncio.wait_for(event.wait(), max(0.0, next_round - loop.time()))
-                except TimeoutError:
-                    pass
-                rounds = max(rounds, math.floor((loop.time() - start) / interval + 1e-9))
-        finally:
-            self._waiters[task_id] -= 1
-            if not self._waiters[task_id]:
-                del self._waiters[task_id]
-                self._changed.pop(task_id, None)
+        while True:
+            answer = self.core.schedule(session, rounds)
+            if answer.trigger is not None:
+                self._start_trigger(answer.trigger)
+            if answer.response is not None:
+                return answer.response
+            next_round = getattr(answer.decision, "next_round", None) or rounds + 1
+            woken = asyncio.Event()
+            self.core.wait(session, woken.set)
+            try:
+                async with asyncio.timeout_at(start + max(next_round, rounds + 1) * interval):
+                    await woken.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self.core.unwait(session)
+            rounds = max(rounds, math.floor((loop.time() - start) / interval + 1e-9))
 
     # ---- unary calls ------------------------------------------------------
 
     @_unary
     def AnnounceHost(self, request):
-        if self.core.announce_host(request):
-            self.notify_all()  # a new host (a seed) may unblock waiting peers
+        self.core.announce_host(request)  # a new seed host wakes a waiter of each task
         return empty_pb2.Empty()
 
     @_unary
     def DeleteHost(self, request):
-        for task_id in self.core.delete_host(request):
-            self._notify(task_id)
+        self.core.delete_host(request)
         return empty_pb2.Empty()
 
     @_unary
@@ -321,14 +300,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_unary
     def DeleteTask(self, request):
-        for task_id in self.core.delete_task(request):
-            self._notify(task_id)
+        self.core.delete_task(request)
         return empty_pb2.Empty()
 
     @_unary
     def DeletePieces(self, request):
-        for task_id in self.core.delete_pieces(request):
-            self._notify(task_id)
+        self.core.delete_pieces(request)
         metrics.pieces_deleted.inc(len(request.piece_numbers))
         return empty_pb2.Empty()
 
@@ -346,8 +323,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_unary
     def DeletePeer(self, request):
-        for task_id in self.core.delete_peer(request):
-            self._notify(task_id)
+        self.core.delete_peer(request)
         return empty_pb2.Empty()
 
 
