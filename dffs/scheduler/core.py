@@ -187,6 +187,7 @@ class SchedulerCore:
         self.manager_seed_ids: set[str] = set()
         #: Sessions waiting for an answer.
         self.waiting = WaitingRoom()
+        self.graph.offer_wanted = self.waiting.has_waiters
         #: Draws the candidates each decision examines.
         self.rng = random.Random()
         #: host id -> (host, generation, message): see :meth:`host_message`.
@@ -204,6 +205,8 @@ class SchedulerCore:
 
     def dispatch_offers(self) -> None:
         """Wake the waiters the graph's changes since the last call can help."""
+        if not self.graph.offers:
+            return
         share = self.policy.candidate_parent_limit
         for offer in self.graph.take_offers():
             self.waiting.offer(offer, share=share)

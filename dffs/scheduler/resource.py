@@ -587,6 +587,9 @@ class Graph:
         #: Changes that may help waiting peers, since the last :meth:`take_offers` (with ``collect_offers``).
         self.collect_offers = collect_offers
         self.offers: list[Offer] = []
+        #: Whether a task has anyone an offer could wake (the waiting room's answer): an offer for
+        #: a task nobody waits on would wake nobody, so it is not even noted.
+        self.offer_wanted: Callable[[Task], bool] = lambda task: True
 
     # ---- lookups ----------------------------------------------------------
 
@@ -624,7 +627,7 @@ class Graph:
         return offers
 
     def _offer(self, task: Task | None, budget: int, server: Peer | None = None, piece: int | None = None) -> None:
-        if self.collect_offers and budget > 0:
+        if self.collect_offers and budget > 0 and (task is None or self.offer_wanted(task)):
             self.offers.append(Offer(task, budget, server, piece))
 
     def _offer_server(self, peer: Peer, was_server: bool) -> None:

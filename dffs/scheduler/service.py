@@ -87,6 +87,7 @@ import contextlib
 import functools
 import logging
 import math
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2, message_factory
@@ -221,7 +222,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     # ---- AnnouncePeer -----------------------------------------------------
 
-    async def AnnouncePeer(self, request_iterator, context):
+    async def AnnouncePeer(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[scheduler_pb2.AnnouncePeerResponse]:
         session: Session | None = None
         peer_id = "-"
         try:

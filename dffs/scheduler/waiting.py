@@ -85,6 +85,9 @@ class WaitingRoom:
             if not waiters:
                 del self._tasks[peer.task]
 
+    def has_waiters(self, task: Task) -> bool:
+        return task in self._tasks
+
     def __len__(self) -> int:
         return sum(len(w) for w in self._tasks.values())
 
