@@ -14,10 +14,10 @@ scheduler's own work on its one event loop. Scenarios:
   flash-5k                   5,000 peers register on one new task at once; the real
                              SchedulerService (in-process, on a virtual clock) answers them
                              while they report pieces; scheduler CPU until the last answer
-  load-500                   a real `dffs scheduler` process and 500 simulated daemons (grpc.aio
-                             clients in 4 processes): hosts announce, peers register, report
-                             pieces, reschedule, finish; p50/p99 from a register or reschedule
-                             to its answer, and the scheduler's CPU
+  load-500 / load-500-busy   a real `dffs scheduler` process and 500 simulated daemons (grpc.aio
+                             clients in 4 processes): hosts announce, peers register, report a
+                             piece every 0.25 s / 0.1 s, reschedule, finish; p50/p99 from a
+                             register or reschedule to its answer, and the scheduler's CPU
 
 In each scenario newcomers register and are scheduled, and running peers with
 children reschedule; every ``schedule`` call is timed (p50 / p99 / max, and
@@ -60,7 +60,24 @@ SCENARIOS: dict[str, dict] = {
     "hot-graph-1k": {"kind": "hot", "peers": 1000, "graph": True, "pieces": 64},
     "hot-graph-5k": {"kind": "hot", "peers": 5000, "graph": True, "pieces": 64},
     "flash-5k": {"kind": "flash", "peers": 5000, "pieces": 16},
-    "load-500": {"kind": "load", "daemons": 500, "procs": 4, "seconds": 30, "tasks": 20, "pieces": 16},
+    "load-500": {
+        "kind": "load",
+        "daemons": 500,
+        "procs": 4,
+        "seconds": 30,
+        "tasks": 20,
+        "pieces": 16,
+        "piece_interval": 0.25,
+    },
+    "load-500-busy": {
+        "kind": "load",
+        "daemons": 500,
+        "procs": 4,
+        "seconds": 30,
+        "tasks": 20,
+        "pieces": 16,
+        "piece_interval": 0.1,
+    },
 }
 SMOKE: dict[str, dict] = {
     "cluster-smoke": {"kind": "cluster", "hosts": 60, "tasks": 5, "tasks_per_host": 2, "pieces": 8},
