@@ -56,8 +56,8 @@ from dffs.scheduler.resource import (
     PeerState,
     Task,
 )
-from dffs.security.redact import shareable_headers
 from dffs.scheduler.waiting import WaitingRoom
+from dffs.security.redact import shareable_headers
 
 if TYPE_CHECKING:  # the manager's module pulls in its database layer
     from dffs.manager.tunables import SchedulerTunables

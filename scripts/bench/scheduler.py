@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -474,7 +476,12 @@ def run_flash(p: dict, rng, decisions: int) -> dict:
     core.schedule = timed_schedule
     loop = VirtualClockLoop()
     asyncio.set_event_loop(loop)
-    service = SchedulerService(core)
+    if "transport" in inspect.signature(SchedulerService).parameters:  # trees since the trust work
+        from dffs.security.transport import insecure
+
+        service = SchedulerService(core, insecure())
+    else:
+        service = SchedulerService(core)
     task_id = "task-flash"
     peer_ids = [f"peer-{i}" for i in range(n_peers)]
     index = {pid: i for i, pid in enumerate(peer_ids)}
@@ -620,12 +627,17 @@ def run_load(p: dict, tree: str, seed: int) -> dict:
     import tempfile
 
     log = tempfile.TemporaryFile()
+    # Members authenticate as in production: the scheduler and the generators share a fresh
+    # cluster key (trees from before the trust work ignore it and talk plaintext).
+    keydir = tempfile.mkdtemp(prefix="dffs-bench-key-")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DFFS_CLUSTER_KEY": os.path.join(keydir, "cluster.key")}
+    subprocess.run([sys.executable, __file__, "--make-key", "--tree", tree], env=env, check=True)
     scheduler = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--tree", tree],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     generators: list[subprocess.Popen] = []
     try:
@@ -638,9 +650,10 @@ def run_load(p: dict, tree: str, seed: int) -> dict:
         per = -(-p["daemons"] // p["procs"])
         cpu_before = proc_cpu_seconds(scheduler.pid)
         for k in range(p["procs"]):
-            argv = [sys.executable, __file__, "--generate", "--target", target, "--scenario-json", json.dumps(p)]
+            argv = [sys.executable, __file__, "--generate", "--tree", tree, "--target", target]
+            argv += ["--scenario-json", json.dumps(p)]
             argv += ["--first", str(k * per), "--count", str(min(per, p["daemons"] - k * per)), "--seed", str(seed)]
-            generators.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+            generators.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env))
         parts = []
         for g in generators:
             out, _ = g.communicate(timeout=p["seconds"] + 120)
@@ -665,6 +678,7 @@ def run_load(p: dict, tree: str, seed: int) -> dict:
             scheduler.kill()
             scheduler.wait()
         log.close()
+        shutil.rmtree(keydir, ignore_errors=True)
     latencies = sorted(x for part in parts for x in part["latencies_ms"])
     kinds: dict[str, int] = {}
     for part in parts:
@@ -692,6 +706,30 @@ def serve(args) -> None:
     dffs_main(["scheduler", "--listen", "127.0.0.1:0"])
 
 
+def make_key(args) -> None:
+    """Create $DFFS_CLUSTER_KEY for ``args.tree`` if that tree knows cluster keys."""
+    use_tree(args.tree)
+    try:
+        from dffs.security.ca import create_cluster_key
+    except ImportError:
+        return
+    create_cluster_key(Path(os.environ["DFFS_CLUSTER_KEY"]))
+
+
+def load_channel(target: str, name: str):
+    """A grpc.aio channel to the load scheduler: mutual TLS as a client member when the tree
+    has dffs.security (a client may speak for any host, as 500 simulated daemons must)."""
+    import grpc
+
+    try:
+        from dffs.security.ca import Identity, load_cluster_key
+        from dffs.security.transport import secure
+    except ImportError:
+        return grpc.aio.insecure_channel(target)
+    key = load_cluster_key(Path(os.environ["DFFS_CLUSTER_KEY"]))
+    return secure(key, Identity("client", name)).aio_channel(target)
+
+
 def generate(args) -> None:
     """Simulated daemons against ``args.target``: announce, then download tasks one after another.
 
@@ -704,6 +742,7 @@ def generate(args) -> None:
 
     import grpc
 
+    use_tree(args.tree)
     from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
     p = json.loads(args.scenario_json)
@@ -720,7 +759,7 @@ def generate(args) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + seconds
-        async with grpc.aio.insecure_channel(args.target) as channel:
+        async with load_channel(args.target, f"load-{args.first}") as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
 
             async def download(host_id: str, task_id: str, peer_id: str) -> None:
@@ -815,6 +854,7 @@ def main() -> None:
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--make-key", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--scenario-json", help=argparse.SUPPRESS)
@@ -823,6 +863,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.make_key:
+        make_key(args)
         return
     if args.serve:
         serve(args)
