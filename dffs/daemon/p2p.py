@@ -16,6 +16,7 @@ scheduler is left).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import random
 from typing import Any
@@ -137,6 +138,9 @@ class P2PFetcher:
         #: piece number -> the digest anchored at the scheduler: what a parent's bytes must hash to.
         self.anchored: dict[int, str] = {}
         self._anchors_asked_at = -1e9
+        #: Pieces some worker waits to see anchored: every ask includes them, so a worker that
+        #: loses the race for the next ask is never starved by askers further along the file.
+        self._awaiting_anchor: set[int] = set()
 
     # ------------------------------------------------------ conversation
     def _message(self, **request: Any) -> scheduler_pb2.AnnouncePeerRequest:
@@ -313,18 +317,22 @@ class P2PFetcher:
         """The scheduler's digest for piece ``number`` (None: not anchored yet, or no scheduler)."""
         if number in self.anchored or self._stub is None:
             return self.anchored.get(number)
+        self._awaiting_anchor.add(number)
         now = trio.current_time()
         if now - self._anchors_asked_at < ANCHOR_REFRESH:
             return None
         self._anchors_asked_at = now
         count = task.store.meta.piece_count
-        wanted = [n for n in range(number, min(number + ANCHOR_BATCH, count)) if n not in self.anchored]
+        wanted = sorted(self._awaiting_anchor)[:ANCHOR_BATCH]
+        ahead = (n for n in range(number, count) if n not in self.anchored and n not in self._awaiting_anchor)
+        wanted += itertools.islice(ahead, ANCHOR_BATCH - len(wanted))
         try:
             self.anchored.update(await self.schedulers.piece_digests(self._stub, self.task_id, wanted))
         except grpc.RpcError as exc:
             log.info(
                 "task=%s peer=%s event=anchored_digests_unavailable code=%s", self.task_id, self.peer_id, exc.code()
             )
+        self._awaiting_anchor.difference_update(self.anchored)
         return self.anchored.get(number)
 
     async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
