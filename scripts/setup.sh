@@ -11,6 +11,7 @@ packages=(
   nginx-light curl                                             # the demo origin and test origins
   iproute2 procps                                              # network namespaces, process tools in tests
   rclone                                                       # the lazy-mount competitor in scripts/bench
+  aria2                                                        # aria2c -x8: the multi-connection competitor of dffs get in scripts/bench
   postgresql                                                   # the manager's PostgreSQL tests
   docker-registry containerd runc                              # the registry-mirror tests: real registry and runtime
   skopeo umoci busybox-static                                  # test images built offline and pushed
