@@ -1,47 +1,57 @@
 #!/usr/bin/env python3
-"""Back-to-source throughput: nginx on loopback -> dffs, side by side with curl.
+"""Back-to-source throughput: nginx on loopback -> dffs, side by side with curl and aria2c.
 
-Measures, for one object (default 1 GiB), the median of N runs of:
+One object (default 1 GiB) on nginx on 127.0.0.1; every contender reads all of
+it once per run (GB/s = 10^9 bytes per second of wall time):
 
-  curl -o /dev/null           the network path alone (competitor ceiling)
-  curl -o FILE                the origin into a file on the data dir's disk (competitor)
-  h11 only -> buffer          h11 framing every body byte (why dffs does not do this)
-  dffs http -> buffer         dffs's source layer alone, one stream, recv_into
-  dffs stream -> storage      one GET cut into pieces, digested and written (the issue's >= 1 GB/s)
-  dffs 8 ranged -> storage    8 ranged piece GETs at once into storage (dffs get's default)
-  dffs stream -> tmpfs        the same with the data dir in memory: the software's ceiling
-  dffs get (CLI, cold)        the whole command, process start to output file
-  dffs get (CLI, cached)      the same again with the pieces already local (revalidate + export)
+  dffs get (CLI, cold)     `dffs get URL -O FILE --data-dir DIR`, process start to output file
+  curl -> file             `curl -o FILE`: one stream into a file on the same disk (competitor)
+  aria2c -x8 -> file       `aria2c -x8 -s8`: 8 ranged connections into a file (competitor; -s8
+                           because -x alone is capped by -s, whose default is 5)
+  dffs 8 ranged -> storage 8 ranged piece GETs into storage, in-process (dffs get's engine)
+  dffs stream -> storage   one GET cut into pieces, digested and written, in-process
+  dffs stream -> tmpfs     the same with the data dir in /dev/shm: the software's ceiling
+  dffs get (CLI, cached)   `dffs get` again with the pieces already local (revalidate + verify + export)
+  dffs http -> buffer      dffs's source layer alone, one stream, recv_into, no storage
+  h11 only -> buffer       h11 framing every body byte (why dffs does not do this)
+  curl -> /dev/null        the network path alone (ceiling of the buffer rows)
 
-The machine's disk and hypervisor make file writes noisy (first-touch of guest
-memory shows up as system time), so each figure is a median of --runs runs,
-each started after a sync, with setup (deleting the last run's files) untimed.
+cold (every contender but "cached"): the contender's output is absent before
+the run — the output file deleted, the data dir deleted — and the origin's
+copy is in the page cache (read just before, untimed), so every contender
+reads the origin from memory and writes into fresh files on the same disk.
+cached: a `dffs get` of the object ran just before (untimed) and its output
+file was deleted, so the pieces are in the data dir and in the page cache.
+Setup (deleting, the untimed get, a sync) is never timed, for any contender.
+Each output is checked against the object after its run (untimed).
 
-Prints a table, ratios against curl, and one JSON line. Usage:
-  .venv/bin/python scripts/bench/source_throughput.py [--size-mib 1024] [--runs 3]
+The in-process rows call dffs's internal API (dffs.peertask, dffs.source); the
+smoke test keeps them from rotting when it changes. Prints the harness's table,
+ratios and one JSON line. Usage:
+  .venv/bin/python scripts/bench/source_throughput.py [--size-mib 1024] [--runs 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import filecmp
 import shutil
-import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import h11
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, machine, make_file, nginx_serving  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parents[1] / "tests")]  # the harness; the tests' real parts
+import harness  # noqa: E402
+from common import DFFS, MiB, make_file, run, timed, warm_page_cache  # noqa: E402
+from origins import NginxOrigin  # noqa: E402
 
 from dffs.peertask import DownloadRequest, TaskManager  # noqa: E402
 from dffs.source import SourceRegistry  # noqa: E402
 from dffs.storage import StorageManager  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def h11_only(url: str) -> int:
@@ -85,82 +95,97 @@ async def dffs_to_storage(url: str, data_dir: Path, mode: str) -> None:
             await task._fetch_streamed(lambda n: None)
         else:
             await task.fetch_all(concurrency=8)
-        assert task.store.is_complete()
+        complete = task.store.is_complete()
     storage.close()
     await sources.aclose()
+    if not complete:
+        raise RuntimeError(f"dffs {mode} -> storage left the task incomplete")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", default="/var/tmp/dffs-bench", help="on the disk a data dir would use")
-    args = parser.parse_args()
-    size = args.size_mib << 20
+    p = harness.parser(__doc__)
+    p.add_argument("--size-mib", type=int, help="object size (default 1024; --smoke: 8)")
+    p.add_argument("--workdir", default="/var/tmp/dffs-bench", help="on the disk a data dir would use")
+    args = harness.parse(p, size_mib=(1024, 8))
+    size = args.size_mib * MiB
     work = Path(args.workdir)
     (work / "www").mkdir(parents=True, exist_ok=True)
-    make_file(work / "www" / "object.bin", size)
-    data_dir = work / "data"
-    out = work / "out.bin"
-    results: dict[str, float] = {}
+    obj = work / "www" / "object.bin"
+    make_file(obj, size)
+    data_dir, out = work / "data", work / "out.bin"
+    shm = Path(tempfile.mkdtemp(prefix="dffs-bench.", dir="/dev/shm"))
 
-    with nginx_serving(work / "www") as base:
-        url = f"{base}/object.bin"
-        # warm the origin's page cache so every contender reads it from memory
-        subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True)
-
-        def record(name, fn, before=None):
-            median, times = best_of(args.runs, fn, before)
-            results[name] = size / median / 1e9
-            print(f"{name:28s} {results[name]:6.2f} GB/s   runs: {', '.join(f'{t:.2f}s' for t in times)}", flush=True)
-
-        record("curl -> /dev/null", lambda: subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True))
-        record("curl -> file", lambda: subprocess.run(["curl", "-s", "-o", str(out), url], check=True))
+    def clean() -> None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(shm / "d", ignore_errors=True)
         out.unlink(missing_ok=True)
-        record("h11 only -> buffer", lambda: trio.run(h11_only, url))
-        record("dffs http -> buffer", lambda: trio.run(dffs_http_to_buffer, url))
 
-        def wipe(path=data_dir):
-            return lambda: shutil.rmtree(path, ignore_errors=True)
+    def check_out() -> None:
+        if not filecmp.cmp(out, obj, shallow=False):
+            raise RuntimeError(f"{out} differs from the object")
 
-        record("dffs stream -> storage", lambda: trio.run(dffs_to_storage, url, data_dir, "stream"), wipe())
-        record("dffs 8 ranged -> storage", lambda: trio.run(dffs_to_storage, url, data_dir, "ranged"), wipe())
-        shm = Path(tempfile.mkdtemp(prefix="dffs-bench.", dir="/dev/shm"))
-        try:
-            record("dffs stream -> tmpfs", lambda: trio.run(dffs_to_storage, url, shm / "d", "stream"), wipe(shm / "d"))
-        finally:
-            shutil.rmtree(shm, ignore_errors=True)
+    def check_total(total: int) -> None:
+        if total != size:
+            raise RuntimeError(f"read {total} bytes of {size}")
 
-        def cli_cold():
-            subprocess.run(
-                [str(REPO / ".venv/bin/dffs"), "get", url, "-O", str(out), "--data-dir", str(data_dir)], check=True
-            )
+    # name -> (untimed setup, timed action, untimed check)
+    Contender = tuple[Callable[[], object], Callable[[], object], Callable[[], object]]
+    try:
+        with NginxOrigin(work / "www", workdir=work / "nginx") as origin:
+            url = origin.url("object.bin")
+            get = [*DFFS, "get", url, "-O", str(out), "--data-dir", str(data_dir)]
+            aria2c = ["aria2c", "-x8", "-s8", "-q", "--allow-overwrite=true", "--auto-file-renaming=false"]
+            aria2c += ["-d", str(out.parent), "-o", out.name, url]
+            totals: list[int] = []
 
-        def wipe_all():
-            shutil.rmtree(data_dir, ignore_errors=True)
-            out.unlink(missing_ok=True)
+            def cached_setup() -> None:
+                clean()
+                run(get)
+                out.unlink()
 
-        record("dffs get (CLI, cold)", cli_cold, wipe_all)
-        record("dffs get (CLI, cached)", cli_cold, lambda: out.unlink(missing_ok=True))
-    shutil.rmtree(data_dir, ignore_errors=True)
-    out.unlink(missing_ok=True)
+            def buffer_check() -> None:
+                check_total(totals.pop())
 
-    curl_file = results["curl -> file"]
-    print()
-    for name in ("dffs stream -> storage", "dffs 8 ranged -> storage", "dffs get (CLI, cold)"):
-        print(f"{name} / curl -> file = {results[name] / curl_file:.2f}x")
-    print(f"dffs http -> buffer / h11 only = {results['dffs http -> buffer'] / results['h11 only -> buffer']:.2f}x")
-    print(
-        json.dumps(
-            {
-                "bench": "source_throughput",
-                "size_bytes": size,
-                "runs": args.runs,
-                "gbps": {k: round(v, 3) for k, v in results.items()},
-                "machine": machine(),
+            contenders: dict[str, Contender] = {
+                "dffs get (CLI, cold)": (clean, lambda: run(get), check_out),
+                "curl -> file": (clean, lambda: run(["curl", "-sf", "-o", str(out), url]), check_out),
+                "aria2c -x8 -> file": (clean, lambda: run(aria2c), check_out),
+                "dffs 8 ranged -> storage": (clean, lambda: trio.run(dffs_to_storage, url, data_dir, "ranged"), clean),
+                "dffs stream -> storage": (clean, lambda: trio.run(dffs_to_storage, url, data_dir, "stream"), clean),
+                "dffs stream -> tmpfs": (clean, lambda: trio.run(dffs_to_storage, url, shm / "d", "stream"), clean),
+                "dffs get (CLI, cached)": (cached_setup, lambda: run(get), check_out),
+                "dffs http -> buffer": (clean, lambda: totals.append(trio.run(dffs_http_to_buffer, url)), buffer_check),
+                "h11 only -> buffer": (clean, lambda: totals.append(trio.run(h11_only, url)), buffer_check),
+                "curl -> /dev/null": (clean, lambda: run(["curl", "-sf", "-o", "/dev/null", url]), lambda: None),
             }
-        )
-    )
+            bench = harness.Bench(
+                "source_throughput",
+                contenders=list(contenders),
+                figures=[harness.Figure("throughput", "GB/s")],
+                comparisons=[
+                    harness.Comparison("dffs get (CLI, cold)", "curl -> file"),
+                    harness.Comparison("dffs get (CLI, cold)", "aria2c -x8 -> file"),
+                    harness.Comparison("dffs 8 ranged -> storage", "aria2c -x8 -> file"),
+                    harness.Comparison("dffs 8 ranged -> storage", "curl -> file"),
+                    harness.Comparison("dffs stream -> storage", "curl -> file"),
+                    harness.Comparison("dffs http -> buffer", "curl -> /dev/null"),
+                    harness.Comparison("dffs http -> buffer", "h11 only -> buffer"),
+                ],
+                params={"size_bytes": size, "workdir": str(work), "smoke": args.smoke},
+                runs=args.runs,
+            )
+            for run_number, who in bench.schedule():
+                setup, action, check = contenders[who]
+                setup()
+                warm_page_cache(obj)
+                seconds = timed(action)
+                check()
+                bench.record(run_number, who, {"throughput": size / seconds / 1e9})
+            clean()
+    finally:
+        clean()
+        shutil.rmtree(shm, ignore_errors=True)
+    bench.report()
 
 
 if __name__ == "__main__":
