@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -117,70 +114,59 @@ def wait_quiet(origin: Any, quiet: float = 0.5, limit: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-# -- what the scripts not yet on the harness still use (removed once they are) --
+def without_debug_logs(proc: Any) -> Any:
+    """A tests' ``cluster.Process`` (scheduler, daemon) as a user runs it: no ``--debug``, no ``-v``.
+
+    The tests want every event in the log; a benchmark must not make the dffs side
+    format and write debug lines its competitor never pays for."""
+    proc.argv = [a for a in proc.argv if a not in ("--debug", "-v", "--verbose")]
+    return proc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_dffs_cluster(
+    stack: ExitStack,
+    net: Any,
+    work: Path,
+    sched_host: Any,
+    seed_host: Any,
+    hosts: Sequence[Any],
+    extra: Callable[[Any], Sequence[str]] = lambda host: (),
+) -> None:
+    """A fresh scheduler, a seed and a daemon per host, all with empty data dirs, each on
+    its namespace host; ``stack`` stops them in reverse order (and ``net`` kills them at
+    the latest). ``extra(host)`` adds flags to a daemon."""
+    from cluster import Daemon, Process
 
-
-class OriginURL(str):
-    """The origin's base URL, which also knows nginx's work dir (for its access log)."""
-
-    def __new__(cls, url: str, workdir: Path):
-        self = super().__new__(cls, url)
-        self.nginx_workdir = workdir
-        return self
-
-
-@contextmanager
-def nginx_serving(root: Path, *, workers: int = 1):
-    """nginx on 127.0.0.1 serving ``root`` (sendfile on); yields the base URL."""
-    work = Path(tempfile.mkdtemp(prefix="dffs-bench-nginx."))
-    (work / "tmp").mkdir()
-    port = free_port()
-    temp_paths = " ".join(f"{k}_temp_path {work}/tmp;" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (work / "nginx.conf").write_text(
-        f"daemon off; master_process on; worker_processes {workers}; user root;\n"
-        f"pid {work}/nginx.pid; error_log {work}/error.log;\n"
-        "events { worker_connections 256; }\n"
-        f"http {{ access_log {work}/access.log; sendfile on; tcp_nopush on; keepalive_requests 100000;\n"
-        f"  {temp_paths}\n"
-        f"  server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }} }}\n"
+    sched = without_debug_logs(
+        Process(
+            ["scheduler", "--listen", f"{sched_host.ip}:8002"],
+            work / "scheduler.log",
+            r"listening on",
+            prefix=sched_host.command([]),
+        )
     )
-    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(work / "nginx.conf")])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((work / "error.log").read_text()) from None
-                time.sleep(0.05)
-        yield OriginURL(f"http://127.0.0.1:{port}", work)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+    stack.callback(sched.stop)
+    sched.start()
+    net.processes.append(sched.proc)
+    for host in [seed_host, *hosts]:
+        daemon = without_debug_logs(
+            Daemon(
+                work,
+                host.name,
+                f"{sched_host.ip}:8002",
+                ip=host.ip,
+                seed=host is seed_host,
+                prefix=host.command([]),
+                extra=tuple(extra(host)),
+            )
+        )
+        shutil.rmtree(daemon.data_dir, ignore_errors=True)
+        stack.callback(daemon.stop)
+        daemon.start()
+        net.processes.append(daemon.proc)
 
 
-def best_of(runs: int, fn, before=None) -> tuple[float, list[float]]:
-    """Median seconds of ``runs`` calls of ``fn``, and all timings.
-
-    ``before`` (untimed) runs ahead of each call, then a sync."""
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        settle()
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times
+# -- what proxy.py, not yet on the harness, still uses (removed once it is) --
 
 
 def machine() -> dict:

@@ -3,166 +3,129 @@
 
 Hosts are network namespaces on a bridge (tests/netns.py); the origin's link is
 shaped with tc tbf so it is the bottleneck, as an origin shared by many hosts is.
-Both contenders run in the same run on the same topology:
+Both contenders run in every run on the same topology, the order alternating:
 
-  curl      every host downloads straight from the origin
-  dffs      a scheduler, a seed and a daemon per host; every host runs `dffs get`
+  curl      every host runs `curl -o FILE URL` straight from the origin
+  dffs      a scheduler, a seed and a daemon per host; every host runs `dffs get URL -O FILE`
+            through its daemon
 
-Prints wall time to the last host done, origin egress, ratios, and one JSON line.
-Root only (namespaces). Usage:
+Both are cold in every run: the output files are deleted before it, and for
+dffs the scheduler, the seed and every daemon are started afresh with empty
+data dirs (untimed) — no run inherits pieces from the one before. The origin's
+copy is in its page cache for both (read just before, untimed). Time is wall
+time from starting every host's download at once to the last one done; origin
+egress is the body bytes in the origin's access log. Every output is compared
+with the object afterwards (untimed).
 
-  .venv/bin/python scripts/bench/p2p.py [--size-mib 256] [--hosts 5] [--origin-rate 800mbit]
+Prints the harness's table, ratios and one JSON line. Root only (namespaces).
+Usage:
+
+  .venv/bin/python scripts/bench/p2p.py [--size-mib 256] [--hosts 5] [--origin-rate 800mbit] [--runs 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
+import filecmp
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))  # the namespace and process harness the tests use
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import Daemon, Process  # noqa: E402
-from common import machine, make_file  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parents[1] / "tests")]  # the harness; the tests' real parts
+import harness  # noqa: E402
+from common import DFFS, MiB, make_file, start_dffs_cluster, wait_quiet, warm_page_cache  # noqa: E402
 from netns import Network  # noqa: E402
 from origins import NginxOrigin  # noqa: E402
 
-PYTHON = str(REPO / ".venv/bin/python")
 
-
-def run_all(procs: list[subprocess.Popen], timeout: float = 600) -> None:
+def wait_all(procs: list[subprocess.Popen[str]], timeout: float = 600) -> None:
+    """Wait for every process; fail with the first failure's stderr."""
+    failures = []
     for proc in procs:
         _, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(err)
+            failures.append(f"{proc.args!r} exited with {proc.returncode}: {err.strip()[-1000:]}")
+    if failures:
+        raise RuntimeError("\n".join(failures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--hosts", type=int, default=5)
-    parser.add_argument("--origin-rate", default="800mbit", help="tc tbf rate of the origin's link")
-    args = parser.parse_args()
-    size = args.size_mib << 20
-    work = Path(tempfile.mkdtemp(prefix="dffs-bench-p2p."))
-    results: dict[str, dict] = {}
+    p = harness.parser(__doc__)
+    p.add_argument("--size-mib", type=int, help="object size (default 256; --smoke: 8)")
+    p.add_argument("--hosts", type=int, help="downloading hosts (default 5; --smoke: 2)")
+    p.add_argument("--origin-rate", default="800mbit", help="tc tbf rate of the origin's link")
+    p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
+    args = harness.parse(p, size_mib=(256, 8), hosts=(5, 2))
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="dffs-p2p.", dir=args.workdir))
+    bench = harness.Bench(
+        "p2p",
+        contenders=["dffs", "curl"],
+        figures=[
+            harness.Figure("time to the last host", "s", lower_is_better=True),
+            harness.Figure("origin egress", "MiB", lower_is_better=True, digits=1),
+        ],
+        comparisons=[harness.Comparison("dffs", "curl")],
+        params={"size_bytes": size, "hosts": args.hosts, "origin_rate": args.origin_rate, "smoke": args.smoke},
+        runs=args.runs,
+    )
     try:
-        (work / "www").mkdir()
-        make_file(work / "www" / "object.bin", size)
-        digest = hashlib.sha256((work / "www" / "object.bin").read_bytes()).hexdigest()
+        obj = work / "www" / "object.bin"
+        make_file(obj, size)
         with Network(subnet="10.78.0") as net:
             peers = [net.add_host(f"p{i}") for i in range(1, args.hosts + 1)]
             origin_host, sched_host, seed_host = net.add_host("origin"), net.add_host("sched"), net.add_host("seed")
             net.limit(origin_host, args.origin_rate)
-            with NginxOrigin(work / "www", host=origin_host.ip, port=8080, netns=origin_host.netns) as origin:
-                url = f"http://{origin_host.ip}:8080/object.bin"
+            origin = NginxOrigin(work / "www", host=origin_host.ip, port=8080, netns=origin_host.netns)
+            with origin:
+                url = origin.url("object.bin")
 
-                # -- curl: every host straight from the origin
-                origin.clear_log()
-                started = time.perf_counter()
-                run_all(
-                    [
-                        net.run(
-                            p,
-                            ["curl", "-sf", "-o", str(work / f"curl-{p.name}.bin"), url],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
-                            text=True,
-                        )
-                        for p in peers
-                    ]
-                )
-                elapsed = time.perf_counter() - started
-                origin.wait_for_requests(len(peers))
-                results["curl"] = {"seconds": elapsed, "origin_bytes": origin.body_bytes()}
-                for p in peers:
-                    (work / f"curl-{p.name}.bin").unlink()
+                def outputs(who: str) -> list[Path]:
+                    return [work / f"{who}-{p.name}.bin" for p in peers]
 
-                # -- dffs: scheduler + seed + a daemon per host
-                sched = Process(
-                    ["scheduler", "--listen", f"{sched_host.ip}:8002"],
-                    work / "scheduler.log",
-                    r"listening on",
-                    prefix=sched_host.command([]),
-                ).start()
-                net.processes.append(sched.proc)
-                daemons = []
-                for host in [seed_host, *peers]:
-                    d = Daemon(
-                        work,
-                        host.name,
-                        f"{sched_host.ip}:8002",
-                        ip=host.ip,
-                        seed=host is seed_host,
-                        prefix=host.command([]),
-                    ).start()
-                    net.processes.append(d.proc)
-                    daemons.append(d)
-                origin.clear_log()
-                started = time.perf_counter()
-                run_all(
-                    [
-                        subprocess.Popen(
-                            [
-                                PYTHON,
-                                "-m",
-                                "dffs",
-                                "get",
-                                url,
-                                "-O",
-                                str(work / f"dffs-{d.log_path.stem}.bin"),
-                                "--data-dir",
-                                str(d.data_dir),
-                            ],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
-                            text=True,
-                        )
-                        for d in daemons[1:]
+                def downloads(who: str) -> list[subprocess.Popen[str]]:
+                    """Every host's download, started at once: curl on the host, `dffs get`
+                    handing the download to the host's daemon over its Unix socket."""
+                    commands = [
+                        h.command(["curl", "-sf", "-o", str(o), url])
+                        if who == "curl"
+                        else [*DFFS, "get", url, "-O", str(o), "--data-dir", str(work / f"{h.name}-data")]
+                        for h, o in zip(peers, outputs(who), strict=True)
                     ]
-                )
-                elapsed = time.perf_counter() - started
-                origin.wait_for_requests(1)
-                results["dffs"] = {"seconds": elapsed, "origin_bytes": origin.body_bytes()}
-                for d in daemons[1:]:
-                    out = work / f"dffs-{d.log_path.stem}.bin"
-                    if hashlib.sha256(out.read_bytes()).hexdigest() != digest:
-                        raise RuntimeError(f"{out} is corrupt")
-                for d in daemons:
-                    d.stop()
-                sched.stop()
+                    procs = []
+                    for argv in commands:
+                        proc = subprocess.Popen(
+                            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+                        )  # a group of its own: the network kills it at close if it is still running
+                        net.processes.append(proc)
+                        procs.append(proc)
+                    return procs
+
+                for run_number, who in bench.schedule():
+                    for out in outputs(who):
+                        out.unlink(missing_ok=True)
+                    with ExitStack() as run_stack:  # this run's dffs processes, stopped in reverse
+                        if who == "dffs":
+                            start_dffs_cluster(run_stack, net, work, sched_host, seed_host, peers)
+                        warm_page_cache(obj)
+                        origin.clear_log()
+                        started = time.perf_counter()
+                        wait_all(downloads(who))
+                        seconds = time.perf_counter() - started
+                        wait_quiet(origin)
+                        egress = origin.body_bytes()
+                    for out in outputs(who):
+                        if not filecmp.cmp(out, obj, shallow=False):
+                            raise RuntimeError(f"{out} differs from the object")
+                        out.unlink()
+                    bench.record(run_number, who, {"time to the last host": seconds, "origin egress": egress / MiB})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    for name, r in results.items():
-        print(
-            f"{name:5s} {r['seconds']:7.2f} s to the last host  origin egress {r['origin_bytes'] / 2**20:8.1f} MiB "
-            f"({r['origin_bytes'] / size:.2f}x the object)"
-        )
-    c, d = results["curl"], results["dffs"]
-    print(
-        f"\ntime curl/dffs = {c['seconds'] / d['seconds']:.2f}x; origin egress curl/dffs = "
-        f"{c['origin_bytes'] / max(1, d['origin_bytes']):.2f}x"
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "p2p",
-                "size_bytes": size,
-                "hosts": args.hosts,
-                "origin_rate": args.origin_rate,
-                "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
-                "machine": machine(),
-            }
-        )
-    )
+    bench.report()
 
 
 if __name__ == "__main__":
