@@ -164,14 +164,3 @@ def start_dffs_cluster(
         stack.callback(daemon.stop)
         daemon.start()
         net.processes.append(daemon.proc)
-
-
-# -- what proxy.py, not yet on the harness, still uses (removed once it is) --
-
-
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "kernel": os.uname().release,
-        "python": subprocess.run(["python3", "--version"], capture_output=True, text=True).stdout.strip(),
-    }

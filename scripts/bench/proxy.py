@@ -5,38 +5,45 @@ Every host is a network namespace on a bridge (tests/netns.py) running its own
 containerd; the registry is Debian's docker-registry in its own namespace, its
 link shaped with tc tbf so it is the bottleneck, as a registry shared by many
 hosts is. The image (built offline: busybox-static, a message, and one random
-layer of --payload-mib) is pushed once. Both contenders run in the same run on
-the same topology, each host with a fresh containerd:
+layer of --payload-mib) is pushed once, before the first run. Both contenders
+run in every run on the same topology, the order alternating:
 
-  direct    every containerd pulls straight from the registry
   mirror    a scheduler, a seed and a dffs daemon per host; every containerd's
             hosts.toml names its daemon's proxy (127.0.0.1:4001) as the mirror
+  direct    every containerd pulls straight from the registry
 
-Prints the wall time to the last pull done (``ctr images pull``, unpack
-included), the registry's egress (body bytes of every GET in its access log),
-ratios, and one JSON line. Root only (namespaces). Usage:
+Both are cold in every run: every host gets a fresh containerd (empty content
+store and snapshots), and for the mirror the scheduler, the seed and every
+daemon are started afresh with empty data dirs — no run inherits a blob from
+the one before. The registry's blob files are in its page cache for both (read
+just before, untimed). Starting containerd and the daemons is not timed, for
+either side. Time is wall time from starting every host's `ctr images pull` at
+once to the last one done (unpack included); egress is the body bytes of every
+GET in the registry's access log. After each pull every host runs the image
+and checks what it prints (untimed).
 
-  .venv/bin/python scripts/bench/proxy.py [--hosts 4] [--payload-mib 128] [--registry-rate 800mbit]
+Prints the harness's table, ratios and one JSON line. Root only (namespaces).
+Usage:
+
+  .venv/bin/python scripts/bench/proxy.py [--hosts 4] [--payload-mib 128] [--registry-rate 800mbit] [--runs 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))  # the namespace, registry and containerd harness the tests use
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import Daemon, Process  # noqa: E402
-from common import machine  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parents[1] / "tests")]  # the harness; the tests' real parts
+import harness  # noqa: E402
+from common import MiB, start_dffs_cluster, warm_page_cache  # noqa: E402
 from containerd import Containerd, write_hosts_toml  # noqa: E402
-from netns import Network  # noqa: E402
+from netns import Host, Network  # noqa: E402
 from registry import Registry, build_busybox_image  # noqa: E402
 
 DAEMON_CONFIG = "announce_interval = 1\nparent_wait = 5\n"
@@ -54,130 +61,89 @@ def pull_all(instances: list[Containerd], ref: str, hosts_dir: Path, timeout: fl
         )
         for c in instances
     ]
+    failures = []
     for proc in procs:
         out, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"pull failed: {err or out}")
+            failures.append(f"pull failed: {(err or out).strip()[-1000:]}")
+    if failures:
+        raise RuntimeError("\n".join(failures))
     return time.perf_counter() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=4)
-    parser.add_argument("--payload-mib", type=int, default=128, help="size of the image's random layer")
-    parser.add_argument("--registry-rate", default="800mbit", help="tc tbf rate of the registry's link")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dffs-bench-proxy."))
-    results: dict[str, dict] = {}
-    started: list = []
+    p = harness.parser(__doc__)
+    p.add_argument("--hosts", type=int, help="pulling hosts (default 4; --smoke: 2)")
+    p.add_argument("--payload-mib", type=int, help="size of the image's random layer (default 128; --smoke: 1)")
+    p.add_argument("--registry-rate", default="800mbit", help="tc tbf rate of the registry's link")
+    p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
+    args = harness.parse(p, hosts=(4, 2), payload_mib=(128, 1))
+    work = Path(tempfile.mkdtemp(prefix="dffs-proxy.", dir=args.workdir))
+    bench = harness.Bench(
+        "proxy",
+        contenders=["mirror", "direct"],
+        figures=[
+            harness.Figure("time to the last pull", "s", lower_is_better=True),
+            harness.Figure("registry egress", "MiB", lower_is_better=True, digits=1),
+        ],
+        comparisons=[harness.Comparison("mirror", "direct")],
+        params={
+            "hosts": args.hosts,
+            "payload_bytes": args.payload_mib * MiB,
+            "registry_rate": args.registry_rate,
+            "smoke": args.smoke,
+        },
+        runs=args.runs,
+    )
     try:
-        with Network(subnet="10.80.0") as net:
+        with Network(subnet="10.80.0") as net, ExitStack() as stack:
             reg_host, sched_host, seed_host = net.add_host("registry"), net.add_host("sched"), net.add_host("seed")
             hosts = [net.add_host(f"h{i}") for i in range(1, args.hosts + 1)]
             registry = Registry(work / "registry", host=reg_host.ip, port=5000, netns_host=reg_host)
-            started.append(registry)
+            stack.callback(registry.close)
             registry.start()
-            image = build_busybox_image(registry, "bench/image", "v1", layers=3, payload_bytes=args.payload_mib << 20)
+            image = build_busybox_image(registry, "bench/image", "v1", layers=3, payload_bytes=args.payload_mib * MiB)
             image_bytes = sum(image.sizes.values())
+            bench.params["image_bytes"] = image_bytes
             net.limit(reg_host, args.registry_rate)
-
-            def egress_since(mark: int) -> int:
-                return sum(a.bytes for a in registry.accesses()[mark:] if a.method == "GET")
-
-            def run_check(instances: list[Containerd], tag: str) -> None:
-                for c in instances:
-                    out = c.run(image.ref, f"check-{tag}")
-                    if image.message not in out:
-                        raise RuntimeError(f"the image printed {out!r}")
-
-            # -- direct: every containerd pulls from the registry
-            direct_dir = write_hosts_toml(work / "hosts-direct", registry.address, None)
-            instances = []
-            for h in hosts:
-                c = Containerd(work / f"ctd-direct-{h.name}", netns_host=h)
-                started.append(c)
-                instances.append(c.start())
-            mark = len(registry.accesses())
-            seconds = pull_all(instances, image.ref, direct_dir)
-            results["direct"] = {"seconds": seconds, "registry_bytes": egress_since(mark)}
-            run_check(instances, "direct")
-            for c in instances:
-                c.close()
-
-            # -- mirror: scheduler + seed + a dffs daemon per host, containerd through 127.0.0.1:4001
-            sched = Process(
-                ["scheduler", "--listen", f"{sched_host.ip}:8002"],
-                work / "scheduler.log",
-                r"listening on",
-                prefix=sched_host.command([]),
-            ).start()
-            started.append(sched)
-            net.processes.append(sched.proc)
+            hosts_dirs = {
+                "direct": write_hosts_toml(work / "hosts-direct", registry.address, None),
+                "mirror": write_hosts_toml(work / "hosts-mirror", registry.address, "http://127.0.0.1:4001"),
+            }
             config = work / "daemon.toml"
             config.write_text(DAEMON_CONFIG)
-            for h in [seed_host, *hosts]:
-                extra = ["--config", str(config)]
-                if h is not seed_host:
-                    extra += ["--registry-mirror", registry.url, "--proxy-port", "4001"]
-                d = Daemon(
-                    work,
-                    h.name,
-                    f"{sched_host.ip}:8002",
-                    ip=h.ip,
-                    seed=h is seed_host,
-                    prefix=h.command([]),
-                    extra=tuple(extra),
-                )
-                started.append(d.start())
-                net.processes.append(d.proc)
-            mirror_dir = write_hosts_toml(work / "hosts-mirror", registry.address, "http://127.0.0.1:4001")
-            instances = []
-            for h in hosts:
-                c = Containerd(work / f"ctd-mirror-{h.name}", netns_host=h)
-                started.append(c)
-                instances.append(c.start())
-            mark = len(registry.accesses())
-            seconds = pull_all(instances, image.ref, mirror_dir)
-            results["mirror"] = {"seconds": seconds, "registry_bytes": egress_since(mark)}
-            run_check(instances, "mirror")
-            for item in reversed(started):
-                item.close() if isinstance(item, (Containerd, Registry)) else item.stop()
-            started.clear()
+
+            def daemon_flags(h: Host) -> list[str]:
+                mirror = ["--registry-mirror", registry.url, "--proxy-port", "4001"]
+                return ["--config", str(config), *(mirror if h is not seed_host else [])]
+
+            for run_number, who in bench.schedule():
+                with ExitStack() as run_stack:  # this run's daemons and containerds, stopped in reverse
+                    if who == "mirror":
+                        start_dffs_cluster(run_stack, net, work, sched_host, seed_host, hosts, daemon_flags)
+                    instances = []
+                    for h in hosts:
+                        c = Containerd(work / f"ctd-{who}-{run_number}-{h.name}", netns_host=h)
+                        run_stack.callback(c.close)
+                        instances.append(c.start())
+                    for blob in (work / "registry" / "storage").rglob("*"):
+                        if blob.is_file():
+                            warm_page_cache(blob)
+                    mark = len(registry.accesses())
+                    seconds = pull_all(instances, image.ref, hosts_dirs[who])
+                    egress = sum(a.bytes for a in registry.accesses()[mark:] if a.method == "GET")
+                    for c in instances:
+                        out = c.run(image.ref, f"check-{who}-{run_number}")
+                        if image.message not in out:
+                            raise RuntimeError(f"the image printed {out!r}")
+                bench.record(run_number, who, {"time to the last pull": seconds, "registry egress": egress / MiB})
     finally:
-        for item in reversed(started):
-            try:
-                item.close() if isinstance(item, (Containerd, Registry)) else item.stop()
-            except Exception:
-                pass
         if args.keep:
             print(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-    for name, r in results.items():
-        print(
-            f"{name:6s} {r['seconds']:7.2f} s to the last pull  "
-            f"registry egress {r['registry_bytes'] / 2**20:8.1f} MiB "
-            f"({r['registry_bytes'] / image_bytes:.2f}x the image)"
-        )
-    d, m = results["direct"], results["mirror"]
-    print(
-        f"\ntime direct/mirror = {d['seconds'] / m['seconds']:.2f}x; registry egress direct/mirror = "
-        f"{d['registry_bytes'] / max(1, m['registry_bytes']):.2f}x"
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "proxy",
-                "hosts": args.hosts,
-                "image_bytes": image_bytes,
-                "registry_rate": args.registry_rate,
-                "results": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
-                "machine": machine(),
-            }
-        )
-    )
+    bench.report()
 
 
 if __name__ == "__main__":
