@@ -1,11 +1,22 @@
-"""The harness every benchmark in scripts/bench/ shares: run order, summary, ratios, the JSON line."""
+"""The benchmarks in scripts/bench/ keep working: each runs in --smoke mode, and the harness they share
+is checked on its own.
+
+The smoke runs are real (nginx, FUSE mounts, rclone, network namespaces with tc, containerd, a registry),
+at tiny sizes; their figures mean nothing and are not checked, only that each script finishes, prints a
+JSON line of the harness's shape covering every contender in alternating order, and leaves no process,
+mount or namespace behind.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +24,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH))
 import harness  # noqa: E402
+from mounts import force_unmount  # noqa: E402
 
 # -- the harness itself (pure parts) ---------------------------------------
 
@@ -102,3 +114,118 @@ def test_smoke_defaults_yield_to_explicit_flags():
             harness.parse(p, ["--runs", "0"])
     finally:
         signal.signal(signal.SIGTERM, previous)  # parse() installs the benchmarks' handler
+
+
+# -- every script, for real, at tiny sizes ---------------------------------
+
+FIGURES = {
+    "source_throughput": {"throughput"},
+    "mount": {
+        "cold sequential",
+        "warm sequential",
+        "warm, page cache dropped",
+        "sequential origin traffic",
+        "random 4 KiB median",
+        "random 4 KiB p99",
+        "random origin traffic",
+    },
+    "p2p": {"time to the last host", "origin egress"},
+    "proxy": {"time to the last pull", "registry egress"},
+}
+CONTENDERS = {
+    "source_throughput": {
+        "dffs get (CLI, cold)",
+        "curl -> file",
+        "aria2c -x8 -> file",
+        "dffs 8 ranged -> storage",
+        "dffs stream -> storage",
+        "dffs stream -> tmpfs",
+        "dffs get (CLI, cached)",
+        "dffs http -> buffer",
+        "h11 only -> buffer",
+        "curl -> /dev/null",
+    },
+    "mount": {"dffs", "rclone", "local file"},
+    "p2p": {"dffs", "curl"},
+    "proxy": {"mirror", "direct"},
+}
+RUNS = 2  # two runs: the second one must be in the reverse order
+
+
+def _leftovers(workdir: Path, pid: int) -> list[str]:
+    """Processes, mounts and namespaces a benchmark run (process ``pid``) left behind; removes them."""
+    found = []
+    needle = str(workdir).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in cmdline:
+                command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"process {entry.name}: {command[:200]}")
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[1].startswith(str(workdir))]
+    for mountpoint in sorted(mounts, key=len, reverse=True):
+        found.append(f"mount {mountpoint}")
+        force_unmount(Path(mountpoint))
+    tag = f"d{pid % 100000}x"  # tests/netns.py names a Network's namespaces after its process
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in names:
+        if name.startswith(tag):
+            found.append(f"namespace {name}")
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return found
+
+
+@pytest.fixture
+def workdir():
+    """A short path: daemons' Unix sockets go below it (108 bytes at most), and pytest's tmp_path is long."""
+    path = Path(tempfile.mkdtemp(prefix="dffs-bs."))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", sorted(FIGURES))
+def test_benchmark_smoke_run(bench, workdir):
+    argv = [sys.executable, str(BENCH / f"{bench}.py"), "--smoke", "--runs", str(RUNS), "--workdir", str(workdir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)  # a hang guard, not a speed limit
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the harness turns it into SystemExit: the script cleans up
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"{bench} --smoke did not finish:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    finally:
+        left = _leftovers(workdir, proc.pid)
+    assert proc.returncode == 0, f"{bench} --smoke exited with {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    assert not left, f"{bench} left behind: {left}"
+
+    data = json.loads(stdout.strip().splitlines()[-1])
+    assert data["bench"] == bench and data["version"] == harness.JSON_VERSION
+    assert data["runs"] == RUNS and data["params"]["smoke"] is True
+    assert len(data["orders"]) == RUNS and data["orders"][1] == data["orders"][0][::-1]
+    assert set(data["orders"][0]) == CONTENDERS[bench]
+    assert set(data["figures"]) == FIGURES[bench]
+    covered = set()
+    for name, figure in data["figures"].items():
+        assert figure["unit"] and figure["better"] in ("higher", "lower"), name
+        for who, s in figure["contenders"].items():
+            covered.add(who)
+            assert s["n"] == RUNS and len(s["values"]) == RUNS, (name, who)
+            assert s["min"] <= s["median"] <= s["max"], (name, who)
+    assert covered == CONTENDERS[bench]
+    assert data["ratios"], "no ratio against a competitor"
+    for r in data["ratios"]:
+        assert {"figure", "subject", "baseline", "formula", "of_medians", "same_run_min", "same_run_max", "n"} <= set(r)
+        assert r["n"] == RUNS
