@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,22 @@ def start_dffs_cluster(
         stack.callback(daemon.stop)
         daemon.start()
         net.processes.append(daemon.proc)
+
+
+# -- for scripts not on the harness yet (layers.py) ----------------------------
+
+
+@contextmanager
+def nginx_serving(root: Path) -> Iterator[str]:
+    """nginx (the tests' NginxOrigin) serving ``root`` on loopback; yields its base URL."""
+    from origins import NginxOrigin
+
+    with NginxOrigin(root) as origin:
+        yield origin.base_url
+
+
+def machine() -> dict[str, Any]:
+    """The machine's description, as the harness's JSON line gives it."""
+    import harness
+
+    return harness.machine()
