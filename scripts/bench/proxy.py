@@ -73,12 +73,12 @@ def pull_all(instances: list[Containerd], ref: str, hosts_dir: Path, timeout: fl
 
 def main() -> None:
     p = harness.parser(__doc__)
-    p.add_argument("--hosts", type=int, help="pulling hosts (default 4; --smoke: 2)")
+    p.add_argument("--hosts", type=int, help="pulling hosts (default 4; --smoke: 1)")
     p.add_argument("--payload-mib", type=int, help="size of the image's random layer (default 128; --smoke: 1)")
     p.add_argument("--registry-rate", default="800mbit", help="tc tbf rate of the registry's link")
     p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
-    args = harness.parse(p, hosts=(4, 2), payload_mib=(128, 1))
+    args = harness.parse(p, hosts=(4, 1), payload_mib=(128, 1))
     work = Path(tempfile.mkdtemp(prefix="dffs-proxy.", dir=args.workdir))
     bench = harness.Bench(
         "proxy",
