@@ -263,9 +263,10 @@ def machine() -> dict[str, Any]:
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with the shared flags: ``--runs`` and ``--smoke``."""
-    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], epilog=None)
-    p.add_argument("--runs", type=_positive, default=3, help="runs per contender, order rotated run by run (default 3)")
+    """An argument parser with the shared flags, ``--runs`` and ``--smoke``; ``--help`` shows the
+    script's whole docstring, where it says what it measures and what cold and warm mean."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=_positive, default=3, help="runs of every contender, the order reversed on even runs")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark works, in seconds")
     return p
 
