@@ -123,6 +123,20 @@ def without_debug_logs(proc: Any) -> Any:
     return proc
 
 
+def use_cluster_key(work: Path) -> Path:
+    """The cluster key every dffs process started from here inherits (``DFFS_CLUSTER_KEY``):
+    the one already named there (the test suite's), else one made with ``dffs cluster init``
+    in ``work``. Members on namespace hosts are not on loopback, so without a key they refuse
+    to start; ``--insecure`` would measure a transport users are told not to run."""
+    if named := os.environ.get("DFFS_CLUSTER_KEY"):
+        return Path(named)
+    key = work / "cluster.key"
+    if not key.exists():
+        run([*DFFS, "cluster", "init", str(key)])
+    os.environ["DFFS_CLUSTER_KEY"] = str(key)
+    return key
+
+
 def start_dffs_cluster(
     stack: ExitStack,
     net: Any,
@@ -134,9 +148,11 @@ def start_dffs_cluster(
 ) -> None:
     """A fresh scheduler, a seed and a daemon per host, all with empty data dirs, each on
     its namespace host; ``stack`` stops them in reverse order (and ``net`` kills them at
-    the latest). ``extra(host)`` adds flags to a daemon."""
+    the latest). ``extra(host)`` adds flags to a daemon. Members authenticate each other
+    as in production (:func:`use_cluster_key`)."""
     from cluster import Daemon, Process
 
+    use_cluster_key(work)
     sched = without_debug_logs(
         Process(
             ["scheduler", "--listen", f"{sched_host.ip}:8002"],
