@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
     args = harness.parse(p, size_mib=(256, 8), hosts=(5, 2))
     size = args.size_mib * MiB
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dffs-p2p.", dir=args.workdir))
     bench = harness.Bench(
         "p2p",

@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs) and print its path")
     args = harness.parse(p, hosts=(4, 1), payload_mib=(128, 1))
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dffs-proxy.", dir=args.workdir))
     bench = harness.Bench(
         "proxy",
