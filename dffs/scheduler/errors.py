@@ -1,43 +1,46 @@
-"""Errors of the scheduler's pure layers, each mapped to one gRPC status code.
+"""Errors of the scheduler's pure layers, each naming one gRPC status code.
 
-The pure layers raise these; only ``service`` turns them into statuses, so the
-protocol logic stays testable without gRPC.
+The pure layers raise these; only ``service`` turns them into statuses (through
+:mod:`dffs.rpc.status`, like every other servicer), so the protocol logic stays
+testable without gRPC.
 """
 
 from __future__ import annotations
 
+from dffs.errors import DffsError
 
-class SchedulerError(Exception):
-    """Base class; ``code`` names a ``grpc.StatusCode`` member."""
 
-    code = "INTERNAL"
+class SchedulerError(DffsError):
+    """Base class; ``grpc_code`` (from :class:`DffsError`) names a ``grpc.StatusCode`` member."""
+
+    grpc_code = "INTERNAL"
 
 
 class InvalidArgument(SchedulerError):
     """The message is malformed: missing ids, absurd piece numbers, wrong ids on a stream."""
 
-    code = "INVALID_ARGUMENT"
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class NotFound(SchedulerError):
     """An unknown host, task or peer."""
 
-    code = "NOT_FOUND"
+    grpc_code = "NOT_FOUND"
 
 
 class AlreadyExists(SchedulerError):
     """A peer id registered twice."""
 
-    code = "ALREADY_EXISTS"
+    grpc_code = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(SchedulerError):
     """Valid message, wrong moment: before register, after the peer finished, ..."""
 
-    code = "FAILED_PRECONDITION"
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class PermissionDenied(SchedulerError):
     """The caller's certificate does not allow it: a daemon speaking for another host."""
 
-    code = "PERMISSION_DENIED"
+    grpc_code = "PERMISSION_DENIED"

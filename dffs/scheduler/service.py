@@ -95,6 +95,7 @@ from google.protobuf.message import DecodeError
 
 from dffs.api import scheduler_pb2, scheduler_pb2_grpc
 from dffs.metrics import scheduler as metrics
+from dffs.rpc.status import abort_aio
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
 from dffs.scheduler.errors import InvalidArgument, PermissionDenied, SchedulerError
@@ -114,7 +115,7 @@ _DECISIONS = {
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, SchedulerError):
-        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        await abort_aio(context, exc)
     log.error("event=internal_error error=%r", exc, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -245,7 +246,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                     metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
                     yield response
         except SchedulerError as exc:
-            log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.code, str(exc))
+            log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.grpc_code, str(exc))
             await _abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, the server stays up
             if isinstance(exc, grpc.aio.AbortError):
