@@ -131,6 +131,9 @@ def run(argv: Sequence[str]) -> int:
     debug = "--debug" in argv
     setup_logging(logging.DEBUG if debug else logging.WARNING)
     try:
+        from dffs.lifeline import bind_to_supervisor
+
+        bind_to_supervisor()  # a child of `dffs up`: dies with it
         args = (build_image_parser() if _command(argv) == "image" else build_parser()).parse_args(argv)
         if args.command in ("mount", "daemon", "scheduler", "manager", "up"):
             from dffs.rlimit import raise_open_file_limit

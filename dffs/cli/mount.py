@@ -17,6 +17,9 @@ from dffs.fs.operations import PREFETCH_MODES
 
 log = logging.getLogger(__name__)
 
+#: Seconds a daemon waits for the data dir's previous daemon to let go of it.
+LOCK_WAIT = 10.0
+
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -169,8 +172,12 @@ def run_mount(args: argparse.Namespace) -> int:
         from dffs.snapshotter.config import from_toml
 
         snapshotter = from_toml(file_values.get("snapshotter"))
-    daemon = Daemon(
-        daemon_config(args), mount_config(args, mountpoint) if mountpoint else None, snapshotter=snapshotter
-    )
-    trio.run(daemon.run)
+    from dffs.storage.lock import hold_data_dir
+
+    cfg = daemon_config(args)
+    # One daemon per data dir (its socket, journals and GC); a predecessor that is
+    # stopping (its supervisor crashed: SIGTERM, unmount) is given a few seconds.
+    with hold_data_dir(cfg.data_dir, "daemon", wait=LOCK_WAIT):
+        daemon = Daemon(cfg, mount_config(args, mountpoint) if mountpoint else None, snapshotter=snapshotter)
+        trio.run(daemon.run)
     return 0

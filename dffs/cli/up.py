@@ -31,8 +31,14 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, data_dir: Path, debug: bool) -> int:
+    from dffs.storage.lock import hold_data_dir
     from dffs.up.supervisor import up
 
+    with hold_data_dir(data_dir, "up"):
+        return _run_locked(args, data_dir, debug, up)
+
+
+def _run_locked(args: argparse.Namespace, data_dir: Path, debug: bool, up) -> int:
     return trio.run(
         functools.partial(
             up,

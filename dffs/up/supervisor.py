@@ -3,9 +3,14 @@
 Children run in their own session, so a terminal's Ctrl-C reaches only the
 supervisor, which then stops them in reverse order (the mount first, so it
 unmounts while the rest is still up). If any child exits on its own, the rest
-are stopped and ``dffs up`` fails, naming it and its log. (PR_SET_PDEATHSIG is
-not used: trio forks from a worker thread, and the signal fires when that
-thread exits, not the process.)
+are stopped and ``dffs up`` fails, naming it and its log.
+
+However ``dffs up`` itself dies (``kill -9`` too), its children follow: each is
+forked from the main thread and asks for SIGTERM when its parent dies
+(:mod:`dffs.lifeline`), so the daemon unmounts and nothing is left running.
+The data dir is held with an ``flock`` (``DATA_DIR/up.lock``, taken by the
+command before this runs), which the kernel releases with a dead holder, so
+the next ``dffs up`` on it starts cleanly.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
 from dffs.errors import DffsError, UsageError
+from dffs.lifeline import Child as ChildProcess
+from dffs.lifeline import spawn
 from dffs.security.ca import create_cluster_key, load_cluster_key
 from dffs.security.setup import KEY_FILE_NAME, default_key
 from dffs.up.plan import CONFIGS, IP, Child, children
@@ -31,7 +37,7 @@ STOP_TIMEOUT = 20.0
 
 
 class Running:
-    def __init__(self, child: Child, process: trio.Process, stdout: trio.abc.ReceiveStream, log_path: Path):
+    def __init__(self, child: Child, process: ChildProcess, stdout: trio.abc.ReceiveStream, log_path: Path):
         self.child = child
         self.process = process
         #: The child's stdout pipe: its ready line, then drained so the child never blocks on it.
@@ -44,7 +50,7 @@ async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> 
     log_path = logs / f"{child.name}.log"
     argv = [sys.executable, "-m", "dffs", *(["--debug"] if debug else []), *child.argv(manager)]
     with open(log_path, "ab") as stderr:
-        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+        process = spawn(argv, stderr=stderr)
     if process.stdout is None:  # cannot happen with stdout=PIPE; the check tells the type checker so
         raise AssertionError("child started without a stdout pipe")
     running = Running(child, process, process.stdout, log_path)
@@ -58,6 +64,7 @@ async def _start(child: Child, manager: str | None, logs: Path, debug: bool) -> 
                 return running
     process.kill()
     await process.wait()
+    await process.aclose()
     raise DffsError(f"dffs up: {child.name} did not start (see {log_path})")
 
 
@@ -77,6 +84,7 @@ async def _stop(running: Running) -> None:
             log.warning("event=child_killed child=%s", running.child.name)
             process.kill()
             await process.wait()
+    await process.aclose()
 
 
 async def _wait_mounted(mountpoint: Path, running: Running) -> None:
