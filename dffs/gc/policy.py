@@ -13,6 +13,10 @@ Rules, in order:
 
 The gap between the watermarks is hysteresis: one pass frees a batch, so the
 GC does not run on every piece written.
+
+:func:`plan_reclaim` is for a full disk (ENOSPC) below the quota — something
+else filled the filesystem: the same least-recently-used order and the same
+protections, until a given number of bytes is free.
 """
 
 from __future__ import annotations
@@ -93,30 +97,40 @@ def plan(tasks: Iterable[TaskState], *, used: int, limits: GcLimits, now: float,
             if now - task.last_access > limits.task_ttl and not task.pinned and not task.active and not task.busy:
                 deleted[task.task_id] = "ttl"
                 freed += task.disk_bytes
-    evicted: dict[str, list[int]] = {}
     if limits.quota and used - freed + incoming > limits.high_bytes:
         target = max(0, limits.low_bytes - incoming)
-        candidates = sorted(
-            (
-                (piece.last_access, task.task_id, piece.number, piece.length)
-                for task in tasks
-                if task.task_id not in deleted and not task.busy
-                for piece in task.pieces
-                if piece.number not in task.pinned
-            ),
-        )
-        for _, task_id, number, length in candidates:
-            if used - freed <= target:
-                break
-            evicted.setdefault(task_id, []).append(number)
-            freed += length
-        by_id = {t.task_id: t for t in tasks}
-        for task_id, numbers in list(evicted.items()):
-            task = by_id[task_id]
-            if len(numbers) == len(task.pieces) and not task.active:
-                del evicted[task_id]
-                deleted[task_id] = "quota"
-                freed += max(0, task.disk_bytes - sum(p.length for p in task.pieces))
+        return _evict_lru(tasks, deleted, freed, until=used - target, reason="quota")
+    return _evict_lru(tasks, deleted, freed, until=freed, reason="quota")
+
+
+def plan_reclaim(tasks: Iterable[TaskState], *, need: int) -> Plan:
+    """What to evict to free ``need`` bytes now (the disk is full), least recently used first."""
+    return _evict_lru(list(tasks), {}, 0, until=need, reason="disk_full")
+
+
+def _evict_lru(tasks: list[TaskState], deleted: dict[str, str], freed: int, *, until: int, reason: str) -> Plan:
+    """Evict unpinned pieces of tasks that are not busy, oldest access first, until ``freed``
+    reaches ``until``; a task left with no pieces goes whole unless it is active."""
+    evicted: dict[str, list[int]] = {}
+    candidates = sorted(
+        (piece.last_access, task.task_id, piece.number, piece.length)
+        for task in tasks
+        if task.task_id not in deleted and not task.busy
+        for piece in task.pieces
+        if piece.number not in task.pinned
+    )
+    for _, task_id, number, length in candidates:
+        if freed >= until:
+            break
+        evicted.setdefault(task_id, []).append(number)
+        freed += length
+    by_id = {t.task_id: t for t in tasks}
+    for task_id, numbers in list(evicted.items()):
+        task = by_id[task_id]
+        if len(numbers) == len(task.pieces) and not task.active:
+            del evicted[task_id]
+            deleted[task_id] = reason
+            freed += max(0, task.disk_bytes - sum(p.length for p in task.pieces))
     return Plan(
         delete_tasks=tuple(deleted.items()),
         evict_pieces=tuple((tid, tuple(sorted(numbers))) for tid, numbers in evicted.items()),

@@ -25,11 +25,14 @@ import attrs
 import trio
 
 from dffs.errors import StorageError
-from dffs.gc.policy import GcLimits, PieceState, Plan, TaskState, plan
+from dffs.gc.policy import GcLimits, PieceState, Plan, TaskState, plan, plan_reclaim
 from dffs.metrics import daemon as metrics
 from dffs.storage import StorageManager
 
 log = logging.getLogger(__name__)
+
+#: On ENOSPC, the GC frees this many times the piece being written (room for the next few too).
+RECLAIM_PIECES = 4
 
 
 @attrs.frozen
@@ -171,13 +174,7 @@ class GcService:
         metrics.gc_runs.inc()
         metrics.disk_used_bytes.set(after)
         result = attrs.evolve(result, used=after)
-        if result.evicted_tasks or result.evicted_pieces:
-            self._pending.append(result)
-            if self._token is not None:
-                try:
-                    self._token.run_sync_soon(lambda: self._wake.set())
-                except trio.RunFinishedError:
-                    pass
+        self._note(result)
         if self.limits.quota and after + incoming > self.limits.high_bytes:
             log.warning(
                 "event=gc_over_high_watermark used=%d incoming=%d high=%d (pinned or busy pieces)",
@@ -210,6 +207,31 @@ class GcService:
 
         return written
 
+    def reclaim(self, length: int) -> int:
+        """The storage's ``reclaim`` hook: writing a ``length``-byte piece hit ENOSPC although the
+        quota may not be reached (something else filled the filesystem). With a quota — the user's
+        word that the cache may be evicted — cold pieces go, a few pieces' worth
+        (:data:`RECLAIM_PIECES`), so the write is retried once; returns the bytes freed."""
+        if not self.limits.quota:
+            return 0
+        with self._lock:
+            decided = plan_reclaim(self._states(), need=RECLAIM_PIECES * length)
+            result = self._apply(decided) if decided else GcResult()
+            self._estimate = self.storage.disk_usage() + self._inflight
+            self._note(result)
+        log.warning("event=gc_reclaim reason=disk_full need=%d freed=%d", RECLAIM_PIECES * length, result.freed)
+        return result.freed
+
+    def _note(self, result: GcResult) -> None:
+        """Queue evictions for the report, and wake the loop that sends it (called under the lock)."""
+        if result.evicted_tasks or result.evicted_pieces:
+            self._pending.append(result)
+            if self._token is not None:
+                try:
+                    self._token.run_sync_soon(lambda: self._wake.set())
+                except trio.RunFinishedError:
+                    pass
+
     # --------------------------------------------------------------- trio
     async def run_once(self) -> GcResult:
         result = await trio.to_thread.run_sync(self.collect)
@@ -231,6 +253,7 @@ class GcService:
         """Serve until cancelled: a pass now, then every interval, reporting evictions as they happen."""
         self._token = trio.lowlevel.current_trio_token()
         self.storage.reserve = self.make_room
+        self.storage.reclaim = self.reclaim
         try:
             await self.run_once()
             task_status.started()
@@ -244,4 +267,5 @@ class GcService:
                     await self._flush()
         finally:
             self.storage.reserve = None
+            self.storage.reclaim = None
             self._token = None

@@ -77,6 +77,9 @@ class StorageManager:
         #: written: the daemon's GC uses it to keep the disk under its watermark.
         #: It may return a callable, called once that write is over (or failed).
         self.reserve: Callable[[int], Callable[[], None] | None] | None = None
+        #: Called (in the writing thread) with a piece's length when writing it hit ENOSPC:
+        #: the GC evicts cold pieces (when a quota is set); returns the bytes freed.
+        self.reclaim: Callable[[int], int] | None = None
 
     # ------------------------------------------------------------- layout
     def task_dir(self, task_id: str) -> Path:
@@ -139,6 +142,7 @@ class StorageManager:
             memory=self.memory,
             on_usage_change=self._account,
             before_write=self._before_write,
+            reclaim=self._reclaim,
             clock=self.clock,
             on_files_opened=self._files_opened,
         )
@@ -179,7 +183,14 @@ class StorageManager:
             if old is not None:
                 self._account(-old.present_bytes())
                 old.close_dirty()
-            store = TaskStore.create(self.task_dir(meta.task_id), meta, **self._store_hooks())
+            try:
+                # tasks/ again too: the data dir's contents may have been removed under us.
+                self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                store = TaskStore.create(self.task_dir(meta.task_id), meta, **self._store_hooks())
+            except OSError as exc:  # read-only, full or gone: this request's error, named
+                raise StorageError(
+                    f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}"
+                ) from exc
             self._open[meta.task_id] = store
         self._files_opened(store)
         return store
@@ -212,6 +223,10 @@ class StorageManager:
     def _before_write(self, length: int):
         reserve = self.reserve
         return reserve(length) if reserve is not None else None
+
+    def _reclaim(self, length: int) -> int:
+        reclaim = self.reclaim
+        return reclaim(length) if reclaim is not None else 0
 
     def _account(self, delta: int) -> None:
         with self._usage_lock:

@@ -120,6 +120,7 @@ class TaskStore:
         memory: MemoryTier | None = None,
         on_usage_change: Callable[[int], None] | None = None,
         before_write: Callable[[int], None] | None = None,
+        reclaim: Callable[[int], int] | None = None,
         clock: Callable[[], float] = time.time,
         on_files_opened: Callable[[TaskStore], None] | None = None,
     ):
@@ -135,6 +136,8 @@ class TaskStore:
         #: Called with a new piece's length before it is written (the GC makes room);
         #: what it returns, if callable, is called once the write is over.
         self._before_write = before_write
+        #: Called with a piece's length when writing it hit ENOSPC; returns the bytes it freed.
+        self._reclaim = reclaim
         self._closed = False
         #: Methods of this store running now: its files are not parked under them.
         self._users = 0
@@ -369,18 +372,17 @@ class TaskStore:
         self.touch((number,))
         try:
             with self._in_use():
-                try:
-                    _pwrite_all(self._content_fd, view, span.offset)
-                except OSError as exc:
-                    raise StorageError(f"task {self.task_id}: writing piece {number}: {exc}") from exc
+                self._write_content(number, span, view)
                 record = journal.PieceRecord(number, span.length, True, digest)
                 with self._lock:
                     if self._closed:
                         raise StorageError(f"task {self.task_id} is closed")
                     try:
-                        os.write(self._journal_fd, journal.encode_record(record))
+                        _append(self._journal_fd, journal.encode_record(record))
                     except OSError as exc:
-                        raise StorageError(f"task {self.task_id}: recording piece {number}: {exc}") from exc
+                        if number not in self._present:  # its bytes are not recorded: give their blocks back
+                            _punch_hole(self._content_fd, span.offset, span.length)
+                        raise self._write_error(number, "recording", exc) from exc
                     had = number in self._present
                     self._present[number] = record
                     self._verified.add(number)
@@ -392,6 +394,35 @@ class TaskStore:
         if self._memory is not None and self._memory.admits(span.length):
             self._memory.put((self.task_id, number), bytes(view))
         return digest
+
+    def _write_content(self, number: int, span: PieceSpan, view: memoryview) -> None:
+        """``pwrite`` a piece's bytes. A failed write gives back the blocks it took (a partial piece
+        must not hold disk space on a full disk); on ENOSPC the ``reclaim`` hook (the GC, when a
+        quota is set) may free cold pieces, and the write is tried once more."""
+        for attempt in (1, 2):
+            try:
+                _pwrite_all(self._content_fd, view, span.offset)
+                return
+            except OSError as exc:
+                if number not in self._present:
+                    _punch_hole(self._content_fd, span.offset, span.length)
+                freed = 0
+                if exc.errno == errno.ENOSPC and attempt == 1 and self._reclaim is not None:
+                    freed = self._reclaim(span.length)
+                    log.warning(
+                        "task=%s piece=%d event=disk_full dir=%s action=%s freed=%d",
+                        self.task_id,
+                        number,
+                        self.directory.parent.parent.parent,
+                        "retry" if freed else "fail",
+                        freed,
+                    )
+                if not freed:
+                    raise self._write_error(number, "writing", exc) from exc
+
+    def _write_error(self, number: int, what: str, exc: OSError) -> StorageError:
+        where = self.directory.parent.parent.parent  # DATA_DIR (tasks/<id[:2]>/<id>)
+        return StorageError(f"task {self.task_id}: {what} piece {number} in {where}: {exc.strerror or exc}")
 
     def remove_piece(self, number: int, *, unless_pinned: bool = False) -> int:
         """Forget a piece (bad digest, or evicted) and release its disk blocks; returns the
@@ -411,11 +442,17 @@ class TaskStore:
                 return 0
             reopened = self._open_files_locked()
             self._detach_if_linked()
-            os.write(
-                self._journal_fd,
-                journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
-            )
+            # The hole first: on a full disk the record may not fit, and the blocks must go
+            # anyway. A present record left over a hole fails verification, which every
+            # piece passes before a process serves it, so the journal never lies to a reader.
             _punch_hole(self._content_fd, span.offset, span.length)
+            try:
+                _append(
+                    self._journal_fd,
+                    journal.encode_record(journal.PieceRecord(number, span.length, False, bytes(PIECE_DIGEST_SIZE))),
+                )
+            except OSError as exc:
+                log.warning("task=%s piece=%d event=removal_not_journaled error=%s", self.task_id, number, exc.strerror)
         if reopened:
             self._on_files_opened(self)
         if self._memory is not None:
@@ -670,6 +707,27 @@ def read_last_access(directory: Path, meta: TaskMeta) -> float:
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0)
+
+
+def _append(fd: int, data: bytes) -> None:
+    """Append one journal record whole, or not at all: a short write (a full disk) would
+    shift every later record off its boundary, so the file is cut back to where it was."""
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, data)
+    except OSError:
+        _truncate_quietly(fd, size)
+        raise
+    if written != len(data):
+        _truncate_quietly(fd, size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _truncate_quietly(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:  # a torn tail is cut off at the next open anyway
+        pass
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
