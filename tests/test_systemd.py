@@ -35,3 +35,21 @@ def test_units_raise_the_open_file_limit(unit):
     """Every service holds task files and sockets: far more than the default 1024 descriptors."""
     limits = [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith("LimitNOFILE=")]
     assert limits and int(limits[0]) >= 65536
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_units_restart_a_crashed_service(unit):
+    """A service killed by a signal or exiting with an error comes back (issue 16: no manual restart)."""
+    settings = dict(
+        line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings.get("Restart") in ("on-failure", "on-abnormal", "always")
+    assert float(settings.get("RestartSec", "0")) > 0  # no tight crash loop
+
+
+def test_the_mount_unit_clears_a_stale_mount_before_it_starts_and_after_it_stops():
+    """A mount whose daemon died answers ENOTCONN until it is unmounted: lazily, and a failure
+    (nothing mounted) must not stop the service from starting ("-")."""
+    lines = (REPO / "systemd" / "dffs-mount@.service").read_text().splitlines()
+    assert "ExecStartPre=-/bin/fusermount3 -u -z %f" in lines
+    assert "ExecStopPost=-/bin/fusermount3 -u -z %f" in lines
