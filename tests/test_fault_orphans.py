@@ -101,9 +101,7 @@ class Up:
         self.proc.stderr.close()
 
 
-def test_dffs_up_killed_with_sigkill_leaves_no_child_and_no_mount_and_starts_again(
-    tmp_path, nginx_origin, make_file
-):
+def test_dffs_up_killed_with_sigkill_leaves_no_child_and_no_mount_and_starts_again(tmp_path, nginx_origin, make_file):
     (tmp_path / "www").mkdir()
     digest = make_file(tmp_path / "www" / "f.bin", 5 * MiB + 3, seed=71)
     origin = nginx_origin(tmp_path / "www")
@@ -154,8 +152,9 @@ def test_daemon_with_a_mount_killed_with_sigkill_the_next_one_mounts_and_serves(
     origin = nginx_origin(tmp_path / "www")
     mountpoint, data_dir = tmp_path / "mnt", tmp_path / "data"
     path = mountpoint / "http" / f"{origin.host}:{origin.port}" / "a.txt"
-    first = MountProcess(mountpoint, data_dir, command=("daemon",))
-    second = MountProcess(mountpoint, data_dir, command=("daemon",))
+    ports = ("--upload-port", "0", "--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "-1")
+    first = MountProcess(mountpoint, data_dir, *ports, command=("daemon",))
+    second = MountProcess(mountpoint, data_dir, *ports, command=("daemon",))
     try:
         first.start()
         assert path.read_text() == "after a crash"

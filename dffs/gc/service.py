@@ -31,8 +31,9 @@ from dffs.storage import StorageManager
 
 log = logging.getLogger(__name__)
 
-#: On ENOSPC, the GC frees this many times the piece being written (room for the next few too).
-RECLAIM_PIECES = 4
+#: On ENOSPC, the GC frees this many times the piece being written (room for the next one too,
+#: without evicting much that is hot: a busy disk may hit this again).
+RECLAIM_PIECES = 2
 
 
 @attrs.frozen
@@ -211,7 +212,7 @@ class GcService:
         """The storage's ``reclaim`` hook: writing a ``length``-byte piece hit ENOSPC although the
         quota may not be reached (something else filled the filesystem). With a quota — the user's
         word that the cache may be evicted — cold pieces go, a few pieces' worth
-        (:data:`RECLAIM_PIECES`), so the write is retried once; returns the bytes freed."""
+        (:data:`RECLAIM_PIECES`), and the write is retried once; returns the bytes freed."""
         if not self.limits.quota:
             return 0
         with self._lock:

@@ -168,12 +168,18 @@ class PeerTask:
         those bytes, and completes the rest of the piece in the task's
         background (the piece is in flight meanwhile, so other readers wait for
         it as usual). The origin still sends exactly one piece. Returns None
-        when the piece is present or already being fetched, or when pieces come
-        from parents (whole pieces, verifiable): the caller then waits normally.
+        when the piece is present or already being fetched, when pieces come
+        from parents (whole pieces, verifiable), or while piece writes fail here
+        (:class:`dffs.storage.task.WriteHealth`): the caller then waits normally.
         The bytes come straight from the origin, the source of truth; the
         piece's digest is computed when it is complete.
         """
-        if self.store.has_piece(number) or not self.fetcher.from_origin_only or self.background.cancelled:
+        if (
+            self.store.has_piece(number)
+            or not self.fetcher.from_origin_only
+            or self.background.cancelled
+            or self.store.write_health.failing  # the piece could not be kept: the reader gets the write's error
+        ):
             return None
         flight = self._pieces.begin(number)
         if flight is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from dffs.errors import StorageError
 from dffs.storage.memory import MemoryTier
 from dffs.storage.meta import TaskMeta
-from dffs.storage.task import DIR_MODE, META_FILE, TaskCorrupt, TaskStore, TaskSummary, summarize
+from dffs.storage.task import DIR_MODE, META_FILE, TaskCorrupt, TaskStore, TaskSummary, WriteHealth, summarize
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class StorageManager:
         #: Called (in the writing thread) with a piece's length when writing it hit ENOSPC:
         #: the GC evicts cold pieces (when a quota is set); returns the bytes freed.
         self.reclaim: Callable[[int], int] | None = None
+        #: Whether the last piece write here failed (see WriteHealth): one for every store.
+        self.write_health = WriteHealth()
 
     # ------------------------------------------------------------- layout
     def task_dir(self, task_id: str) -> Path:
@@ -143,6 +145,7 @@ class StorageManager:
             on_usage_change=self._account,
             before_write=self._before_write,
             reclaim=self._reclaim,
+            write_health=self.write_health,
             clock=self.clock,
             on_files_opened=self._files_opened,
         )
@@ -188,9 +191,9 @@ class StorageManager:
                 self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
                 store = TaskStore.create(self.task_dir(meta.task_id), meta, **self._store_hooks())
             except OSError as exc:  # read-only, full or gone: this request's error, named
-                raise StorageError(
-                    f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}"
-                ) from exc
+                error = StorageError(f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}")
+                self.write_health.failed(str(error))
+                raise error from exc
             self._open[meta.task_id] = store
         self._files_opened(store)
         return store

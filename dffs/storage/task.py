@@ -106,6 +106,26 @@ def _storage_error(directory: Path, what: str, exc: BaseException) -> StorageErr
     return TaskCorrupt(f"task {directory.name}: {what}: {exc}")
 
 
+class WriteHealth:
+    """Whether the last piece write in a data dir failed (shared by its stores).
+
+    A reader may be answered before its piece is stored (a cold read's bytes come
+    straight from the origin), which on a full or read-only disk would make every
+    small read one more origin request and one more failed piece: a crawl that
+    looks like a hang. While writes fail, readers wait for the stored piece
+    instead, so they get the write's error; every such read tries the write again,
+    so the first one that succeeds (space is back) clears this."""
+
+    def __init__(self) -> None:
+        self.failing: str | None = None
+
+    def failed(self, cause: str) -> None:
+        self.failing = cause
+
+    def ok(self) -> None:
+        self.failing = None
+
+
 class TaskStore:
     """Pieces of one task. Create with :meth:`create` or :meth:`open`."""
 
@@ -121,6 +141,7 @@ class TaskStore:
         on_usage_change: Callable[[int], None] | None = None,
         before_write: Callable[[int], None] | None = None,
         reclaim: Callable[[int], int] | None = None,
+        write_health: WriteHealth | None = None,
         clock: Callable[[], float] = time.time,
         on_files_opened: Callable[[TaskStore], None] | None = None,
     ):
@@ -138,6 +159,7 @@ class TaskStore:
         self._before_write = before_write
         #: Called with a piece's length when writing it hit ENOSPC; returns the bytes it freed.
         self._reclaim = reclaim
+        self.write_health = write_health or WriteHealth()
         self._closed = False
         #: Methods of this store running now: its files are not parked under them.
         self._users = 0
@@ -372,7 +394,11 @@ class TaskStore:
         self.touch((number,))
         try:
             with self._in_use():
-                self._write_content(number, span, view)
+                try:
+                    self._write_content(number, span, view)
+                except StorageError as exc:
+                    self.write_health.failed(str(exc))
+                    raise
                 record = journal.PieceRecord(number, span.length, True, digest)
                 with self._lock:
                     if self._closed:
@@ -382,7 +408,10 @@ class TaskStore:
                     except OSError as exc:
                         if number not in self._present:  # its bytes are not recorded: give their blocks back
                             _punch_hole(self._content_fd, span.offset, span.length)
-                        raise self._write_error(number, "recording", exc) from exc
+                        error = self._write_error(number, "recording", exc)
+                        self.write_health.failed(str(error))
+                        raise error from exc
+                    self.write_health.ok()
                     had = number in self._present
                     self._present[number] = record
                     self._verified.add(number)
