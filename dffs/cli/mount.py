@@ -162,7 +162,11 @@ def run_mount(args: argparse.Namespace) -> int:
         and not args.storage_quota
         and args.metrics_port is None
     ):
-        trio.run(serve_standalone, mount_config(args, mountpoint))  # no P2P, GC quota or metrics: no ports opened
+        from dffs.storage.lock import hold_data_dir
+
+        cfg = mount_config(args, mountpoint)
+        with hold_data_dir(cfg.data_dir, "daemon", wait=LOCK_WAIT):  # a mount is a data dir's daemon too
+            trio.run(serve_standalone, cfg)  # no P2P, GC quota or metrics: no ports opened
         return 0
     from dffs.daemon.server import Daemon
 
