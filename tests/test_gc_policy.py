@@ -8,7 +8,7 @@ import os
 import pytest
 
 from dffs.errors import UsageError
-from dffs.gc.policy import GcLimits, PieceState, TaskState, parse_quota, plan
+from dffs.gc.policy import GcLimits, PieceState, TaskState, parse_quota, plan, plan_reclaim
 from dffs.gc.service import GcService
 from dffs.storage import StorageManager, TaskMeta
 from dffs.storage.task import ACCESS_FILE
@@ -61,6 +61,25 @@ def test_pinned_pieces_and_busy_tasks_are_never_evicted():
 def test_active_tasks_lose_pieces_but_are_not_deleted():
     decided = plan([task("open", 0, 9, active=True)], used=9 * MiB, limits=LIMITS, now=1)
     assert decided.delete_tasks == () and decided.evict_pieces == (("open", (0, 1, 2, 3)),)
+
+
+def test_a_full_disk_frees_what_is_needed_least_recently_used_first_with_the_same_protections():
+    tasks = [
+        task("busy", 0, 4, busy=True),
+        task("read", 1, 3, pinned=frozenset({0})),
+        task("cold", 2, 2),
+        task("open", 3, 3, active=True),
+        task("hot", 9, 4),
+    ]
+    decided = plan_reclaim(tasks, need=6 * MiB)
+    # read/1, read/2 (t=1), cold whole (t=2), then open/0 and open/1 (t=3): 6 MiB; hot is left.
+    assert decided.freed == 6 * MiB
+    assert decided.delete_tasks == (("cold", "disk_full"),)
+    assert dict(decided.evict_pieces) == {"read": (1, 2), "open": (0, 1)}
+    assert not plan_reclaim(tasks, need=0)
+    everything = plan_reclaim(tasks, need=100 * MiB)  # more than there is: all that may go, no more
+    assert dict(everything.evict_pieces) == {"read": (1, 2), "open": (0, 1, 2)}
+    assert {t for t, _ in everything.delete_tasks} == {"cold", "hot"}
 
 
 def test_task_ttl():

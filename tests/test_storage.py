@@ -232,3 +232,33 @@ def test_small_tasks_are_served_from_memory(tmp_path):
     assert store.read_piece(0) == b"q" * 1000
     assert manager.memory.hits == hits + 1
     manager.close()
+
+
+def test_a_journal_record_that_does_not_fit_is_cut_back_and_a_later_write_succeeds(tmp_path):
+    """A short write (the disk fills in the middle of a record) must not leave part of a record:
+    every later one would sit off its boundary and be lost at the next open. A real short write:
+    RLIMIT_FSIZE lets the kernel write only up to the limit (SIGXFSZ ignored, so it is an error)."""
+    import resource
+    import signal
+
+    store = TaskStore.create(tmp_path / "t", make_meta(size=10))  # one 10-byte piece
+    journal_path = tmp_path / "t" / JOURNAL_FILE
+    before = journal_path.stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (before + 20, limits[1]))  # room for 20 of 48 bytes
+        with pytest.raises(StorageError, match="recording piece 0"):
+            store.write_piece(0, piece_bytes(0, 10))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert journal_path.stat().st_size == before  # no partial record
+    assert not store.has_piece(0)
+    assert store.write_health.failing and "recording piece 0" in store.write_health.failing
+    store.write_piece(0, piece_bytes(0, 10))
+    assert store.write_health.failing is None
+    store.close_dirty()
+    reopened = TaskStore.open(tmp_path / "t")
+    assert reopened.present_pieces() == [0] and reopened.read_piece(0) == piece_bytes(0, 10)
+    reopened.close()
