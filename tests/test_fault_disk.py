@@ -95,12 +95,10 @@ def test_full_disk_gives_eio_keeps_the_journal_and_reads_succeed_once_space_retu
     failures = [line for line in daemon.output().splitlines() if "event=read_failed" in line]
     assert failures and all("No space left on device" in line for line in failures), failures
     assert any(f"in {data}: No space left on device" in line for line in failures)  # the cause, and where
-    kept = next(iter(journaled_pieces(data).values()))
-    assert 0 < len(kept) < 6
-
     # The journal is consistent: a daemon killed now replays it, and every recorded piece verifies.
     daemon.kill9()
-    assert journaled_pieces(data) == {next(iter(journaled_pieces(data))): kept}
+    kept = next(iter(journaled_pieces(data).values()))
+    assert 0 < len(kept) < 6
     daemon = daemons(data)
     with open(path, "rb") as f:  # opens the task: after a crash every recorded piece is verified
         f.read(1)
