@@ -21,6 +21,7 @@ Prints the harness's table, ratios and one JSON line. Root only (namespaces).
 Usage:
 
   .venv/bin/python scripts/bench/p2p.py [--size-mib 256] [--hosts 5] [--origin-rate 800mbit] [--runs 3] [--smoke]
+                                        [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def main() -> None:
     p.add_argument("--hosts", type=int, help="downloading hosts (default 5; --smoke: 2)")
     p.add_argument("--origin-rate", default="800mbit", help="tc tbf rate of the origin's link")
     p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
+    p.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        help="copy each dffs run's scheduler and daemon logs to DIR/run-N (what the simulator's model is checked on)",
+    )
     args = harness.parse(p, size_mib=(256, 8), hosts=(5, 2))
     size = args.size_mib * MiB
     if args.workdir:
@@ -120,6 +126,11 @@ def main() -> None:
                         seconds = time.perf_counter() - started
                         wait_quiet(origin)
                         egress = origin.body_bytes()
+                    if who == "dffs" and args.keep_logs:  # after the processes stopped: complete logs
+                        kept = Path(args.keep_logs) / f"run-{run_number}"
+                        kept.mkdir(parents=True, exist_ok=True)
+                        for log in work.glob("*.log"):
+                            shutil.copy2(log, kept / log.name)
                     for out in outputs(who):
                         if not filecmp.cmp(out, obj, shallow=False):
                             raise RuntimeError(f"{out} differs from the object")
