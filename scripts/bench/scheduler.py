@@ -92,8 +92,13 @@ SMOKE: dict[str, dict] = {
 
 # ---------------------------------------------------------------- the worker
 def use_tree(tree: str) -> None:
-    """Import ``dffs`` from ``tree`` rather than the editable install of this checkout."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+    """Import ``dffs`` from ``tree`` rather than the editable install of this checkout.
+
+    The editable install's finder sits in ``sys.meta_path`` as a class: ``f.__module__``
+    names its module for classes and instances alike (``type(f)`` of a class is ``type``,
+    which let modules missing from an older tree, dffs.security, come from this checkout).
+    """
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
     sys.path.insert(0, tree)
 
 
@@ -881,6 +886,7 @@ def main() -> None:
     if args.baseline:
         trees = {"before": str(Path(args.baseline).resolve()), **trees}
     results: dict[str, dict[str, list[dict]]] = {n: {t: [] for t in trees} for n in names}
+    failures: list[str] = []
     for run in range(runs):
         for name in names:
             order = list(trees) if run % 2 == 0 else list(reversed(trees))
@@ -888,11 +894,15 @@ def main() -> None:
                 argv = [sys.executable, __file__, "--worker", "--tree", trees[label], "--scenario", name]
                 argv += ["--seed", str(run + 1), "--decisions", str(decisions)]
                 proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-                if proc.returncode != 0:
-                    raise SystemExit(f"{name} ({label}) failed:\n{proc.stderr[-3000:]}")
+                if proc.returncode != 0:  # said now, the other scenarios still measured
+                    failures.append(f"run {run + 1} {name} ({label})")
+                    print(f"# run {run + 1} {name} {label} FAILED:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    continue
                 results[name][label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"# run {run + 1} {name} {label}: {proc.stdout.strip().splitlines()[-1]}", file=sys.stderr)
     report(results, runs)
+    if failures:
+        raise SystemExit(f"failed: {', '.join(failures)}")
 
 
 FIELDS = [
