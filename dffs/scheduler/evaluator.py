@@ -103,7 +103,11 @@ CYCLE_WALK_LIMIT = 2048
 _random = random.Random()
 
 
-@attrs.frozen
+#: The score's parts, in the order :func:`score_vector` gives them.
+PARTS = ("free_upload", "pieces", "speed", "upload_success", "host_type", "idc", "location")
+
+
+@attrs.frozen(slots=False)  # slots=False: room for the cached weight vector
 class Weights:
     free_upload: float = 0.20
     pieces: float = 0.20
@@ -114,15 +118,12 @@ class Weights:
     location: float = 0.10
 
     def total(self, parts: dict[str, float]) -> float:
-        return (
-            self.free_upload * parts["free_upload"]
-            + self.pieces * parts["pieces"]
-            + self.speed * parts["speed"]
-            + self.upload_success * parts["upload_success"]
-            + self.host_type * parts["host_type"]
-            + self.idc * parts["idc"]
-            + self.location * parts["location"]
-        )
+        return _weighted(self.vector, tuple(parts[name] for name in PARTS))
+
+    @functools.cached_property
+    def vector(self) -> tuple[float, ...]:
+        """The weights in :data:`PARTS` order (a decision's scoring loop reads them as a tuple)."""
+        return tuple(getattr(self, name) for name in PARTS)
 
 
 DEFAULT_WEIGHTS = Weights()
@@ -211,21 +212,23 @@ class Descendants:
     def __init__(self, peer: Peer, limit: int | None = None):
         if limit is None:
             limit = CYCLE_WALK_LIMIT
-        self.found: set[int] = set()
+        # Peers hash by identity; a child is pushed only the first time it is seen, so each
+        # edge costs one set lookup (this walk is most of a rescheduling peer's decision).
+        found: set[Peer] = set()
+        self.found = found
         self.complete = True
-        stack = list(peer.children.values())
+        stack = [peer]
         while stack:
-            node = stack.pop()
-            if id(node) in self.found:
-                continue
-            if len(self.found) >= limit:
-                self.complete = False
-                break
-            self.found.add(id(node))
-            stack.extend(node.children.values())
+            for node in stack.pop().children.values():
+                if node not in found:
+                    if len(found) >= limit:
+                        self.complete = False
+                        return
+                    found.add(node)
+                    stack.append(node)
 
     def may_contain(self, peer: Peer) -> bool:
-        return id(peer) in self.found or (not self.complete and bool(peer.parents))
+        return peer in self.found or (not self.complete and bool(peer.parents))
 
 
 def exclusion(
@@ -306,6 +309,25 @@ def score_parts(
     ``cost`` (the parent's :func:`recent_upload_cost`), ``child_idc`` and
     ``child_location`` may be passed when the caller has them already.
     """
+    if child_idc is None:
+        child_idc = child.host.effective_idc
+    if child_location is None:
+        child_location = child.host.effective_location
+    vector = score_vector(parent, child, best_cost, most_pieces, cost, child_idc, child_location)
+    return dict(zip(PARTS, vector, strict=True))
+
+
+def score_vector(
+    parent: Peer,
+    child: Peer,
+    best_cost: float | None,
+    most_pieces: int,
+    cost: float | None | bool,
+    child_idc: str,
+    child_location: str,
+) -> tuple[float, float, float, float, float, float, float]:
+    """:func:`score_parts` as a tuple in :data:`PARTS` order: what a decision's loop scores
+    with (no dict per candidate)."""
     host = parent.host
     slots = host.upload_slots
     if slots > 0:
@@ -331,42 +353,35 @@ def score_parts(
 
     attempts = host.upload_count + host.upload_failed_count
     upload_success = host.upload_count / attempts if attempts else 1.0
-    if child_idc is None:
-        child_idc = child.host.effective_idc
-    if child_location is None:
-        child_location = child.host.effective_location
-
-    return {
-        "free_upload": free_upload,
-        "pieces": pieces,
-        "speed": speed,
-        "upload_success": upload_success,
-        "host_type": 0.5 if host.type is HostType.SEED else 1.0,
-        "idc": idc_affinity(host.idc or host.labels.get("idc", ""), child_idc),
-        "location": location_affinity(host.location or host.labels.get("location", ""), child_location),
-    }
+    return (
+        free_upload,
+        pieces,
+        speed,
+        upload_success,
+        0.5 if host.type is HostType.SEED else 1.0,
+        idc_affinity(host.idc or host.labels.get("idc", ""), child_idc),
+        location_affinity(host.location or host.labels.get("location", ""), child_location),
+    )
 
 
-def _scored(peer: Peer, parents: Iterable[Peer], weights: Weights) -> list[tuple[float, str, Peer, dict[str, float]]]:
-    """(-score, peer id, parent, parts) for each of ``parents``, best first."""
+def _weighted(w: tuple[float, ...], v: tuple[float, ...]) -> float:
+    """The score: the parts' weighted sum, always summed in the same order (same floats, same ranking)."""
+    return w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3] + w[4] * v[4] + w[5] * v[5] + w[6] * v[6]
+
+
+def _scored(peer: Peer, parents: Iterable[Peer], weights: Weights) -> list[tuple[float, str, Peer]]:
+    """(-score, peer id, parent) for each of ``parents``, best first."""
     parents = list(parents)
     costs = [recent_upload_cost(p) for p in parents]
     measured = [c for c in costs if c is not None]
     best_cost = min(measured) if measured else None
     most_pieces = max((p.finished_count for p in parents), default=0)
     idc, location = peer.host.effective_idc, peer.host.effective_location
+    w = weights.vector
     scored = []
     for parent, cost in zip(parents, costs, strict=True):
-        parts = score_parts(
-            parent,
-            peer,
-            best_cost=best_cost,
-            most_pieces=most_pieces,
-            cost=cost,
-            child_idc=idc,
-            child_location=location,
-        )
-        scored.append((-weights.total(parts), parent.id, parent, parts))
+        v = score_vector(parent, peer, best_cost, most_pieces, cost, idc, location)
+        scored.append((-_weighted(w, v), parent.id, parent))
     scored.sort(key=lambda s: (s[0], s[1]))
     return scored
 
@@ -378,7 +393,14 @@ def rank_parents(
     weights: Weights = DEFAULT_WEIGHTS,
 ) -> list[Candidate]:
     """Score ``parents`` (already filtered) for ``peer``, best first."""
-    return [Candidate(parent, -negative, parts) for negative, _, parent, parts in _scored(peer, parents, weights)]
+    parents = list(parents)
+    measured = [c for c in map(recent_upload_cost, parents) if c is not None]
+    best_cost = min(measured) if measured else None
+    most_pieces = max((p.finished_count for p in parents), default=0)
+    return [
+        Candidate(parent, -negative, score_parts(parent, peer, best_cost=best_cost, most_pieces=most_pieces))
+        for negative, _, parent in _scored(peer, parents, weights)
+    ]
 
 
 def draw_candidates(
