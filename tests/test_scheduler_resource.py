@@ -279,6 +279,23 @@ def test_back_to_source_count(graph):
     assert task.back_to_source_count() == 1 and seed.state is PeerState.BACK_TO_SOURCE
 
 
+def test_adopted_placeholder_keeps_its_parent_edges_consistent(graph):
+    """A placeholder given parents before its seed registers: after the adoption the parent's
+    children are keyed by the new id too (found by the index property test below: the parent
+    still listed the placeholder's old id, so 'edge p0 -> real has no reverse')."""
+    seed_host = add_host(graph, "seed", seed=True)
+    parent = add_peer(graph, "p0", "seed")
+    placeholder = graph.add_triggered_seed(parent.task, seed_host)
+    old_id = placeholder.id
+    graph.set_parents(placeholder, [parent])
+    adopted = graph.register_peer("real", "seed", parent.task.id, url="http://o/x")
+    assert adopted is placeholder and adopted.parents == {"p0": parent}
+    assert parent.children == {"real": adopted} and old_id not in parent.children
+    assert graph.index_problems() == []
+    graph.peer_finished(adopted, content_length=8, piece_count=1)
+    assert graph.index_problems() == []
+
+
 def test_triggered_seed_is_adopted_by_the_seed_registration(graph):
     child = add_peer(graph, "child", "h1")
     seed_host = add_host(graph, "seed", seed=True)

@@ -798,9 +798,13 @@ class Graph:
             placeholder.id = peer_id
             placeholder.aliases.add(old_id)
             self.aliases[old_id] = peer_id
+            # Edges are keyed by peer id on both ends: re-key them under the new id.
             for child in placeholder.children.values():
                 child.parents.pop(old_id, None)
                 child.parents[peer_id] = placeholder
+            for parent in placeholder.parents.values():
+                parent.children.pop(old_id, None)
+                parent.children[peer_id] = placeholder
             peer = placeholder
             peer.updated_at = now
         else:
