@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -69,11 +70,15 @@ def run_get(args: argparse.Namespace) -> int:
             ca_file=cfg.ca_file,
         )
     )
-    sources.validate(args.url)
-    expected = ExpectedDigest.parse(args.digest) if args.digest else None
     headers = parse_headers(args.header)
     if cfg.timeout < 0 or math.isnan(cfg.timeout):
         raise UsageError("--timeout must be a positive number of seconds")
+    if args.recursive or args.manifest:
+        return _run_recursive(args, cfg, sources, headers)
+    if not args.url:
+        raise UsageError("dffs get: a URL is required")
+    sources.validate(args.url)
+    expected = ExpectedDigest.parse(args.digest) if args.digest else None
     output = Path(args.output).absolute()
     try:
         check_output_path(output)
@@ -93,6 +98,50 @@ def run_get(args: argparse.Namespace) -> int:
     if show_progress:
         elapsed = time.monotonic() - started
         print(f"{output}: {summary}, {elapsed:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _run_recursive(args: argparse.Namespace, cfg: GetConfig, sources: SourceRegistry, headers: dict[str, str]) -> int:
+    from dffs.cli.get_recursive import run_recursive
+
+    if not args.recursive:
+        raise UsageError("--manifest is for --recursive downloads")
+    if args.digest:
+        raise UsageError("--digest names one file; with --recursive give digests in a --manifest")
+    if bool(args.url) == bool(args.manifest):
+        raise UsageError("--recursive needs either a directory URL or --manifest FILE")
+    if args.url:
+        sources.validate(args.url)
+    out_dir = Path(args.output).absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"cannot write into {out_dir}: it is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out_dir}: {exc.strerror}") from None
+    show_progress = not args.quiet and sys.stderr.isatty()
+    started = time.monotonic()
+    totals = trio.run(
+        functools.partial(
+            run_recursive,
+            cfg,
+            sources,
+            url=args.url,
+            manifest=Path(args.manifest) if args.manifest else None,
+            out_dir=out_dir,
+            headers=headers,
+            tag=args.tag,
+            application=args.application,
+            show_progress=show_progress,
+        )
+    )
+    if show_progress:
+        print(f"{out_dir}: {totals.summary()}, {time.monotonic() - started:.1f}s", file=sys.stderr)
+    if totals.failed:
+        path, reason = totals.failed[0]
+        raise DffsError(
+            f"{len(totals.failed)} of {len(totals.failed) + totals.files} files failed; first: {path}: {reason}"
+        )
     return 0
 
 

@@ -25,8 +25,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_get_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", metavar="URL", help="what to download (http, https or file URL)")
-    parser.add_argument("-O", "--output", required=True, metavar="PATH", help="where to write it")
+    parser.add_argument(
+        "url", metavar="URL", nargs="?", help="what to download (http, https, s3 or file URL; a directory with -r)"
+    )
+    parser.add_argument("-O", "--output", required=True, metavar="PATH", help="where to write it (a directory with -r)")
+    parser.add_argument(
+        "--recursive", "-r", action="store_true", help="every file below URL/ (autoindex, S3 prefix) or in --manifest"
+    )
+    parser.add_argument("--manifest", metavar="FILE", help="with --recursive: the dataset's JSON-lines manifest")
     parser.add_argument("--socket", metavar="PATH", help="a running daemon's socket (default: DATA_DIR/dffs.sock)")
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR...]", help="schedulers for P2P")
     parser.add_argument("--manager", metavar="ADDR", help="manager that hands out schedulers")
