@@ -250,7 +250,7 @@ class ClusterConfig(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., name: _Optional[str] = ..., scheduler_config_json: _Optional[str] = ..., client_config_json: _Optional[str] = ..., idcs: _Optional[_Iterable[str]] = ..., location: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PreheatArgs(_message.Message):
-    __slots__ = ("type", "urls", "tag", "application", "filtered_query_params", "headers", "piece_length", "platform", "username", "password")
+    __slots__ = ("type", "urls", "tag", "application", "filtered_query_params", "headers", "piece_length", "platform", "username", "password", "recursive")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +268,7 @@ class PreheatArgs(_message.Message):
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
     type: PreheatType
     urls: _containers.RepeatedScalarFieldContainer[str]
     tag: str
@@ -278,7 +279,8 @@ class PreheatArgs(_message.Message):
     platform: str
     username: str
     password: str
-    def __init__(self, type: _Optional[_Union[PreheatType, str]] = ..., urls: _Optional[_Iterable[str]] = ..., tag: _Optional[str] = ..., application: _Optional[str] = ..., filtered_query_params: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., piece_length: _Optional[int] = ..., platform: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    recursive: bool
+    def __init__(self, type: _Optional[_Union[PreheatType, str]] = ..., urls: _Optional[_Iterable[str]] = ..., tag: _Optional[str] = ..., application: _Optional[str] = ..., filtered_query_params: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., piece_length: _Optional[int] = ..., platform: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., recursive: _Optional[bool] = ...) -> None: ...
 
 class TaskArgs(_message.Message):
     __slots__ = ("task_id", "url", "tag", "application", "filtered_query_params")

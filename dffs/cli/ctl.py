@@ -6,7 +6,8 @@
     dffs ctl stat TASK|URL          dffs ctl rm TASK|URL
     dffs ctl import FILE --url URL  dffs ctl export TASK|URL -O PATH
     dffs ctl gc
-    dffs ctl --manager ADDR preheat URL... [--scope seed|all-seeds|all] [--cluster-id N]... [--wait] [--timeout S]
+    dffs ctl --manager ADDR preheat URL... [--recursive] [--scope seed|all-seeds|all] [--cluster-id N]...
+                                           [--wait] [--timeout S]
     dffs ctl --manager ADDR jobs [ID] [--state S] [--limit N]
 
 TASK is a 64-hex task ID; a URL names the task every peer derives from it
@@ -79,6 +80,9 @@ def add_ctl_arguments(parser: argparse.ArgumentParser, parser_class) -> None:
 
     pre = commands.add_parser("preheat", parents=[common], help="have the manager preheat URLs or images")
     pre.add_argument("urls", nargs="+", metavar="URL")
+    pre.add_argument(
+        "--recursive", "-r", action="store_true", help="each URL/ is a directory: preheat every file below it"
+    )
     pre.add_argument("--scope", choices=("seed", "all-seeds", "all"), default="seed")
     pre.add_argument("--cluster-id", type=int, action="append", default=[], metavar="N")
     pre.add_argument("--wait", action="store_true", help="wait until the job finishes")

@@ -100,6 +100,7 @@ def run_preheat(args: argparse.Namespace) -> int:
             urls=args.urls,
             headers=_headers(getattr(args, "header", None) or []),
             platform=getattr(args, "platform", None) or "",
+            recursive=bool(getattr(args, "recursive", False)),
         )
         for key in ("tag", "application"):
             if getattr(args, key, None):

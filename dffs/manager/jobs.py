@@ -61,11 +61,23 @@ def validate_job(spec: Any) -> dict[str, Any]:
 
     Keys: type ("preheat"), urls (list), scope (seed | all-seeds | all,
     default seed), cluster_ids (list of ints, default every cluster), and
-    optional tag, application, headers (object of strings), platform.
+    optional tag, application, headers (object of strings), platform, and
+    recursive (true: each http(s) URL is a directory whose whole tree is preheated).
     """
     if not isinstance(spec, dict):
         raise UsageError("job must be a JSON object")
-    known = {"type", "urls", "scope", "cluster_ids", "tag", "application", "headers", "platform", "piece_length"}
+    known = {
+        "type",
+        "urls",
+        "scope",
+        "cluster_ids",
+        "tag",
+        "application",
+        "headers",
+        "platform",
+        "piece_length",
+        "recursive",
+    }
     unknown = sorted(set(spec) - known)
     if unknown:
         raise UsageError(f"unknown job field {unknown[0]!r}")
@@ -99,6 +111,14 @@ def validate_job(spec: Any) -> dict[str, Any]:
         ):
             raise UsageError("headers must be an object of strings")
         args["headers"] = headers
+    if "recursive" in spec:
+        if not isinstance(spec["recursive"], bool):
+            raise UsageError("recursive must be true or false")
+        if spec["recursive"]:
+            for url in urls:
+                if not url.startswith("oci://") and not urlsplit(url).path.endswith("/"):
+                    raise UsageError(f"a recursive preheat needs directory URLs ending with '/', not {url!r}")
+            args["recursive"] = True
     if "piece_length" in spec:
         pl = spec["piece_length"]
         if isinstance(pl, bool) or not isinstance(pl, int) or pl <= 0:

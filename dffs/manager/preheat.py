@@ -8,6 +8,9 @@ through ``DfdaemonUpload.DownloadTask``: a seed then holds the task and
 serves it to every peer the scheduler sends to it. Results are stored per URL
 and host as they arrive; the job ends succeeded when every download did.
 
+A recursive job's directory URLs are walked here, through their listings
+(:mod:`dffs.source.tree`), into one download per file.
+
 Scopes: ``seed`` picks one active seed peer per cluster for each URL
 (rendezvous hashing on the URL, so a job's URLs spread over the seeds and a
 rerun goes to the same seed); ``all-seeds`` is every active seed peer;
@@ -27,6 +30,7 @@ from typing import Any
 
 import attrs
 import grpc
+import trio
 from google.protobuf import empty_pb2
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2_grpc
@@ -38,6 +42,8 @@ from dffs.oci.reference import ImageReference
 from dffs.oci.registry import RegistryClient
 from dffs.rpc.bridge import channel_options
 from dffs.security.transport import Transport
+from dffs.source import SourceRegistry
+from dffs.source.tree import walk
 
 log = logging.getLogger("dffs.manager")
 
@@ -61,6 +67,16 @@ class Download:
     headers: dict[str, str] = attrs.Factory(dict)
     #: The oci:// reference this blob belongs to, if any.
     image: str = ""
+
+
+async def _list_tree(url: str, headers: dict[str, str], max_files: int) -> list[str]:
+    """The URL of every file below directory ``url``, from its listings (on a trio run of its own:
+    dffs's sources are trio code and the manager is asyncio)."""
+    sources = SourceRegistry()
+    try:
+        return [f.url async for f in walk(sources.for_url(url), url, headers=headers, max_entries=max_files)]
+    finally:
+        await sources.aclose()
 
 
 def choose_seed(url: str, seeds: list[Target]) -> Target:
@@ -104,6 +120,7 @@ class PreheatExecutor:
         max_jobs: int = 4,
         max_downloads: int = 8,
         registry: RegistryClient | None = None,
+        max_tree_files: int = 100_000,
     ):
         #: Mutual TLS as the manager, to schedulers (ListHosts) and to hosts (DownloadTask).
         self.transport = transport
@@ -112,6 +129,8 @@ class PreheatExecutor:
         self.poll_interval = poll_interval
         self.download_timeout = download_timeout
         self.registry = registry or RegistryClient()
+        #: Most files one recursive URL may expand to (a bigger tree fails the job, naming the bound).
+        self.max_tree_files = max_tree_files
         self._job_slots = asyncio.Semaphore(max_jobs)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._running: set[asyncio.Task] = set()
@@ -202,6 +221,11 @@ class PreheatExecutor:
         headers = dict(args.get("headers") or {})
         downloads: list[Download] = []
         for url in args["urls"]:
+            if args.get("recursive") and not url.startswith("oci://"):
+                files = await asyncio.to_thread(trio.run, _list_tree, url, headers, self.max_tree_files)
+                log.info("event=tree_listed url=%s files=%d", url, len(files))
+                downloads += [Download(f, headers) for f in files]
+                continue
             if not url.startswith("oci://"):
                 downloads.append(Download(url, headers))
                 continue

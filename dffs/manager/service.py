@@ -95,6 +95,7 @@ def job_pb(job: dict[str, Any]) -> pb.Job:
     for key in ("tag", "application", "piece_length"):
         if key in args:
             setattr(preheat, key, args[key])
+    preheat.recursive = bool(args.get("recursive"))
     message = pb.Job(
         id=job["id"],
         type=pb.JOB_TYPE_PREHEAT,
@@ -257,6 +258,8 @@ class ManagerService(manager_pb2_grpc.ManagerServicer):
             spec["headers"] = dict(args.headers)
         if args.platform:
             spec["platform"] = args.platform
+        if args.recursive:
+            spec["recursive"] = True
         for key in ("tag", "application", "piece_length"):
             if args.HasField(key):
                 spec[key] = getattr(args, key)

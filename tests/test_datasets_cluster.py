@@ -1,0 +1,106 @@
+"""Datasets across a real cluster on loopback: manager, scheduler, a seed and a peer (with its mount and
+proxy), all real processes talking real gRPC; nginx with autoindex is the origin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cli import run_dffs, sha256_file
+from cluster import Daemon, Manager, Process
+from test_p2p_cluster import done_line, wait_for
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dffs", "ctl", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def dataset(tmp_path, make_file):
+    """A tree of small and not-so-small files (one is several pieces)."""
+    root = tmp_path / "www" / "ds"
+    layout = {f"train/{i:03d}.bin": 112 * KiB + i for i in range(12)}
+    layout |= {f"val/{i:02d}.bin": 16 * KiB + i for i in range(5)}
+    layout["big.bin"] = 9 * MiB + 7
+    digests = {path: make_file(root / path, size, seed=i) for i, (path, size) in enumerate(layout.items())}
+    return tmp_path / "www", digests
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Manager, scheduler (registered with it), a seed, and a peer with a mount and a proxy."""
+    (tmp_path / "sched.toml").write_text("manager_refresh_interval = 0.5\n")
+    (tmp_path / "daemon.toml").write_text("announce_interval = 1\nmanager_refresh_interval = 0.5\n")
+    processes: list[Process] = []
+    try:
+        manager = Manager(tmp_path).start()
+        processes.append(manager)
+        sched = Process(
+            ["scheduler", "--listen", "127.0.0.1:0", "--manager", manager.grpc_address, "--config"]
+            + [str(tmp_path / "sched.toml")],
+            tmp_path / "sched.log",
+            r"listening on (\S+):(\d+)",
+        ).start()
+        processes.append(sched)
+        wait_for(lambda: manager.http("GET", "/schedulers")[1]["schedulers"], what="scheduler registered")
+        common = ("--config", str(tmp_path / "daemon.toml"), "--metrics-port", "-1")
+        seed = Daemon(
+            tmp_path, "seed", None, manager=manager.grpc_address, seed=True, extra=(*common, "--proxy-port", "-1")
+        ).start()
+        processes.append(seed)
+        peer = Daemon(
+            tmp_path, "peer", None, manager=manager.grpc_address, mount=True, extra=(*common, "--proxy-port", "0")
+        ).start()
+        processes.append(peer)
+        yield manager, seed, peer
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def test_recursive_preheat_then_recursive_get_takes_no_file_bytes_from_the_origin(
+    cluster, dataset, tmp_path, nginx_origin
+):
+    manager, seed, peer = cluster
+    www, digests = dataset
+    origin = nginx_origin(www)
+
+    # Not a directory URL: refused before any job exists.
+    bad = ctl("--manager", manager.grpc_address, "preheat", "--recursive", origin.url("/ds/big.bin"))
+    assert bad.returncode == 2 and "directory URLs ending with '/'" in bad.stderr, bad
+
+    done = ctl(
+        "--manager",
+        manager.grpc_address,
+        "--json",
+        "preheat",
+        "--recursive",
+        origin.url("/ds/"),
+        "--wait",
+        "--timeout",
+        "90",
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr, manager.output()[-3000:])
+    job = json.loads(done.stdout)
+    assert job["state"] == "succeeded" and job["preheat"]["recursive"] is True
+    assert {r["tasks"][0]["url"] for r in job["results"]} == {origin.url(f"/ds/{p}") for p in digests}
+    assert all(r["success"] and r["hostname"] == "seed" for r in job["results"])
+    origin.sync_log()
+    for path in digests:
+        assert origin.body_bytes(f"/ds/{path}", "GET") == (www / "ds" / path).stat().st_size, path  # once, to the seed
+
+    # The peer fetches the whole tree through its daemon: every file's bytes from the seed.
+    origin.clear_log()
+    out = tmp_path / "out"
+    got = run_dffs("get", "-r", origin.url("/ds/"), "-O", str(out), "--data-dir", str(peer.data_dir), timeout=120)
+    assert got.returncode == 0, (got.stderr, peer.output()[-3000:])
+    assert {str(p.relative_to(out)): sha256_file(p) for p in out.rglob("*") if p.is_file()} == digests
+    origin.sync_log()
+    assert sum(r.body_bytes for r in origin.requests() if not r.path.endswith("/")) == 0
+    origin_bytes = [done_line(line)[0] for line in peer.output().splitlines() if "event=download_done" in line]
+    assert len(origin_bytes) == len(digests) and not any(origin_bytes)
