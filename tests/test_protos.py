@@ -154,6 +154,7 @@ def test_common_task_timestamps_and_optional_length():
                 "StatPeer": (False, False),
                 "DeletePeer": (False, False),
                 "StatTask": (False, False),
+                "StatTasks": (False, False),
                 "DeleteTask": (False, False),
                 "DeletePieces": (False, False),
                 "AnnounceHost": (False, False),

@@ -828,3 +828,61 @@ def test_pluggable_seed_trigger_success_and_failure():
         second.close()
     finally:
         s.close()
+
+
+# ---- metadata from the swarm -------------------------------------------------------
+
+
+def test_stat_task_answers_the_validators_a_finished_origin_peer_reported(sched, ids):
+    """StatTask and StatTasks (one call for many tasks) give size and the origin's validators as the
+    peer that fetched from the origin reported them; a P2P child's word does not overwrite them."""
+    stub = sched.stub
+    host, child_host = ids("host"), ids("child")
+    announce_host(stub, host)
+    announce_host(stub, child_host)
+    task, other, unknown = ids("task"), ids("other"), ids("unknown")
+    stream = source_peer(stub, host, task, ids("peer"), pieces=(0,))
+    stream.send(
+        download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest(
+            content_length=4 * MiB, piece_count=1, etag='"v1"', last_modified="Tue, 01 Dec 2026 10:00:00 GMT"
+        )
+    )
+    stream.close()
+    stat = stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=host, task_id=task), timeout=STEP)
+    assert (stat.content_length, stat.etag, stat.last_modified) == (4 * MiB, '"v1"', "Tue, 01 Dec 2026 10:00:00 GMT")
+    assert stat.has_available_peer and not stat.HasField("content_type")
+
+    # A child that took the piece from a peer and reports other validators fills no field it already has.
+    child = PeerStream(stub, child_host, task, ids("child-peer"))
+    child.register()
+    child.parents()
+    child.piece_from(ids("peer"), 0)
+    child.send(
+        download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest(
+            content_length=4 * MiB, piece_count=1, etag='"forged"'
+        )
+    )
+    child.close()
+    assert stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=host, task_id=task), timeout=STEP).etag == '"v1"'
+
+    # Many at once: a task nobody finished has no size yet; an unknown one is left out.
+    source_peer(stub, host, other, ids("other-peer"), pieces=(0,)).close()
+    answer = stub.StatTasks(
+        scheduler_pb2.StatTasksRequest(host_id=host, task_ids=[task, other, unknown, task]), timeout=STEP
+    )
+    by_id = {t.id: t for t in answer.tasks}
+    assert set(by_id) == {task, other}
+    assert by_id[task].etag == '"v1"' and by_id[task].content_length == 4 * MiB
+    assert not by_id[other].HasField("content_length")
+
+    # Bad input: too many ids, validators that are not one short line.
+    too_many = scheduler_pb2.StatTasksRequest(host_id=host, task_ids=[f"t{i}" for i in range(10_001)])
+    assert code_of(stub.StatTasks, too_many) == grpc.StatusCode.INVALID_ARGUMENT
+    bad = source_peer(stub, host, ids("bad"), ids("bad-peer"), pieces=(0,))
+    bad.send(
+        download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest(
+            content_length=4 * MiB, piece_count=1, etag='"a"\r\nX-Injected: 1'
+        )
+    )
+    assert bad.error().code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sched.alive()

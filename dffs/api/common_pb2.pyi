@@ -186,7 +186,7 @@ class Host(_message.Message):
     def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[HostType, str]] = ..., hostname: _Optional[str] = ..., ip: _Optional[str] = ..., port: _Optional[int] = ..., download_port: _Optional[int] = ..., idc: _Optional[str] = ..., location: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., os: _Optional[str] = ..., version: _Optional[str] = ..., cpu: _Optional[_Union[CPU, _Mapping]] = ..., memory: _Optional[_Union[Memory, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., disk: _Optional[_Union[Disk, _Mapping]] = ..., scheduler_cluster_id: _Optional[int] = ..., disable_shared: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "type", "url", "digest", "tag", "application", "filtered_query_params", "request_header", "piece_length", "content_length", "piece_count", "size_scope", "state", "peer_count", "has_available_peer", "created_at", "updated_at")
+    __slots__ = ("id", "type", "url", "digest", "tag", "application", "filtered_query_params", "request_header", "piece_length", "content_length", "piece_count", "size_scope", "state", "peer_count", "has_available_peer", "created_at", "updated_at", "etag", "last_modified", "content_type")
     class RequestHeaderEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,9 @@ class Task(_message.Message):
     HAS_AVAILABLE_PEER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: TaskType
     url: str
@@ -228,7 +231,10 @@ class Task(_message.Message):
     has_available_peer: bool
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., url: _Optional[str] = ..., digest: _Optional[str] = ..., tag: _Optional[str] = ..., application: _Optional[str] = ..., filtered_query_params: _Optional[_Iterable[str]] = ..., request_header: _Optional[_Mapping[str, str]] = ..., piece_length: _Optional[int] = ..., content_length: _Optional[int] = ..., piece_count: _Optional[int] = ..., size_scope: _Optional[_Union[SizeScope, str]] = ..., state: _Optional[str] = ..., peer_count: _Optional[int] = ..., has_available_peer: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    etag: str
+    last_modified: str
+    content_type: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., url: _Optional[str] = ..., digest: _Optional[str] = ..., tag: _Optional[str] = ..., application: _Optional[str] = ..., filtered_query_params: _Optional[_Iterable[str]] = ..., request_header: _Optional[_Mapping[str, str]] = ..., piece_length: _Optional[int] = ..., content_length: _Optional[int] = ..., piece_count: _Optional[int] = ..., size_scope: _Optional[_Union[SizeScope, str]] = ..., state: _Optional[str] = ..., peer_count: _Optional[int] = ..., has_available_peer: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., last_modified: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("id", "range", "priority", "pieces", "cost", "state", "task", "host", "need_back_to_source", "created_at", "updated_at")

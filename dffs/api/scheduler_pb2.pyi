@@ -36,20 +36,32 @@ class RescheduleRequest(_message.Message):
     def __init__(self, candidate_parents: _Optional[_Iterable[_Union[_common_pb2.Peer, _Mapping]]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class DownloadPeerFinishedRequest(_message.Message):
-    __slots__ = ("content_length", "piece_count")
+    __slots__ = ("content_length", "piece_count", "etag", "last_modified", "content_type")
     CONTENT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PIECE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     content_length: int
     piece_count: int
-    def __init__(self, content_length: _Optional[int] = ..., piece_count: _Optional[int] = ...) -> None: ...
+    etag: str
+    last_modified: str
+    content_type: str
+    def __init__(self, content_length: _Optional[int] = ..., piece_count: _Optional[int] = ..., etag: _Optional[str] = ..., last_modified: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class DownloadPeerBackToSourceFinishedRequest(_message.Message):
-    __slots__ = ("content_length", "piece_count")
+    __slots__ = ("content_length", "piece_count", "etag", "last_modified", "content_type")
     CONTENT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PIECE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     content_length: int
     piece_count: int
-    def __init__(self, content_length: _Optional[int] = ..., piece_count: _Optional[int] = ...) -> None: ...
+    etag: str
+    last_modified: str
+    content_type: str
+    def __init__(self, content_length: _Optional[int] = ..., piece_count: _Optional[int] = ..., etag: _Optional[str] = ..., last_modified: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class DownloadPeerFailedRequest(_message.Message):
     __slots__ = ("description",)
@@ -184,6 +196,20 @@ class StatTaskRequest(_message.Message):
     host_id: str
     task_id: str
     def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class StatTasksRequest(_message.Message):
+    __slots__ = ("host_id", "task_ids")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StatTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
 
 class DeleteTaskRequest(_message.Message):
     __slots__ = ("host_id", "task_id")

@@ -56,6 +56,11 @@ class SchedulerStub:
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.StatTaskRequest.SerializeToString,
                 response_deserializer=dffs_dot_api_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.StatTasks = channel.unary_unary(
+                '/dffs.scheduler.Scheduler/StatTasks',
+                request_serializer=dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.FromString,
+                _registered_method=True)
         self.DeleteTask = channel.unary_unary(
                 '/dffs.scheduler.Scheduler/DeleteTask',
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.DeleteTaskRequest.SerializeToString,
@@ -114,6 +119,13 @@ class SchedulerServicer:
 
     def StatTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatTasks(self, request, context):
+        """StatTask for many tasks in one call (at most 10,000 ids).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -180,6 +192,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.StatTask,
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.StatTaskRequest.FromString,
                     response_serializer=dffs_dot_api_dot_common__pb2.Task.SerializeToString,
+            ),
+            'StatTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatTasks,
+                    request_deserializer=dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.FromString,
+                    response_serializer=dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.SerializeToString,
             ),
             'DeleteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTask,
@@ -320,6 +337,33 @@ class Scheduler:
             '/dffs.scheduler.Scheduler/StatTask',
             dffs_dot_api_dot_scheduler__pb2.StatTaskRequest.SerializeToString,
             dffs_dot_api_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.scheduler.Scheduler/StatTasks',
+            dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.SerializeToString,
+            dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

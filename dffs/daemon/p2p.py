@@ -27,7 +27,7 @@ import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
-from dffs.daemon.schedulers import ChannelFactory, SchedulerClient, Stub
+from dffs.daemon.schedulers import ChannelFactory, SchedulerClient, Stub, validators_of
 from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
@@ -97,6 +97,9 @@ class P2PSwarm:
 
     async def stat(self, request: DownloadRequest) -> SourceStat | None:
         return await self.schedulers.stat_task(request)
+
+    async def stat_many(self, requests: list[DownloadRequest]) -> dict[str, SourceStat]:
+        return await self.schedulers.stat_tasks(requests)
 
     def upload_stub(self, ip: str, port: int) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
         """A parent's DfdaemonUpload (SyncPieces); one channel per parent host, kept."""
@@ -244,7 +247,7 @@ class P2PFetcher:
         await task.wait_complete()
         meta = task.store.meta
         finished = scheduler_pb2.DownloadPeerFinishedRequest(
-            content_length=meta.content_length, piece_count=meta.piece_count
+            content_length=meta.content_length, piece_count=meta.piece_count, **validators_of(meta)
         )
         await self._send(self._message(download_peer_finished_request=finished))
         async with self._send_lock:

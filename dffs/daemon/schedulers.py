@@ -37,7 +37,7 @@ from dffs.gc.service import GcResult
 from dffs.peertask import DownloadRequest
 from dffs.rpc import bridge
 from dffs.source import SourceStat
-from dffs.storage import TaskStore
+from dffs.storage import TaskMeta, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,30 @@ CALL_TIMEOUT = 10.0
 
 Stub = scheduler_pb2_grpc.SchedulerStub
 ChannelFactory = Callable[[str], grpc.Channel]
+
+
+#: Task IDs per StatTasks call (the scheduler takes up to 10,000).
+STAT_BATCH = 5000
+
+
+def validators_of(meta: TaskMeta) -> dict[str, str]:
+    """The origin's validators a task was opened with, as the proto fields a finished peer reports."""
+    values = {"etag": meta.etag, "last_modified": meta.last_modified, "content_type": meta.content_type}
+    return {k: v for k, v in values.items() if v}
+
+
+def swarm_stat(url: str, task: common_pb2.Task) -> SourceStat | None:
+    """A scheduler's Task as the stat of ``url``, when some peer can serve the content."""
+    if not (task.HasField("content_length") and task.has_available_peer):
+        return None
+    return SourceStat(
+        url=url,
+        content_length=task.content_length,
+        etag=task.etag if task.HasField("etag") else None,
+        last_modified=task.last_modified if task.HasField("last_modified") else None,
+        content_type=task.content_type if task.HasField("content_type") else None,
+        accepts_ranges=True,
+    )
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -213,7 +237,9 @@ class SchedulerClient:
                             message(
                                 download_peer_back_to_source_finished_request=(
                                     scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
-                                        content_length=meta.content_length, piece_count=meta.piece_count
+                                        content_length=meta.content_length,
+                                        piece_count=meta.piece_count,
+                                        **validators_of(meta),
                                     )
                                 )
                             )
@@ -243,7 +269,8 @@ class SchedulerClient:
         return {n: d for n, d in answer.digests.items() if is_piece_digest(d)}
 
     async def stat_task(self, request: DownloadRequest) -> SourceStat | None:
-        """The object's size from the task's scheduler, when some peer holds it."""
+        """What the swarm knows of the object (size and the origin's validators, as the peer that
+        fetched it reported them) when some peer holds it; None otherwise."""
         tid = request.task_id
         for address, stub in self.ring(tid):
             try:
@@ -253,12 +280,51 @@ class SchedulerClient:
                     timeout=CALL_TIMEOUT,
                 )
             except grpc.RpcError as exc:
+                # NOT_FOUND too: the task may have been registered with the next one while this was away.
                 log.info("task=%s event=swarm_stat_failed scheduler=%s code=%s", tid, address, exc.code())
                 continue
-            if task.HasField("content_length") and task.has_available_peer:
-                return SourceStat(url=request.url, content_length=task.content_length, accepts_ranges=True)
-            return None
+            return swarm_stat(request.url, task)
         return None
+
+    async def stat_tasks(self, requests: Iterable[DownloadRequest]) -> dict[str, SourceStat]:
+        """:meth:`stat_task` for many tasks: one StatTasks call per scheduler (a directory's files are
+        spread over the schedulers by their task IDs), so a listing costs a round trip, not one per file.
+        Tasks no peer holds, or whose scheduler cannot be reached, are left out."""
+        by_scheduler: dict[str, list[DownloadRequest]] = {}
+        for request in requests:
+            ring = self.ring(request.task_id)
+            if ring:
+                by_scheduler.setdefault(ring[0][0], []).append(request)
+        found: dict[str, SourceStat] = {}
+
+        async def ask(address: str, batch: list[DownloadRequest]) -> None:
+            urls = {r.task_id: r.url for r in batch}
+            stub = self._stubs.get(address)
+            if stub is None:
+                return
+            for start in range(0, len(batch), STAT_BATCH):
+                ids = [r.task_id for r in batch[start : start + STAT_BATCH]]
+                try:
+                    answer = await bridge.unary(
+                        stub.StatTasks,
+                        scheduler_pb2.StatTasksRequest(host_id=self.host_id, task_ids=ids),
+                        timeout=CALL_TIMEOUT,
+                    )
+                except grpc.RpcError as exc:
+                    log.info(
+                        "event=swarm_stat_batch_failed scheduler=%s tasks=%d code=%s", address, len(ids), exc.code()
+                    )
+                    return
+                for task in answer.tasks:
+                    url = urls.get(task.id)
+                    stat = swarm_stat(url, task) if url is not None else None
+                    if stat is not None:
+                        found[task.id] = stat
+
+        async with trio.open_nursery() as nursery:
+            for address, batch in by_scheduler.items():
+                nursery.start_soon(ask, address, batch)
+        return found
 
     async def delete_task(self, task_id: str) -> None:
         """This host no longer holds ``task_id``."""

@@ -67,7 +67,11 @@ class Swarm(Protocol):
         """The fetcher for a task being opened (not complete here)."""
 
     async def stat(self, request: DownloadRequest) -> SourceStat | None:
-        """What the swarm knows of the object when the origin cannot say (down, gone); None: nothing."""
+        """What the swarm knows of the object (size, the origin's validators as the peer that fetched
+        it reported them) when some member holds it; None: nothing."""
+
+    async def stat_many(self, requests: list[DownloadRequest]) -> dict[str, SourceStat]:
+        """:meth:`stat` for many objects at once (a directory's files), by task ID; unknown ones left out."""
 
 
 class NoSwarm:
@@ -78,3 +82,6 @@ class NoSwarm:
 
     async def stat(self, request: DownloadRequest) -> SourceStat | None:
         return None
+
+    async def stat_many(self, requests: list[DownloadRequest]) -> dict[str, SourceStat]:
+        return {}

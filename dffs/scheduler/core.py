@@ -35,7 +35,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import attrs
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -74,6 +74,11 @@ MAX_URL_LENGTH = 64 * 1024
 MAX_DIGESTS_PER_ANSWER = 65536
 #: Longest piece cost accepted (a day).
 MAX_COST_SECONDS = 24 * 3600.0
+#: Most tasks one StatTasks call may name.
+MAX_STAT_TASKS = 10_000
+#: The origin validators a finished peer reports, kept per task and answered by StatTask.
+VALIDATORS = ("etag", "last_modified", "content_type")
+MAX_VALIDATOR_LENGTH = 1024
 
 _HOST_TYPES = {common_pb2.HOST_TYPE_NORMAL: HostType.NORMAL, common_pb2.HOST_TYPE_SEED: HostType.SEED}
 _HOST_TYPES_BACK = {v: k for k, v in _HOST_TYPES.items()}
@@ -124,6 +129,28 @@ def _check_id(kind: str, value: str) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{kind} id is longer than {MAX_ID_LENGTH} characters")
     return value
+
+
+def _validators(msg: Any) -> dict[str, str]:
+    """The origin validators a finished peer reported, bounded like every other string a peer sends."""
+    out = {}
+    for name in VALIDATORS:
+        if msg.HasField(name):
+            value = getattr(msg, name)
+            if len(value) > MAX_VALIDATOR_LENGTH or any(c in value for c in "\r\n\x00"):
+                raise InvalidArgument(f"{name} longer than {MAX_VALIDATOR_LENGTH} characters or not one line")
+            out[name] = value
+    return out
+
+
+def _record_validators(task: Task, validators: dict[str, str], *, authoritative: bool) -> None:
+    """What StatTask will say about the content: the word of a peer that fetched from the origin wins
+    (the origin may have changed since); a peer that only took pieces from others fills a blank."""
+    if not validators:
+        return
+    if authoritative or all(getattr(task, name) is None for name in VALIDATORS):
+        for name in VALIDATORS:
+            setattr(task, name, validators.get(name))
 
 
 def _seconds(d: duration_pb2.Duration, what: str) -> float:
@@ -361,6 +388,18 @@ class SchedulerCore:
             digests={n: anchored[n] for n in request.piece_numbers if n in anchored}
         )
 
+    def stat_tasks(self, request: scheduler_pb2.StatTasksRequest) -> scheduler_pb2.StatTasksResponse:
+        """StatTask for many tasks in one answer (a directory's files); unknown ones are left out."""
+        if len(request.task_ids) > MAX_STAT_TASKS:
+            raise InvalidArgument(f"at most {MAX_STAT_TASKS} task ids per StatTasks, not {len(request.task_ids)}")
+        answer = scheduler_pb2.StatTasksResponse()
+        for task_id in dict.fromkeys(request.task_ids):
+            _check_id("task", task_id)
+            task = self.graph.tasks.get(task_id)
+            if task is not None:
+                answer.tasks.append(self.task_message(task))
+        return answer
+
     @_dispatching
     def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
         _check_id("host", request.host_id)
@@ -488,7 +527,10 @@ class SchedulerCore:
             return True
         elif kind in ("download_peer_finished_request", "download_peer_back_to_source_finished_request"):
             msg = getattr(request, kind)
+            validators = _validators(msg)
+            from_origin = kind.startswith("download_peer_back") or peer.need_back_to_source or peer.host.is_seed
             graph.peer_finished(peer, content_length=msg.content_length, piece_count=msg.piece_count)
+            _record_validators(peer.task, validators, authoritative=from_origin or peer.requested_back_to_source)
             log.info(
                 "event=peer_succeeded task=%s peer=%s content_length=%d pieces=%d back_to_source=%s",
                 peer.task.id,
@@ -748,6 +790,9 @@ class SchedulerCore:
         )
         if task.digest is not None:
             msg.digest = task.digest
+        for name in VALIDATORS:
+            if (value := getattr(task, name)) is not None:
+                setattr(msg, name, value)
         if task.content_length is not None:
             msg.content_length = task.content_length
             if task.content_length == 0:

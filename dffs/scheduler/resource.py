@@ -317,6 +317,10 @@ class Task:
     piece_length: int | None = None
     content_length: int | None = None
     piece_count: int | None = None
+    #: The origin's validators for the content peers hold (from a finished peer's report).
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
     #: By id; add and remove peers with :meth:`add` and :meth:`remove` only, which keep the indexes.
     peers: dict[str, Peer] = attrs.Factory(dict)
     #: When the last attempt to trigger a seed for this task failed.

@@ -305,6 +305,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return self.core.stat_task(request)
 
     @_unary
+    def StatTasks(self, request):
+        return self.core.stat_tasks(request)
+
+    @_unary
     def DeleteTask(self, request):
         self.core.delete_task(request)
         return empty_pb2.Empty()
