@@ -386,12 +386,12 @@ def test_prefetch_whole_and_manifest_digests(www, nginx_origin, make_file, mount
     assert sha256_file(m.mountpoint / "good.bin") == good  # the other file is unaffected
 
 
-def test_mount_raises_kernel_readahead(www, nginx_origin, mount):
+def test_mount_sets_kernel_readahead(www, nginx_origin, mount):
     from dffs.fs.mount import mountinfo_entry
 
     m = mount()
     device = mountinfo_entry(m.mountpoint)[2]
-    assert (Path("/sys/class/bdi") / device / "read_ahead_kb").read_text().strip() == "4096"
+    assert (Path("/sys/class/bdi") / device / "read_ahead_kb").read_text().strip() == "512"
 
 
 def test_unmount_logs_what_the_mount_did(www, nginx_origin, mount):

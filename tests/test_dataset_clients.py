@@ -1,0 +1,142 @@
+"""Real training-data clients reading through a real `dffs mount` of an nginx origin: PyTorch's DataLoader
+with 4 worker processes, pyarrow reading Parquet columns, h5py reading HDF5 datasets, numpy.memmap.
+
+Every check compares bytes or values with what the origin holds; origin traffic is read from nginx's log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from mounts import MountProcess, is_mounted
+
+h5py = pytest.importorskip("h5py")
+pq = pytest.importorskip("pyarrow.parquet")
+pa = pytest.importorskip("pyarrow")
+torch = pytest.importorskip("torch")
+
+KiB = 1024
+MiB = 1024 * KiB
+PIECE = 4 * MiB
+
+
+@pytest.fixture
+def mount(tmp_path):
+    made: list[MountProcess] = []
+
+    def start(*args: str, name: str = "mnt") -> MountProcess:
+        m = MountProcess(tmp_path / name, tmp_path / f"{name}-data", *args)
+        made.append(m)
+        return m.start()
+
+    yield start
+    for m in made:
+        m.stop()
+        assert not is_mounted(m.mountpoint)
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Whole files by path, as an image-folder dataset reads them."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with open(self.paths[index], "rb") as f:
+            data = f.read()
+        return index, hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _collate(batch):
+    return batch
+
+
+def test_dataloader_with_four_workers_reads_every_sample_right(tmp_path, nginx_origin, make_file, mount):
+    www = tmp_path / "www"
+    sizes = {f"train/c{i % 4}/s{i:04d}.bin": (112 * KiB if i % 3 else 16 * KiB) + i for i in range(240)}
+    digests = {path: make_file(www / "ds" / path, size, seed=i) for i, (path, size) in enumerate(sizes.items())}
+    origin = nginx_origin(www)
+    m = mount("--source", f"ds={origin.url('/ds/')}")
+    root = m.mountpoint / "ds"
+    paths = sorted(str(p) for p in root.rglob("*.bin"))  # the listing, as a Dataset's constructor walks it
+    assert len(paths) == len(sizes)
+    loader = torch.utils.data.DataLoader(
+        FileDataset(paths),
+        batch_size=16,
+        shuffle=True,
+        num_workers=4,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(7),
+    )
+    seen = {}
+    for batch in loader:
+        for index, digest, size in batch:
+            seen[os.path.relpath(paths[index], root)] = (digest, size)
+    assert seen == {path: (digests[path], sizes[path]) for path in sizes}
+    origin.sync_log()
+    # Each file's bytes left the origin once, however the four workers interleaved.
+    for path, size in sizes.items():
+        assert origin.body_bytes(f"/ds/{path}", "GET") == size, path
+
+
+def test_pyarrow_reads_one_column_chunk_without_the_whole_file(tmp_path, nginx_origin, mount):
+    www = tmp_path / "www"
+    www.mkdir()
+    rows = 1_500_000
+    rng = np.random.default_rng(1)
+    table = pa.table({f"c{i}": rng.random(rows) for i in range(6)})
+    pq.write_table(table, www / "t.parquet", row_group_size=rows // 3, compression="none")
+    size = (www / "t.parquet").stat().st_size
+    meta = pq.ParquetFile(www / "t.parquet").metadata
+    chunk = meta.row_group(1).column(3)
+    assert size > 60 * MiB  # many pieces, so reading everything would show
+    origin = nginx_origin(www)
+    m = mount("--prefetch", "none")
+    path = m.mountpoint / f"http/127.0.0.1:{origin.port}/t.parquet"
+    got = pq.ParquetFile(path).read_row_group(1, columns=["c3"])
+    assert got.column("c3").combine_chunks().equals(table.column("c3").slice(rows // 3, rows // 3).combine_chunks())
+    origin.sync_log()
+    sent = origin.body_bytes("/t.parquet", "GET")
+    # The footer and the one chunk, each rounded out to the pieces it touches, and no more.
+    footer_pieces = 1 + (meta.serialized_size + 8 > size % PIECE)
+    chunk_pieces = (
+        (chunk.data_page_offset + chunk.total_compressed_size - 1) // PIECE - chunk.data_page_offset // PIECE + 1
+    )
+    log = [(r.range, r.body_bytes) for r in origin.requests("/t.parquet")]
+    assert sent <= (footer_pieces + chunk_pieces) * PIECE, (sent, log)
+    assert sent < size / 3
+
+
+def test_h5py_reads_a_slice_of_a_dataset(tmp_path, nginx_origin, mount):
+    www = tmp_path / "www"
+    www.mkdir()
+    data = np.random.default_rng(2).random((4000, 1000), dtype=np.float32)  # 16 MB, contiguous
+    with h5py.File(www / "d.h5", "w") as f:
+        f.create_dataset("x", data=data)
+        f.create_dataset("labels", data=np.arange(4000, dtype=np.int64))
+    origin = nginx_origin(www)
+    m = mount("--prefetch", "none")
+    with h5py.File(m.mountpoint / f"http/127.0.0.1:{origin.port}/d.h5", "r") as f:
+        assert np.array_equal(f["x"][3000:3010], data[3000:3010])
+        assert np.array_equal(f["labels"][:], np.arange(4000))
+    origin.sync_log()
+    assert origin.body_bytes("/d.h5", "GET") < (www / "d.h5").stat().st_size  # not the whole file
+
+
+def test_numpy_memmap_of_a_file_in_a_source_tree(tmp_path, nginx_origin, make_file, mount):
+    www = tmp_path / "www"
+    make_file(www / "ds" / "arr.u16", 12 * MiB, seed=4)
+    origin = nginx_origin(www)
+    m = mount("--source", f"ds={origin.url('/ds/')}", "--prefetch", "none")
+    expected = np.fromfile(www / "ds" / "arr.u16", dtype=np.uint16)
+    mapped = np.memmap(m.mountpoint / "ds" / "arr.u16", dtype=np.uint16, mode="r")
+    idx = np.random.default_rng(9).integers(0, expected.size, size=300)
+    assert np.array_equal(mapped[idx], expected[idx])
+    assert np.array_equal(mapped[-1000:], expected[-1000:])
+    del mapped
