@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Datasets by path: `dffs mount` against `rclone mount --vfs-cache-mode full`, side by side.
+
+One nginx origin on 127.0.0.1 (autoindex on) serves every dataset; each
+contender gets a fresh mount with an empty cache for each part of each run.
+
+(a) small files   --small 3000 files of 112 KiB and --tiny 10000 of 16 KiB, each
+                  set read whole by a DataLoader-shaped reader: 4 worker processes,
+                  shuffled order (the same order for both in a run), batches of 64.
+                  Before timing, the mount's tree is walked (os.walk, as a Dataset's
+                  constructor does; untimed). Cold: the first read of every file.
+                  Warm: every file again, in another order, on the same mount.
+                  Figures: files/s cold and warm, seconds to the first batch of 64
+                  (cold), and origin requests per file during the cold read (HEADs
+                  and GETs, listings excluded; those are counted apart, per tree).
+                  For dffs also the mount process's CPU time per cold file (µs),
+                  from /proc (user + system of the mount process).
+(c) parquet       one Parquet file (--parquet-mib, 2 MB column chunks); pyarrow
+                  reads one column chunk of one row group through each cold mount.
+                  Figure: origin body bytes, against the bound the issue sets (the
+                  chunk + the footer + 2 pieces), printed beside them.
+(d) listing       --entries files in one autoindex directory; `os.scandir` then
+                  `stat` of every entry through each fresh mount: seconds and origin
+                  requests.
+
+(b), the P2P part, is not in this script yet (see docs/benchmarks.md).
+
+Root (FUSE). Every run alternates the order of the contenders (the harness).
+Usage:
+
+  .venv/bin/python scripts/bench/dataset.py [--runs 3] [--parts a,c,d] [--smoke] [--profile OUT.svg]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parents[1] / "tests")]  # the harness; the tests' real parts
+import harness  # noqa: E402
+from mounts import force_unmount, is_mounted  # noqa: E402
+from origins import NginxOrigin  # noqa: E402
+
+DFFS = [sys.executable, "-m", "dffs"]
+KiB, MiB = 1 << 10, 1 << 20
+PIECE = 4 * MiB
+BATCH = 64
+WORKERS = 4
+
+
+# ---- the datasets on disk ---------------------------------------------------------------------------
+
+
+def make_tree(root: Path, count: int, size: int, per_dir: int = 1000) -> list[str]:
+    """``count`` files of ``size`` random bytes under ``root`` (at most ``per_dir`` per directory, as image
+    datasets shard them); kept when already there. Returns the relative paths."""
+    paths = [f"d{i // per_dir:03d}/f{i:06d}.bin" for i in range(count)]
+    marker = root / ".complete"
+    if marker.exists() and marker.read_text() == f"{count} {size}":
+        return paths
+    shutil.rmtree(root, ignore_errors=True)
+    for rel in paths:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+    marker.write_text(f"{count} {size}")
+    return paths
+
+
+def make_listing_dir(root: Path, entries: int) -> None:
+    marker = root.parent / f".{root.name}.complete"
+    if marker.exists() and marker.read_text() == str(entries):
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for i in range(entries):
+        (root / f"e{i:07d}.bin").write_bytes(b"x" * (i % 100))
+    marker.write_text(str(entries))
+
+
+def make_parquet(path: Path, mib: int) -> None:
+    if path.exists():
+        return
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = 8
+    rows = mib * MiB // (8 * columns)
+    rng = np.random.default_rng(0)
+    table = pa.table({f"c{i}": rng.random(rows) for i in range(columns)})
+    # 2 MB column chunks, uncompressed: the shape of the issue's example.
+    pq.write_table(table, path, row_group_size=2 * MiB // 8, compression="none")
+
+
+# ---- mounts -----------------------------------------------------------------------------------------
+
+
+class Mount:
+    """A FUSE mount process, up once ``ready`` can be listed."""
+
+    def __init__(self, name: str, argv: list[str], mountpoint: Path, log: Path):
+        self.name, self.argv, self.mountpoint, self.log_path = name, argv, mountpoint, log
+
+    def __enter__(self) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (is_mounted(self.mountpoint) and _lists(self.mountpoint)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"{self.name} did not mount: {self.log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the mount process (and its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if is_mounted(self.mountpoint):
+            force_unmount(self.mountpoint)
+
+
+def _lists(path: Path) -> bool:
+    try:
+        os.listdir(path)
+        return True
+    except OSError:
+        return False
+
+
+def mount(name: str, state: Path, url: str, tag: str) -> tuple[Mount, Path]:
+    """A fresh mount of ``url`` (a directory) by contender ``name`` with an empty cache; and the directory
+    through which the dataset is seen."""
+    mnt, cache = state / f"{name}-{tag}-mnt", state / f"{name}-{tag}-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    log = state / f"{name}-{tag}.log"
+    if name == "dffs":
+        argv = [*DFFS, "mount", str(mnt), "--data-dir", str(cache), "--source", f"ds={url}"]
+        argv += ["--upload-port", "0", "--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"]
+        return Mount(name, argv, mnt, log), mnt / "ds"
+    argv = ["rclone", "mount", ":http:", str(mnt), "--http-url", url, "--vfs-cache-mode", "full", "--read-only"]
+    argv += ["--cache-dir", str(cache), "--config", "/dev/null"]
+    return Mount(name, argv, mnt, log), mnt
+
+
+# ---- the reader: DataLoader-shaped ------------------------------------------------------------------
+
+
+def _read_batch(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            total += len(f.read())
+    return total
+
+
+def read_all(pool, paths: list[str], seed: int) -> tuple[float, float, int]:
+    """Read every file whole in a shuffled order, BATCH files per task over the pool's workers (as a
+    DataLoader hands batches to its workers); (seconds, seconds to the first batch, bytes)."""
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+    started = time.perf_counter()
+    first = None
+    total = 0
+    for got in pool.imap(_read_batch, batches):
+        if first is None:
+            first = time.perf_counter() - started
+        total += got
+    return time.perf_counter() - started, first or 0.0, total
+
+
+def walk(root: Path) -> list[str]:
+    found = []
+    for dirpath, _, files in os.walk(root):
+        found += [os.path.join(dirpath, f) for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def origin_counts(origin: NginxOrigin) -> tuple[int, int]:
+    """(requests for files, requests for listings) in the origin's log since it was last cleared."""
+    origin.sync_log()
+    entries = origin.requests()
+    listings = sum(1 for e in entries if e.path.endswith("/"))
+    return len(entries) - listings, listings
+
+
+# ---- the parts --------------------------------------------------------------------------------------
+
+
+def part_a(bench, origin, state, sets, run, who, pool, profile):
+    figures = {}
+    for label, (url, rels, size) in sets.items():
+        made, root = mount(who, state, url, label)
+        with made:
+            origin.clear_log()
+            paths = walk(root)
+            if len(paths) != len(rels):
+                raise RuntimeError(f"{who} lists {len(paths)} files of {label}, not {len(rels)}")
+            _, listings = origin_counts(origin)
+            origin.clear_log()
+            cpu_before = made.cpu_seconds() if who == "dffs" else 0.0
+            spy = _py_spy(made.proc.pid, profile, label) if who == "dffs" and profile and run == 1 else None
+            cold, first, total = read_all(pool, paths, seed=run)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                spy.wait(60)
+            cpu = made.cpu_seconds() - cpu_before if who == "dffs" else 0.0
+            if total != len(rels) * size:
+                raise RuntimeError(f"{who} read {total} bytes of {label}, not {len(rels) * size}")
+            requests, more_listings = origin_counts(origin)
+            warm, _, _ = read_all(pool, paths, seed=run + 1000)
+            sample = random.Random(run).sample(rels, min(20, len(rels)))
+            for rel in sample:
+                if (root / rel).read_bytes() != (origin.root / url.split("/")[-2] / rel).read_bytes():
+                    raise RuntimeError(f"{who}: {rel} differs from the origin's")
+        n = len(rels)
+        figures |= {
+            f"{label} cold": n / cold,
+            f"{label} warm": n / warm,
+            f"{label} first batch": first,
+            f"{label} origin requests/file": requests / n,
+            f"{label} listing requests": listings + more_listings,
+        }
+        if who == "dffs":
+            figures[f"{label} mount CPU/file"] = cpu / n * 1e6
+    bench.record(run, who, figures)
+
+
+def part_c(bench, origin, state, url, parquet, run, who):
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(parquet).metadata
+    group = meta.num_row_groups // 2
+    made, root = mount(who, state, url, "parquet")
+    with made:
+        origin.clear_log()
+        table = pq.ParquetFile(root / parquet.name).read_row_group(group, columns=["c3"])
+        if table.num_rows != meta.row_group(group).num_rows:
+            raise RuntimeError(f"{who}: read {table.num_rows} rows")
+        time.sleep(1.0)  # background completions of the pieces read (dffs) and rclone's readahead count too
+        origin.sync_log()
+        sent = sum(e.body_bytes for e in origin.requests() if e.path.endswith(".parquet"))
+    bench.record(run, who, {"parquet origin MB": sent / 1e6})
+
+
+def part_d(bench, origin, state, url, entries, run, who):
+    made, root = mount(who, state, url, "listing")
+    with made:
+        origin.clear_log()
+        started = time.perf_counter()
+        count = 0
+        with os.scandir(root) as it:
+            for entry in it:
+                entry.stat()
+                count += 1
+        seconds = time.perf_counter() - started
+        origin.sync_log()
+        requests = len(origin.requests())
+    if count != entries:
+        raise RuntimeError(f"{who} listed {count} entries, not {entries}")
+    bench.record(run, who, {"listing seconds": seconds, "listing requests": requests})
+
+
+def _py_spy(pid: int, out: str, label: str):
+    if not shutil.which("py-spy") and not Path(sys.executable).with_name("py-spy").exists():
+        raise SystemExit("--profile needs py-spy: pip install -e '.[bench]'")
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    target = Path(out).with_name(f"{Path(out).stem}-{label.replace(' ', '_')}{Path(out).suffix}")
+    fmt = "raw" if target.suffix == ".txt" else "flamegraph"  # raw: collapsed stacks, for reading as text
+    proc = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "250", "--output", str(target), "--format", fmt, "--threads"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches before the timed read starts
+    return proc
+
+
+def main() -> None:
+    p = harness.parser(__doc__)
+    p.add_argument("--parts", default="a,c,d", help="which parts to run (a, c, d)")
+    p.add_argument("--small", type=int, help="files of 112 KiB (default 3000; --smoke: 64)")
+    p.add_argument("--tiny", type=int, help="files of 16 KiB (default 10000; --smoke: 128)")
+    p.add_argument("--entries", type=int, help="entries of the listing part (default 100000; --smoke: 500)")
+    p.add_argument("--parquet-mib", type=int, help="Parquet file size (default 256; --smoke: 16)")
+    p.add_argument(
+        "--profile",
+        metavar="OUT.svg|OUT.txt",
+        help="py-spy profile of the dffs mount during run 1's cold reads (.txt: collapsed stacks)",
+    )
+    p.add_argument("--workdir", default="/var/tmp/dffs-bench-dataset")
+    args = harness.parse(p, small=(3000, 64), tiny=(10000, 128), entries=(100_000, 500), parquet_mib=(256, 16))
+    parts = set(args.parts.split(","))
+    if not shutil.which("rclone"):
+        sys.exit("rclone is not installed: run scripts/setup.sh")
+    work = Path(args.workdir)
+    www = work / "www"
+    sets: dict[str, tuple[str, list[str], int]] = {}
+    figures: list[harness.Figure] = []
+    if "a" in parts:
+        for label, count, size in (("112KiB", args.small, 112 * KiB), ("16KiB", args.tiny, 16 * KiB)):
+            rels = make_tree(www / f"set-{label}-{count}", count, size)
+            sets[label] = (f"set-{label}-{count}", rels, size)
+            figures += [
+                harness.Figure(f"{label} cold", "files/s", digits=0),
+                harness.Figure(f"{label} warm", "files/s", digits=0),
+                harness.Figure(f"{label} first batch", "s", lower_is_better=True, digits=3),
+                harness.Figure(f"{label} origin requests/file", "req", lower_is_better=True),
+                harness.Figure(f"{label} listing requests", "req", lower_is_better=True, digits=0),
+                harness.Figure(f"{label} mount CPU/file", "µs", lower_is_better=True, digits=0),
+            ]
+    parquet = www / "pq" / f"t-{args.parquet_mib}.parquet"
+    if "c" in parts:
+        parquet.parent.mkdir(parents=True, exist_ok=True)
+        make_parquet(parquet, args.parquet_mib)
+        figures.append(harness.Figure("parquet origin MB", "MB", lower_is_better=True))
+    listing = f"list-{args.entries}"
+    if "d" in parts:
+        make_listing_dir(www / listing, args.entries)
+        figures += [
+            harness.Figure("listing seconds", "s", lower_is_better=True, digits=3),
+            harness.Figure("listing requests", "req", lower_is_better=True, digits=0),
+        ]
+    bench = harness.Bench(
+        "dataset",
+        contenders=["dffs", "rclone"],
+        figures=figures,
+        comparisons=[harness.Comparison("dffs", "rclone")],
+        params={
+            "parts": sorted(parts),
+            "small": args.small,
+            "tiny": args.tiny,
+            "entries": args.entries,
+            "parquet_mib": args.parquet_mib,
+            "workers": WORKERS,
+            "batch": BATCH,
+            "smoke": args.smoke,
+        },
+        runs=args.runs,
+    )
+    state = Path(tempfile.mkdtemp(prefix="state.", dir=work))
+    ctx = multiprocessing.get_context("forkserver")  # not fork: pyarrow (part c) has threads by then
+    try:
+        with NginxOrigin(www, workdir=work / "nginx") as origin, ctx.Pool(WORKERS) as pool:
+            base = origin.base_url
+            if "c" in parts:
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(parquet).metadata
+                chunk = meta.row_group(meta.num_row_groups // 2).column(3)
+                bound = chunk.total_compressed_size + meta.serialized_size + 8 + 2 * PIECE
+                print(f"parquet: chunk {chunk.total_compressed_size / 1e6:.2f} MB; bound {bound / 1e6:.2f} MB")
+            for run, who in bench.schedule():
+                if "a" in parts:
+                    urls = {k: (f"{base}/{v[0]}/", v[1], v[2]) for k, v in sets.items()}
+                    part_a(bench, origin, state, urls, run, who, pool, args.profile)
+                if "c" in parts:
+                    part_c(bench, origin, state, f"{base}/pq/", parquet, run, who)
+                if "d" in parts:
+                    part_d(bench, origin, state, f"{base}/{listing}/", args.entries, run, who)
+        bench.report()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
