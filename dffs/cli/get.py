@@ -183,13 +183,13 @@ async def _download(
             await sources.aclose()
 
 
-async def _download_embedded_peer(cfg, request, expected, output) -> str:
-    """No daemon here but a scheduler (or a manager) given: join the swarm for this one download,
-    as a peer that takes pieces and is never offered as a parent (it is about to leave)."""
+def embedded_peer(cfg: GetConfig):
+    """A daemon for this command alone: it takes pieces from the swarm and is never offered as a
+    parent (it is about to leave)."""
     from dffs.daemon.config import DaemonConfig
     from dffs.daemon.server import Daemon
 
-    daemon = Daemon(
+    return Daemon(
         DaemonConfig(
             data_dir=cfg.data_dir,
             scheduler=cfg.scheduler,
@@ -202,6 +202,11 @@ async def _download_embedded_peer(cfg, request, expected, output) -> str:
         ),
         embedded=True,
     )
+
+
+async def _download_embedded_peer(cfg, request, expected, output) -> str:
+    """No daemon here but a scheduler (or a manager) given: join the swarm for this one download."""
+    daemon = embedded_peer(cfg)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)

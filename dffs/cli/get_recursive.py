@@ -217,21 +217,10 @@ class _TaskDownloader:
 
 @contextlib.asynccontextmanager
 async def _embedded_peer(cfg: GetConfig) -> AsyncIterator[TaskManager]:
-    """A peer that takes pieces and is never offered as a parent (it is about to leave)."""
-    from dffs.daemon.config import DaemonConfig
-    from dffs.daemon.server import Daemon
+    """The embedded peer of a single ``dffs get``, for the whole tree."""
+    from dffs.cli.get import embedded_peer
 
-    daemon = Daemon(
-        DaemonConfig(
-            data_dir=cfg.data_dir,
-            scheduler=cfg.scheduler,
-            manager=cfg.manager,
-            upload_port=0,
-            rpc_port=0,
-            disable_shared=True,
-        ),
-        embedded=True,
-    )
+    daemon = embedded_peer(cfg)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
