@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +143,56 @@ def test_numpy_memmap_of_a_file_in_a_source_tree(tmp_path, nginx_origin, make_fi
     assert np.array_equal(mapped[idx], expected[idx])
     assert np.array_equal(mapped[-1000:], expected[-1000:])
     del mapped
+
+
+def test_prefetch_per_source(tmp_path, nginx_origin, make_file, mount):
+    """`--prefetch shards=whole` fetches a shard's every piece after its first read, while the mount's
+    default (`none`) leaves the other source's file at the one piece read."""
+    www = tmp_path / "www"
+    make_file(www / "shards" / "s0.tar", 3 * PIECE + 5, seed=1)
+    make_file(www / "columns" / "c.bin", 3 * PIECE + 5, seed=2)
+    origin = nginx_origin(www)
+    m = mount(
+        "--source",
+        f"shards={origin.url('/shards/')}",
+        "--source",
+        f"columns={origin.url('/columns/')}",
+        "--prefetch",
+        "none",
+        "--prefetch",
+        "shards=whole",
+    )
+    with open(m.mountpoint / "columns" / "c.bin", "rb") as f:
+        assert f.read(4096) == (www / "columns" / "c.bin").read_bytes()[:4096]
+    with open(m.mountpoint / "shards" / "s0.tar", "rb") as f:
+        assert f.read(4096) == (www / "shards" / "s0.tar").read_bytes()[:4096]
+
+    def whole_shard_sent():
+        origin.sync_log()
+        return origin.body_bytes("/shards/s0.tar", "GET") >= 3 * PIECE + 5
+
+    deadline = time.monotonic() + 30
+    while not whole_shard_sent():
+        assert time.monotonic() < deadline, "the shard was not prefetched whole"
+        time.sleep(0.05)
+    origin.sync_log()
+    assert origin.body_bytes("/shards/s0.tar", "GET") == 3 * PIECE + 5
+    assert origin.body_bytes("/columns/c.bin", "GET") <= PIECE  # the piece read, nothing ahead
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--prefetch", "nosuch=whole"), "no --source named 'nosuch'"),
+        (("--prefetch", "ds=fast"), "the mode must be one of"),
+    ],
+)
+def test_bad_per_source_prefetch_refuses_to_mount(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "dffs", "mount", str(tmp_path / "m"), "--data-dir", str(tmp_path / "d")]
+        + ["--source", "ds=http://127.0.0.1:9/ds/", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr

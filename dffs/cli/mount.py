@@ -73,7 +73,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
         help="put a source's tree at MOUNT/NAME (http(s) autoindex or s3://bucket/prefix); repeatable",
     )
     parser.add_argument("--manifest", metavar="FILE", help="JSON lines {path, url, size, digest?, mtime?}")
-    parser.add_argument("--prefetch", choices=PREFETCH_MODES, help="readahead policy (default sequential)")
+    parser.add_argument(
+        "--prefetch",
+        action="append",
+        default=[],
+        metavar="MODE|NAME=MODE",
+        help=f"readahead policy ({'|'.join(PREFETCH_MODES)}; default sequential); NAME=MODE for one --source",
+    )
     parser.add_argument(
         "--read-timeout", type=float, metavar="SECONDS", help="a read that takes longer fails with EIO (default 30)"
     )
@@ -93,6 +99,24 @@ def parse_sources(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def parse_prefetch(values: list[str]) -> dict[str, object]:
+    """``--prefetch MODE`` (the mount's default) and ``--prefetch NAME=MODE`` (one source's) as config values."""
+    default: str | None = None
+    per_source: dict[str, str] = {}
+    for value in values:
+        name, sep, mode = value.rpartition("=")
+        if mode not in PREFETCH_MODES:
+            raise UsageError(f"bad --prefetch {value!r}: the mode must be one of {', '.join(PREFETCH_MODES)}")
+        if sep:
+            per_source[name] = mode
+        else:
+            default = mode
+    out: dict[str, object] = {"prefetch": default}
+    if per_source:
+        out["source_prefetch"] = tuple(per_source.items())
+    return out
+
+
 def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
     file_values = config_module.load_toml(args.config) if args.config else {}
     from dffs.daemon.config import DaemonConfig
@@ -110,7 +134,7 @@ def mount_config(args: argparse.Namespace, mountpoint: str) -> MountConfig:
             "data_dir": args.data_dir,
             "sources": parse_sources(args.source) if args.source else None,
             "manifest": Path(args.manifest) if args.manifest else None,
-            "prefetch": args.prefetch,
+            **parse_prefetch(args.prefetch),
             "read_timeout": args.read_timeout,
         },
     )

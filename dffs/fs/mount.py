@@ -18,7 +18,7 @@ from dffs.config import DEFAULT_DATA_DIR
 from dffs.errors import DffsError, UsageError
 from dffs.fs.manifest import load_manifest
 from dffs.fs.namespace import Namespace
-from dffs.fs.operations import DffsOperations, ReadPolicy
+from dffs.fs.operations import PREFETCH_MODES, DffsOperations, ReadPolicy
 from dffs.fs.prefetch import Prefetcher
 from dffs.peertask import TaskManager
 from dffs.source import HttpOptions, SourceRegistry
@@ -34,6 +34,8 @@ class MountConfig:
     sources: tuple[tuple[str, str], ...] = ()
     manifest: Path | None = None
     prefetch: str = "sequential"
+    #: (source name, mode): a ``--source`` whose files prefetch otherwise than the mount's default.
+    source_prefetch: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=lambda v: _pairs(v))
     #: Longest a read or lookup may take before EIO.
     read_timeout: float = 30.0
     #: Silence from the origin before one request is retried.
@@ -116,6 +118,27 @@ def set_read_ahead(mountpoint: Path, kb: int) -> None:
         log.info("event=read_ahead_unchanged path=%s error=%s", path, exc.strerror)
 
 
+def _pairs(value: object) -> tuple[tuple[str, str], ...]:
+    """A TOML table (``[source_prefetch]``) or pairs from the command line, as pairs."""
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    return tuple((str(k), str(v)) for k, v in value)  # type: ignore[attr-defined]
+
+
+def source_prefetch(cfg: MountConfig) -> tuple[tuple[str, str], ...]:
+    """Each per-source prefetch mode keyed by its source's URL; UsageError for unknown names or modes."""
+    urls = dict(cfg.sources)
+    out = []
+    for name, mode in cfg.source_prefetch:
+        if name not in urls:
+            raise UsageError(f"--prefetch {name}={mode}: no --source named {name!r}")
+        if mode not in PREFETCH_MODES:
+            raise UsageError(f"--prefetch {name}={mode}: the mode must be one of {', '.join(PREFETCH_MODES)}")
+        url = urls[name]
+        out.append((url if url.endswith("/") else url + "/", mode))
+    return tuple(out)
+
+
 def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
     """The operations the mount serves; raises UsageError on bad input before mounting."""
     manifest = load_manifest(cfg.manifest) if cfg.manifest else []
@@ -127,7 +150,12 @@ def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
         negative_ttl=cfg.negative_ttl,
         op_timeout=cfg.read_timeout,
     )
-    policy = ReadPolicy(prefetch=cfg.prefetch, read_timeout=cfg.read_timeout, entry_timeout=cfg.metadata_ttl)
+    policy = ReadPolicy(
+        prefetch=cfg.prefetch,
+        source_prefetch=source_prefetch(cfg),
+        read_timeout=cfg.read_timeout,
+        entry_timeout=cfg.metadata_ttl,
+    )
     prefetcher = Prefetcher(concurrency=cfg.prefetch_concurrency)
     return DffsOperations(namespace, tasks, policy, cfg.data_dir, prefetcher)
 

@@ -50,6 +50,9 @@ COLD_READ_MAX = 256 * 1024
 @attrs.frozen
 class ReadPolicy:
     prefetch: str = "sequential"
+    #: (URL prefix, mode): the prefetch of files below a ``--source`` that has its own (``--prefetch NAME=MODE``):
+    #: a tree of Parquet files wants none, a tree of tar shards the whole file.
+    source_prefetch: tuple[tuple[str, str], ...] = ()
     #: Longest a read (or lookup) may take before it fails with EIO.
     read_timeout: float = 30.0
     #: Readahead window bounds, in bytes.
@@ -59,6 +62,14 @@ class ReadPolicy:
     entry_timeout: float = 60.0
     #: ... and for content that may change (no ETag/digest) and directories.
     volatile_timeout: float = 1.0
+
+    def prefetch_for(self, url: str) -> str:
+        """The prefetch mode for the file at ``url``: its source's own, else the mount's."""
+        best, mode = -1, self.prefetch
+        for prefix, source_mode in self.source_prefetch:
+            if url.startswith(prefix) and len(prefix) > best:
+                best, mode = len(prefix), source_mode
+        return mode
 
 
 @attrs.define
@@ -354,10 +365,11 @@ class DffsOperations(pyfuse3.Operations):
             self._digest_watch.discard(task.task_id)
 
     def _schedule_prefetch(self, handle: OpenFile, task: PeerTask, off: int, size: int) -> None:
-        if self.policy.prefetch == "none":
-            return
         meta = task.store.meta
-        if self.policy.prefetch == "whole":
+        mode = self.policy.prefetch_for(meta.url)
+        if mode == "none":
+            return
+        if mode == "whole":
             if not handle.prefetched_whole:
                 handle.prefetched_whole = True
                 first = off // meta.piece_length
