@@ -23,7 +23,16 @@ contender gets a fresh mount with an empty cache for each part of each run.
                   `stat` of every entry through each fresh mount: seconds and origin
                   requests.
 
-(b), the P2P part, is not in this script yet (see docs/benchmarks.md).
+(b) P2P           (--parts b) hosts as network namespaces on a bridge: the origin
+                  (its link shaped to --origin-rate with tc tbf), a scheduler, a
+                  seed and 4 peers, each peer a `dffs daemon --mount` with the
+                  dataset as a --source. Peer 1 reads --p2p-files files of 112 KiB
+                  (the reader above, through its mount), then peers 2, 3 and 4, one
+                  after another. The competitor is rclone's mount on peer 2's host
+                  reading straight from the shaped origin. Figures: files/s of
+                  peer 1, of peers 2-4 (their median) and of rclone; origin body
+                  bytes over the dataset's bytes and origin requests over the number
+                  of files (listings and metadata included), for all four peers.
 
 Root (FUSE). Every run alternates the order of the contenders (the harness).
 Usage:
@@ -42,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -297,6 +307,70 @@ def _py_spy(pid: int, out: str, label: str):
     return proc
 
 
+def part_b(bench, net, origin, origin_host, work, state, rels, size, run, who, pool):
+    """One run of the P2P part for ``who`` (a fresh cluster, or a fresh rclone mount, each time)."""
+    from cluster import Daemon, Process
+
+    url = f"http://{origin_host.ip}:8080/p2p/"
+    n = len(rels)
+    if who == "rclone":
+        host = net.hosts[4]  # peer 2's host (origin, sched, seed, p1, p2, ...)
+        mnt, cache = state / f"rclone-p2p-{run}-mnt", state / f"rclone-p2p-{run}-cache"
+        argv = ["rclone", "mount", ":http:", str(mnt), "--http-url", url, "--vfs-cache-mode", "full", "--read-only"]
+        argv += ["--cache-dir", str(cache), "--config", "/dev/null"]
+        with Mount("rclone", host.command(argv), mnt, state / "rclone-p2p.log"):
+            paths = walk(mnt)
+            origin.clear_log()
+            seconds, _, total = read_all(pool, paths, seed=run)
+        if total != n * size:
+            raise RuntimeError(f"rclone read {total} bytes, not {n * size}")
+        bench.record(run, who, {"p2p files/s": n / seconds})
+        return
+    sched_host, seed_host, *peer_hosts = net.hosts[1:]
+    tmp = Path(tempfile.mkdtemp(prefix=f"p2p-{run}.", dir=state))
+    processes = []
+    try:
+        address = f"{sched_host.ip}:8002"
+        sched = Process(["scheduler", "--listen", address], tmp / "scheduler.log", r"listening on")
+        sched.argv = sched_host.command(_quiet(sched.argv))
+        processes.append(sched.start())
+        seed = Daemon(tmp, "seed", address, ip=seed_host.ip, seed=True, extra=("--proxy-port", "-1"))
+        seed.argv = seed_host.command(_quiet(seed.argv))
+        processes.append(seed.start())
+        peers = []
+        for i, host in enumerate(peer_hosts, start=1):
+            extra = ("--source", f"ds={url}", "--proxy-port", "-1", "--metrics-port", "-1")
+            peer = Daemon(tmp, f"p{i}", address, ip=host.ip, mount=True, extra=extra)
+            peer.argv = host.command(_quiet(peer.argv))
+            processes.append(peer.start())
+            peers.append(peer)
+        origin.clear_log()
+        rates = []
+        for peer in peers:
+            paths = walk(peer.mountpoint / "ds")
+            if len(paths) != n:
+                raise RuntimeError(f"{peer.log_path.stem} lists {len(paths)} files, not {n}")
+            seconds, _, total = read_all(pool, paths, seed=run)
+            if total != n * size:
+                raise RuntimeError(f"{peer.log_path.stem} read {total} bytes, not {n * size}")
+            rates.append(n / seconds)
+        origin.sync_log()
+        entries = origin.requests()
+        bench.record(
+            run,
+            who,
+            {
+                "p2p peer 1 files/s": rates[0],
+                "p2p files/s": sorted(rates[1:])[len(rates[1:]) // 2],
+                "p2p origin bytes/dataset": sum(e.body_bytes for e in entries) / (n * size),
+                "p2p origin requests/file": len(entries) / n,
+            },
+        )
+    finally:
+        for p in reversed(processes):
+            p.stop()
+
+
 def main() -> None:
     p = harness.parser(__doc__)
     p.add_argument("--parts", default="a,c,d", help="which parts to run (a, c, d)")
@@ -304,13 +378,17 @@ def main() -> None:
     p.add_argument("--tiny", type=int, help="files of 16 KiB (default 10000; --smoke: 128)")
     p.add_argument("--entries", type=int, help="entries of the listing part (default 100000; --smoke: 500)")
     p.add_argument("--parquet-mib", type=int, help="Parquet file size (default 256; --smoke: 16)")
+    p.add_argument("--p2p-files", type=int, help="files of 112 KiB in the P2P part (default 1200; --smoke: 48)")
+    p.add_argument("--origin-rate", default="200mbit", help="the origin's link in the P2P part (tc tbf rate)")
     p.add_argument(
         "--profile",
         metavar="OUT.svg|OUT.txt",
         help="py-spy profile of the dffs mount during run 1's cold reads (.txt: collapsed stacks)",
     )
     p.add_argument("--workdir", default="/var/tmp/dffs-bench-dataset")
-    args = harness.parse(p, small=(3000, 64), tiny=(10000, 128), entries=(100_000, 500), parquet_mib=(256, 16))
+    args = harness.parse(
+        p, small=(3000, 64), tiny=(10000, 128), entries=(100_000, 500), parquet_mib=(256, 16), p2p_files=(1200, 48)
+    )
     parts = set(args.parts.split(","))
     if not shutil.which("rclone"):
         sys.exit("rclone is not installed: run scripts/setup.sh")
@@ -342,6 +420,15 @@ def main() -> None:
             harness.Figure("listing seconds", "s", lower_is_better=True, digits=3),
             harness.Figure("listing requests", "req", lower_is_better=True, digits=0),
         ]
+    p2p_rels: list[str] = []
+    if "b" in parts:
+        p2p_rels = make_tree(www / "p2p", args.p2p_files, 112 * KiB)
+        figures += [
+            harness.Figure("p2p peer 1 files/s", "files/s", digits=0),
+            harness.Figure("p2p files/s", "files/s", digits=0),
+            harness.Figure("p2p origin bytes/dataset", "x", lower_is_better=True),
+            harness.Figure("p2p origin requests/file", "req", lower_is_better=True, digits=3),
+        ]
     bench = harness.Bench(
         "dataset",
         contenders=["dffs", "rclone"],
@@ -353,6 +440,8 @@ def main() -> None:
             "tiny": args.tiny,
             "entries": args.entries,
             "parquet_mib": args.parquet_mib,
+            "p2p_files": args.p2p_files,
+            "origin_rate": args.origin_rate,
             "workers": WORKERS,
             "batch": BATCH,
             "smoke": args.smoke,
@@ -361,8 +450,14 @@ def main() -> None:
     )
     state = Path(tempfile.mkdtemp(prefix="state.", dir=work))
     ctx = multiprocessing.get_context("forkserver")  # not fork: pyarrow (part c) has threads by then
+    if "b" in parts:
+        _cluster_key(state)
     try:
-        with NginxOrigin(www, workdir=work / "nginx") as origin, ctx.Pool(WORKERS) as pool:
+        with (
+            NginxOrigin(www, workdir=work / "nginx") as origin,
+            ctx.Pool(WORKERS) as pool,
+            _p2p_network(parts, www, work, args.origin_rate) as (net, p2p_origin, origin_host),
+        ):
             base = origin.base_url
             if "c" in parts:
                 import pyarrow.parquet as pq
@@ -379,9 +474,42 @@ def main() -> None:
                     part_c(bench, origin, state, f"{base}/pq/", parquet, run, who)
                 if "d" in parts:
                     part_d(bench, origin, state, f"{base}/{listing}/", args.entries, run, who)
+                if "b" in parts:
+                    part_b(bench, net, p2p_origin, origin_host, work, state, p2p_rels, 112 * KiB, run, who, pool)
         bench.report()
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _quiet(argv: list[str]) -> list[str]:
+    """The tests' process argv without --debug (debug logs per piece would slow dffs down)."""
+    return [a for a in argv if a != "--debug"]
+
+
+@contextmanager
+def _p2p_network(parts: set[str], www: Path, work: Path, rate: str):
+    """The namespaces of part (b): origin (shaped), scheduler, seed, 4 peers; (None, None, None) without b."""
+    if "b" not in parts:
+        yield None, None, None
+        return
+    from netns import Network
+
+    with Network(subnet="10.79.0") as net:
+        origin_host = net.add_host("origin")
+        for name in ("sched", "seed", "p1", "p2", "p3", "p4"):
+            net.add_host(name)
+        net.limit(origin_host, rate)
+        with NginxOrigin(www, host=origin_host.ip, port=8080, netns=origin_host.netns, workdir=work / "nginx-p2p") as o:
+            yield net, o, origin_host
+
+
+def _cluster_key(state: Path) -> None:
+    """Members authenticate each other (mutual TLS): one throwaway cluster key for the run."""
+    from dffs.security.ca import create_cluster_key
+
+    path = state / "cluster.key"
+    create_cluster_key(path, name="dffs bench cluster")
+    os.environ["DFFS_CLUSTER_KEY"] = str(path)
 
 
 if __name__ == "__main__":
