@@ -19,9 +19,11 @@ contender gets a fresh mount with an empty cache for each part of each run.
                   reads one column chunk of one row group through each cold mount.
                   Figure: origin body bytes, against the bound the issue sets (the
                   chunk + the footer + 2 pieces), printed beside them.
-(d) listing       --entries files in one autoindex directory; `os.scandir` then
-                  `stat` of every entry through each fresh mount: seconds and origin
-                  requests.
+(d) listing       --entries files in one autoindex directory, and --entries objects
+                  under one S3 prefix (moto's server stands in for S3: there is no
+                  S3 here); `os.scandir` then `stat` of every entry through each
+                  fresh mount: seconds and origin requests (nginx's log; moto's
+                  request log lines).
 
 (b) P2P           (--parts b) hosts as network namespaces on a bridge: the origin
                   (its link shaped to --origin-rate with tc tbf), a scheduler, a
@@ -118,13 +120,15 @@ def make_parquet(path: Path, mib: int) -> None:
 class Mount:
     """A FUSE mount process, up once ``ready`` can be listed."""
 
-    def __init__(self, name: str, argv: list[str], mountpoint: Path, log: Path):
-        self.name, self.argv, self.mountpoint, self.log_path = name, argv, mountpoint, log
+    def __init__(self, name: str, argv: list[str], mountpoint: Path, log: Path, env: dict[str, str] | None = None):
+        self.name, self.argv, self.mountpoint, self.log_path, self.env = name, argv, mountpoint, log, env
 
     def __enter__(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
         deadline = time.monotonic() + 60
         while not (is_mounted(self.mountpoint) and _lists(self.mountpoint)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -274,22 +278,120 @@ def part_c(bench, origin, state, url, parquet, run, who):
     bench.record(run, who, {"parquet origin MB": sent / 1e6})
 
 
-def part_d(bench, origin, state, url, entries, run, who):
+def _scan(root: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    count = 0
+    with os.scandir(root) as it:
+        for entry in it:
+            entry.stat()
+            count += 1
+    return time.perf_counter() - started, count
+
+
+def part_d(bench, origin, moto, state, url, entries, run, who):
+    figures = {}
     made, root = mount(who, state, url, "listing")
     with made:
         origin.clear_log()
-        started = time.perf_counter()
-        count = 0
-        with os.scandir(root) as it:
-            for entry in it:
-                entry.stat()
-                count += 1
-        seconds = time.perf_counter() - started
+        seconds, count = _scan(root)
         origin.sync_log()
         requests = len(origin.requests())
     if count != entries:
         raise RuntimeError(f"{who} listed {count} entries, not {entries}")
-    bench.record(run, who, {"listing seconds": seconds, "listing requests": requests})
+    figures |= {"listing seconds": seconds, "listing requests": requests}
+    if moto is not None:
+        made, root = moto.mount(who, state)
+        with made:
+            before = moto.requests()
+            seconds, count = _scan(root)
+            requests = moto.requests() - before
+        if count != entries:
+            raise RuntimeError(f"{who} listed {count} S3 objects, not {entries}")
+        figures |= {"S3 listing seconds": seconds, "S3 listing requests": requests}
+    bench.record(run, who, figures)
+
+
+class Moto:
+    """moto's S3 server (no authentication) with ``entries`` objects under ``list/`` of one bucket."""
+
+    BUCKET, KEY, SECRET = "dffs-bench", "bench", "bench-secret"
+
+    def __init__(self, work: Path, entries: int):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = work / "moto.log"
+        self.entries = entries
+
+    def __enter__(self) -> Moto:
+        import concurrent.futures
+
+        import botocore.session
+
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=self.KEY,
+            AWS_SECRET_ACCESS_KEY=self.SECRET,
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_REGION="us-east-1",
+        )
+        client = botocore.session.get_session().create_client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=self.BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda i: client.put_object(Bucket=self.BUCKET, Key=f"list/e{i:07d}.bin", Body=b"x" * (i % 100)),
+                    range(self.entries),
+                )
+            )
+        return self
+
+    def requests(self) -> int:
+        """Requests moto has logged so far (one line each)."""
+        self.log.flush()
+        return sum(1 for line in self.log_path.read_text(errors="replace").splitlines() if '" 200' in line)
+
+    def mount(self, who: str, state: Path) -> tuple[Mount, Path]:
+        mnt, cache = state / f"{who}-s3-mnt", state / f"{who}-s3-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        log = state / f"{who}-s3.log"
+        if who == "dffs":
+            argv = [*DFFS, "mount", str(mnt), "--data-dir", str(cache), "--source", f"s3ds=s3://{self.BUCKET}/list/"]
+            argv += ["--upload-port", "0", "--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"]
+            return Mount(who, argv, mnt, log), mnt / "s3ds"
+        argv = ["rclone", "mount", f":s3:{self.BUCKET}/list", str(mnt), "--s3-provider", "Other"]
+        argv += ["--s3-endpoint", self.endpoint, "--s3-access-key-id", self.KEY, "--s3-secret-access-key", self.SECRET]
+        argv += ["--s3-force-path-style", "--vfs-cache-mode", "full", "--read-only", "--cache-dir", str(cache)]
+        argv += ["--config", "/dev/null"]
+        # rclone refuses AWS_CA_BUNDLE with its own transport; the endpoint is plain http anyway.
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        return Mount(who, argv, mnt, log, env), mnt
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 def _py_spy(pid: int, out: str, label: str):
@@ -419,6 +521,8 @@ def main() -> None:
         figures += [
             harness.Figure("listing seconds", "s", lower_is_better=True, digits=3),
             harness.Figure("listing requests", "req", lower_is_better=True, digits=0),
+            harness.Figure("S3 listing seconds", "s", lower_is_better=True, digits=3),
+            harness.Figure("S3 listing requests", "req", lower_is_better=True, digits=0),
         ]
     p2p_rels: list[str] = []
     if "b" in parts:
@@ -457,6 +561,7 @@ def main() -> None:
             NginxOrigin(www, workdir=work / "nginx") as origin,
             ctx.Pool(WORKERS) as pool,
             _p2p_network(parts, www, work, args.origin_rate) as (net, p2p_origin, origin_host),
+            Moto(state, args.entries) if "d" in parts else _nothing() as moto,
         ):
             base = origin.base_url
             if "c" in parts:
@@ -473,12 +578,17 @@ def main() -> None:
                 if "c" in parts:
                     part_c(bench, origin, state, f"{base}/pq/", parquet, run, who)
                 if "d" in parts:
-                    part_d(bench, origin, state, f"{base}/{listing}/", args.entries, run, who)
+                    part_d(bench, origin, moto, state, f"{base}/{listing}/", args.entries, run, who)
                 if "b" in parts:
                     part_b(bench, net, p2p_origin, origin_host, work, state, p2p_rels, 112 * KiB, run, who, pool)
         bench.report()
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def _nothing():
+    yield None
 
 
 def _quiet(argv: list[str]) -> list[str]:
