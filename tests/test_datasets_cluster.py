@@ -3,9 +3,13 @@ proxy), all real processes talking real gRPC; nginx with autoindex is the origin
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from cli import run_dffs, sha256_file
@@ -35,7 +39,9 @@ def dataset(tmp_path, make_file):
 def cluster(tmp_path):
     """Manager, scheduler (registered with it), a seed, and a peer with a mount and a proxy."""
     (tmp_path / "sched.toml").write_text("manager_refresh_interval = 0.5\n")
-    (tmp_path / "daemon.toml").write_text("announce_interval = 1\nmanager_refresh_interval = 0.5\n")
+    (tmp_path / "daemon.toml").write_text(
+        'announce_interval = 1\nmanager_refresh_interval = 0.5\nproxy_rules = ["[.]bin$"]\n'
+    )
     processes: list[Process] = []
     try:
         manager = Manager(tmp_path).start()
@@ -104,3 +110,79 @@ def test_recursive_preheat_then_recursive_get_takes_no_file_bytes_from_the_origi
     assert sum(r.body_bytes for r in origin.requests() if not r.path.endswith("/")) == 0
     origin_bytes = [done_line(line)[0] for line in peer.output().splitlines() if "event=download_done" in line]
     assert len(origin_bytes) == len(digests) and not any(origin_bytes)
+
+
+class ConnectionCounter:
+    """Listens where the stopped origin was and counts every connection made to it (closing each at once)."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_with_the_origin_stopped_after_a_preheat_the_peer_reads_by_mount_get_and_proxy(
+    cluster, dataset, tmp_path, nginx_origin
+):
+    """Metadata comes from the swarm (the scheduler's StatTask): a peer that never saw the files reads them
+    through its mount, `dffs get` and its proxy with the origin gone, and connects to the origin not once."""
+    manager, seed, peer = cluster
+    www, digests = dataset
+    origin = nginx_origin(www)
+    done = ctl("--manager", manager.grpc_address, "preheat", "--recursive", origin.url("/ds/"), "--wait")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    # Another peer, whose mount has the dataset as a source (so no directory on the way needs the origin).
+    reader = Daemon(
+        tmp_path,
+        "reader",
+        None,
+        manager=manager.grpc_address,
+        mount=True,
+        extra=("--config", str(tmp_path / "daemon.toml"), "--metrics-port", "-1", "--proxy-port", "-1")
+        + ("--source", f"ds={origin.url('/ds/')}"),
+    ).start()
+    origin.stop()
+    counter = ConnectionCounter(origin.port)
+    try:
+        # The mount: the file's size and validators from the scheduler, its bytes from the seed.
+        assert sha256_file(reader.mountpoint / "ds" / "big.bin") == digests["big.bin"]
+        # dffs get through the peer's daemon.
+        out = tmp_path / "got.bin"
+        got = run_dffs("get", origin.url("/ds/val/03.bin"), "-O", str(out), "--data-dir", str(peer.data_dir))
+        assert got.returncode == 0, (got.stderr, peer.output()[-3000:])
+        assert sha256_file(out) == digests["val/03.bin"]
+        # The proxy (a forward-proxy GET whose URL matches a P2P rule).
+        proxy_port = re.search(r"proxy_port=(\d+)", peer.match.string).group(1)
+        fetched = subprocess.run(
+            ["curl", "-sSf", "-x", f"http://127.0.0.1:{proxy_port}", origin.url("/ds/train/005.bin")],
+            capture_output=True,
+            timeout=60,
+        )
+        assert fetched.returncode == 0, (fetched.stderr, peer.output()[-3000:])
+        assert hashlib.sha256(fetched.stdout).hexdigest() == digests["train/005.bin"]
+        assert counter.accepted == 0, (peer.output()[-3000:], reader.output()[-3000:])
+
+        # Deeper paths through the mount still read right: the directories on the way cannot be asked of the
+        # origin, so they are taken for directories while it is unreachable (the files come from the swarm).
+        assert sha256_file(peer.path("/ds/train/007.bin", origin)) == digests["train/007.bin"]
+        assert sha256_file(reader.mountpoint / "ds" / "train" / "008.bin") == digests["train/008.bin"]
+    finally:
+        counter.close()
+        reader.stop()

@@ -56,6 +56,9 @@ class DaemonConfig:
     #: An open task nobody holds, reads, fetches or pins is forgotten from memory after this long
     #: (seconds; 0: never); its pieces stay on disk, and the GC may then apply the TTL to it.
     task_idle_timeout: float = 600.0
+    #: Seconds a task's local pieces count as current: after that an open asks the origin again (a
+    #: conditional HEAD); while the origin is unreachable they are served as they are.
+    revalidate_ttl: float = 60.0
     #: Prometheus metrics and /healthy on this port (0: any free port; -1: off).
     metrics_port: int = 4002
     #: HTTP proxy / registry mirror (dffs/proxy). None: 4001 if free (else no proxy, with a

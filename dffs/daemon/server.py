@@ -103,7 +103,13 @@ class Daemon:
             if cfg.schedulers or cfg.manager
             else NoSwarm()
         )
-        self.tasks = TaskManager(self.storage, self.sources, swarm=self.swarm, idle_timeout=cfg.task_idle_timeout)
+        self.tasks = TaskManager(
+            self.storage,
+            self.sources,
+            swarm=self.swarm,
+            idle_timeout=cfg.task_idle_timeout,
+            revalidate_ttl=cfg.revalidate_ttl,
+        )
         self.upload = PieceUploadServer(
             self.storage,
             host=cfg.ip,

@@ -149,6 +149,7 @@ def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
         metadata_ttl=cfg.metadata_ttl,
         negative_ttl=cfg.negative_ttl,
         op_timeout=cfg.read_timeout,
+        swarm=tasks.swarm,
     )
     policy = ReadPolicy(
         prefetch=cfg.prefetch,
@@ -177,7 +178,7 @@ async def serve_standalone(cfg: MountConfig, *, task_status=trio.TASK_STATUS_IGN
     storage = StorageManager(cfg.data_dir)
     sources = standalone_sources(cfg)
     try:
-        async with TaskManager(storage, sources) as tasks:
+        async with TaskManager(storage, sources, revalidate_ttl=cfg.metadata_ttl) as tasks:
             await serve(cfg, tasks, task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):

@@ -29,6 +29,8 @@ from dffs.bounds import check_size, name_problem, timestamp
 from dffs.errors import DffsError, SourceError, UsageError
 from dffs.fs.manifest import ManifestEntry
 from dffs.fs.nodes import InodeTable, Node, Role
+from dffs.peertask.request import DownloadRequest
+from dffs.peertask.swarm import NoSwarm, Swarm
 from dffs.source import SourceRegistry
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,11 @@ class Namespace:
         metadata_ttl: float = 60.0,
         negative_ttl: float = 5.0,
         op_timeout: float = 30.0,
+        swarm: Swarm | None = None,
     ):
         self.sources = sources
+        #: Who else may know an object (the daemon's P2P): asked before the origin's HEAD.
+        self.swarm: Swarm = swarm or NoSwarm()
         self.table = InodeTable()
         self.metadata_ttl = metadata_ttl
         self.negative_ttl = negative_ttl
@@ -193,17 +198,27 @@ class Namespace:
 
     async def _lookup_by_head(self, parent: Node, name: str) -> Node:
         url = parent.remote_url + quote(name, safe="")
-        self.origin_requests += 1
         try:
             source = self.sources.for_url(url)
             with trio.fail_after(self.op_timeout):
-                stat = await source.stat(url)
+                # Metadata from the swarm first: a member holding the object makes the origin's HEAD unneeded.
+                stat = await self.swarm.stat(DownloadRequest(url=url))
+                if stat is None:
+                    self.origin_requests += 1
+                    stat = await source.stat(url)
         except UsageError:
             raise fuse_error(errno.ENOENT) from None
         except trio.TooSlowError:
             log.warning("event=lookup_timeout url=%s timeout=%gs", url, self.op_timeout)
             raise fuse_error(errno.EIO) from None
         except SourceError as exc:
+            if exc.status is None and not isinstance(self.swarm, NoSwarm):
+                # The origin is unreachable and no member holds a file here: most likely a directory on the
+                # way to files members hold. Assumed for a short while; its listing fails until the origin is back.
+                log.info("event=origin_unreachable action=assume_directory url=%s error=%s", url, exc)
+                node = self.table.add_child(parent, name, Role.REMOTE_DIR, url=url + "/")
+                node.checked_at = time.monotonic() - self.metadata_ttl + self.negative_ttl
+                return node
             if exc.status in (404, 410):
                 parent.missing[name] = time.monotonic()
                 self.table.detach(parent, name)

@@ -310,7 +310,8 @@ class DffsOperations(pyfuse3.Operations):
     async def _open_task(self, handle: OpenFile) -> PeerTask:
         node = handle.node
         assert node.url is not None  # files always have one; only directories do not
-        task = await self.tasks.open(DownloadRequest(url=node.url))
+        # The size (and ETag) the listing, manifest or lookup gave: a small object needs no HEAD before its GET.
+        task = await self.tasks.open(DownloadRequest(url=node.url, size=node.size, etag=node.etag))
         if task.store.meta.content_length != node.size:
             log.info(
                 "task=%s event=size_changed path=%s listed=%d actual=%d",

@@ -38,6 +38,9 @@ VERIFY_ROUNDS = 3
 MAX_PIECE_COUNT = 1 << 22
 #: Seconds an open task may sit unused before the task manager forgets it.
 DEFAULT_IDLE_TIMEOUT = 600.0
+#: Seconds after which local pieces are checked with the origin again (0: at every open, as `dffs get` wants;
+#: daemons and mounts set their `revalidate_ttl`).
+DEFAULT_REVALIDATE_TTL = 0.0
 
 
 class TaskManager:
@@ -49,6 +52,7 @@ class TaskManager:
         swarm: Swarm | None = None,
         buffers: BufferPool | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        revalidate_ttl: float = DEFAULT_REVALIDATE_TTL,
     ):
         self.storage = storage
         self.sources = sources
@@ -57,6 +61,10 @@ class TaskManager:
         self.buffers = buffers or BufferPool()
         #: A task nobody has used for this long is forgotten (0: never), see :meth:`_sweep_idle`.
         self.idle_timeout = idle_timeout
+        #: Local pieces confirmed by the origin (or a task created) this recently are used without asking again.
+        self.revalidate_ttl = revalidate_ttl
+        #: Task ID -> when (time.time()) the origin last confirmed what this host holds of it.
+        self._validated: dict[str, float] = {}
         self._tasks: dict[str, PeerTask] = {}
         #: Per task being opened: its lock and how many openers want it (dropped at zero).
         self._opening: dict[str, tuple[trio.Lock, list[int]]] = {}
@@ -106,11 +114,16 @@ class TaskManager:
 
     # ------------------------------------------------------------- tasks
     async def open(self, request: DownloadRequest) -> PeerTask:
-        """The PeerTask for ``request``, revalidated against the origin once per process.
+        """The PeerTask for ``request``; what it is comes from the cheapest source that can say:
 
-        Local pieces are kept when the origin confirms the object is unchanged
-        (a 304 to a conditional HEAD, or matching ETag/Last-Modified); otherwise
-        the task starts over so stale bytes are never served.
+        * local pieces confirmed (or created) within ``revalidate_ttl``: nothing is asked;
+        * local pieces older than that: a conditional HEAD; they are kept when the origin confirms
+          the object is unchanged (304, or matching ETag/Last-Modified), dropped when it changed,
+          and served as they are when the origin cannot be reached (stale-if-error);
+        * nothing local, and the request knows the size of a small object (a listing, a manifest):
+          no request at all before its one GET;
+        * otherwise the swarm first (the scheduler's StatTask: size and the validators the peer that
+          fetched it from the origin reported), the origin's HEAD only when no member holds it.
         """
         if self._nursery is None:
             raise RuntimeError("TaskManager.open outside `async with TaskManager(...)`")
@@ -135,20 +148,19 @@ class TaskManager:
             task.last_used = time.monotonic()
             return task
         store = await trio.to_thread.run_sync(self.storage.open_task, tid)
-        if store is not None and store.meta.imported:
-            # Seeded from a local file: there is no origin to revalidate against.
+        if store is not None and (store.meta.imported or self._still_valid(store.meta)):
+            # Seeded from a local file (no origin to revalidate against), or confirmed recently.
             meta = store.meta
-            stat = SourceStat(url=request.url, content_length=meta.content_length, etag=meta.etag)
+            stat = _stat_of(request.url, meta)
         elif store is not None:
             meta = store.meta
-            stat = await source.stat(
-                request.url,
-                headers=request.headers,
-                validators=Validators(etag=meta.etag, last_modified=meta.last_modified),
-            )
+            stat = await self._revalidate(source, request, meta)
             if not (stat.not_modified or meta.same_content_as(stat.content_length, stat.etag, stat.last_modified)):
                 log.info("task=%s event=origin_changed action=restart url=%s", tid, request.url)
                 store = None
+                self._validated.pop(tid, None)
+        elif _small(request.size):
+            stat = SourceStat(url=request.url, content_length=request.size, etag=request.etag)
         else:
             stat = await self._stat(source, request)
         if store is None:
@@ -175,6 +187,7 @@ class TaskManager:
                 application=request.application,
             )
             store = await trio.to_thread.run_sync(self.storage.create_task, meta)
+            self._validated[tid] = time.time()
         background = await Background.open(self._nursery, tid)
         fetcher = self.swarm.fetcher(request)
         task = PeerTask(
@@ -197,22 +210,33 @@ class TaskManager:
         self._opened.pop(tid, trio.Event()).set()
         return task
 
-    async def _stat(self, source: Source, request: DownloadRequest) -> SourceStat:
+    def _still_valid(self, meta: TaskMeta) -> bool:
+        confirmed = max(meta.created_at, self._validated.get(meta.task_id, 0.0))
+        return time.time() - confirmed < self.revalidate_ttl
+
+    async def _revalidate(self, source: Source, request: DownloadRequest, meta: TaskMeta) -> SourceStat:
+        """A conditional stat of local pieces; the origin being unreachable keeps them (stale-if-error)."""
         try:
-            return await source.stat(request.url, headers=request.headers)
-        except SourceError as exc:
-            # The origin cannot say what the object is (down, gone): a task imported or
-            # finished elsewhere (dffs ctl import) is still known to the swarm.
-            stat = await self.swarm.stat(request)
-            if stat is None:
-                raise
-            log.info(
-                "task=%s event=origin_stat_failed action=use_swarm_metadata size=%s error=%s",
-                request.task_id,
-                stat.content_length,
-                exc,
+            stat = await source.stat(
+                request.url,
+                headers=request.headers,
+                validators=Validators(etag=meta.etag, last_modified=meta.last_modified),
             )
+        except SourceError as exc:
+            if exc.status is not None:
+                raise  # the origin answered: 404, 403, ... is its word on the object
+            log.info("task=%s event=revalidate_failed action=serve_local error=%s", meta.task_id, exc)
+            return _stat_of(request.url, meta)
+        self._validated[meta.task_id] = time.time()
+        return stat
+
+    async def _stat(self, source: Source, request: DownloadRequest) -> SourceStat:
+        """What the object is: from the swarm when a member holds it, else from the origin."""
+        stat = await self.swarm.stat(request)
+        if stat is not None:
+            log.debug("task=%s event=swarm_metadata size=%s etag=%s", request.task_id, stat.content_length, stat.etag)
             return stat
+        return await source.stat(request.url, headers=request.headers)
 
     def active(self, tid: str) -> PeerTask | None:
         """The task's PeerTask if this process has it open."""
@@ -301,6 +325,21 @@ class TaskManager:
         """A task deleted meanwhile (a mismatch found by another reader) is not checked again."""
         if self._tasks.get(task.task_id) is not task:
             raise StorageError(f"task {task.task_id} was dropped while being read")
+
+
+def _small(size: int | None) -> bool:
+    """A size a listing gave for an object of one piece: one GET fetches it whole, so no version can mix."""
+    return size is not None and 0 <= size <= piece_length_for(size)
+
+
+def _stat_of(url: str, meta: TaskMeta) -> SourceStat:
+    return SourceStat(
+        url=url,
+        content_length=meta.content_length,
+        etag=meta.etag,
+        last_modified=meta.last_modified,
+        content_type=meta.content_type,
+    )
 
 
 def _ignore(n: int) -> None:

@@ -23,6 +23,10 @@ class DownloadRequest:
     tag: str = ""
     application: str = ""
     piece_length: int | None = attrs.field(default=None)
+    #: What a listing or manifest already said of the object (not part of its identity): with a size, a
+    #: small object needs no HEAD before its one GET (see TaskManager.open).
+    size: int | None = attrs.field(default=None, eq=False)
+    etag: str | None = attrs.field(default=None, eq=False)
 
     @piece_length.validator
     def _check_piece_length(self, attribute: attrs.Attribute, value: int | None) -> None:
