@@ -63,6 +63,22 @@ from mounts import force_unmount, is_mounted  # noqa: E402
 from origins import NginxOrigin  # noqa: E402
 
 DFFS = [sys.executable, "-m", "dffs"]
+#: Contender "dffs base": the dffs of another source tree (--baseline-tree), run by the same interpreter.
+BASELINE = "dffs base"
+_TREES: dict[str, str] = {}
+
+
+def _is_dffs(who: str) -> bool:
+    return who in ("dffs", BASELINE)
+
+
+def _env(who: str) -> dict[str, str] | None:
+    """The environment of a dffs contender's processes: the baseline's tree first on the import path."""
+    if who != BASELINE:
+        return None
+    return {**os.environ, "PYTHONPATH": _TREES[BASELINE]}
+
+
 KiB, MiB = 1 << 10, 1 << 20
 PIECE = 4 * MiB
 BATCH = 64
@@ -165,13 +181,14 @@ def _lists(path: Path) -> bool:
 def mount(name: str, state: Path, url: str, tag: str) -> tuple[Mount, Path]:
     """A fresh mount of ``url`` (a directory) by contender ``name`` with an empty cache; and the directory
     through which the dataset is seen."""
-    mnt, cache = state / f"{name}-{tag}-mnt", state / f"{name}-{tag}-cache"
+    key = name.replace(" ", "_")
+    mnt, cache = state / f"{key}-{tag}-mnt", state / f"{key}-{tag}-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    log = state / f"{name}-{tag}.log"
-    if name == "dffs":
+    log = state / f"{key}-{tag}.log"
+    if _is_dffs(name):
         argv = [*DFFS, "mount", str(mnt), "--data-dir", str(cache), "--source", f"ds={url}"]
         argv += ["--upload-port", "0", "--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"]
-        return Mount(name, argv, mnt, log), mnt / "ds"
+        return Mount(name, argv, mnt, log, _env(name)), mnt / "ds"
     argv = ["rclone", "mount", ":http:", str(mnt), "--http-url", url, "--vfs-cache-mode", "full", "--read-only"]
     argv += ["--cache-dir", str(cache), "--config", "/dev/null"]
     return Mount(name, argv, mnt, log), mnt
@@ -233,13 +250,13 @@ def part_a(bench, origin, state, sets, run, who, pool, profile):
                 raise RuntimeError(f"{who} lists {len(paths)} files of {label}, not {len(rels)}")
             _, listings = origin_counts(origin)
             origin.clear_log()
-            cpu_before = made.cpu_seconds() if who == "dffs" else 0.0
-            spy = _py_spy(made.proc.pid, profile, label) if who == "dffs" and profile and run == 1 else None
+            cpu_before = made.cpu_seconds() if _is_dffs(who) else 0.0
+            spy = _py_spy(made.proc.pid, profile, f"{who}-{label}") if _is_dffs(who) and profile and run == 1 else None
             cold, first, total = read_all(pool, paths, seed=run)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 spy.wait(60)
-            cpu = made.cpu_seconds() - cpu_before if who == "dffs" else 0.0
+            cpu = made.cpu_seconds() - cpu_before if _is_dffs(who) else 0.0
             if total != len(rels) * size:
                 raise RuntimeError(f"{who} read {total} bytes of {label}, not {len(rels) * size}")
             requests, more_listings = origin_counts(origin)
@@ -256,7 +273,7 @@ def part_a(bench, origin, state, sets, run, who, pool, profile):
             f"{label} origin requests/file": requests / n,
             f"{label} listing requests": listings + more_listings,
         }
-        if who == "dffs":
+        if _is_dffs(who):
             figures[f"{label} mount CPU/file"] = cpu / n * 1e6
     bench.record(run, who, figures)
 
@@ -369,13 +386,14 @@ class Moto:
         return sum(1 for line in self.log_path.read_text(errors="replace").splitlines() if '" 200' in line)
 
     def mount(self, who: str, state: Path) -> tuple[Mount, Path]:
-        mnt, cache = state / f"{who}-s3-mnt", state / f"{who}-s3-cache"
+        key = who.replace(" ", "_")
+        mnt, cache = state / f"{key}-s3-mnt", state / f"{key}-s3-cache"
         shutil.rmtree(cache, ignore_errors=True)
-        log = state / f"{who}-s3.log"
-        if who == "dffs":
+        log = state / f"{key}-s3.log"
+        if _is_dffs(who):
             argv = [*DFFS, "mount", str(mnt), "--data-dir", str(cache), "--source", f"s3ds=s3://{self.BUCKET}/list/"]
             argv += ["--upload-port", "0", "--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "-1"]
-            return Mount(who, argv, mnt, log), mnt / "s3ds"
+            return Mount(who, argv, mnt, log, _env(who)), mnt / "s3ds"
         argv = ["rclone", "mount", f":s3:{self.BUCKET}/list", str(mnt), "--s3-provider", "Other"]
         argv += ["--s3-endpoint", self.endpoint, "--s3-access-key-id", self.KEY, "--s3-secret-access-key", self.SECRET]
         argv += ["--s3-force-path-style", "--vfs-cache-mode", "full", "--read-only", "--cache-dir", str(cache)]
@@ -431,6 +449,8 @@ def part_b(bench, net, origin, origin_host, work, state, rels, size, run, who, p
     sched_host, seed_host, *peer_hosts = net.hosts[1:]
     tmp = Path(tempfile.mkdtemp(prefix=f"p2p-{run}.", dir=state))
     processes = []
+    if who == BASELINE:
+        os.environ["PYTHONPATH"] = _TREES[BASELINE]  # the cluster's processes inherit it
     try:
         address = f"{sched_host.ip}:8002"
         sched = Process(["scheduler", "--listen", address], tmp / "scheduler.log", r"listening on")
@@ -469,6 +489,7 @@ def part_b(bench, net, origin, origin_host, work, state, rels, size, run, who, p
             },
         )
     finally:
+        os.environ.pop("PYTHONPATH", None)
         for p in reversed(processes):
             p.stop()
 
@@ -487,11 +508,18 @@ def main() -> None:
         metavar="OUT.svg|OUT.txt",
         help="py-spy profile of the dffs mount during run 1's cold reads (.txt: collapsed stacks)",
     )
+    p.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run the dffs of this source tree (e.g. a worktree of main) as 'dffs base': before and after",
+    )
     p.add_argument("--workdir", default="/var/tmp/dffs-bench-dataset")
     args = harness.parse(
         p, small=(3000, 64), tiny=(10000, 128), entries=(100_000, 500), parquet_mib=(256, 16), p2p_files=(1200, 48)
     )
     parts = set(args.parts.split(","))
+    if args.baseline_tree:
+        _TREES[BASELINE] = str(Path(args.baseline_tree).resolve())
     if not shutil.which("rclone"):
         sys.exit("rclone is not installed: run scripts/setup.sh")
     work = Path(args.workdir)
@@ -535,9 +563,12 @@ def main() -> None:
         ]
     bench = harness.Bench(
         "dataset",
-        contenders=["dffs", "rclone"],
+        contenders=["dffs", "rclone", *([BASELINE] if args.baseline_tree else [])],
         figures=figures,
-        comparisons=[harness.Comparison("dffs", "rclone")],
+        comparisons=[
+            harness.Comparison("dffs", "rclone"),
+            *([harness.Comparison("dffs", BASELINE)] if args.baseline_tree else []),
+        ],
         params={
             "parts": sorted(parts),
             "small": args.small,
