@@ -196,3 +196,49 @@ def test_bad_per_source_prefetch_refuses_to_mount(tmp_path, args, message):
         timeout=60,
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_remount_keeps_listings_and_serves_them_while_the_origin_is_down(tmp_path, nginx_origin, make_file):
+    www = tmp_path / "www"
+    names = [f"f{i:03d}.bin" for i in range(40)]
+    for i, name in enumerate(names):
+        make_file(www / "ds" / name, 1000 + i, seed=i)
+    origin = nginx_origin(www)
+    data = tmp_path / "data"
+
+    def mounted(*extra: str) -> MountProcess:
+        return MountProcess(tmp_path / "mnt", data, "--source", f"ds={origin.url('/ds/')}", *extra).start()
+
+    def listing(m: MountProcess) -> dict[str, int]:
+        return {e.name: e.stat().st_size for e in os.scandir(m.mountpoint / "ds")}
+
+    expected = {name: 1000 + i for i, name in enumerate(names)}
+    m = mounted()
+    try:
+        assert listing(m) == expected
+    finally:
+        m.stop()
+    origin.sync_log()
+    assert [r.path for r in origin.requests()] == ["/ds/"]  # one listing, no request per entry
+
+    origin.clear_log()
+    m = mounted()  # within metadata_ttl: the stored listing answers, the origin is not asked
+    try:
+        assert listing(m) == expected
+        assert (m.mountpoint / "ds" / "f007.bin").stat().st_size == 1007
+    finally:
+        m.stop()
+    origin.sync_log()
+    assert origin.requests() == []
+
+    # Long after (a TTL of a few ms), with the origin gone: the stored listing is served rather than nothing.
+    origin.stop()
+    config = tmp_path / "short.toml"
+    config.write_text("metadata_ttl = 0.001\n")
+    m = mounted("--config", str(config))
+    try:
+        assert listing(m) == expected
+        assert "action=serve_stored" in m.output()
+    finally:
+        m.stop()
+    assert not is_mounted(tmp_path / "mnt")

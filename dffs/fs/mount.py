@@ -16,6 +16,7 @@ import trio
 
 from dffs.config import DEFAULT_DATA_DIR
 from dffs.errors import DffsError, UsageError
+from dffs.fs.listing_cache import ListingCache
 from dffs.fs.manifest import load_manifest
 from dffs.fs.namespace import Namespace
 from dffs.fs.operations import PREFETCH_MODES, DffsOperations, ReadPolicy
@@ -47,6 +48,8 @@ class MountConfig:
     metadata_ttl: float = 60.0
     negative_ttl: float = 5.0
     prefetch_concurrency: int = 8
+    #: Keep directory listings in DATA_DIR/listings.sqlite, so a remount lists nothing still fresh.
+    keep_listings: bool = True
     #: Kernel readahead for the mount (the bdi's read_ahead_kb). Small on purpose: the kernel's window
     #: knows nothing of pieces, so a window reaching past a random read's piece costs a whole extra piece
     #: from the origin (a Parquet column chunk pulled 3 pieces instead of 2 at 4 MiB); sequential speed
@@ -150,6 +153,7 @@ def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
         negative_ttl=cfg.negative_ttl,
         op_timeout=cfg.read_timeout,
         swarm=tasks.swarm,
+        listings=ListingCache(cfg.data_dir / "listings.sqlite") if cfg.keep_listings else None,
     )
     policy = ReadPolicy(
         prefetch=cfg.prefetch,

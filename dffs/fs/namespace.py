@@ -27,11 +27,12 @@ import trio
 
 from dffs.bounds import check_size, name_problem, timestamp
 from dffs.errors import DffsError, SourceError, UsageError
+from dffs.fs.listing_cache import ListingCache
 from dffs.fs.manifest import ManifestEntry
 from dffs.fs.nodes import InodeTable, Node, Role
 from dffs.peertask.request import DownloadRequest
 from dffs.peertask.swarm import NoSwarm, Swarm
-from dffs.source import SourceRegistry
+from dffs.source import ListEntry, SourceRegistry
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,11 @@ class Namespace:
         negative_ttl: float = 5.0,
         op_timeout: float = 30.0,
         swarm: Swarm | None = None,
+        listings: ListingCache | None = None,
     ):
         self.sources = sources
+        #: Listings kept across mounts (see dffs.fs.listing_cache); None: memory only.
+        self.listings = listings
         #: Who else may know an object (the daemon's P2P): asked before the origin's HEAD.
         self.swarm: Swarm = swarm or NoSwarm()
         self.table = InodeTable()
@@ -164,7 +168,11 @@ class Namespace:
             return child
         if self._known_missing(parent, name):
             raise fuse_error(errno.ENOENT)
-        if self._listed(parent) or parent.remote_url.split(":", 1)[0] in LISTING_ONLY_SCHEMES:
+        if (
+            self._listed(parent)
+            or parent.remote_url.split(":", 1)[0] in LISTING_ONLY_SCHEMES
+            or await self._stored_fresh(parent)
+        ):
             await self.list_dir(parent)
             child = parent.children.get(name)
             if child is None:
@@ -254,20 +262,50 @@ class Namespace:
             await self._single_flight(("list", node.inode), self._refresh_listing, node)
         return list(node.children.values())
 
+    async def _stored_fresh(self, node: Node) -> bool:
+        """Whether an earlier mount left a listing of ``node`` fresh enough to answer lookups from."""
+        if self.listings is None or node.listed_at is not None:
+            return False
+        stored = await trio.to_thread.run_sync(self.listings.get, node.remote_url)
+        return stored is not None and stored[0] < self.metadata_ttl
+
     async def _refresh_listing(self, node: Node) -> None:
+        stored = await trio.to_thread.run_sync(self.listings.get, node.remote_url) if self.listings else None
+        entries: list[ListEntry] | None
+        if stored is not None and stored[0] < self.metadata_ttl:
+            entries = stored[1]  # listed by this or an earlier mount moments ago
+        else:
+            entries = await self._fetch_listing(node, stored[1] if stored is not None else None)
+        if entries is not None:
+            self._apply_listing(node, entries)
+
+    async def _fetch_listing(self, node: Node, stale: list[ListEntry] | None) -> list[ListEntry] | None:
+        """The origin's listing of ``node`` (kept for the next mount); an older stored one when the origin
+        cannot be reached; None when there is none to show."""
         self.origin_requests += 1
         try:
             source = self.sources.for_url(node.remote_url)
             with trio.fail_after(self.op_timeout):
                 entries = [entry async for entry in source.list(node.remote_url)]
         except trio.TooSlowError:
+            if stale is not None:
+                log.info("event=listing_timeout action=serve_stored url=%s", node.url)
+                return stale
             log.warning("event=listing_timeout url=%s", node.url)
             raise fuse_error(errno.EIO) from None
         except DffsError as exc:
             if isinstance(exc, SourceError) and exc.status in (404, 410):
                 raise fuse_error(errno.ENOENT) from None
+            if stale is not None and isinstance(exc, SourceError) and exc.status is None:
+                log.info("event=listing_unavailable action=serve_stored url=%s error=%s", node.url, exc)
+                return stale
             log.info("event=listing_unavailable url=%s error=%s", node.url, exc)
-            return
+            return None
+        if self.listings is not None:
+            await trio.to_thread.run_sync(self.listings.put, node.remote_url, entries)
+        return entries
+
+    def _apply_listing(self, node: Node, entries: list[ListEntry]) -> None:
         seen = set()
         skipped = 0
         for entry in entries:
