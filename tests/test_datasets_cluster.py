@@ -158,6 +158,11 @@ def test_with_the_origin_stopped_after_a_preheat_the_peer_reads_by_mount_get_and
         extra=("--config", str(tmp_path / "daemon.toml"), "--metrics-port", "-1", "--proxy-port", "-1")
         + ("--source", f"ds={origin.url('/ds/')}"),
     ).start()
+    # Its listing of the dataset's top directory learns the ETag of every file the swarm holds there in one
+    # StatTasks exchange (nginx's listing has none), so those files are pinned for the kernel's cache.
+    listed = sorted(p.name for p in (reader.mountpoint / "ds").iterdir())
+    assert listed == ["big.bin", "train", "val"]
+    wait_for(lambda: "event=swarm_listing_metadata files=1 known=1 pinned=1" in reader.output(), what="swarm ETags")
     origin.stop()
     counter = ConnectionCounter(origin.port)
     try:

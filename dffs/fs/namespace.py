@@ -277,7 +277,27 @@ class Namespace:
         else:
             entries = await self._fetch_listing(node, stored[1] if stored is not None else None)
         if entries is not None:
-            self._apply_listing(node, entries)
+            self._apply_listing(node, await self._with_swarm_validators(entries))
+
+    async def _with_swarm_validators(self, entries: list[ListEntry]) -> list[ListEntry]:
+        """Listings rarely carry ETags (nginx's never do); what members hold the swarm can pin, for a whole
+        directory in one exchange (StatTasks), so those files keep the kernel's cache across opens."""
+        if isinstance(self.swarm, NoSwarm):
+            return entries
+        wanted = {DownloadRequest(url=e.url).task_id: i for i, e in enumerate(entries) if not e.is_dir and not e.etag}
+        if not wanted:
+            return entries
+        with trio.move_on_after(self.op_timeout):
+            known = await self.swarm.stat_many([DownloadRequest(url=entries[i].url) for i in wanted.values()])
+            pinned = 0
+            entries = list(entries)
+            for tid, stat in known.items():
+                i = wanted.get(tid)
+                if i is not None and stat.etag and stat.content_length == entries[i].size:
+                    entries[i] = attrs.evolve(entries[i], etag=stat.etag)
+                    pinned += 1
+            log.info("event=swarm_listing_metadata files=%d known=%d pinned=%d", len(wanted), len(known), pinned)
+        return entries
 
     async def _fetch_listing(self, node: Node, stale: list[ListEntry] | None) -> list[ListEntry] | None:
         """The origin's listing of ``node`` (kept for the next mount); an older stored one when the origin
