@@ -165,9 +165,20 @@ def test_with_the_origin_stopped_after_a_preheat_the_peer_reads_by_mount_get_and
     wait_for(lambda: "event=swarm_listing_metadata files=1 known=1 pinned=1" in reader.output(), what="swarm ETags")
     origin.stop()
     counter = ConnectionCounter(origin.port)
+
+    members = {"reader": reader, "peer": peer, "seed": seed}
+
+    def read(path) -> str:
+        """The file's digest, or a failure that says why the daemons could not serve it."""
+        try:
+            return sha256_file(path)
+        except OSError as exc:
+            logs = "\n".join(f"--- {d.name}\n{d.output()[-4000:]}" for name, d in members.items())
+            raise AssertionError(f"{path}: {exc}\n{logs}") from exc
+
     try:
         # The mount: the file's size and validators from the scheduler, its bytes from the seed.
-        assert sha256_file(reader.mountpoint / "ds" / "big.bin") == digests["big.bin"]
+        assert read(reader.mountpoint / "ds" / "big.bin") == digests["big.bin"]
         # dffs get through the peer's daemon.
         out = tmp_path / "got.bin"
         got = run_dffs("get", origin.url("/ds/val/03.bin"), "-O", str(out), "--data-dir", str(peer.data_dir))
@@ -186,8 +197,8 @@ def test_with_the_origin_stopped_after_a_preheat_the_peer_reads_by_mount_get_and
 
         # Deeper paths through the mount still read right: the directories on the way cannot be asked of the
         # origin, so they are taken for directories while it is unreachable (the files come from the swarm).
-        assert sha256_file(peer.path("/ds/train/007.bin", origin)) == digests["train/007.bin"]
-        assert sha256_file(reader.mountpoint / "ds" / "train" / "008.bin") == digests["train/008.bin"]
+        assert read(peer.path("/ds/train/007.bin", origin)) == digests["train/007.bin"]
+        assert read(reader.mountpoint / "ds" / "train" / "008.bin") == digests["train/008.bin"]
     finally:
         counter.close()
         reader.stop()
