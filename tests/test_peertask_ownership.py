@@ -11,6 +11,7 @@ import trio.testing
 from dffs.errors import DffsError, SourceError
 from dffs.peertask import Background, DownloadRequest, TaskManager
 from dffs.peertask.singleflight import SingleFlight
+from dffs.peertask.swarm import NoSwarm, OriginFetcher
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
 
@@ -195,6 +196,67 @@ async def test_leaving_the_task_manager_ends_every_tasks_work(tmp_path, make_fil
         assert stopped.is_set()
         with pytest.raises(RuntimeError, match="outside"):
             await tasks.open(DownloadRequest(url=origin.url("/g.bin")))
+    finally:
+        storage.close()
+        await sources.aclose()
+
+
+class _SlowReports(OriginFetcher):
+    """Stands in for a P2P fetcher whose reports to the scheduler are slow (no scheduler here: only the
+    order of reports against completion is under test). Piece 0's report is held until every other
+    piece has been stored and reported, after piece 0 itself is on disk."""
+
+    def __init__(self, events: list[str]):
+        self.events = events
+        self.zero_stored = trio.Event()
+        self.others_reported = trio.Event()
+        self.pieces = 0
+
+    async def stored(self, task, number: int, origin: bool, seconds: float) -> None:
+        self.pieces = task.store.meta.piece_count
+        if number == 0:
+            self.zero_stored.set()
+            await self.others_reported.wait()
+            await trio.testing.wait_all_tasks_blocked()  # a waiter on completion has had its chance
+        else:
+            await self.zero_stored.wait()
+        self.events.append(f"piece {number}")
+        if sum(e.startswith("piece") for e in self.events) == self.pieces - 1 and number != 0:
+            self.others_reported.set()
+
+
+class _SlowReportSwarm(NoSwarm):
+    def __init__(self, fetcher: _SlowReports):
+        self._fetcher = fetcher
+
+    def fetcher(self, request: DownloadRequest) -> OriginFetcher:
+        return self._fetcher
+
+
+async def test_a_task_is_complete_only_once_every_pieces_report_is_out(tmp_path, make_file, nginx_origin):
+    """A "peer finished" is sent when the task is complete; the scheduler refuses piece reports after it
+    (and anchors no digest from them), so a piece stored early but reported late must hold completion."""
+    root = tmp_path / "www"
+    make_file(root / "r.bin", 3 * 4 * MiB + 5, seed=7)
+    origin = nginx_origin(root)
+    storage = StorageManager(tmp_path / "data")
+    sources = SourceRegistry()
+    events: list[str] = []
+    fetcher = _SlowReports(events)
+    try:
+        async with TaskManager(storage, sources, swarm=_SlowReportSwarm(fetcher)) as tasks:
+            task = await tasks.open(DownloadRequest(url=origin.url("/r.bin")))
+            assert task.store.meta.piece_count >= 3
+
+            async def finished() -> None:
+                await task.wait_complete()
+                events.append("finished")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(finished)
+                await task.fetch_all(concurrency=task.store.meta.piece_count)
+        assert events[-1] == "finished" and events.count("finished") == 1, events
+        assert sorted(events[:-1]) == sorted(f"piece {n}" for n in range(fetcher.pieces)), events
     finally:
         storage.close()
         await sources.aclose()

@@ -61,6 +61,9 @@ class PeerTask:
         #: Bytes this process fetched from the origin for this task.
         self.source_bytes = 0
         self._complete = trio.Event()
+        #: Pieces stored but not yet reported to the fetcher: the task is not complete until each
+        #: report is out, so a "peer finished" can never overtake a piece's report.
+        self._unreported = 0
         #: Whole-object digests this process checked the complete task against ("" = pieces only).
         self.verified_digests: set[str] = set()
         #: Bytes received from other peers.
@@ -113,8 +116,20 @@ class PeerTask:
                     channel.send_nowait(number)
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     self._listeners.discard(channel)  # a listener that cannot keep up re-syncs
-        if self.store.is_complete():
+        if self._unreported == 0 and self.store.is_complete():
             self._complete.set()
+
+    @contextmanager
+    def _reporting(self):
+        """A piece being stored and then reported (see ``_unreported``)."""
+        self._unreported += 1
+        try:
+            yield
+        except BaseException:
+            self._unreported -= 1
+            self._note_written()  # the others' pieces may be all there is to wait for
+            raise
+        self._unreported -= 1
 
     async def wait_complete(self) -> None:
         """Return once every piece of the task is present (however they arrived)."""
@@ -234,9 +249,10 @@ class PeerTask:
             kind = "origin" if origin else "peer"
             metrics.download_bytes.labels(kind).inc(span.length)
             metrics.piece_seconds.labels(kind).observe(time.monotonic() - started)
-            await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
-        # Reported before the piece counts as written, so "peer finished" never overtakes it.
-        await self.fetcher.stored(self, number, origin, time.monotonic() - started)
+            with self._reporting():
+                await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
+                # Reported before the piece counts as written, so "peer finished" never overtakes it.
+                await self.fetcher.stored(self, number, origin, time.monotonic() - started)
         self._note_written(number)
         log.debug(
             "task=%s piece=%d source=%s bytes=%d ms=%.1f",
@@ -343,10 +359,11 @@ class PeerTask:
                 async for number, buffer, length in receive:
                     if not self.store.has_piece(number):
                         started = time.monotonic()
-                        await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
-                        # Reported like any origin piece (its digest anchors it for children),
-                        # before it counts as written.
-                        await self.fetcher.stored(self, number, True, time.monotonic() - started)
+                        with self._reporting():
+                            await trio.to_thread.run_sync(self.store.write_piece, number, buffer[:length])
+                            # Reported like any origin piece (its digest anchors it for children),
+                            # before it counts as written.
+                            await self.fetcher.stored(self, number, True, time.monotonic() - started)
                         self._note_written(number)
                         progress(length)
                     free_send.send_nowait(buffer)
