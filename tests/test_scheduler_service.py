@@ -886,3 +886,20 @@ def test_stat_task_answers_the_validators_a_finished_origin_peer_reported(sched,
     )
     assert bad.error().code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sched.alive()
+
+
+def test_a_daemon_takes_no_absurd_metadata_from_a_schedulers_stat_task():
+    """The daemon's side (dffs.daemon.schedulers.swarm_stat, pure): a size past the limit or a validator
+    that is not one short line is no answer, so the origin is asked instead; a sound one is the stat."""
+    from dffs.daemon.schedulers import swarm_stat
+
+    def task(**fields) -> common_pb2.Task:
+        return common_pb2.Task(id="t", has_available_peer=True, **fields)
+
+    url = "http://o/f"
+    good = swarm_stat(url, task(content_length=5 * MiB, etag='"v1"'))
+    assert good is not None and (good.content_length, good.etag, good.last_modified) == (5 * MiB, '"v1"', None)
+    assert swarm_stat(url, task(content_length=2**63 - 1)) is None
+    assert swarm_stat(url, task(content_length=1, etag='"a"\r\nX: 1')) is None
+    assert swarm_stat(url, task(content_length=1, content_type="x" * 5000)) is None
+    assert swarm_stat(url, common_pb2.Task(id="t", content_length=1)) is None  # nobody can serve it

@@ -32,6 +32,7 @@ import trio
 from google.protobuf import timestamp_pb2
 
 from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from dffs.bounds import check_size
 from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.gc.service import GcResult
 from dffs.peertask import DownloadRequest
@@ -58,18 +59,31 @@ def validators_of(meta: TaskMeta) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
 
+#: Longest origin validator taken from a scheduler (the scheduler bounds them the same way).
+MAX_SWARM_VALIDATOR = 1024
+
+
 def swarm_stat(url: str, task: common_pb2.Task) -> SourceStat | None:
-    """A scheduler's Task as the stat of ``url``, when some peer can serve the content."""
+    """A scheduler's Task as the stat of ``url``, when some peer can serve the content.
+
+    Bounded like anything parsed from the network: an absurd size or validator is no answer
+    (None, so the origin is asked), never the object's metadata."""
     if not (task.HasField("content_length") and task.has_available_peer):
         return None
-    return SourceStat(
-        url=url,
-        content_length=task.content_length,
-        etag=task.etag if task.HasField("etag") else None,
-        last_modified=task.last_modified if task.HasField("last_modified") else None,
-        content_type=task.content_type if task.HasField("content_type") else None,
-        accepts_ranges=True,
-    )
+    validators = {}
+    for name in ("etag", "last_modified", "content_type"):
+        if task.HasField(name):
+            value = getattr(task, name)
+            if len(value) > MAX_SWARM_VALIDATOR or any(c in value for c in "\r\n\x00"):
+                log.warning("task=%s event=swarm_stat_refused reason=bad_%s", task.id[:80], name)
+                return None
+            validators[name] = value
+    try:
+        size = check_size(task.content_length)
+    except ValueError as exc:
+        log.warning("task=%s event=swarm_stat_refused reason=size error=%s", task.id[:80], exc)
+        return None
+    return SourceStat(url=url, content_length=size, accepts_ranges=True, **validators)
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
