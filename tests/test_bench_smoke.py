@@ -131,6 +131,13 @@ FIGURES = {
     },
     "p2p": {"time to the last host", "origin egress"},
     "proxy": {"time to the last pull", "registry egress"},
+    # Parts a, c and d (its default); part b's namespaces are the p2p benchmark's business here.
+    "dataset": {
+        f"{label} {what}"
+        for label in ("112KiB", "16KiB")
+        for what in ("cold", "warm", "first batch", "origin requests/file", "listing requests", "mount CPU/file")
+    }
+    | {"parquet origin MB", "listing seconds", "listing requests", "S3 listing seconds", "S3 listing requests"},
 }
 CONTENDERS = {
     "source_throughput": {
@@ -148,6 +155,7 @@ CONTENDERS = {
     "mount": {"dffs", "rclone", "local file"},
     "p2p": {"dffs", "curl"},
     "proxy": {"mirror", "direct"},
+    "dataset": {"dffs", "rclone"},
 }
 RUNS = 2  # two runs: the second one must be in the reverse order
 
