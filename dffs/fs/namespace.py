@@ -18,7 +18,9 @@ import errno
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 from urllib.parse import quote
 
 import attrs
@@ -35,6 +37,26 @@ from dffs.peertask.swarm import NoSwarm, Swarm
 from dffs.source import ListEntry, SourceRegistry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def collect_with_progress(entries: AsyncIterator[T], timeout: float) -> list[T]:
+    """Every item of ``entries``; trio.TooSlowError once ``timeout`` seconds pass without a new one.
+
+    A listing of 100,000 objects comes in many pages (S3 pages 1,000 keys): the timeout bounds a
+    stalled origin, not how long a big directory takes to list."""
+    items: list[T] = []
+    with trio.CancelScope() as scope:
+        scope.deadline = pushed = trio.current_time() + timeout
+        async for item in entries:
+            items.append(item)
+            now = trio.current_time()
+            if now + timeout - pushed > 0.5:  # move the deadline now and then, not per item
+                scope.deadline = pushed = now + timeout
+    if scope.cancelled_caught:
+        raise trio.TooSlowError
+    return items
+
 
 SCHEMES = ("http", "https")
 _HOST_RE = re.compile(
@@ -305,8 +327,7 @@ class Namespace:
         self.origin_requests += 1
         try:
             source = self.sources.for_url(node.remote_url)
-            with trio.fail_after(self.op_timeout):
-                entries = [entry async for entry in source.list(node.remote_url)]
+            entries = await collect_with_progress(source.list(node.remote_url), self.op_timeout)
         except trio.TooSlowError:
             if stale is not None:
                 log.info("event=listing_timeout action=serve_stored url=%s", node.url)
