@@ -28,6 +28,7 @@ import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2_grpc
 from dffs.daemon.config import DaemonConfig
+from dffs.daemon.dataplane import piece_data_plane
 from dffs.daemon.local_tasks import LocalTasks
 from dffs.daemon.membership import ManagerLink
 from dffs.daemon.p2p import P2PSettings, P2PSwarm
@@ -51,8 +52,6 @@ from dffs.snapshotter.component import Snapshotter
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager
-from dffs.upload import PieceUploadServer
-from dffs.upload.client import PieceClient
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,7 @@ class Daemon:
             cert_addresses=(cfg.ip,),
         )
         self.sources = SourceRegistry()
-        server_tls, client_tls = (
-            self.transport.piece_tls() if cfg.data_plane == "tls" and self.transport.secure else (None, None)
-        )
-        self.piece_client = PieceClient(auth=self.transport.piece_auth, host_id=cfg.host_id, tls=client_tls)
+        self.upload, self.piece_client = piece_data_plane(cfg, self.transport, self.storage)
         self.schedulers = SchedulerClient(
             cfg.host_id,
             cfg.schedulers,
@@ -109,15 +105,6 @@ class Daemon:
             swarm=self.swarm,
             idle_timeout=cfg.task_idle_timeout,
             revalidate_ttl=cfg.revalidate_ttl,
-        )
-        self.upload = PieceUploadServer(
-            self.storage,
-            host=cfg.ip,
-            port=cfg.upload_port,
-            max_concurrent_uploads=cfg.max_concurrent_uploads,
-            rate_limit_bytes_per_sec=cfg.upload_rate_limit or None,
-            auth=self.transport.piece_auth,
-            tls=server_tls,
         )
         self.gc = GcService(
             self.storage,
