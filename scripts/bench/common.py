@@ -145,17 +145,21 @@ def start_dffs_cluster(
     seed_host: Any,
     hosts: Sequence[Any],
     extra: Callable[[Any], Sequence[str]] = lambda host: (),
+    *,
+    insecure: bool = False,
 ) -> None:
     """A fresh scheduler, a seed and a daemon per host, all with empty data dirs, each on
     its namespace host; ``stack`` stops them in reverse order (and ``net`` kills them at
     the latest). ``extra(host)`` adds flags to a daemon. Members authenticate each other
-    as in production (:func:`use_cluster_key`)."""
+    as in production (:func:`use_cluster_key`), or, with ``insecure``, every member runs
+    with ``--insecure`` (plain text, unsigned pieces: what security is measured against)."""
     from cluster import Daemon, Process
 
     use_cluster_key(work)
+    plain = ("--insecure",) if insecure else ()
     sched = without_debug_logs(
         Process(
-            ["scheduler", "--listen", f"{sched_host.ip}:8002"],
+            ["scheduler", "--listen", f"{sched_host.ip}:8002", *plain],
             work / "scheduler.log",
             r"listening on",
             prefix=sched_host.command([]),
@@ -173,7 +177,7 @@ def start_dffs_cluster(
                 ip=host.ip,
                 seed=host is seed_host,
                 prefix=host.command([]),
-                extra=tuple(extra(host)),
+                extra=(*plain, *extra(host)),
             )
         )
         shutil.rmtree(daemon.data_dir, ignore_errors=True)

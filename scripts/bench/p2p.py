@@ -5,11 +5,15 @@ Hosts are network namespaces on a bridge (tests/netns.py); the origin's link is
 shaped with tc tbf so it is the bottleneck, as an origin shared by many hosts is.
 Both contenders run in every run on the same topology, the order alternating:
 
-  curl      every host runs `curl -o FILE URL` straight from the origin
-  dffs      a scheduler, a seed and a daemon per host; every host runs `dffs get URL -O FILE`
-            through its daemon
+  curl           every host runs `curl -o FILE URL` straight from the origin
+  dffs           a scheduler, a seed and a daemon per host; every host runs `dffs get URL -O FILE`
+                 through its daemon. Secure, as by default: mutual TLS between members from a
+                 cluster key, signed piece requests, pieces checked against anchored digests
+  dffs insecure  the same with every member started with `--insecure` (plain-text gRPC, unsigned
+                 piece requests): what security costs is dffs / dffs insecure in the same run
+                 (`--no-insecure` leaves it out)
 
-Both are cold in every run: the output files are deleted before it, and for
+Every contender is cold in every run: the output files are deleted before it, and for
 dffs the scheduler, the seed and every daemon are started afresh with empty
 data dirs (untimed) — no run inherits pieces from the one before. The origin's
 copy is in its page cache for both (read just before, untimed). Time is wall
@@ -20,8 +24,8 @@ with the object afterwards (untimed).
 Prints the harness's table, ratios and one JSON line. Root only (namespaces).
 Usage:
 
-  .venv/bin/python scripts/bench/p2p.py [--size-mib 256] [--hosts 5] [--origin-rate 800mbit] [--runs 3] [--smoke]
-                                        [--keep-logs DIR]
+  .venv/bin/python scripts/bench/p2p.py [--size-mib 256] [--hosts 5] [--origin-rate 800mbit] [--runs 3]
+      [--no-insecure] [--smoke] [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ def main() -> None:
         metavar="DIR",
         help="copy each dffs run's scheduler and daemon logs to DIR/run-N (what the simulator's model is checked on)",
     )
+    p.add_argument(
+        "--no-insecure", dest="insecure", action="store_false", help="leave out the `dffs insecure` contender"
+    )
     args = harness.parse(p, size_mib=(256, 8), hosts=(5, 2))
     size = args.size_mib * MiB
     if args.workdir:
@@ -72,13 +79,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dffs-p2p.", dir=args.workdir))
     bench = harness.Bench(
         "p2p",
-        contenders=["dffs", "curl"],
+        contenders=["dffs", *(["dffs insecure"] if args.insecure else []), "curl"],
         figures=[
             harness.Figure("time to the last host", "s", lower_is_better=True),
             harness.Figure("origin egress", "MiB", lower_is_better=True, digits=1),
         ],
-        comparisons=[harness.Comparison("dffs", "curl")],
-        params={"size_bytes": size, "hosts": args.hosts, "origin_rate": args.origin_rate, "smoke": args.smoke},
+        comparisons=[
+            harness.Comparison("dffs", "curl"),
+            *(
+                [harness.Comparison("dffs", "dffs insecure"), harness.Comparison("dffs insecure", "curl")]
+                if args.insecure
+                else []
+            ),
+        ],
+        params={
+            "size_bytes": size,
+            "hosts": args.hosts,
+            "origin_rate": args.origin_rate,
+            "insecure_contender": args.insecure,
+            "smoke": args.smoke,
+        },
         runs=args.runs,
     )
     try:
@@ -93,7 +113,7 @@ def main() -> None:
                 url = origin.url("object.bin")
 
                 def outputs(who: str) -> list[Path]:
-                    return [work / f"{who}-{p.name}.bin" for p in peers]
+                    return [work / f"{who.replace(' ', '-')}-{p.name}.bin" for p in peers]
 
                 def downloads(who: str) -> list[subprocess.Popen[str]]:
                     """Every host's download, started at once: curl on the host, `dffs get`
@@ -117,8 +137,10 @@ def main() -> None:
                     for out in outputs(who):
                         out.unlink(missing_ok=True)
                     with ExitStack() as run_stack:  # this run's dffs processes, stopped in reverse
-                        if who == "dffs":
-                            start_dffs_cluster(run_stack, net, work, sched_host, seed_host, peers)
+                        if who != "curl":
+                            start_dffs_cluster(
+                                run_stack, net, work, sched_host, seed_host, peers, insecure=who == "dffs insecure"
+                            )
                         warm_page_cache(obj)
                         origin.clear_log()
                         started = time.perf_counter()
