@@ -1,10 +1,10 @@
 """The benchmarks in scripts/bench/ keep working: each runs in --smoke mode, and the harness they share
 is checked on its own.
 
-The smoke runs are real (nginx, FUSE mounts, rclone, network namespaces with tc, containerd, a registry),
-at tiny sizes; their figures mean nothing and are not checked, only that each script finishes, prints a
-JSON line of the harness's shape covering every contender in alternating order, and leaves no process,
-mount or namespace behind.
+The smoke runs are real (nginx, FUSE mounts, rclone, network namespaces with tc, containerd, a registry,
+the piece upload server and client), at tiny sizes; their figures mean nothing and are not checked, only
+that each script finishes, prints a JSON line of the harness's shape covering every contender in
+alternating order, and leaves no process, mount or namespace behind.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ FIGURES = {
         for what in ("cold", "warm", "first batch", "origin requests/file", "listing requests", "mount CPU/file")
     }
     | {"parquet origin MB", "listing seconds", "listing requests", "S3 listing seconds", "S3 listing requests"},
+    "pieces": {"throughput", "client CPU", "server CPU", "piece request", "connections"},
 }
 CONTENDERS = {
     "source_throughput": {
@@ -153,9 +154,10 @@ CONTENDERS = {
         "curl -> /dev/null",
     },
     "mount": {"dffs", "rclone", "local file"},
-    "p2p": {"dffs", "curl"},
+    "p2p": {"dffs", "dffs insecure", "curl"},
     "proxy": {"mirror", "direct"},
     "dataset": {"dffs", "rclone"},
+    "pieces": {"signed", "insecure", "tls"},
 }
 RUNS = 2  # two runs: the second one must be in the reverse order
 
