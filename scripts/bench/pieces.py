@@ -258,7 +258,7 @@ def main() -> None:
             harness.Figure("client CPU", "s/GiB", lower_is_better=True),
             harness.Figure("server CPU", "s/GiB", lower_is_better=True),
             harness.Figure("piece request", "us", lower_is_better=True, digits=0),
-            harness.Figure("connections", "", lower_is_better=True, digits=0),
+            harness.Figure("connections", "count", lower_is_better=True, digits=0),
         ],
         comparisons=[
             harness.Comparison("signed", "insecure"),
