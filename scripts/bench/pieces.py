@@ -25,7 +25,8 @@ sessions; the content file is in the page cache for all (read just before,
 untimed), as a parent's freshly fetched pieces are. Loopback only.
 Usage:
 
-  .venv/bin/python scripts/bench/pieces.py [--size-mib 1024] [--streams 8] [--requests 4000] [--runs 3] [--smoke]
+  .venv/bin/python scripts/bench/pieces.py [--size-mib 1024] [--streams 8] [--requests 4000] [--runs 3]
+      [--contenders signed,insecure,tls] [--smoke]
 """
 
 from __future__ import annotations
@@ -239,6 +240,11 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=8, help="concurrent piece fetches (the P2P fetcher's 8)")
     p.add_argument("--requests", type=int, help="tiny-piece requests timed one by one (default 4000; --smoke: 20)")
     p.add_argument("--workdir", default=None, help="where the run's temp dir goes (default: the system's)")
+    p.add_argument(
+        "--contenders",
+        default=",".join(MODES),
+        help=f"comma-separated, of {', '.join(MODES)} (default: all; one alone, e.g. to profile it)",
+    )
     p.add_argument("--serve", choices=MODES, help=argparse_hidden())
     p.add_argument("--data-dir", help=argparse_hidden())
     p.add_argument("--key", help=argparse_hidden())
@@ -246,13 +252,16 @@ def main() -> None:
     if args.serve:
         serve(args.serve, Path(args.data_dir), Path(args.key))
         return
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if not contenders or not set(contenders) <= set(MODES):
+        p.error(f"--contenders: choose from {', '.join(MODES)}")
     size = args.size_mib * MiB
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dffs-pieces.", dir=args.workdir))
     bench = harness.Bench(
         "pieces",
-        contenders=list(MODES),
+        contenders=contenders,
         figures=[
             harness.Figure("throughput", "GB/s"),
             harness.Figure("client CPU", "s/GiB", lower_is_better=True),
@@ -261,9 +270,9 @@ def main() -> None:
             harness.Figure("connections", "count", lower_is_better=True, digits=0),
         ],
         comparisons=[
-            harness.Comparison("signed", "insecure"),
-            harness.Comparison("tls", "insecure"),
-            harness.Comparison("signed", "tls"),
+            harness.Comparison(a, b)
+            for a, b in (("signed", "insecure"), ("tls", "insecure"), ("signed", "tls"))
+            if a in contenders and b in contenders
         ],
         params={
             "size_bytes": size,
