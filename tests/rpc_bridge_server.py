@@ -16,7 +16,7 @@ import trio
 from google.protobuf import empty_pb2
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, manager_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from dffs.rpc import open_grpc_server, trio_stream_stream, trio_stream_unary, trio_unary, trio_unary_stream
+from dffs.rpc.bridge import open_grpc_server, trio_stream_stream, trio_stream_unary, trio_unary, trio_unary_stream
 
 
 class Recorder:

@@ -28,7 +28,9 @@ from dffs.api import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from dffs.rpc import (
+from dffs.rpc.bridge import (
+    _END,
+    _Handoff,
     client_target,
     insecure_channel,
     is_unix_address,
@@ -40,7 +42,6 @@ from dffs.rpc import (
     trio_unary,
     unary,
 )
-from dffs.rpc.bridge import _END, _Handoff
 
 SERVER_SCRIPT = Path(__file__).with_name("rpc_bridge_server.py")
 
