@@ -174,6 +174,48 @@ def test_hard_linked_content_is_detached_before_change(tmp_path):
     store.close()
 
 
+def test_a_piece_written_while_the_content_is_detached_lands_in_the_private_copy(tmp_path, monkeypatch):
+    """The soak's wrong bytes: a pwrite in flight (outside the lock) while a removal detached the
+    hard-linked content went to the old file (or a descriptor number reused by another file).
+    The detach must wait for it, and keep the descriptor number readers already hold."""
+    import threading
+
+    from dffs.storage import task as task_module
+
+    store = TaskStore.create(tmp_path / "t", make_meta(size=3 * PIECE))
+    fill(store, [0, 1])
+    exported = tmp_path / "out"
+    os.link(store.content_path, exported)
+    fd_before = store.content_fd
+    started, go = threading.Event(), threading.Event()
+    real_pwrite = task_module._pwrite_all
+
+    def held_pwrite(fd, view, offset):  # instrumentation: hold the write in flight, then write for real
+        started.set()
+        assert go.wait(30)
+        real_pwrite(fd, view, offset)
+
+    monkeypatch.setattr(task_module, "_pwrite_all", held_pwrite)
+    writer = threading.Thread(target=store.write_piece, args=(2, piece_bytes(2)))
+    writer.start()
+    assert started.wait(30)
+    remover = threading.Thread(target=store.remove_piece, args=(1,))
+    remover.start()
+    remover.join(1)  # let the removal reach the detach (with the fix it waits there for the write)
+    go.set()
+    writer.join(30)
+    remover.join(30)
+    assert not writer.is_alive() and not remover.is_alive()
+    assert store.content_fd == fd_before
+    assert os.stat(exported).st_nlink == 1
+    assert exported.read_bytes()[: 2 * PIECE] == piece_bytes(0) + piece_bytes(1)  # the user's file untouched
+    store.close()
+    again = TaskStore.open(tmp_path / "t")
+    assert again.present_pieces() == [0, 2]
+    assert again.read_piece(2) == piece_bytes(2)  # verified against its digest: the bytes are there
+    again.close()
+
+
 def test_manager_open_create_delete_and_usage(tmp_path):
     manager = StorageManager(tmp_path / "data")
     assert manager.open_task(TID) is None

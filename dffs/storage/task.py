@@ -152,6 +152,10 @@ class TaskStore:
         self._present = present
         self._verified: set[int] = set()
         self._lock = threading.Lock()
+        #: ``pwrite``s of piece bytes in flight (outside the lock): a detach waits for them, or a
+        #: write landing in the old file after its copy would be recorded but missing.
+        self._content_writes = 0
+        self._content_writes_done = threading.Condition(self._lock)
         self._memory = memory
         self._on_usage_change = on_usage_change or (lambda delta: None)
         #: Called with a new piece's length before it is written (the GC makes room);
@@ -429,25 +433,42 @@ class TaskStore:
         must not hold disk space on a full disk); on ENOSPC the ``reclaim`` hook (the GC, when a
         quota is set) may free cold pieces, and the write is tried once more."""
         for attempt in (1, 2):
-            try:
-                _pwrite_all(self._content_fd, view, span.offset)
+            error = self._pwrite_counted(number, span, view)
+            if error is None:
                 return
-            except OSError as exc:
-                if number not in self._present:
-                    _punch_hole(self._content_fd, span.offset, span.length)
-                freed = 0
-                if exc.errno == errno.ENOSPC and attempt == 1 and self._reclaim is not None:
-                    freed = self._reclaim(span.length)
-                    log.warning(
-                        "task=%s piece=%d event=disk_full dir=%s action=%s freed=%d",
-                        self.task_id,
-                        number,
-                        self.directory.parent.parent.parent,
-                        "retry" if freed else "fail",
-                        freed,
-                    )
-                if not freed:
-                    raise self._write_error(number, "writing", exc) from exc
+            # No write is counted here: the reclaim (the GC) may detach this very file.
+            freed = 0
+            if error.errno == errno.ENOSPC and attempt == 1 and self._reclaim is not None:
+                freed = self._reclaim(span.length)
+                log.warning(
+                    "task=%s piece=%d event=disk_full dir=%s action=%s freed=%d",
+                    self.task_id,
+                    number,
+                    self.directory.parent.parent.parent,
+                    "retry" if freed else "fail",
+                    freed,
+                )
+            if not freed:
+                raise self._write_error(number, "writing", error) from error
+
+    def _pwrite_counted(self, number: int, span: PieceSpan, view: memoryview) -> OSError | None:
+        """One ``pwrite`` of a piece, counted in flight so that a detach waits for it; a failed
+        one gives its blocks back. Returns the error, if any."""
+        with self._lock:
+            self._content_writes += 1
+            fd = self._content_fd
+        try:
+            _pwrite_all(fd, view, span.offset)
+            return None
+        except OSError as exc:
+            if number not in self._present:
+                _punch_hole(fd, span.offset, span.length)
+            return exc
+        finally:
+            with self._lock:
+                self._content_writes -= 1
+                if not self._content_writes:
+                    self._content_writes_done.notify_all()
 
     def _write_error(self, number: int, what: str, exc: OSError) -> StorageError:
         where = self.directory.parent.parent.parent  # DATA_DIR (tasks/<id[:2]>/<id>)
@@ -470,7 +491,10 @@ class TaskStore:
             if record is None or self._closed:
                 return 0
             reopened = self._open_files_locked()
-            self._detach_if_linked()
+            self._detach_if_linked()  # may wait for writes in flight, the lock released
+            if self._closed:
+                return 0
+            reopened = self._open_files_locked() or reopened
             # The hole first: on a full disk the record may not fit, and the blocks must go
             # anyway. A present record left over a hole fails verification, which every
             # piece passes before a process serves it, so the journal never lies to a reader.
@@ -614,6 +638,13 @@ class TaskStore:
         """
         if os.fstat(self._content_fd).st_nlink <= 1:
             return
+        while self._content_writes:  # releases the lock while it waits
+            self._content_writes_done.wait()
+        if self._closed:
+            return
+        self._open_files_locked()  # parked while we waited: reopen (the reopener's hook runs later)
+        if os.fstat(self._content_fd).st_nlink <= 1:
+            return
         tmp = self.directory / f".{CONTENT_FILE}.detach"
         fd = open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
@@ -628,8 +659,10 @@ class TaskStore:
         except BaseException:
             os.close(fd)
             raise
-        os.close(self._content_fd)
-        self._content_fd = fd
+        # The descriptor's number stays: readers that took it outside the lock (a FUSE read, an
+        # upload's dup) read the private copy from now on, never a file that reused the number.
+        os.dup2(fd, self._content_fd, inheritable=False)
+        os.close(fd)
         log.info("task=%s event=content_detached reason=hard_linked_output", self.task_id)
 
     def _compact_journal(self) -> None:
