@@ -25,6 +25,7 @@ from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, DigestMismatch, primary_error
 from dffs.fs.namespace import Namespace, fuse_error
 from dffs.fs.nodes import Node, attributes
+from dffs.fs.pagecache import PagePusher
 from dffs.fs.prefetch import Prefetcher
 from dffs.fs.readahead import SequentialDetector
 from dffs.idgen import pieces_for_range
@@ -78,6 +79,7 @@ class OpenFile:
     detector: SequentialDetector
     task: PeerTask | None = None
     prefetched_whole: bool = False
+    closed: bool = False
 
 
 def _eio_on_surprise(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -104,13 +106,23 @@ class DffsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, tasks: TaskManager, policy: ReadPolicy, data_dir, prefetcher: Prefetcher):
+    def __init__(
+        self,
+        namespace: Namespace,
+        tasks: TaskManager,
+        policy: ReadPolicy,
+        data_dir,
+        prefetcher: Prefetcher,
+        pusher: PagePusher | None = None,
+    ):
         super().__init__()
         self.ns = namespace
         self.tasks = tasks
         self.policy = policy
         self.data_dir = data_dir
         self.prefetcher = prefetcher
+        #: Pushes the sequential readahead's pieces into the kernel's page cache (None: the reader asks for them).
+        self.pusher = pusher
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[Node]] = {}
@@ -213,6 +225,8 @@ class DffsOperations(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self._files.pop(fh, None)
+        if handle is not None:
+            handle.closed = True
         if handle is not None and handle.task is not None:
             handle.task.release()
 
@@ -379,7 +393,17 @@ class DffsOperations(pyfuse3.Operations):
             return
         window = handle.detector.on_read(off, size)
         if window:
-            self.prefetcher.schedule(task, pieces_for_range(off + size, window, meta.content_length, meta.piece_length))
+            pieces = pieces_for_range(off + size, window, meta.content_length, meta.piece_length)
+            push = functools.partial(self._push_fetched, handle, task) if self.pusher is not None else None
+            self.prefetcher.schedule(task, pieces, push)
+
+    def _push_fetched(self, handle: OpenFile, task: PeerTask, number: int) -> None:
+        """A readahead piece arrived while its reader streams: into the page cache with it,
+        but not the bytes the reader has already asked for."""
+        if self.pusher is None or handle.closed or handle.task is not task:
+            return
+        reader_at = handle.detector.next_offset or 0
+        self.pusher.push(handle.node.inode, task, number, start=reader_at - task.store.span(number).offset)
 
     # ------------------------------------------------------------ writes
     async def _read_only(self, *args, **kwargs):
