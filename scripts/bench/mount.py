@@ -38,8 +38,10 @@ Every sequential read is `dd bs=1M` to /dev/null. Each run, for each contender:
                      the peak RSS and the RSS once the read has ended
 
 `--variant NAME=KEY=VALUE[,KEY=VALUE...]` adds a contender "dffs NAME": dffs with
-those mount settings (a TOML config file, e.g. `push_pieces=false`), measured in the
-same runs, for before/after figures of one lever. Mounts start untimed and are
+those mount settings (a TOML config file, e.g. `push_pieces=false`); `--tree NAME=DIR`
+one that runs another checkout's dffs (`PYTHONPATH=DIR`, e.g. main before a change).
+Both are measured in the same runs (sequential phases only), for before/after figures
+of one lever. Mounts start untimed and are
 unmounted before the next phase's cache is emptied. The file read through each mount
 is compared with the original after the sequential phases (untimed). Prints the
 harness's table, ratios and one JSON line. Root (FUSE, drop_caches). Usage:
@@ -77,14 +79,25 @@ class Mount:
     ``file`` (and ``also``) are looked up (stat), so their metadata is known before any
     timed read."""
 
-    def __init__(self, name: str, argv: list[str], mountpoint: Path, ready: Path, files: list[Path], log: Path):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        mountpoint: Path,
+        ready: Path,
+        files: list[Path],
+        log: Path,
+        env: dict[str, str] | None = None,
+    ):
         self.name, self.argv, self.mountpoint, self.ready, self.log_path = name, argv, mountpoint, ready, log
-        self.files = files
+        self.files, self.env = files, env
 
     def __enter__(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
         deadline = time.monotonic() + 30
         while not (is_mounted(self.mountpoint) and _listed(self.ready)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -209,11 +222,18 @@ def main() -> None:
     p.add_argument("--random-reads", type=int, help="random 4 KiB reads per run (default 200; --smoke: 20; 0: none)")
     p.add_argument("--stream-mib", type=int, help="streamed object's size (default 4096; --smoke: 32; 0: none)")
     p.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE,...: dffs with other settings")
+    p.add_argument("--tree", action="append", default=[], help="NAME=DIR: another checkout's dffs")
     p.add_argument("--workdir", default="/var/tmp/dffs-bench-mount")
     args = harness.parse(p, size_mib=(1024, 16), random_reads=(200, 20), stream_mib=(4096, 32))
     if not shutil.which("rclone"):
         sys.exit("rclone is not installed: run scripts/setup.sh (it installs Debian's rclone)")
     variants = dict(parse_variant(v) for v in args.variant)
+    trees = {}
+    for text in args.tree:
+        name, _, directory = text.partition("=")
+        if not name or not Path(directory, "dffs", "__init__.py").is_file():
+            raise SystemExit(f"bad --tree {text!r}: expected NAME=DIR with DIR/dffs in it")
+        trees[f"dffs {name}"] = str(Path(directory).resolve())
     size, stream_size = args.size_mib * MiB, args.stream_mib * MiB
     work = Path(args.workdir)
     obj, stream_obj = work / "www" / "object.bin", work / "www" / "stream.bin"
@@ -225,7 +245,7 @@ def main() -> None:
     for name, settings in variants.items():
         configs[f"dffs {name}"] = state / f"variant-{len(configs)}.toml"
         configs[f"dffs {name}"].write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
-    dffs_like = ["dffs", *configs]
+    dffs_like = ["dffs", *configs, *trees]
     mounts = [*dffs_like, "rclone"]
 
     figures = [
@@ -256,13 +276,14 @@ def main() -> None:
             *(harness.Comparison(who, "rclone") for who in dffs_like),
             *(harness.Comparison(who, "curl", ("cold sequential",)) for who in dffs_like),
             *(harness.Comparison(who, "local file", local_figures) for who in dffs_like),
-            *(harness.Comparison(who, "dffs") for who in configs),
+            *(harness.Comparison("dffs", who) for who in [*configs, *trees]),
         ],
         params={
             "size_bytes": size,
             "random_reads": args.random_reads,
             "stream_bytes": stream_size,
             "variants": variants,
+            "trees": trees,
             "workdir": str(work),
             "smoke": args.smoke,
         },
@@ -284,15 +305,17 @@ def main() -> None:
                     argv += ["--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "0"]
                     if name in configs:
                         argv += ["--config", str(configs[name])]
+                    env = {**os.environ, "PYTHONPATH": trees[name]} if name in trees else None
                     base, ready = mnt / "http" / f"127.0.0.1:{port}", mnt / "http"
                 else:
+                    env = None
                     argv = ["rclone", "mount", ":http:", str(mnt), "--http-url", f"{origin.base_url}/"]
                     argv += ["--vfs-cache-mode", "full", "--read-only", "--cache-dir", str(cache)]
                     argv += ["--config", "/dev/null"]
                     base = mnt
                     ready = mnt / obj.name
                 path = base / obj.name
-                return Mount(name, argv, mnt, ready, [path], log), path, cache
+                return Mount(name, argv, mnt, ready, [path], log, env), path, cache
 
             def sequential(name: str) -> dict[str, float]:
                 made, path, cache = mount(name)
@@ -369,9 +392,9 @@ def main() -> None:
                     bench.record(run_number, who, curl())
                 else:
                     values = sequential(who)
-                    if args.random_reads:
+                    if args.random_reads and who in ("dffs", "rclone"):
                         values |= randomly(who, seed=run_number)
-                    if stream_size:
+                    if stream_size and who in ("dffs", "rclone"):
                         values |= stream(who)
                     bench.record(run_number, who, values)
     finally:
