@@ -97,3 +97,26 @@ def test_one_mib_requests_across_a_piece_boundary_and_at_the_end(tmp_path, nginx
     counters = unmount_counters(m)
     assert counters["read_errors"] == 0
     assert counters["reads"] == len(offsets)  # one request per 1 MiB pread
+
+
+def test_after_a_remount_readahead_verifies_pieces_on_disk_ahead_of_the_reader(
+    tmp_path, nginx_origin, make_file, mount
+):
+    """A restarted mount has the pieces on disk but has verified none: the readahead reads and
+    hashes them ahead (in threads), so a sequential reader does not wait for each piece's disk
+    read in turn. The origin sends nothing the second time."""
+    www = tmp_path / "www"
+    size = 8 * PIECE
+    digest = make_file(www / "big.bin", size, seed=6)
+    origin = nginx_origin(www)
+    first = mount()
+    path = first.mountpoint / f"http/127.0.0.1:{origin.port}/big.bin"
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"], check=True, timeout=120)
+    assert first.stop() == 0
+    origin.clear_log()
+    again = mount()  # the same name: the same data dir
+    out = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True, check=True, timeout=120)
+    assert hashlib.sha256(out.stdout).hexdigest() == digest
+    assert again.stop() == 0
+    assert origin.body_bytes("/big.bin") == 0
+    assert unmount_counters(again)["prefetched"] > 0

@@ -223,10 +223,11 @@ async def serve(cfg: MountConfig, tasks: TaskManager, *, task_status=trio.TASK_S
             pyfuse3.close(unmount=True)
         counters = " ".join(f"{k}={v}" for k, v in operations.counters.items())
         log.info(
-            "event=unmounted mountpoint=%s %s origin_metadata_requests=%d pushed_bytes=%d",
+            "event=unmounted mountpoint=%s %s origin_metadata_requests=%d prefetched=%d pushed_bytes=%d",
             mountpoint,
             counters,
             operations.ns.origin_requests,
+            operations.prefetcher.fetched,
             operations.pusher.pushed_bytes if operations.pusher else 0,
         )
 

@@ -46,6 +46,8 @@ PREFETCH_MODES = ("none", "sequential", "whole")
 #: Reads up to this size of a piece nobody has fetched yet are answered from
 #: a sub-range request first (see PeerTask.read_cold).
 COLD_READ_MAX = 256 * 1024
+#: Bytes past the furthest request that a page push leaves to the reader's own requests.
+PUSH_MARGIN = 1 << 20
 
 
 @attrs.frozen
@@ -80,6 +82,8 @@ class OpenFile:
     task: PeerTask | None = None
     prefetched_whole: bool = False
     closed: bool = False
+    #: The furthest byte the kernel has asked for, counting requests still waiting for their piece.
+    requested_end: int = 0
 
 
 def _eio_on_surprise(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -287,6 +291,7 @@ class DffsOperations(pyfuse3.Operations):
         if off >= meta.content_length or size <= 0:
             return b""
         size = min(size, meta.content_length - off)
+        handle.requested_end = max(handle.requested_end, off + size)
         needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
         # Pinned from before the wait until the bytes are copied: the GC never
         # evicts a piece between "present" and the pread.
@@ -399,11 +404,12 @@ class DffsOperations(pyfuse3.Operations):
 
     def _push_fetched(self, handle: OpenFile, task: PeerTask, number: int) -> None:
         """A readahead piece arrived while its reader streams: into the page cache with it,
-        but not the bytes the reader has already asked for."""
+        but not the bytes the reader has already asked for (nor the next request's worth, which
+        the kernel may be asking for now): those are answered anyway, a push would copy them twice."""
         if self.pusher is None or handle.closed or handle.task is not task:
             return
-        reader_at = handle.detector.next_offset or 0
-        self.pusher.push(handle.node.inode, task, number, start=reader_at - task.store.span(number).offset)
+        asked = handle.requested_end + PUSH_MARGIN
+        self.pusher.push(handle.node.inode, task, number, start=asked - task.store.span(number).offset)
 
     # ------------------------------------------------------------ writes
     async def _read_only(self, *args, **kwargs):

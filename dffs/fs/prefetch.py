@@ -1,6 +1,7 @@
 """Background piece fetches under one global budget.
 
-Readahead and ``--prefetch whole`` schedule pieces here; at most
+Readahead and ``--prefetch whole`` schedule pieces here (absent ones are fetched,
+ones on disk but not yet verified by this process are read and verified); at most
 ``concurrency`` of them are in flight across every file and handle, so their
 buffers (``concurrency`` x piece length) are the whole memory they cost.
 Reads that need a piece *now* call PeerTask.ensure_piece directly and never
@@ -36,7 +37,7 @@ class Prefetcher:
         """Fetch these pieces in the background; ``on_fetched(number)`` after each one this fetched."""
         for number in pieces:
             key = (task.task_id, number)
-            if key in self._queued or task.store.has_piece(number) or task.is_inflight(number):
+            if key in self._queued or task.store.is_verified(number) or task.is_inflight(number):
                 continue
             if len(self._queued) >= self.max_queued:
                 return
@@ -48,8 +49,11 @@ class Prefetcher:
     ) -> None:
         try:
             async with self._limiter:
-                if not task.store.has_piece(number):
-                    await task.fetch_piece(number)
+                if not task.store.is_verified(number):
+                    # A piece on disk from an earlier process is verified ahead too (read and
+                    # hashed in a thread): after a restart or a dropped page cache the reader
+                    # would otherwise wait for each piece's disk read in turn.
+                    await task.ensure_piece(number)
                     self.fetched += 1
                     if on_fetched is not None:
                         on_fetched(number)
