@@ -43,7 +43,9 @@ def test_sequential_read_gets_pushed_pages_with_the_right_bytes(tmp_path, nginx_
     size = 10 * PIECE + 1234  # a short last piece: the push ends exactly at the file's end
     digest = make_file(www / "big.bin", size, seed=3)
     origin = nginx_origin(www)
-    m = mount()
+    config = tmp_path / "mount.toml"
+    config.write_text("push_pieces = true\n")
+    m = mount("--config", str(config))
     path = m.mountpoint / f"http/127.0.0.1:{origin.port}/big.bin"
     out = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True, check=True, timeout=120)
     assert hashlib.sha256(out.stdout).hexdigest() == digest
@@ -56,14 +58,12 @@ def test_sequential_read_gets_pushed_pages_with_the_right_bytes(tmp_path, nginx_
     assert counters["read_errors"] == 0
 
 
-def test_without_pushes_every_byte_is_a_read_request(tmp_path, nginx_origin, make_file, mount):
+def test_by_default_nothing_is_pushed_and_every_byte_is_a_read_request(tmp_path, nginx_origin, make_file, mount):
     www = tmp_path / "www"
     size = 6 * PIECE
     digest = make_file(www / "big.bin", size, seed=4)
     origin = nginx_origin(www)
-    config = tmp_path / "mount.toml"
-    config.write_text("push_pieces = false\n")
-    m = mount("--config", str(config))
+    m = mount()
     path = m.mountpoint / f"http/127.0.0.1:{origin.port}/big.bin"
     out = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True, check=True, timeout=120)
     assert hashlib.sha256(out.stdout).hexdigest() == digest

@@ -57,8 +57,10 @@ class MountConfig:
     #: comes from the mount's own piece prefetcher, and cold `cat` measured the same at 512 KiB and 4 MiB.
     read_ahead_kb: int = 512
     #: Push sequential readahead's pieces into the kernel's page cache (FUSE notify_store), so the reader
-    #: gets them without a read request each (see dffs.fs.pagecache).
-    push_pieces: bool = True
+    #: gets them without a read request each (see dffs.fs.pagecache). Off: on the 2-core VM a cold read is
+    #: CPU-bound and the reader waits at the piece being fetched, so most pushes copy bytes the kernel has
+    #: already asked for; it cost CPU and gained no speed there (docs/benchmarks.md).
+    push_pieces: bool = False
     allow_other: bool = True
 
 
