@@ -282,6 +282,7 @@ def main() -> None:
             "size_bytes": size,
             "random_reads": args.random_reads,
             "stream_bytes": stream_size,
+            "targets": "cold sequential dffs/rclone >= 2 and dffs/curl >= 0.5; warm dffs/local file >= 0.5",
             "variants": variants,
             "trees": trees,
             "workdir": str(work),
