@@ -20,6 +20,7 @@ from dffs.fs.listing_cache import ListingCache
 from dffs.fs.manifest import load_manifest
 from dffs.fs.namespace import Namespace
 from dffs.fs.operations import PREFETCH_MODES, DffsOperations, ReadPolicy
+from dffs.fs.pagecache import PagePusher
 from dffs.fs.prefetch import Prefetcher
 from dffs.peertask import TaskManager
 from dffs.source import HttpOptions, SourceRegistry
@@ -55,6 +56,11 @@ class MountConfig:
     #: from the origin (a Parquet column chunk pulled 3 pieces instead of 2 at 4 MiB); sequential speed
     #: comes from the mount's own piece prefetcher, and cold `cat` measured the same at 512 KiB and 4 MiB.
     read_ahead_kb: int = 512
+    #: Push sequential readahead's pieces into the kernel's page cache (FUSE notify_store), so the reader
+    #: gets them without a read request each (see dffs.fs.pagecache). Off: on the 2-core VM a cold read is
+    #: CPU-bound and the reader waits at the piece being fetched, so most pushes copy bytes the kernel has
+    #: already asked for; it cost CPU and gained no speed there (docs/benchmarks.md).
+    push_pieces: bool = False
     allow_other: bool = True
 
 
@@ -162,7 +168,8 @@ def build(cfg: MountConfig, tasks: TaskManager) -> DffsOperations:
         entry_timeout=cfg.metadata_ttl,
     )
     prefetcher = Prefetcher(concurrency=cfg.prefetch_concurrency)
-    return DffsOperations(namespace, tasks, policy, cfg.data_dir, prefetcher)
+    pusher = PagePusher() if cfg.push_pieces else None
+    return DffsOperations(namespace, tasks, policy, cfg.data_dir, prefetcher, pusher)
 
 
 def standalone_sources(cfg: MountConfig) -> SourceRegistry:
@@ -208,7 +215,7 @@ async def serve(cfg: MountConfig, tasks: TaskManager, *, task_status=trio.TASK_S
     log.info("event=mounted mountpoint=%s data_dir=%s", mountpoint, cfg.data_dir)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal)
+            nursery.start_soon(_stop_on_signal, operations.pusher)
             nursery.start_soon(_tune_read_ahead, mountpoint, cfg.read_ahead_kb)
             task_status.started(operations)
             await pyfuse3.main()
@@ -218,10 +225,12 @@ async def serve(cfg: MountConfig, tasks: TaskManager, *, task_status=trio.TASK_S
             pyfuse3.close(unmount=True)
         counters = " ".join(f"{k}={v}" for k, v in operations.counters.items())
         log.info(
-            "event=unmounted mountpoint=%s %s origin_metadata_requests=%d",
+            "event=unmounted mountpoint=%s %s origin_metadata_requests=%d prefetched=%d pushed_bytes=%d",
             mountpoint,
             counters,
             operations.ns.origin_requests,
+            operations.prefetcher.fetched,
+            operations.pusher.pushed_bytes if operations.pusher else 0,
         )
 
 
@@ -238,10 +247,13 @@ async def _tune_read_ahead(mountpoint: Path, kb: int) -> None:
     set_read_ahead(mountpoint, kb)
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(pusher: PagePusher | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("event=signal signal=%s action=unmount", signal.Signals(signum).name)
+            if pusher is not None:
+                with trio.move_on_after(10):  # pushes end once the reads they wait for are answered
+                    await pusher.stop()
             pyfuse3.terminate()
             return
 
@@ -281,6 +293,8 @@ async def serve_layers(
         log.info("event=layers_mounted mountpoint=%s keeper=reconnected", mountpoint)
     if namespace is not None:
         log.info("event=mounted mountpoint=%s with=layers", mountpoint)
+    if namespace is not None:
+        namespace.pusher = None  # the keeper relays requests and replies; it has no path for notify messages
     operations = MultiplexOperations(namespace, layers)
     fd = conn.detach()
     try:

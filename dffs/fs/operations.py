@@ -25,6 +25,7 @@ from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, DigestMismatch, primary_error
 from dffs.fs.namespace import Namespace, fuse_error
 from dffs.fs.nodes import Node, attributes
+from dffs.fs.pagecache import PagePusher
 from dffs.fs.prefetch import Prefetcher
 from dffs.fs.readahead import SequentialDetector
 from dffs.idgen import pieces_for_range
@@ -45,6 +46,8 @@ PREFETCH_MODES = ("none", "sequential", "whole")
 #: Reads up to this size of a piece nobody has fetched yet are answered from
 #: a sub-range request first (see PeerTask.read_cold).
 COLD_READ_MAX = 256 * 1024
+#: Bytes past the furthest request that a page push leaves to the reader's own requests.
+PUSH_MARGIN = 1 << 20
 
 
 @attrs.frozen
@@ -78,6 +81,9 @@ class OpenFile:
     detector: SequentialDetector
     task: PeerTask | None = None
     prefetched_whole: bool = False
+    closed: bool = False
+    #: The furthest byte the kernel has asked for, counting requests still waiting for their piece.
+    requested_end: int = 0
 
 
 def _eio_on_surprise(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -104,13 +110,23 @@ class DffsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, tasks: TaskManager, policy: ReadPolicy, data_dir, prefetcher: Prefetcher):
+    def __init__(
+        self,
+        namespace: Namespace,
+        tasks: TaskManager,
+        policy: ReadPolicy,
+        data_dir,
+        prefetcher: Prefetcher,
+        pusher: PagePusher | None = None,
+    ):
         super().__init__()
         self.ns = namespace
         self.tasks = tasks
         self.policy = policy
         self.data_dir = data_dir
         self.prefetcher = prefetcher
+        #: Pushes the sequential readahead's pieces into the kernel's page cache (None: the reader asks for them).
+        self.pusher = pusher
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[Node]] = {}
@@ -213,6 +229,8 @@ class DffsOperations(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self._files.pop(fh, None)
+        if handle is not None:
+            handle.closed = True
         if handle is not None and handle.task is not None:
             handle.task.release()
 
@@ -273,6 +291,7 @@ class DffsOperations(pyfuse3.Operations):
         if off >= meta.content_length or size <= 0:
             return b""
         size = min(size, meta.content_length - off)
+        handle.requested_end = max(handle.requested_end, off + size)
         needed = pieces_for_range(off, size, meta.content_length, meta.piece_length)
         # Pinned from before the wait until the bytes are copied: the GC never
         # evicts a piece between "present" and the pread.
@@ -379,7 +398,18 @@ class DffsOperations(pyfuse3.Operations):
             return
         window = handle.detector.on_read(off, size)
         if window:
-            self.prefetcher.schedule(task, pieces_for_range(off + size, window, meta.content_length, meta.piece_length))
+            pieces = pieces_for_range(off + size, window, meta.content_length, meta.piece_length)
+            push = functools.partial(self._push_fetched, handle, task) if self.pusher is not None else None
+            self.prefetcher.schedule(task, pieces, push)
+
+    def _push_fetched(self, handle: OpenFile, task: PeerTask, number: int) -> None:
+        """A readahead piece arrived while its reader streams: into the page cache with it,
+        but not the bytes the reader has already asked for (nor the next request's worth, which
+        the kernel may be asking for now): those are answered anyway, a push would copy them twice."""
+        if self.pusher is None or handle.closed or handle.task is not task:
+            return
+        asked = handle.requested_end + PUSH_MARGIN
+        self.pusher.push(handle.node.inode, task, number, start=asked - task.store.span(number).offset)
 
     # ------------------------------------------------------------ writes
     async def _read_only(self, *args, **kwargs):

@@ -6,10 +6,22 @@ received with ``recv_into`` directly into the caller's buffer, with no
 intermediate copies; chunked and close-delimited bodies go through h11.
 scripts/bench/source_throughput.py measures the difference against h11
 alone (see docs/benchmarks.md): it is why this hybrid exists.
+
+Large body reads on plain TCP (a piece, ``THREAD_RECV_MIN`` bytes or more) are
+received in a worker thread, one blocking ``recv(MSG_WAITALL)`` for the whole
+buffer: the kernel fills it as the bytes arrive, with the GIL released, instead
+of the event loop waking for every few hundred KiB. On the 2-core VM the event
+loop is what limits a cold read through the mount (it also answers every FUSE
+request); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import struct
+import threading
 import time
 
 import h11
@@ -28,6 +40,11 @@ from dffs.source.http.protocol import (
 
 MAX_HEAD_BYTES = 64 * 1024
 _HEAD_READ = 16 * 1024
+#: Body reads of at least this many bytes go to a worker thread (see the module's docstring).
+THREAD_RECV_MIN = 1 << 20
+#: Receive threads across the process: apart from trio's default limiter, so blocked receives
+#: never hold the threads that store pieces.
+_RECV_THREADS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("dffs_recv_threads")
 
 
 class HttpConnection:
@@ -181,6 +198,8 @@ class HttpConnection:
         return got
 
     async def _recv_into(self, buffer: memoryview) -> int:
+        if self._socket is not None and len(buffer) >= THREAD_RECV_MIN:
+            return await self._recv_into_thread(buffer)
         try:
             with trio.fail_after(self.read_timeout):
                 if self._socket is not None:
@@ -192,6 +211,57 @@ class HttpConnection:
             raise RetryableSourceError(f"connection lost: {reason(exc)}") from None
         buffer[: len(data)] = data
         return len(data)
+
+    async def _recv_into_thread(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` (or up to the end of the stream) in a worker thread; silence for
+        ``read_timeout`` is a timeout, as on the event loop.
+
+        The thread works on a duplicate of the socket's descriptor, switched to blocking mode
+        for the call (the mode belongs to the shared open file: it is switched back before the
+        event loop may use the socket again). If the caller is cancelled meanwhile, the socket is
+        shut down so the thread returns at once; nothing writes into ``buffer`` after this returns.
+        """
+        assert self._socket is not None
+        try:
+            limiter = _RECV_THREADS.get()
+        except LookupError:
+            limiter = trio.CapacityLimiter(16)
+            _RECV_THREADS.set(limiter)
+        fd = os.dup(self._socket.fileno())
+        done = threading.Event()
+        timeout = struct.pack("ll", int(self.read_timeout), int((self.read_timeout % 1) * 1_000_000))
+
+        def receive() -> int:
+            sock = socket.socket(fileno=fd)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+                os.set_blocking(fd, True)
+                try:
+                    return sock.recv_into(buffer, len(buffer), socket.MSG_WAITALL)
+                finally:
+                    os.set_blocking(fd, False)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+            finally:
+                sock.close()  # closes the duplicate only
+                done.set()
+
+        try:
+            return await trio.to_thread.run_sync(receive, abandon_on_cancel=True, limiter=limiter)
+        except BlockingIOError:  # SO_RCVTIMEO expired with nothing received
+            raise RetryableSourceError(f"no data from the origin for {self.read_timeout:g}s") from None
+        except OSError as exc:
+            raise RetryableSourceError(f"connection lost: {reason(exc)}") from None
+        except BaseException:  # cancelled: stop the thread before the buffer goes back to anyone
+            if not done.is_set():
+                self._reusable = False  # the body is cut off: aclose() closes it
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError as exc:
+                    if exc.errno != errno.ENOTCONN:
+                        raise
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(done.wait)
+            raise
 
     async def _receive_some(self, max_bytes: int) -> bytes | bytearray:
         try:
