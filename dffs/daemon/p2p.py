@@ -57,7 +57,7 @@ MAX_FAILOVERS = 8
 FAILOVER_BACKOFF = 0.5
 FAILOVER_BACKOFF_MAX = 5.0
 #: How a stream ends when its scheduler went away (killed, restarted, unreachable).
-SCHEDULER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+SCHEDULER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class _SchedulerUnreachable(Exception):
@@ -488,6 +488,7 @@ class P2PFetcher:
                     )
                     continue
                 parent.active += 1
+                asked = trio.current_time()
                 try:
                     digest = await self.swarm.piece_client.fetch(
                         parent.ip,
@@ -511,6 +512,7 @@ class P2PFetcher:
                     continue
                 finally:
                     parent.active -= 1
+                parent.delivered(trio.current_time() - asked, len(buffer))
                 self._piece_parent[number] = parent.id
                 return False, digest
             if self.back_to_source or origin_now:
