@@ -50,6 +50,7 @@ from dffs.security.urls import RemoteUrlPolicy
 from dffs.snapshotter.component import Snapshotter
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.source import SourceRegistry
+from dffs.source.http import HttpOptions
 from dffs.storage import StorageManager
 from dffs.upload import PieceUploadServer
 from dffs.upload.client import PieceClient
@@ -82,7 +83,7 @@ class Daemon:
             addresses=[cfg.ip, *cfg.schedulers, *([cfg.manager] if cfg.manager else [])],
             cert_addresses=(cfg.ip,),
         )
-        self.sources = SourceRegistry()
+        self.sources = SourceRegistry(http_options=HttpOptions(attempts=cfg.origin_attempts))
         server_tls, client_tls = (
             self.transport.piece_tls() if cfg.data_plane == "tls" and self.transport.secure else (None, None)
         )

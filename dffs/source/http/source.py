@@ -253,17 +253,29 @@ class HttpSource:
         """Fill ``buffer`` with the object's bytes at ``offset``.
 
         Progress survives retries: after a reset at byte N of a piece, the
-        next attempt asks only for what is still missing.
+        next attempt asks only for what is still missing, and an attempt that
+        brought bytes starts a fresh budget of attempts (at most
+        ``MAX_PROGRESS_BUDGETS``): an origin that flaps every few seconds cuts a
+        slow piece several times, and each cut is progress, not a failure.
         """
         parse_target(url)
         filled = 0
-        async for attempt in self._retrying():
-            with attempt:
-                try:
-                    filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
-                except _Partial as exc:
-                    filled = exc.filled
-                    raise
+        for _ in range(MAX_PROGRESS_BUDGETS):
+            at_start = filled
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        try:
+                            filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
+                        except _Partial as exc:
+                            filled = exc.filled
+                            if filled > at_start:
+                                raise _Progressed(exc) from exc
+                            raise
+                return
+            except _Progressed as progressed:
+                last = progressed.cause
+        raise last
 
     async def _read_range_once(self, url, offset, buffer, filled, headers, validators) -> int:
         want = len(buffer) - filled
@@ -472,6 +484,18 @@ class HttpSource:
             if len(body) > limit:
                 raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
         return bytes(body)
+
+
+#: Fresh attempt budgets one ranged read may start, each after an attempt that brought bytes.
+MAX_PROGRESS_BUDGETS = 16
+
+
+class _Progressed(Exception):
+    """Not retryable by the budget it ends: read_range starts a fresh one (bytes arrived)."""
+
+    def __init__(self, cause: RetryableSourceError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Partial(RetryableSourceError):
