@@ -134,3 +134,29 @@ def test_a_parent_on_a_slow_link_is_routed_around(net, tmp_path, nginx_origin, m
         assert daemons["p2"].alive() and daemons["p1"].alive()
     finally:
         stop_all(sched, daemons)
+
+
+async def test_a_ranged_read_cut_again_and_again_with_progress_completes(faulty_origin):
+    """The unit under the flapping test: every attempt is cut after some bytes (more cuts than the
+    attempt budget), each brings bytes, so the read completes; a cut before any byte does not."""
+    from origins import Behavior
+
+    from dffs.source.http import HttpOptions, HttpSource
+
+    body = bytes(range(256)) * 4096  # 1 MiB
+    url = faulty_origin.add("/cut.bin", body, behavior=Behavior.truncate(after=64 * 1024, times=10))
+    source = HttpSource(HttpOptions(attempts=3, backoff_initial=0.01, backoff_max=0.05))
+    try:
+        buffer = memoryview(bytearray(len(body)))
+        await source.read_range(url, 0, buffer)
+        assert bytes(buffer) == body
+        assert faulty_origin.count("/cut.bin", "GET") > 3  # more attempts than one budget
+        before = faulty_origin.count("/cut.bin", "GET")
+        faulty_origin.set_behavior("/cut.bin", Behavior.reset(times=10))
+        from dffs.errors import SourceError
+
+        with pytest.raises(SourceError):
+            await source.read_range(url, 0, memoryview(bytearray(1024)))
+        assert 3 <= faulty_origin.count("/cut.bin", "GET") - before <= 6  # one budget when nothing arrives
+    finally:
+        await source.aclose()
