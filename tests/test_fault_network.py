@@ -64,7 +64,7 @@ class Flapper:
 
 @pytest.mark.slow
 def test_origin_flapping_during_a_swarm_download(net, tmp_path, nginx_origin, make_file):
-    size = 64 * MiB
+    size = 48 * MiB
     (tmp_path / "www").mkdir()
     digest = make_file(tmp_path / "www" / "flap.bin", size, seed=71)
     origin, sched, daemons = start_cluster(net, tmp_path, nginx_origin, peers=4, daemon_config=CONFIG)
@@ -100,14 +100,10 @@ def uploads(net, host) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "rate",
-    [
-        "1mbit",  # a crawl under the piece client's minimum rate: its transfers time out, then it is dropped
-        "20mbit",  # slow but steady: the measured cost sends the pieces to the fast parent
-    ],
-)
-def test_a_parent_on_a_slow_link_is_routed_around(net, tmp_path, nginx_origin, make_file, rate):
+def test_a_parent_on_a_crawling_link_is_routed_around(net, tmp_path, nginx_origin, make_file):
+    """p1's link shaped to 1mbit (125 kB/s, under the piece client's minimum rate): what p2 asks of
+    it before its cost is known times out at the piece deadline and comes from the seed; how the
+    measured cost keeps a slow-but-steady parent nearly idle is tests/test_piece_choice.py."""
     size = 64 * MiB
     (tmp_path / "www").mkdir()
     digest = make_file(tmp_path / "www" / "crawl.bin", size, seed=72)
@@ -118,7 +114,7 @@ def test_a_parent_on_a_slow_link_is_routed_around(net, tmp_path, nginx_origin, m
         for name in ("seed", "p1"):  # two parents that hold the whole file
             wait_ok(get(url, tmp_path / f"{name}.out", daemons[name]), name, daemons[name])
             (tmp_path / f"{name}.out").unlink()
-        net.limit(hosts["p1"], rate)
+        net.limit(hosts["p1"], "1mbit")
         net.limit(hosts["seed"], "100mbit")
         before = {name: uploads(net, hosts[name]) for name in ("seed", "p1")}
         proc = get(url, tmp_path / "p2.out", daemons["p2"])
