@@ -53,7 +53,7 @@ def test_scheduler_killed_mid_task_moves_to_the_next_scheduler(net, tmp_path, ng
     """The origin is slow, so the seed is still fetching when the scheduler dies: it reports its
     origin pieces to the next scheduler, which anchors them there; the children go on with their
     parents and the digests they learned, and get the new ones from the new scheduler."""
-    size = 40 * MiB
+    size = 64 * MiB  # 16 pieces: the seed's 8 workers fetch them in two rounds of ~20 s each
     (tmp_path / "www").mkdir()
     digest = make_file(tmp_path / "www" / "f.bin", size, seed=61)
 
@@ -67,9 +67,9 @@ def test_scheduler_killed_mid_task_moves_to_the_next_scheduler(net, tmp_path, ng
         url = f"http://{origin.host}:8080/f.bin"
         # the seed first, so the children find it with pieces (not the policy's back-to-source)
         procs = {"seed": get(url, tmp_path / "seed.out", daemons["seed"])}
-        wait_for(lambda: journaled(daemons["seed"]) >= 2, timeout=60, what="the seed to have pieces")
+        wait_for(lambda: journaled(daemons["seed"]) >= 1, timeout=90, what="the seed to have pieces")
         procs |= {name: get(url, tmp_path / f"{name}.out", daemons[name]) for name in ("p1", "p2")}
-        wait_for(lambda: journaled(daemons["p1"]) >= 2, timeout=60, what="p1 to have pieces")
+        wait_for(lambda: journaled(daemons["p1"]) >= 1, timeout=60, what="p1 to have pieces")
         talking = [s for s in scheds if "event=peer_registered" in s.output()]
         assert len(talking) == 1, "every peer of a task meets at one scheduler"
         dead, other = talking[0], next(s for s in scheds if s is not talking[0])
