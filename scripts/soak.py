@@ -348,26 +348,46 @@ class Load:
                 )
         finally:
             manifest.unlink(missing_ok=True)
+            manifest.with_suffix(".head").unlink(missing_ok=True)
         for blob in [doc["config"], *doc["layers"]]:
             path = self._curl(member, [f"{base}/{image.repo}/blobs/{blob['digest']}"])
             try:
                 self.stats.checked(blob["size"])
                 if "sha256:" + _sha256(path) != blob["digest"]:
                     self.stats.checked(0, wrong=blob["size"])
-                    raise WrongBytes(f"blob {blob['digest'][:19]} through {member.name}'s mirror: wrong sha256")
+                    kept = self._keep(path, f"{member.name}-{blob['digest'][7:19]}")
+                    raise WrongBytes(
+                        f"blob {blob['digest'][:19]} through {member.name}'s mirror: wrong sha256 "
+                        f"({path.stat().st_size if path.exists() else '?'} of {blob['size']} bytes; kept in {kept})"
+                    )
             finally:
                 path.unlink(missing_ok=True)
+                path.with_suffix(".head").unlink(missing_ok=True)
+
+    def _keep(self, path: Path, name: str) -> Path:
+        """A wrong answer and its response head, for whoever looks into it."""
+        keep = self.work.parent / "wrong" / f"{name}-{next(self.serial)}"
+        keep.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, keep)
+        head = path.with_suffix(".head")
+        if head.exists():
+            shutil.copyfile(head, keep.with_suffix(".head"))
+        return keep
 
     def _curl(self, member: Member, args: list[str]) -> Path:
         out = self.work / f"pull-{next(self.serial)}.out"
+        head = out.with_suffix(".head")
         result = subprocess.run(
-            member.host.command(["curl", "-sS", "-f", "-o", str(out), "--max-time", str(HANG_SECONDS - 10), *args]),
+            member.host.command(
+                ["curl", "-sS", "-f", "-D", str(head), "-o", str(out), "--max-time", str(HANG_SECONDS - 10), *args]
+            ),
             capture_output=True,
             text=True,
             timeout=HANG_SECONDS,
         )
         if result.returncode != 0:
             out.unlink(missing_ok=True)
+            head.unlink(missing_ok=True)
             raise CommandFailed(f"curl exited {result.returncode}: {result.stderr.strip()[-300:]}")
         return out
 
