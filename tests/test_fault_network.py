@@ -140,8 +140,8 @@ async def test_a_ranged_read_cut_again_and_again_with_progress_completes(faulty_
     from dffs.source.http import HttpOptions, HttpSource
 
     body = bytes(range(256)) * 4096  # 1 MiB
-    url = faulty_origin.add("/cut.bin", body, behavior=Behavior.truncate(after=64 * 1024, times=10))
-    source = HttpSource(HttpOptions(attempts=3, backoff_initial=0.01, backoff_max=0.05))
+    url = faulty_origin.add("/cut.bin", body, behavior=Behavior.truncate(after=64 * 1024, times=5))
+    source = HttpSource(HttpOptions(attempts=3, backoff_initial=0.01, backoff_max=0.05, progress_budgets=6))
     try:
         buffer = memoryview(bytearray(len(body)))
         await source.read_range(url, 0, buffer)

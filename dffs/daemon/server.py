@@ -83,7 +83,9 @@ class Daemon:
             addresses=[cfg.ip, *cfg.schedulers, *([cfg.manager] if cfg.manager else [])],
             cert_addresses=(cfg.ip,),
         )
-        self.sources = SourceRegistry(http_options=HttpOptions(attempts=cfg.origin_attempts))
+        self.sources = SourceRegistry(
+            http_options=HttpOptions(attempts=cfg.origin_attempts, progress_budgets=cfg.origin_progress_budgets)
+        )
         server_tls, client_tls = (
             self.transport.piece_tls() if cfg.data_plane == "tls" and self.transport.secure else (None, None)
         )

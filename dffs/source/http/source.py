@@ -51,6 +51,10 @@ class HttpOptions:
     #: Attempts per request, the first included; only retryable failures repeat.
     attempts: int = 4
     backoff_initial: float = 0.2
+    #: Attempt budgets one ranged read may use: after the first, a fresh one starts only when an
+    #: attempt brought bytes (an origin that flaps cuts a slow piece at every outage). 1: a read
+    #: makes at most ``attempts`` requests, however its attempts end.
+    progress_budgets: int = 1
     backoff_max: float = 5.0
     max_redirects: int = 5
     max_idle_per_origin: int = 16
@@ -253,14 +257,15 @@ class HttpSource:
         """Fill ``buffer`` with the object's bytes at ``offset``.
 
         Progress survives retries: after a reset at byte N of a piece, the
-        next attempt asks only for what is still missing, and an attempt that
-        brought bytes starts a fresh budget of attempts (at most
-        ``MAX_PROGRESS_BUDGETS``): an origin that flaps every few seconds cuts a
-        slow piece several times, and each cut is progress, not a failure.
+        next attempt asks only for what is still missing. With
+        ``progress_budgets`` above 1, an attempt that brought bytes starts a
+        fresh budget of attempts (up to that many budgets): an origin that flaps
+        every few seconds cuts a slow piece several times, and each cut is
+        progress, not a failure.
         """
         parse_target(url)
         filled = 0
-        for _ in range(MAX_PROGRESS_BUDGETS):
+        for _ in range(max(1, self.options.progress_budgets)):
             at_start = filled
             try:
                 async for attempt in self._retrying():
@@ -269,7 +274,7 @@ class HttpSource:
                             filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
                         except _Partial as exc:
                             filled = exc.filled
-                            if filled > at_start:
+                            if filled > at_start and self.options.progress_budgets > 1:
                                 raise _Progressed(exc) from exc
                             raise
                 return
@@ -484,10 +489,6 @@ class HttpSource:
             if len(body) > limit:
                 raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
         return bytes(body)
-
-
-#: Fresh attempt budgets one ranged read may start, each after an attempt that brought bytes.
-MAX_PROGRESS_BUDGETS = 16
 
 
 class _Progressed(Exception):
