@@ -49,7 +49,7 @@ class DaemonConfig:
     #: Budgets of those attempts one piece may use, a fresh one after each attempt that brought
     #: bytes (a flapping origin cuts a slow piece at every outage); bounds a dripping origin to
     #: attempts x budgets requests per piece.
-    origin_progress_budgets: int = 6
+    origin_progress_budgets: int = 16
     #: GC disk budget: bytes ("20GiB", "500MB", 1048576) or a share of the data dir's
     #: filesystem ("80%"); "" or 0: no quota (the task TTL still applies).
     storage_quota: str | int = ""
