@@ -222,6 +222,23 @@ async def _download_embedded_peer(cfg, request, expected, output) -> str:
     return result.summary()
 
 
+#: Seconds a daemon that accepts connections on its socket may take to answer (a loaded host).
+DAEMON_READY_TIMEOUT = 30.0
+
+
+def _listening(socket_path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket (a stale socket file refuses)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
+
+
 async def _download_via_daemon(socket_path, request, expected, output, timeout) -> str | None:
     """Hand the download to the daemon behind ``socket_path``; None if none answers there."""
     import grpc
@@ -229,13 +246,21 @@ async def _download_via_daemon(socket_path, request, expected, output, timeout) 
     from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
     from dffs.rpc import bridge
 
+    if not _listening(socket_path):
+        log.info("event=daemon_unavailable socket=%s action=embedded", socket_path)
+        return None
     channel = bridge.insecure_channel(f"unix:{socket_path}")
     try:
         try:
-            await trio.to_thread.run_sync(lambda: grpc.channel_ready_future(channel).result(timeout=1))
+            # A daemon listens there: wait for it even when it is slow to answer (a busy host). Going
+            # around it would download from this process's network, which may not be the daemon's.
+            await trio.to_thread.run_sync(
+                lambda: grpc.channel_ready_future(channel).result(timeout=DAEMON_READY_TIMEOUT)
+            )
         except grpc.FutureTimeoutError:
-            log.info("event=daemon_unavailable socket=%s action=embedded", socket_path)
-            return None
+            raise DffsError(
+                f"the daemon at {socket_path} accepts connections but did not answer within {DAEMON_READY_TIMEOUT:g}s"
+            ) from None
         download = common_pb2.Download(
             url=request.url,
             tag=request.tag,

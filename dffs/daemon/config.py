@@ -42,6 +42,14 @@ class DaemonConfig:
     parent_wait: float = 3.0
     #: Such waits before going to the origin anyway.
     parent_rounds: int = 3
+    #: Attempts per origin request (the first included), with exponential backoff from 0.2 s to
+    #: 5 s between them: about 11 s in all, so an origin that flaps for a few seconds is ridden
+    #: out rather than failing the pieces that met it down (docs/reliability.md).
+    origin_attempts: int = 7
+    #: Budgets of those attempts one piece may use, a fresh one after each attempt that brought
+    #: bytes (a flapping origin cuts a slow piece at every outage); bounds a dripping origin to
+    #: attempts x budgets requests per piece.
+    origin_progress_budgets: int = 16
     #: GC disk budget: bytes ("20GiB", "500MB", 1048576) or a share of the data dir's
     #: filesystem ("80%"); "" or 0: no quota (the task TTL still applies).
     storage_quota: str | int = ""

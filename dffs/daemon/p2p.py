@@ -10,7 +10,15 @@ from a parent that has it (verifying the digest; parents chosen by
 :mod:`dffs.daemon.piece_choice`), reports each piece and each failure, asks for
 new parents when none serves a piece in time, and goes to the origin when the
 scheduler says so (or after ``parent_rounds`` fruitless waits, or when no
-scheduler is left).
+scheduler is left) for the pieces no parent it knows holds.
+
+When the conversation's scheduler dies, the task moves to the first scheduler
+of its ring that answers (a restarted one included, so late peers and moved
+peers meet at the same place): it registers again, reports the pieces it holds
+(those it fetched from the origin as origin pieces, the others as pieces from
+a parent, which never anchor a digest: docs/security.md), and keeps its
+parents and the digests it already learned meanwhile, so pieces keep coming
+from the swarm while the new conversation starts.
 """
 
 from __future__ import annotations
@@ -43,10 +51,21 @@ log = logging.getLogger(__name__)
 ANCHOR_REFRESH = 0.2
 #: Pieces asked about per GetPieceDigests (the one needed and those after it).
 ANCHOR_BATCH = 1024
+#: Conversations a task may lose to dying schedulers before it stops looking for one.
+MAX_FAILOVERS = 8
+#: Seconds before walking the ring again after a lost conversation (doubling, up to the max).
+FAILOVER_BACKOFF = 0.5
+FAILOVER_BACKOFF_MAX = 5.0
+#: How a stream ends when its scheduler went away (killed, restarted, unreachable).
+SCHEDULER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class _SchedulerUnreachable(Exception):
     """The scheduler never answered the register: try the next one."""
+
+
+class _ConversationLost(Exception):
+    """The scheduler went away mid-conversation: register again, on the ring's first that answers."""
 
 
 def unusable_parent(peer: common_pb2.Peer, own_host_id: str) -> str | None:
@@ -133,6 +152,15 @@ class P2PFetcher:
         self._stream: bridge.BidiStream | None = None
         self._send_lock = trio.Lock()
         self._piece_parent: dict[int, str] = {}
+        #: Where each piece stored by this fetcher came from, reported again after a failover:
+        #: pieces from the origin, and the parent of every other one.
+        self._from_origin: set[int] = set()
+        self._got_from: dict[int, str] = {}
+        #: The current conversation: cancelled when a send finds its scheduler gone.
+        self._conversation: trio.CancelScope | None = None
+        self._lost = False
+        #: Between a lost conversation and the next one: pieces wait for it rather than for the origin.
+        self._failing_over = False
         self._random = random.Random()
         self._nursery: trio.Nursery | None = None
         self._started_status: Any = None
@@ -157,7 +185,14 @@ class P2PFetcher:
                 await self._stream.send(message)
             except (grpc.RpcError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("task=%s peer=%s event=scheduler_send_failed error=%s", self.task_id, self.peer_id, exc)
-                self._give_up_on_scheduler()
+                self._conversation_lost()
+
+    def _conversation_lost(self) -> None:
+        """The scheduler cannot be told anything more: end this conversation (run() moves on)."""
+        self._stream = None
+        self._lost = True
+        if self._conversation is not None:
+            self._conversation.cancel()
 
     def _give_up_on_scheduler(self) -> None:
         if not self.back_to_source:
@@ -185,18 +220,15 @@ class P2PFetcher:
         )
         self._started_status = task_status
         try:
-            for address, stub in self.schedulers.ring(self.task_id):
-                try:
-                    await self._converse(task, stub, download)
-                    return
-                except _SchedulerUnreachable:
-                    log.warning(
-                        "task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
-                        self.task_id,
-                        self.peer_id,
-                        address,
-                    )
-            log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task_id, self.peer_id)
+            # The parents' watchers live here, not in one conversation: a task whose scheduler
+            # dies keeps its parents while they serve.
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._conversations(task, download)
+                if not task.store.is_complete():
+                    self._give_up_on_scheduler()  # no scheduler left: parents it knows, then the origin
+                    await task.wait_complete()
+                nursery.cancel_scope.cancel()
         except (grpc.RpcError, DffsError) as exc:
             log.info("task=%s peer=%s event=announce_ended error=%s", self.task_id, self.peer_id, exc)
         finally:
@@ -205,31 +237,84 @@ class P2PFetcher:
                 self._give_up_on_scheduler()  # nobody left to ask: the origin it is
             self._stream = None
 
+    async def _conversations(self, task: PeerTask, download: common_pb2.Download) -> None:
+        """Talk to the task's schedulers in ring order until a conversation ends for good (the
+        task complete, or a scheduler's own answer), or none is left to try."""
+        lost = 0
+        backoff = FAILOVER_BACKOFF
+        while True:
+            for address, stub in self.schedulers.ring(self.task_id):
+                try:
+                    await self._converse(task, stub, download, resumed=lost > 0)
+                    return
+                except _SchedulerUnreachable:
+                    log.warning(
+                        "task=%s peer=%s event=scheduler_unreachable scheduler=%s action=next",
+                        self.task_id,
+                        self.peer_id,
+                        address,
+                    )
+                except _ConversationLost:
+                    if task.store.is_complete():
+                        return
+                    lost += 1
+                    self._failing_over = True
+                    log.warning(
+                        "task=%s peer=%s event=scheduler_failover scheduler=%s lost=%d action=register_again",
+                        self.task_id,
+                        self.peer_id,
+                        address,
+                        lost,
+                    )
+                    break  # walk the ring again from its first: where peers that open the task now go
+            else:
+                if lost == 0:
+                    log.warning("task=%s peer=%s event=no_scheduler action=back_to_source", self.task_id, self.peer_id)
+                    return
+                lost += 1  # nobody answered since the loss: a restarting scheduler may be back soon
+            if lost > MAX_FAILOVERS:
+                log.warning("task=%s peer=%s event=failover_gave_up lost=%d", self.task_id, self.peer_id, lost)
+                self._failing_over = False
+                return
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, FAILOVER_BACKOFF_MAX)
+
     def _report_started(self) -> None:
         """Tell whoever started us (once) that the task may begin fetching."""
         status, self._started_status = self._started_status, None
         if status is not None:
             status.started()
 
-    async def _converse(self, task: PeerTask, stub: Stub, download: common_pb2.Download) -> None:
-        """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered."""
+    async def _converse(
+        self, task: PeerTask, stub: Stub, download: common_pb2.Download, *, resumed: bool = False
+    ) -> None:
+        """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered,
+        _ConversationLost if it went away before the task was complete."""
+        self._lost = False
         async with self.schedulers.announce_peer(stub) as stream:
             self._stream = stream
             self._stub = stub
             await self._send(self._message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download)))
             try:
+                if self._lost:
+                    raise _SchedulerUnreachable()
                 first = await stream.receive()
             except grpc.RpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() in SCHEDULER_GONE:
                     self._stream = None
-                    self.back_to_source = False
                     raise _SchedulerUnreachable() from None
                 raise
             self._report_started()
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._conversation = nursery.cancel_scope
                 nursery.start_soon(self._finish_when_complete, task, stream)
+                if resumed:
+                    self.back_to_source = False  # the new scheduler decides afresh
+                    self._failing_over = False
+                    log.info("task=%s peer=%s event=registered_again", self.task_id, self.peer_id)
                 self._handle(task, first)
+                if resumed:
+                    await self._report_held(task)
                 try:
                     async for response in stream:
                         self._handle(task, response)
@@ -241,7 +326,24 @@ class P2PFetcher:
                         exc.code(),
                         exc.details(),
                     )
+                    if exc.code() in SCHEDULER_GONE:
+                        self._lost = True
                 nursery.cancel_scope.cancel()
+            self._conversation = None
+            self._stream = None
+        if self._lost and not task.store.is_complete():
+            self._stub = None  # no anchored digests from there any more: the ones known here stay
+            raise _ConversationLost()
+
+    async def _report_held(self, task: PeerTask) -> None:
+        """After a failover: the pieces this peer holds, so the new scheduler can offer it as a
+        parent. Origin pieces are reported as such (they anchor there, as they did at the first
+        scheduler); pieces from a parent never anchor a digest (docs/security.md)."""
+        for number in task.store.present_pieces():
+            if number in self._from_origin:
+                await self._report_piece(task, number, origin=True, parent_id="", seconds=0.0)
+            elif number in self._got_from:
+                await self._report_piece(task, number, origin=False, parent_id=self._got_from[number], seconds=0.0)
 
     async def _finish_when_complete(self, task: PeerTask, stream: bridge.BidiStream) -> None:
         await task.wait_complete()
@@ -327,7 +429,10 @@ class P2PFetcher:
         self._anchors_asked_at = now
         count = task.store.meta.piece_count
         wanted = sorted(self._awaiting_anchor)[:ANCHOR_BATCH]
-        ahead = (n for n in range(number, count) if n not in self.anchored and n not in self._awaiting_anchor)
+        # From this piece on, then the ones before it: every anchor known here is one a failover
+        # does not need the next scheduler for.
+        order = itertools.chain(range(number, count), range(number))
+        ahead = (n for n in order if n not in self.anchored and n not in self._awaiting_anchor)
         wanted += itertools.islice(ahead, ANCHOR_BATCH - len(wanted))
         try:
             self.anchored.update(await self.schedulers.piece_digests(self._stub, self.task_id, wanted))
@@ -340,17 +445,29 @@ class P2PFetcher:
 
     async def fetch(self, task: PeerTask, number: int, buffer: memoryview) -> tuple[bool, bytes | None]:
         """Piece ``number`` from a parent — its bytes checked against the digest anchored at the
-        scheduler, not only the parent's word — or from the origin when none can serve it."""
+        scheduler, not only the parent's word — or from the origin when none can serve it.
+
+        Going back to source (the scheduler's answer, no scheduler left, no parent in time) is
+        for the pieces no usable parent has announced: one that has, with a digest known here,
+        still serves, so a task that lost its scheduler costs the origin only what the swarm
+        does not hold."""
         rounds = 0
         unanchored_since: float | None = None
+        origin_now = False  # this piece: no anchored digest in time
         while True:
             changed = self._changed
-            parent = pick_parent(self.parents.values(), number)
-            if parent is not None and not self.back_to_source:
+            parent = None if origin_now else pick_parent(self.parents.values(), number)
+            if parent is not None and self.back_to_source and number not in self.anchored and self._stream is None:
+                parent = None  # no scheduler to anchor it: the origin
+            if parent is not None:
                 anchor = await self._anchor(task, number)
                 if anchor is None:
                     # Not anchored (yet): no parent's bytes can be checked. A report may be in
-                    # flight; past parent_wait, the origin.
+                    # flight, or a failover under way; past parent_wait of a conversation, the origin.
+                    if self._failing_over:
+                        unanchored_since = None
+                        await trio.sleep(ANCHOR_REFRESH)
+                        continue
                     now = trio.current_time()
                     unanchored_since = unanchored_since if unanchored_since is not None else now
                     if now - unanchored_since < self.settings.parent_wait:
@@ -358,6 +475,7 @@ class P2PFetcher:
                         continue
                     log.warning("task=%s piece=%d event=piece_not_anchored action=back_to_source", task.task_id, number)
                     self.back_to_source = True
+                    origin_now = True
                     continue
                 if parent.pieces.get(number) != anchor:
                     self._drop_piece(
@@ -370,6 +488,7 @@ class P2PFetcher:
                     )
                     continue
                 parent.active += 1
+                asked = trio.current_time()
                 try:
                     digest = await self.swarm.piece_client.fetch(
                         parent.ip,
@@ -393,15 +512,16 @@ class P2PFetcher:
                     continue
                 finally:
                     parent.active -= 1
+                parent.delivered(trio.current_time() - asked, len(buffer))
                 self._piece_parent[number] = parent.id
                 return False, digest
-            if self.back_to_source:
+            if self.back_to_source or origin_now:
                 await task.fetch_from_origin(number, buffer)
                 return True, None
             with trio.move_on_after(self.settings.parent_wait) as waited:
                 await changed.wait()
-            if not waited.cancelled_caught:
-                rounds = 0  # progress somewhere (new pieces, parents, a decision): keep waiting
+            if not waited.cancelled_caught or self._failing_over:
+                rounds = 0  # progress somewhere (new pieces, parents, a decision), or a new scheduler soon
             else:
                 rounds += 1
                 if rounds >= self.settings.parent_rounds:
@@ -434,6 +554,14 @@ class P2PFetcher:
         return choose_piece(candidates, list(self.parents.values()), self._random, in_order=self.back_to_source)
 
     async def stored(self, task: PeerTask, number: int, origin: bool, seconds: float) -> None:
+        parent_id = "" if origin else self._piece_parent.pop(number, "")
+        if origin:
+            self._from_origin.add(number)
+        elif parent_id:
+            self._got_from[number] = parent_id
+        await self._report_piece(task, number, origin=origin, parent_id=parent_id, seconds=seconds)
+
+    async def _report_piece(self, task: PeerTask, number: int, *, origin: bool, parent_id: str, seconds: float) -> None:
         span = task.store.span(number)
         digest = task.store.piece_digest(number)
         piece = common_pb2.Piece(
@@ -441,7 +569,7 @@ class P2PFetcher:
             offset=span.offset,
             length=span.length,
             digest=format_piece_digest(digest) if digest else "",
-            parent_id="" if origin else self._piece_parent.pop(number, ""),
+            parent_id=parent_id,
         )
         piece.cost.FromNanoseconds(int(seconds * 1e9))
         if origin:

@@ -4,9 +4,13 @@ The P2P fetcher (:mod:`dffs.daemon.p2p`) asks these two questions for every
 piece; the swarm simulator (``scripts/sim``) imports the same functions, so
 what it simulates is what daemons do.
 
-* A reader's piece goes to the least-loaded parent that announced it (fewest
-  transfers in flight, then fewest failures); a parent that failed
-  ``MAX_PARENT_FAILURES`` times is not asked again.
+* A reader's piece goes to the parent that announced it and would deliver it
+  soonest: its recent cost (seconds per MiB of the pieces it delivered, a moving
+  average) times the transfers it would then have in flight. A parent not
+  measured yet counts as good as the best measured one, so every parent gets
+  tried; ties go to the least loaded, then the one with fewest failures. A
+  parent on a crawling link so ends up with almost nothing, and one that
+  failed ``MAX_PARENT_FAILURES`` times is not asked again.
 * Background workers take the rarest piece first among those some parent
   holds, ties broken at random, so the peers of a swarm fetch different pieces
   and trade them instead of all queueing on the same parent for piece 0.
@@ -23,6 +27,9 @@ import attrs
 
 #: Failures after which a parent is no longer asked for pieces.
 MAX_PARENT_FAILURES = 3
+#: Weight of the newest piece in a parent's moving-average cost.
+COST_WEIGHT = 0.3
+MiB = 1 << 20
 
 
 @attrs.define(eq=False)
@@ -38,6 +45,13 @@ class Parent:
     failures: int = 0
     #: Piece transfers from this parent in flight.
     active: int = 0
+    #: Seconds per MiB of the pieces it delivered (moving average); None until the first.
+    cost: float | None = None
+
+    def delivered(self, seconds: float, length: int) -> None:
+        """A piece of ``length`` bytes arrived from this parent in ``seconds``."""
+        sample = max(1e-4, seconds) * MiB / max(1, length)  # a floor: "instant" still counts load
+        self.cost = sample if self.cost is None else (1 - COST_WEIGHT) * self.cost + COST_WEIGHT * sample
 
     @property
     def usable(self) -> bool:
@@ -50,7 +64,14 @@ class Parent:
 def pick_parent(parents: Iterable[Parent], number: int) -> Parent | None:
     """The parent to fetch piece ``number`` from, or None when no usable parent has it."""
     having = [p for p in parents if p.serves(number)]
-    return min(having, key=lambda p: (p.active, p.failures), default=None)
+    measured = [p.cost for p in having if p.cost is not None]
+    best = min(measured, default=0.0)
+
+    def expected(p: Parent) -> tuple[float, int, int]:
+        cost = best if p.cost is None else p.cost
+        return (cost * (p.active + 1), p.active, p.failures)
+
+    return min(having, key=expected, default=None)
 
 
 def choose_piece(candidates: Sequence[int], parents: Sequence[Parent], rng: random.Random, *, in_order: bool) -> int:

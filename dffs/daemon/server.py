@@ -51,6 +51,7 @@ from dffs.security.urls import RemoteUrlPolicy
 from dffs.snapshotter.component import Snapshotter
 from dffs.snapshotter.config import SnapshotterConfig
 from dffs.source import SourceRegistry
+from dffs.source.http import HttpOptions
 from dffs.storage import StorageManager
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class Daemon:
             addresses=[cfg.ip, *cfg.schedulers, *([cfg.manager] if cfg.manager else [])],
             cert_addresses=(cfg.ip,),
         )
-        self.sources = SourceRegistry()
+        self.sources = SourceRegistry(
+            http_options=HttpOptions(attempts=cfg.origin_attempts, progress_budgets=cfg.origin_progress_budgets)
+        )
         self.upload, self.piece_client = piece_data_plane(cfg, self.transport, self.storage)
         self.schedulers = SchedulerClient(
             cfg.host_id,

@@ -51,6 +51,10 @@ class HttpOptions:
     #: Attempts per request, the first included; only retryable failures repeat.
     attempts: int = 4
     backoff_initial: float = 0.2
+    #: Attempt budgets one ranged read may use: after the first, a fresh one starts only when an
+    #: attempt brought bytes (an origin that flaps cuts a slow piece at every outage). 1: a read
+    #: makes at most ``attempts`` requests, however its attempts end.
+    progress_budgets: int = 1
     backoff_max: float = 5.0
     max_redirects: int = 5
     max_idle_per_origin: int = 16
@@ -253,17 +257,30 @@ class HttpSource:
         """Fill ``buffer`` with the object's bytes at ``offset``.
 
         Progress survives retries: after a reset at byte N of a piece, the
-        next attempt asks only for what is still missing.
+        next attempt asks only for what is still missing. With
+        ``progress_budgets`` above 1, an attempt that brought bytes starts a
+        fresh budget of attempts (up to that many budgets): an origin that flaps
+        every few seconds cuts a slow piece several times, and each cut is
+        progress, not a failure.
         """
         parse_target(url)
         filled = 0
-        async for attempt in self._retrying():
-            with attempt:
-                try:
-                    filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
-                except _Partial as exc:
-                    filled = exc.filled
-                    raise
+        for _ in range(max(1, self.options.progress_budgets)):
+            at_start = filled
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        try:
+                            filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
+                        except _Partial as exc:
+                            filled = exc.filled
+                            if filled > at_start and self.options.progress_budgets > 1:
+                                raise _Progressed(exc) from exc
+                            raise
+                return
+            except _Progressed as progressed:
+                last = progressed.cause
+        raise last
 
     async def _read_range_once(self, url, offset, buffer, filled, headers, validators) -> int:
         want = len(buffer) - filled
@@ -472,6 +489,14 @@ class HttpSource:
             if len(body) > limit:
                 raise SourceError(f"GET {url}: body is over the {limit}-byte limit")
         return bytes(body)
+
+
+class _Progressed(Exception):
+    """Not retryable by the budget it ends: read_range starts a fresh one (bytes arrived)."""
+
+    def __init__(self, cause: RetryableSourceError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Partial(RetryableSourceError):
