@@ -127,6 +127,7 @@ def test_full_disk_with_a_quota_the_gc_evicts_cold_pieces_and_the_read_succeeds(
     # something else on the filesystem does.
     daemon = daemons(data, "--storage-quota", "32MiB")
     assert sha256_file(url_path(daemon, origin, "cold.bin")) == cold_digest
+    cold_task = _task_of(data, "cold.bin")  # before the GC may delete it whole
     fill(small_disk / "filler", 20 * MiB)  # 8 MiB left: two of new.bin's three pieces
 
     result = read(url_path(daemon, origin, "new.bin"))
@@ -137,7 +138,13 @@ def test_full_disk_with_a_quota_the_gc_evicts_cold_pieces_and_the_read_succeeds(
     assert "event=gc_reclaim reason=disk_full" in log
     assert "event=gc_evict_" in log  # cold.bin's pieces (or the whole task) made the room
     pieces = journaled_pieces(data)
-    assert len(pieces.get(_task_of(data, "new.bin"), set())) == 3
+    # Least recently used first: the first eviction takes cold.bin's pieces. Two writes of the
+    # same piece may hit the full disk at once (the reader's and the readahead's), each reclaiming
+    # room, so new.bin's already-read piece 0 may go too; the pieces written after the disk
+    # filled are kept.
+    evictions = [ln for ln in log.splitlines() if "event=gc_evict_" in ln]
+    assert f"task={cold_task}" in evictions[0], evictions
+    assert {1, 2} <= pieces.get(_task_of(data, "new.bin"), set()), (pieces, evictions)
     assert daemon.alive()
 
 
