@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from dffs import config as config_module
+from dffs.cli.embedded import embedded_peer
 from dffs.config import GetConfig
 from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, SourceError, StorageError, UsageError, primary_error
@@ -181,27 +182,6 @@ async def _download(
         storage.close()
         with trio.CancelScope(shield=True):
             await sources.aclose()
-
-
-def embedded_peer(cfg: GetConfig):
-    """A daemon for this command alone: it takes pieces from the swarm and is never offered as a
-    parent (it is about to leave)."""
-    from dffs.daemon.config import DaemonConfig
-    from dffs.daemon.server import Daemon
-
-    return Daemon(
-        DaemonConfig(
-            data_dir=cfg.data_dir,
-            scheduler=cfg.scheduler,
-            manager=cfg.manager,
-            upload_port=0,
-            rpc_port=0,
-            disable_shared=True,
-            cluster_key=cfg.cluster_key,
-            insecure=cfg.insecure,
-        ),
-        embedded=True,
-    )
 
 
 async def _download_embedded_peer(cfg, request, expected, output) -> str:

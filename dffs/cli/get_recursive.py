@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from dffs.cli.embedded import embedded_peer
 from dffs.config import GetConfig
 from dffs.digest import ExpectedDigest
 from dffs.errors import DffsError, SourceError, UsageError, primary_error
@@ -218,8 +219,6 @@ class _TaskDownloader:
 @contextlib.asynccontextmanager
 async def _embedded_peer(cfg: GetConfig) -> AsyncIterator[TaskManager]:
     """The embedded peer of a single ``dffs get``, for the whole tree."""
-    from dffs.cli.get import embedded_peer
-
     daemon = embedded_peer(cfg)
     try:
         async with trio.open_nursery() as nursery:
