@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,19 @@ def make_file(tmp_path):
         return write_random_file(path, size, seed)
 
     return make
+
+
+def _interrupt(signum, frame):
+    """SIGTERM/SIGHUP end the run like Ctrl-C: the running test's ``finally`` blocks and
+    fixtures tear down (processes, mounts, namespaces) instead of dying mid-test."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session):
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    from netns import sweep_orphaned_namespaces
+
+    swept = sweep_orphaned_namespaces()
+    if swept:
+        print(f"removed {len(swept)} namespaces left by a killed earlier run: {', '.join(swept)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import time
@@ -161,3 +162,22 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return True
+
+
+_TAG = re.compile(r"^d(\d+)x\d+-")
+
+
+def sweep_orphaned_namespaces() -> list[str]:
+    """Delete namespaces an earlier test run left behind (its process was killed before its
+    ``Network`` closed): ``d<pid>x<n>-*`` whose pid no longer runs. Returns their names."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    swept = []
+    for line in listed.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _TAG.match(name)
+        if match is None or os.path.exists(f"/proc/{match.group(1)}"):
+            continue
+        _kill_netns_processes(name)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        swept.append(name)
+    return swept
