@@ -78,6 +78,21 @@ def test_the_limit_is_lower_when_a_seed_exists(graph):
     assert isinstance(decide(peer, graph, rounds=1, config=config), BackToSource)
 
 
+def test_a_peer_sent_to_the_origin_is_told_which_of_its_children_hold_pieces_it_lacks(graph):
+    """The seed died: p's only piece holder is its own child c (no parent: the graph stays
+    acyclic). Sent to the origin, p is told c holds pieces it lacks, so it takes them from c."""
+    config = PolicyConfig(retry_back_to_source_rounds=1, back_to_source_limit=1)
+    peer = add_peer(graph, "p", "h1", state=PeerState.RUNNING, pieces=[0])
+    child = add_peer(graph, "c", "h2", state=PeerState.RUNNING, pieces=[0, 1, 2])
+    bare = add_peer(graph, "bare", "h3", state=PeerState.RUNNING, pieces=[0])  # nothing p lacks: no helper
+    graph.set_parents(child, [peer])
+    graph.set_parents(bare, [peer])
+    decision = decide(peer, graph, rounds=1, config=config)
+    assert decision == BackToSource("no usable parent after 1 rounds", (child,))
+    graph.block_parents(peer, [child.id])
+    assert decide(peer, graph, rounds=1, config=config).helpers == ()  # a blocked child is no helper
+
+
 def test_seed_is_triggered_for_a_new_task(graph):
     seed_host = add_host(graph, "seedhost", seed=True)
     peer = add_peer(graph, "p", "h1")
@@ -102,6 +117,23 @@ def test_seed_trigger_backoff_after_a_failure(graph):
     assert decide(peer, graph, config=config) == BackToSource("first peer of the task")
     clock.advance(61)
     assert decide(peer, graph, config=config) == TriggerSeed(seed_host)
+
+
+def test_a_failed_seed_is_replaced_by_another_seed_host_at_once(graph):
+    """The seed of a task died (its trigger refused, or its stream gone mid-download): the next
+    decision triggers another seed host, not the dead one and not after the backoff."""
+    clock = graph.clock
+    first = add_host(graph, "seed-a", seed=True)
+    second = add_host(graph, "seed-b", seed=True)
+    peer = add_peer(graph, "p", "h1")
+    config = PolicyConfig(seed_trigger_backoff=60)
+    assert decide(peer, graph, config=config) == TriggerSeed(first)
+    graph.peer_failed(graph.add_triggered_seed(peer.task, first))
+    assert decide(peer, graph, config=config) == TriggerSeed(second)
+    graph.peer_failed(graph.add_triggered_seed(peer.task, second))
+    assert decide(peer, graph, config=config) == BackToSource("first peer of the task")  # both failed
+    clock.advance(61)
+    assert decide(peer, graph, config=config) == TriggerSeed(first)
 
 
 def test_best_seed_host_is_chosen(graph):

@@ -317,11 +317,13 @@ class SchedulerCore:
 
     @_dispatching
     def announce_host(self, request: scheduler_pb2.AnnounceHostRequest) -> bool:
-        """Register or refresh a host; True when it is new."""
+        """Register or refresh a host; True when it is new here: the host never spoke to this
+        scheduler before (or was forgotten), so none of its tasks is known here."""
         if not request.HasField("host"):
             raise InvalidArgument("announce_host_request without host")
         h = request.host
         _check_id("host", h.id)
+        only_heard_of = h.id in self.manager_seed_ids  # a seed the manager named: its tasks are unknown
         self.manager_seed_ids.discard(h.id)  # the host speaks for itself now
         if h.type not in _HOST_TYPES:
             raise InvalidArgument(f"host {h.id!r}: unknown host type {h.type}")
@@ -359,7 +361,7 @@ class SchedulerCore:
                 host.download_port,
                 host.ttl,
             )
-        return is_new
+        return is_new or only_heard_of
 
     @_dispatching
     def delete_host(self, request: scheduler_pb2.DeleteHostRequest) -> set[str]:
@@ -670,14 +672,22 @@ class SchedulerCore:
             graph.clear_parents(peer)
             peer.need_back_to_source = True
             log.info(
-                "event=back_to_source task=%s peer=%s rounds=%d reason=%r", task.id, peer.id, rounds, decision.reason
+                "event=back_to_source task=%s peer=%s rounds=%d reason=%r helpers=%s",
+                task.id,
+                peer.id,
+                rounds,
+                decision.reason,
+                ",".join(h.id for h in decision.helpers) or "-",
             )
-            return Answer(
-                decision,
-                Response(
-                    need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=decision.reason)
-                ),
+            response = Response(
+                need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=decision.reason)
             )
+            if decision.helpers:
+                helpers = response.need_back_to_source_response.helpers
+                parent_task = self.parent_task_message(task)
+                for helper in decision.helpers:
+                    self._fill_peer(helpers.add(), helper, parent_task)
+            return Answer(decision, response)
         if isinstance(decision, policy.EmptyTask):
             log.info("event=empty_task task=%s peer=%s", task.id, peer.id)
             return Answer(decision, Response(empty_task_response=scheduler_pb2.EmptyTaskResponse()))

@@ -323,8 +323,9 @@ class Task:
     content_type: str | None = None
     #: By id; add and remove peers with :meth:`add` and :meth:`remove` only, which keep the indexes.
     peers: dict[str, Peer] = attrs.Factory(dict)
-    #: When the last attempt to trigger a seed for this task failed.
-    seed_trigger_failed_at: float | None = None
+    #: Seed host id -> when its seed peer of this task failed (the trigger refused, the seed's
+    #: stream gone mid-download): the policy triggers another seed host meanwhile.
+    failed_seed_hosts: dict[str, float] = attrs.Factory(dict)
     #: How many times a seed was triggered for the task (names placeholders).
     seed_triggers: int = 0
     #: piece number -> "blake3:<hex>", fixed by the first peer that reported the piece from the
@@ -1028,7 +1029,7 @@ class Graph:
         self.clear_parents(peer)
         self._drop_children(peer)
         if peer.state is PeerState.FAILED and peer.host.is_seed:
-            peer.task.seed_trigger_failed_at = self.clock()
+            peer.task.failed_seed_hosts[peer.host.id] = self.clock()
         self._offer(peer.task, 1)  # one fewer on the origin, or no seed any more: the policy may answer now
 
     def _drop_children(self, peer: Peer) -> None:
