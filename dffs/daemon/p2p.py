@@ -185,11 +185,12 @@ class P2PFetcher:
         return self.schedulers.peer_message(self.task_id, self.peer_id, **request)
 
     async def _send(self, message: scheduler_pb2.AnnouncePeerRequest) -> None:
-        if self._stream is None:
-            return
         async with self._send_lock:
+            stream = self._stream  # read under the lock: the conversation may end while we wait for it
+            if stream is None:
+                return
             try:
-                await self._stream.send(message)
+                await stream.send(message)
             except (grpc.RpcError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("task=%s peer=%s event=scheduler_send_failed error=%s", self.task_id, self.peer_id, exc)
                 self._conversation_lost()
