@@ -93,6 +93,32 @@ def test_a_peer_sent_to_the_origin_is_told_which_of_its_children_hold_pieces_it_
     assert decide(peer, graph, rounds=1, config=config).helpers == ()  # a blocked child is no helper
 
 
+def test_a_seed_two_children_cannot_reach_counts_gone_until_it_announces_again(graph):
+    """A seed that finished the task and died stays a SUCCEEDED peer until its host's TTL. Once two
+    hosts report they cannot reach it, it is neither a parent nor a live seed: another seed host
+    is triggered. Its next announce (it was alive after all) makes it usable again."""
+    dead = add_host(graph, "seed-a", seed=True)
+    spare = add_host(graph, "seed-b", seed=True, labels={"upload_slots": "1"})
+    seed_peer = add_peer(graph, "s", dead, state=PeerState.SUCCEEDED, pieces=4)
+    first = add_peer(graph, "c1", "h1", state=PeerState.RUNNING, pieces=[0])
+    second = add_peer(graph, "c2", "h2", state=PeerState.RUNNING, pieces=[1])
+    newcomer = add_peer(graph, "n", "h3")
+    assert decide(newcomer, graph).parents[0] is seed_peer
+    graph.piece_failed(first, 2, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    graph.piece_failed(first, 3, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    assert seed_peer in decide(newcomer, graph).parents  # one reporter is not enough
+    graph.piece_failed(second, 2, parent_id=seed_peer.id, temporary=True, unreachable=False)  # "busy"
+    assert seed_peer in decide(newcomer, graph).parents
+    graph.piece_failed(second, 3, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    assert dead.reported_unreachable
+    assert seed_peer not in decide(newcomer, graph).parents
+    graph.block_parents(newcomer, [first.id, second.id])
+    assert decide(newcomer, graph) == TriggerSeed(spare)
+    add_host(graph, "seed-a", seed=True)  # it announces: back
+    assert not dead.reported_unreachable
+    assert decide(newcomer, graph).parents == (seed_peer,)
+
+
 def test_seed_is_triggered_for_a_new_task(graph):
     seed_host = add_host(graph, "seedhost", seed=True)
     peer = add_peer(graph, "p", "h1")

@@ -88,16 +88,18 @@ class DownloadPieceBackToSourceFinishedRequest(_message.Message):
     def __init__(self, piece: _Optional[_Union[_common_pb2.Piece, _Mapping]] = ...) -> None: ...
 
 class DownloadPieceFailedRequest(_message.Message):
-    __slots__ = ("piece_number", "parent_id", "temporary", "description")
+    __slots__ = ("piece_number", "parent_id", "temporary", "description", "unreachable")
     PIECE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     piece_number: int
     parent_id: str
     temporary: bool
     description: str
-    def __init__(self, piece_number: _Optional[int] = ..., parent_id: _Optional[str] = ..., temporary: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    unreachable: bool
+    def __init__(self, piece_number: _Optional[int] = ..., parent_id: _Optional[str] = ..., temporary: _Optional[bool] = ..., description: _Optional[str] = ..., unreachable: _Optional[bool] = ...) -> None: ...
 
 class DownloadPieceBackToSourceFailedRequest(_message.Message):
     __slots__ = ("piece_number", "description")

@@ -43,7 +43,7 @@ from dffs.peertask import DownloadRequest, PeerTask
 from dffs.rpc import bridge
 from dffs.security.redact import shareable_headers, shareable_url
 from dffs.source import SourceStat
-from dffs.upload.client import PeerError, PieceClient
+from dffs.upload.client import ParentUnreachable, PeerError, PieceClient
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +531,13 @@ class P2PFetcher:
                         parent.id,
                         exc,
                     )
-                    await self._report_failure(number, parent, str(exc), temporary=exc.retryable)
+                    await self._report_failure(
+                        number,
+                        parent,
+                        str(exc),
+                        temporary=exc.retryable,
+                        unreachable=isinstance(exc, ParentUnreachable),
+                    )
                     continue
                 finally:
                     parent.active -= 1
@@ -580,9 +586,15 @@ class P2PFetcher:
         parent.pieces.pop(number, None)
         log.warning("task=%s piece=%d parent=%s event=parent_dropped reason=%r", self.task_id, number, parent.id, why)
 
-    async def _report_failure(self, number: int, parent: Parent, description: str, *, temporary: bool) -> None:
+    async def _report_failure(
+        self, number: int, parent: Parent, description: str, *, temporary: bool, unreachable: bool = False
+    ) -> None:
         failed = scheduler_pb2.DownloadPieceFailedRequest(
-            piece_number=number, parent_id=parent.id, temporary=temporary, description=description
+            piece_number=number,
+            parent_id=parent.id,
+            temporary=temporary,
+            description=description,
+            unreachable=unreachable,
         )
         await self._send(self._message(download_piece_failed_request=failed))
 

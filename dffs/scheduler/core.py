@@ -316,14 +316,17 @@ class SchedulerCore:
     # ---- hosts ------------------------------------------------------------
 
     @_dispatching
+    def knows_host(self, host_id: str) -> bool:
+        """The host has spoken to this scheduler (and was not forgotten since): its tasks may be
+        known here. A seed only the manager named has not."""
+        return host_id in self.graph.hosts and host_id not in self.manager_seed_ids
+
     def announce_host(self, request: scheduler_pb2.AnnounceHostRequest) -> bool:
-        """Register or refresh a host; True when it is new here: the host never spoke to this
-        scheduler before (or was forgotten), so none of its tasks is known here."""
+        """Register or refresh a host; True when it is new."""
         if not request.HasField("host"):
             raise InvalidArgument("announce_host_request without host")
         h = request.host
         _check_id("host", h.id)
-        only_heard_of = h.id in self.manager_seed_ids  # a seed the manager named: its tasks are unknown
         self.manager_seed_ids.discard(h.id)  # the host speaks for itself now
         if h.type not in _HOST_TYPES:
             raise InvalidArgument(f"host {h.id!r}: unknown host type {h.type}")
@@ -361,7 +364,7 @@ class SchedulerCore:
                 host.download_port,
                 host.ttl,
             )
-        return is_new or only_heard_of
+        return is_new
 
     @_dispatching
     def delete_host(self, request: scheduler_pb2.DeleteHostRequest) -> set[str]:
@@ -595,16 +598,25 @@ class SchedulerCore:
         elif kind == "download_piece_failed_request":
             msg = request.download_piece_failed_request
             _check_id("parent", msg.parent_id)
-            graph.piece_failed(peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary)
+            parent = graph.piece_failed(
+                peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary, unreachable=msg.unreachable
+            )
             log.info(
-                "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s description=%r",
+                "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s unreachable=%s description=%r",
                 peer.task.id,
                 peer.id,
                 msg.piece_number,
                 msg.parent_id,
                 msg.temporary,
+                msg.unreachable,
                 msg.description,
             )
+            if parent is not None and msg.unreachable and parent.host.reported_unreachable:
+                log.info(
+                    "event=host_unreachable host=%s reporters=%d",
+                    parent.host.id,
+                    len(parent.host.unreachable_reporters),
+                )
         elif kind == "download_piece_back_to_source_failed_request":
             msg = request.download_piece_back_to_source_failed_request
             graph.check_piece_number(peer.task, msg.piece_number)

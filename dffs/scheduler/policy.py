@@ -142,6 +142,7 @@ def usable_seed_hosts(
         and h.id not in blocklist
         and h.id not in failed
         and h.port > 0
+        and not h.reported_unreachable
     ]
     idc, location = peer.host.effective_idc, peer.host.effective_location
 
@@ -179,7 +180,10 @@ def helpers(peer: Peer, config: PolicyConfig, blocklist: Collection[str] = ()) -
 
 
 def has_live_seed_peer(peer: Peer) -> bool:
-    return any(p.state in LIVE_STATES for p in peer.task.seed_peers() if p is not peer)
+    """A seed peer of the task that is, or will be, of use (one on a host others cannot reach is not)."""
+    return any(
+        p.state in LIVE_STATES and not p.host.reported_unreachable for p in peer.task.seed_peers() if p is not peer
+    )
 
 
 def decide(

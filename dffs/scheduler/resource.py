@@ -66,6 +66,9 @@ MiB = 1024 * 1024
 
 #: Recent piece costs kept per peer for bad-parent detection and scoring.
 COST_WINDOW = 64
+#: Distinct hosts that must fail to reach a host before it counts as gone (one could be the
+#: reporter's own network trouble, or a liar).
+UNREACHABLE_REPORTERS = 2
 
 _T = TypeVar("_T")
 
@@ -274,6 +277,9 @@ class Host:
     #: Origin pieces this host reported with a digest that contradicts the anchored one:
     #: such a host is not offered as a parent (its bytes are not what entered the cluster).
     suspect_reports: int = 0
+    #: Reporter host id -> when it could not reach this host (since its last announce): enough
+    #: distinct reporters and the host counts as gone until it announces again.
+    unreachable_reporters: dict[str, float] = attrs.Factory(dict)
     peers: dict[str, Peer] = attrs.Factory(dict)
     #: Edges from this host's peers to their children (kept by the graph; the
     #: sum of ``len(p.children)`` over ``peers``, without the walk).
@@ -288,6 +294,11 @@ class Host:
     @property
     def free_upload_slots(self) -> int:
         return self.upload_slots - self.upload_used
+
+    @property
+    def reported_unreachable(self) -> bool:
+        """Enough other hosts could not reach it since it last announced (see ``Graph.piece_failed``)."""
+        return len(self.unreachable_reporters) >= UNREACHABLE_REPORTERS
 
     @property
     def effective_idc(self) -> str:
@@ -700,12 +711,16 @@ class Graph:
         now = self.clock()
         host = self.hosts.get(host_id)
         is_new = host is None
+        changed = False
         if host is None:
             host = self.hosts[host_id] = Host(id=host_id, created_at=now, announced_at=now, ttl=ttl)
         host.announced_at = now
         host.generation += 1
+        if host.unreachable_reporters:
+            host.unreachable_reporters.clear()  # it speaks: whatever others saw, it is back
+            changed = True
         host.ttl = ttl
-        changed = host.type is not type or host.disable_shared != disable_shared
+        changed = changed or host.type is not type or host.disable_shared != disable_shared
         host.type = type
         host.hostname = hostname
         host.ip = ip
@@ -968,11 +983,17 @@ class Graph:
         peer.host.suspect_reports += 1
         return False
 
-    def piece_failed(self, peer: Peer, number: int, *, parent_id: str, temporary: bool) -> Peer | None:
+    def piece_failed(
+        self, peer: Peer, number: int, *, parent_id: str, temporary: bool, unreachable: bool = False
+    ) -> Peer | None:
         """A child could not get a piece from ``parent_id``.
 
         A permanent failure (bad digest, parent gone) blocks that parent for
         this peer; a temporary one only counts against the parent's host.
+        ``unreachable`` (no connection): once ``UNREACHABLE_REPORTERS``
+        distinct hosts said so since the parent's host last announced, that
+        host counts as gone — no parent, no live seed — until it announces
+        again (a dead host is otherwise live until its TTL).
         """
         self.check_piece_number(peer.task, number)
         if peer.state not in ACTIVE_STATES:
@@ -983,6 +1004,12 @@ class Graph:
             raise InvalidArgument(f"piece {number}: peer names itself as the parent")
         if parent is not None:
             parent.host.upload_failed_count += 1
+            if unreachable and parent.host is not peer.host:
+                reporters = parent.host.unreachable_reporters
+                newly = peer.host.id not in reporters and len(reporters) + 1 == UNREACHABLE_REPORTERS
+                reporters[peer.host.id] = self.clock()
+                if newly:
+                    self._offer(parent.task, 1)  # no live seed any more: a waiter may trigger another
         if not temporary and parent_id:
             self.block_parents(peer, [parent_id])
         return parent

@@ -295,8 +295,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_unary
     def AnnounceHost(self, request):
-        is_new = self.core.announce_host(request)  # a new seed host wakes a waiter of each task
-        return scheduler_pb2.AnnounceHostResponse(host_known=not is_new)
+        known = self.core.knows_host(request.host.id)
+        self.core.announce_host(request)  # a new seed host wakes a waiter of each task
+        return scheduler_pb2.AnnounceHostResponse(host_known=known)
 
     @_unary
     def DeleteHost(self, request):
