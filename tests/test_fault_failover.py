@@ -21,7 +21,7 @@ import pytest
 from cli import sha256_file
 from mounts import journaled_pieces
 from netns import Network
-from test_p2p_cluster import get, journaled, start_cluster, stop_all, wait_for, wait_ok
+from test_p2p_cluster import get, journaled, start_cluster, start_scheduler, stop_all, wait_for, wait_ok
 
 MiB = 1024 * 1024
 PIECE = 4 * MiB
@@ -141,11 +141,11 @@ def test_parents_that_stop_answering_are_dropped_and_their_pieces_fetched_elsewh
 
 @pytest.mark.slow
 def test_seed_killed_mid_task_children_finish_and_the_swarm_keeps_serving(net, tmp_path, nginx_origin, make_file):
-    """The only seed killed (kill -9) mid-task. The children finish with the right bytes and
-    together take less than one copy from the origin: the pieces they hold go on being served.
-    Known gap (docs/reliability.md): a piece only the asker's own child holds comes from the
-    origin (the scheduler keeps the parent graph acyclic), and until the dead seed's host expires
-    the scheduler neither triggers another seed nor counts it gone."""
+    """The only seed killed (kill -9) while the children still pull from it (its link is slow).
+    The children finish with the right bytes and the origin sends only pieces no child held: a
+    piece the other child held is taken from it even when that child descends from the asker
+    (the scheduler names it as a helper in its back-to-source answer), no piece comes from the
+    origin twice, and the dead seed host is not triggered again."""
     size = 48 * MiB
     (tmp_path / "www").mkdir()
     digest = make_file(tmp_path / "www" / "h.bin", size, seed=63)
@@ -165,10 +165,54 @@ def test_seed_killed_mid_task_children_finish_and_the_swarm_keeps_serving(net, t
             wait_ok(proc, name, daemons[name], timeout=240)
             assert sha256_file(tmp_path / f"{name}.out") == digest, name
         origin.sync_log()
+        from_origin = {n: origin_pieces(origin, "/h.bin", hosts[n].ip) for n in ("p1", "p2")}
+        report = {n: sorted(h) for n, h in held.items()}, {n: sorted(p) for n, p in from_origin.items()}
+        assert not from_origin["p1"] & from_origin["p2"], report  # no piece twice from the origin
+        for name, other in (("p1", "p2"), ("p2", "p1")):  # nothing a child held when the seed died
+            assert not from_origin[name] & (held[name] | held[other]), report
         by_client = {n: origin.body_bytes("/h.bin", "GET", client=hosts[n].ip) for n in ("p1", "p2")}
-        assert sum(by_client.values()) < size, (by_client, {n: sorted(h) for n, h in held.items()})
-        for name in ("p1", "p2"):  # never a piece it already held
-            assert not origin_pieces(origin, "/h.bin", hosts[name].ip) & held[name]
+        assert sum(by_client.values()) <= size - len(held["p1"] | held["p2"]) * PIECE, (by_client, report)
+        assert sched.output().count("event=seed_triggered") == 1, "the dead seed host was triggered again"
+        assert daemons["p1"].alive() and daemons["p2"].alive()
+    finally:
+        stop_all(sched, daemons)
+
+
+@pytest.mark.slow
+def test_a_restarted_scheduler_learns_the_finished_tasks_a_daemon_holds(net, tmp_path, nginx_origin, make_file):
+    """A scheduler keeps its graph in memory. Restarted, it answers p1's next AnnounceHost with
+    host_known = false, and p1 registers the complete task it holds again, so p2 then gets every
+    byte from p1 and nothing from the origin. (The seed, which held the task too, is stopped:
+    without the re-registration p2 would be the task's first peer and go to the origin.)"""
+    size = 16 * MiB
+    (tmp_path / "www").mkdir()
+    digest = make_file(tmp_path / "www" / "r.bin", size, seed=65)
+    origin, sched, daemons = start_cluster(net, tmp_path, nginx_origin, peers=2, daemon_config=CONFIG)
+    try:
+        url = f"http://{origin.host}:8080/r.bin"
+        wait_ok(get(url, tmp_path / "p1.out", daemons["p1"]), "p1", daemons["p1"])
+        daemons["seed"].stop()
+        sched.proc.kill()
+        sched.proc.wait()
+        sched.stop()
+        sched = start_scheduler(net, net.cluster_hosts["sched1"], tmp_path, "scheduler-restarted")
+        wait_for(
+            lambda: "reason=forgot tasks=1 registered=1" in daemons["p1"].output(),
+            timeout=60,
+            what="p1 to register its finished task with the restarted scheduler",
+        )
+        origin.sync_log()
+        origin.clear_log()
+        wait_ok(get(url, tmp_path / "p2.out", daemons["p2"]), "p2", daemons["p2"])
+        assert sha256_file(tmp_path / "p2.out") == digest
+        origin.sync_log()
+        why = [
+            line
+            for line in (sched.output() + daemons["p2"].output()).splitlines()
+            if any(word in line for word in ("back_to_source", "expired", "gc", "parent", "forgot"))
+        ]
+        assert origin.requests("/r.bin", "GET") == [], ("the origin served what p1 held", why[-20:])
+        assert "event=peer_succeeded" in sched.output()
         assert daemons["p1"].alive() and daemons["p2"].alive()
     finally:
         stop_all(sched, daemons)

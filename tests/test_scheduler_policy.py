@@ -78,6 +78,47 @@ def test_the_limit_is_lower_when_a_seed_exists(graph):
     assert isinstance(decide(peer, graph, rounds=1, config=config), BackToSource)
 
 
+def test_a_peer_sent_to_the_origin_is_told_which_of_its_children_hold_pieces_it_lacks(graph):
+    """The seed died: p's only piece holder is its own child c (no parent: the graph stays
+    acyclic). Sent to the origin, p is told c holds pieces it lacks, so it takes them from c."""
+    config = PolicyConfig(retry_back_to_source_rounds=1, back_to_source_limit=1)
+    peer = add_peer(graph, "p", "h1", state=PeerState.RUNNING, pieces=[0])
+    child = add_peer(graph, "c", "h2", state=PeerState.RUNNING, pieces=[0, 1, 2])
+    bare = add_peer(graph, "bare", "h3", state=PeerState.RUNNING, pieces=[0])  # nothing p lacks: no helper
+    graph.set_parents(child, [peer])
+    graph.set_parents(bare, [peer])
+    decision = decide(peer, graph, rounds=1, config=config)
+    assert decision == BackToSource("no usable parent after 1 rounds", (child,))
+    graph.block_parents(peer, [child.id])
+    assert decide(peer, graph, rounds=1, config=config).helpers == ()  # a blocked child is no helper
+
+
+def test_a_seed_two_children_cannot_reach_counts_gone_until_it_announces_again(graph):
+    """A seed that finished the task and died stays a SUCCEEDED peer until its host's TTL. Once two
+    hosts report they cannot reach it, it is neither a parent nor a live seed: another seed host
+    is triggered. Its next announce (it was alive after all) makes it usable again."""
+    dead = add_host(graph, "seed-a", seed=True)
+    spare = add_host(graph, "seed-b", seed=True, labels={"upload_slots": "1"})
+    seed_peer = add_peer(graph, "s", dead, state=PeerState.SUCCEEDED, pieces=4)
+    first = add_peer(graph, "c1", "h1", state=PeerState.RUNNING, pieces=[0])
+    second = add_peer(graph, "c2", "h2", state=PeerState.RUNNING, pieces=[1])
+    newcomer = add_peer(graph, "n", "h3")
+    assert decide(newcomer, graph).parents[0] is seed_peer
+    graph.piece_failed(first, 2, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    graph.piece_failed(first, 3, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    assert seed_peer in decide(newcomer, graph).parents  # one reporter is not enough
+    graph.piece_failed(second, 2, parent_id=seed_peer.id, temporary=True, unreachable=False)  # "busy"
+    assert seed_peer in decide(newcomer, graph).parents
+    graph.piece_failed(second, 3, parent_id=seed_peer.id, temporary=True, unreachable=True)
+    assert dead.reported_unreachable
+    assert seed_peer not in decide(newcomer, graph).parents
+    graph.block_parents(newcomer, [first.id, second.id])
+    assert decide(newcomer, graph) == TriggerSeed(spare)
+    add_host(graph, "seed-a", seed=True)  # it announces: back
+    assert not dead.reported_unreachable
+    assert decide(newcomer, graph).parents == (seed_peer,)
+
+
 def test_seed_is_triggered_for_a_new_task(graph):
     seed_host = add_host(graph, "seedhost", seed=True)
     peer = add_peer(graph, "p", "h1")
@@ -102,6 +143,23 @@ def test_seed_trigger_backoff_after_a_failure(graph):
     assert decide(peer, graph, config=config) == BackToSource("first peer of the task")
     clock.advance(61)
     assert decide(peer, graph, config=config) == TriggerSeed(seed_host)
+
+
+def test_a_failed_seed_is_replaced_by_another_seed_host_at_once(graph):
+    """The seed of a task died (its trigger refused, or its stream gone mid-download): the next
+    decision triggers another seed host, not the dead one and not after the backoff."""
+    clock = graph.clock
+    first = add_host(graph, "seed-a", seed=True)
+    second = add_host(graph, "seed-b", seed=True)
+    peer = add_peer(graph, "p", "h1")
+    config = PolicyConfig(seed_trigger_backoff=60)
+    assert decide(peer, graph, config=config) == TriggerSeed(first)
+    graph.peer_failed(graph.add_triggered_seed(peer.task, first))
+    assert decide(peer, graph, config=config) == TriggerSeed(second)
+    graph.peer_failed(graph.add_triggered_seed(peer.task, second))
+    assert decide(peer, graph, config=config) == BackToSource("first peer of the task")  # both failed
+    clock.advance(61)
+    assert decide(peer, graph, config=config) == TriggerSeed(first)
 
 
 def test_best_seed_host_is_chosen(graph):

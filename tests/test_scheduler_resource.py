@@ -326,7 +326,7 @@ def test_add_triggered_seed_needs_a_seed_and_names_uniquely(graph):
     graph.peer_failed(first)
     second = graph.add_triggered_seed(task_peer.task, seed_host)
     assert first.id != second.id
-    assert task_peer.task.seed_trigger_failed_at is not None
+    assert set(task_peer.task.failed_seed_hosts) == {"seed"}
 
 
 def test_delete_task_from_host(graph):
@@ -393,7 +393,7 @@ def test_gc_gives_up_on_triggered_seeds(graph, clock):
     report = graph.gc()
     assert report.expired_triggers == (placeholder.id,)
     assert placeholder.state is PeerState.FAILED and child.parents == {}
-    assert child.task.seed_trigger_failed_at == clock.now
+    assert child.task.failed_seed_hosts == {"seed": clock.now}
 
 
 def test_cost_per_mib():

@@ -269,6 +269,21 @@ def code_of(fn, *args, **kwargs):
 # ---- the happy paths -------------------------------------------------------------
 
 
+def test_announce_host_says_whether_the_scheduler_knew_the_host(sched, ids):
+    """host_known: false at a host's first announce (or after it was deleted: the scheduler then
+    knows none of its tasks, and the daemon registers its finished ones again), true after."""
+    stub = sched.stub
+    request = scheduler_pb2.AnnounceHostRequest(
+        host=common_pb2.Host(
+            id=ids("h"), type=common_pb2.HOST_TYPE_NORMAL, hostname="h", ip="10.1.9.1", port=4000, download_port=4001
+        )
+    )
+    assert stub.AnnounceHost(request, timeout=STEP).host_known is False
+    assert stub.AnnounceHost(request, timeout=STEP).host_known is True
+    stub.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=ids("h")), timeout=STEP)
+    assert stub.AnnounceHost(request, timeout=STEP).host_known is False
+
+
 def test_first_peer_goes_to_source_and_becomes_the_second_ones_parent(sched, ids):
     stub = sched.stub
     h1 = announce_host(stub, ids("h1"), idc="dc1")

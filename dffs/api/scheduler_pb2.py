@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x66\x66s/api/scheduler.proto\x12\x0e\x64\x66\x66s.scheduler\x1a\x15\x64\x66\x66s/api/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\">\n\x13RegisterPeerRequest\x12\'\n\x08\x64ownload\x18\x01 \x01(\x0b\x32\x15.dffs.common.Download\"\x1c\n\x1a\x44ownloadPeerStartedRequest\"=\n&DownloadPeerBackToSourceStartedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"k\n\x11RescheduleRequest\x12,\n\x11\x63\x61ndidate_parents\x18\x01 \x03(\x0b\x32\x11.dffs.common.Peer\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_description\"\xc0\x01\n\x1b\x44ownloadPeerFinishedRequest\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12\x13\n\x0bpiece_count\x18\x02 \x01(\r\x12\x11\n\x04\x65tag\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rlast_modified\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_etagB\x10\n\x0e_last_modifiedB\x0f\n\r_content_type\"\xcc\x01\n\'DownloadPeerBackToSourceFinishedRequest\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12\x13\n\x0bpiece_count\x18\x02 \x01(\r\x12\x11\n\x04\x65tag\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rlast_modified\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_etagB\x10\n\x0e_last_modifiedB\x0f\n\r_content_type\"0\n\x19\x44ownloadPeerFailedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"<\n%DownloadPeerBackToSourceFailedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"A\n\x1c\x44ownloadPieceFinishedRequest\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"M\n(DownloadPieceBackToSourceFinishedRequest\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"m\n\x1a\x44ownloadPieceFailedRequest\x12\x14\n\x0cpiece_number\x18\x01 \x01(\r\x12\x11\n\tparent_id\x18\x02 \x01(\t\x12\x11\n\ttemporary\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"S\n&DownloadPieceBackToSourceFailedRequest\x12\x14\n\x0cpiece_number\x18\x01 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xbb\t\n\x13\x41nnouncePeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x44\n\x15register_peer_request\x18\x04 \x01(\x0b\x32#.dffs.scheduler.RegisterPeerRequestH\x00\x12S\n\x1d\x64ownload_peer_started_request\x18\x05 \x01(\x0b\x32*.dffs.scheduler.DownloadPeerStartedRequestH\x00\x12n\n,download_peer_back_to_source_started_request\x18\x06 \x01(\x0b\x32\x36.dffs.scheduler.DownloadPeerBackToSourceStartedRequestH\x00\x12?\n\x12reschedule_request\x18\x07 \x01(\x0b\x32!.dffs.scheduler.RescheduleRequestH\x00\x12U\n\x1e\x64ownload_peer_finished_request\x18\x08 \x01(\x0b\x32+.dffs.scheduler.DownloadPeerFinishedRequestH\x00\x12p\n-download_peer_back_to_source_finished_request\x18\t \x01(\x0b\x32\x37.dffs.scheduler.DownloadPeerBackToSourceFinishedRequestH\x00\x12Q\n\x1c\x64ownload_peer_failed_request\x18\n \x01(\x0b\x32).dffs.scheduler.DownloadPeerFailedRequestH\x00\x12l\n+download_peer_back_to_source_failed_request\x18\x0b \x01(\x0b\x32\x35.dffs.scheduler.DownloadPeerBackToSourceFailedRequestH\x00\x12W\n\x1f\x64ownload_piece_finished_request\x18\x0c \x01(\x0b\x32,.dffs.scheduler.DownloadPieceFinishedRequestH\x00\x12r\n.download_piece_back_to_source_finished_request\x18\r \x01(\x0b\x32\x38.dffs.scheduler.DownloadPieceBackToSourceFinishedRequestH\x00\x12S\n\x1d\x64ownload_piece_failed_request\x18\x0e \x01(\x0b\x32*.dffs.scheduler.DownloadPieceFailedRequestH\x00\x12n\n,download_piece_back_to_source_failed_request\x18\x0f \x01(\x0b\x32\x36.dffs.scheduler.DownloadPieceBackToSourceFailedRequestH\x00\x42\t\n\x07request\"\x13\n\x11\x45mptyTaskResponse\"b\n\x12NormalTaskResponse\x12,\n\x11\x63\x61ndidate_parents\x18\x01 \x03(\x0b\x32\x11.dffs.common.Peer\x12\x1e\n\x16\x63oncurrent_piece_count\x18\x02 \x01(\r\"/\n\x18NeedBackToSourceResponse\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"\xfa\x01\n\x14\x41nnouncePeerResponse\x12@\n\x13\x65mpty_task_response\x18\x01 \x01(\x0b\x32!.dffs.scheduler.EmptyTaskResponseH\x00\x12\x42\n\x14normal_task_response\x18\x02 \x01(\x0b\x32\".dffs.scheduler.NormalTaskResponseH\x00\x12P\n\x1cneed_back_to_source_response\x18\x03 \x01(\x0b\x32(.dffs.scheduler.NeedBackToSourceResponseH\x00\x42\n\n\x08response\"D\n\x0fStatPeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"F\n\x11\x44\x65letePeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"3\n\x0fStatTaskRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"5\n\x10StatTasksRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"5\n\x11StatTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dffs.common.Task\"5\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"N\n\x13\x44\x65letePiecesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rpiece_numbers\x18\x03 \x03(\r\"Q\n\x16GetPieceDigestsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rpiece_numbers\x18\x03 \x03(\r\"\x90\x01\n\x17GetPieceDigestsResponse\x12\x45\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x34.dffs.scheduler.GetPieceDigestsResponse.DigestsEntry\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x13\x41nnounceHostRequest\x12\x1f\n\x04host\x18\x01 \x01(\x0b\x32\x11.dffs.common.Host\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"$\n\x11\x44\x65leteHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\"5\n\x11ListHostsResponse\x12 \n\x05hosts\x18\x01 \x03(\x0b\x32\x11.dffs.common.Host2\xdd\x06\n\tScheduler\x12]\n\x0c\x41nnouncePeer\x12#.dffs.scheduler.AnnouncePeerRequest\x1a$.dffs.scheduler.AnnouncePeerResponse(\x01\x30\x01\x12>\n\x08StatPeer\x12\x1f.dffs.scheduler.StatPeerRequest\x1a\x11.dffs.common.Peer\x12G\n\nDeletePeer\x12!.dffs.scheduler.DeletePeerRequest\x1a\x16.google.protobuf.Empty\x12>\n\x08StatTask\x12\x1f.dffs.scheduler.StatTaskRequest\x1a\x11.dffs.common.Task\x12P\n\tStatTasks\x12 .dffs.scheduler.StatTasksRequest\x1a!.dffs.scheduler.StatTasksResponse\x12G\n\nDeleteTask\x12!.dffs.scheduler.DeleteTaskRequest\x1a\x16.google.protobuf.Empty\x12K\n\x0c\x44\x65letePieces\x12#.dffs.scheduler.DeletePiecesRequest\x1a\x16.google.protobuf.Empty\x12K\n\x0c\x41nnounceHost\x12#.dffs.scheduler.AnnounceHostRequest\x1a\x16.google.protobuf.Empty\x12G\n\nDeleteHost\x12!.dffs.scheduler.DeleteHostRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\tListHosts\x12\x16.google.protobuf.Empty\x1a!.dffs.scheduler.ListHostsResponse\x12\x62\n\x0fGetPieceDigests\x12&.dffs.scheduler.GetPieceDigestsRequest\x1a\'.dffs.scheduler.GetPieceDigestsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x66\x66s/api/scheduler.proto\x12\x0e\x64\x66\x66s.scheduler\x1a\x15\x64\x66\x66s/api/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\">\n\x13RegisterPeerRequest\x12\'\n\x08\x64ownload\x18\x01 \x01(\x0b\x32\x15.dffs.common.Download\"\x1c\n\x1a\x44ownloadPeerStartedRequest\"=\n&DownloadPeerBackToSourceStartedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"k\n\x11RescheduleRequest\x12,\n\x11\x63\x61ndidate_parents\x18\x01 \x03(\x0b\x32\x11.dffs.common.Peer\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_description\"\xc0\x01\n\x1b\x44ownloadPeerFinishedRequest\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12\x13\n\x0bpiece_count\x18\x02 \x01(\r\x12\x11\n\x04\x65tag\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rlast_modified\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_etagB\x10\n\x0e_last_modifiedB\x0f\n\r_content_type\"\xcc\x01\n\'DownloadPeerBackToSourceFinishedRequest\x12\x16\n\x0e\x63ontent_length\x18\x01 \x01(\x04\x12\x13\n\x0bpiece_count\x18\x02 \x01(\r\x12\x11\n\x04\x65tag\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rlast_modified\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_etagB\x10\n\x0e_last_modifiedB\x0f\n\r_content_type\"0\n\x19\x44ownloadPeerFailedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"<\n%DownloadPeerBackToSourceFailedRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\"A\n\x1c\x44ownloadPieceFinishedRequest\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"M\n(DownloadPieceBackToSourceFinishedRequest\x12!\n\x05piece\x18\x01 \x01(\x0b\x32\x12.dffs.common.Piece\"\x82\x01\n\x1a\x44ownloadPieceFailedRequest\x12\x14\n\x0cpiece_number\x18\x01 \x01(\r\x12\x11\n\tparent_id\x18\x02 \x01(\t\x12\x11\n\ttemporary\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0bunreachable\x18\x05 \x01(\x08\"S\n&DownloadPieceBackToSourceFailedRequest\x12\x14\n\x0cpiece_number\x18\x01 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xbb\t\n\x13\x41nnouncePeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x44\n\x15register_peer_request\x18\x04 \x01(\x0b\x32#.dffs.scheduler.RegisterPeerRequestH\x00\x12S\n\x1d\x64ownload_peer_started_request\x18\x05 \x01(\x0b\x32*.dffs.scheduler.DownloadPeerStartedRequestH\x00\x12n\n,download_peer_back_to_source_started_request\x18\x06 \x01(\x0b\x32\x36.dffs.scheduler.DownloadPeerBackToSourceStartedRequestH\x00\x12?\n\x12reschedule_request\x18\x07 \x01(\x0b\x32!.dffs.scheduler.RescheduleRequestH\x00\x12U\n\x1e\x64ownload_peer_finished_request\x18\x08 \x01(\x0b\x32+.dffs.scheduler.DownloadPeerFinishedRequestH\x00\x12p\n-download_peer_back_to_source_finished_request\x18\t \x01(\x0b\x32\x37.dffs.scheduler.DownloadPeerBackToSourceFinishedRequestH\x00\x12Q\n\x1c\x64ownload_peer_failed_request\x18\n \x01(\x0b\x32).dffs.scheduler.DownloadPeerFailedRequestH\x00\x12l\n+download_peer_back_to_source_failed_request\x18\x0b \x01(\x0b\x32\x35.dffs.scheduler.DownloadPeerBackToSourceFailedRequestH\x00\x12W\n\x1f\x64ownload_piece_finished_request\x18\x0c \x01(\x0b\x32,.dffs.scheduler.DownloadPieceFinishedRequestH\x00\x12r\n.download_piece_back_to_source_finished_request\x18\r \x01(\x0b\x32\x38.dffs.scheduler.DownloadPieceBackToSourceFinishedRequestH\x00\x12S\n\x1d\x64ownload_piece_failed_request\x18\x0e \x01(\x0b\x32*.dffs.scheduler.DownloadPieceFailedRequestH\x00\x12n\n,download_piece_back_to_source_failed_request\x18\x0f \x01(\x0b\x32\x36.dffs.scheduler.DownloadPieceBackToSourceFailedRequestH\x00\x42\t\n\x07request\"\x13\n\x11\x45mptyTaskResponse\"b\n\x12NormalTaskResponse\x12,\n\x11\x63\x61ndidate_parents\x18\x01 \x03(\x0b\x32\x11.dffs.common.Peer\x12\x1e\n\x16\x63oncurrent_piece_count\x18\x02 \x01(\r\"S\n\x18NeedBackToSourceResponse\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\"\n\x07helpers\x18\x02 \x03(\x0b\x32\x11.dffs.common.Peer\"\xfa\x01\n\x14\x41nnouncePeerResponse\x12@\n\x13\x65mpty_task_response\x18\x01 \x01(\x0b\x32!.dffs.scheduler.EmptyTaskResponseH\x00\x12\x42\n\x14normal_task_response\x18\x02 \x01(\x0b\x32\".dffs.scheduler.NormalTaskResponseH\x00\x12P\n\x1cneed_back_to_source_response\x18\x03 \x01(\x0b\x32(.dffs.scheduler.NeedBackToSourceResponseH\x00\x42\n\n\x08response\"D\n\x0fStatPeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"F\n\x11\x44\x65letePeerRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"3\n\x0fStatTaskRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"5\n\x10StatTasksRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"5\n\x11StatTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dffs.common.Task\"5\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"N\n\x13\x44\x65letePiecesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rpiece_numbers\x18\x03 \x03(\r\"Q\n\x16GetPieceDigestsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rpiece_numbers\x18\x03 \x03(\r\"\x90\x01\n\x17GetPieceDigestsResponse\x12\x45\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x34.dffs.scheduler.GetPieceDigestsResponse.DigestsEntry\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x13\x41nnounceHostRequest\x12\x1f\n\x04host\x18\x01 \x01(\x0b\x32\x11.dffs.common.Host\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"*\n\x14\x41nnounceHostResponse\x12\x12\n\nhost_known\x18\x01 \x01(\x08\"$\n\x11\x44\x65leteHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\"5\n\x11ListHostsResponse\x12 \n\x05hosts\x18\x01 \x03(\x0b\x32\x11.dffs.common.Host2\xeb\x06\n\tScheduler\x12]\n\x0c\x41nnouncePeer\x12#.dffs.scheduler.AnnouncePeerRequest\x1a$.dffs.scheduler.AnnouncePeerResponse(\x01\x30\x01\x12>\n\x08StatPeer\x12\x1f.dffs.scheduler.StatPeerRequest\x1a\x11.dffs.common.Peer\x12G\n\nDeletePeer\x12!.dffs.scheduler.DeletePeerRequest\x1a\x16.google.protobuf.Empty\x12>\n\x08StatTask\x12\x1f.dffs.scheduler.StatTaskRequest\x1a\x11.dffs.common.Task\x12P\n\tStatTasks\x12 .dffs.scheduler.StatTasksRequest\x1a!.dffs.scheduler.StatTasksResponse\x12G\n\nDeleteTask\x12!.dffs.scheduler.DeleteTaskRequest\x1a\x16.google.protobuf.Empty\x12K\n\x0c\x44\x65letePieces\x12#.dffs.scheduler.DeletePiecesRequest\x1a\x16.google.protobuf.Empty\x12Y\n\x0c\x41nnounceHost\x12#.dffs.scheduler.AnnounceHostRequest\x1a$.dffs.scheduler.AnnounceHostResponse\x12G\n\nDeleteHost\x12!.dffs.scheduler.DeleteHostRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\tListHosts\x12\x16.google.protobuf.Empty\x1a!.dffs.scheduler.ListHostsResponse\x12\x62\n\x0fGetPieceDigests\x12&.dffs.scheduler.GetPieceDigestsRequest\x1a\'.dffs.scheduler.GetPieceDigestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,46 +56,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOWNLOADPIECEFINISHEDREQUEST']._serialized_end=973
   _globals['_DOWNLOADPIECEBACKTOSOURCEFINISHEDREQUEST']._serialized_start=975
   _globals['_DOWNLOADPIECEBACKTOSOURCEFINISHEDREQUEST']._serialized_end=1052
-  _globals['_DOWNLOADPIECEFAILEDREQUEST']._serialized_start=1054
-  _globals['_DOWNLOADPIECEFAILEDREQUEST']._serialized_end=1163
-  _globals['_DOWNLOADPIECEBACKTOSOURCEFAILEDREQUEST']._serialized_start=1165
-  _globals['_DOWNLOADPIECEBACKTOSOURCEFAILEDREQUEST']._serialized_end=1248
-  _globals['_ANNOUNCEPEERREQUEST']._serialized_start=1251
-  _globals['_ANNOUNCEPEERREQUEST']._serialized_end=2462
-  _globals['_EMPTYTASKRESPONSE']._serialized_start=2464
-  _globals['_EMPTYTASKRESPONSE']._serialized_end=2483
-  _globals['_NORMALTASKRESPONSE']._serialized_start=2485
-  _globals['_NORMALTASKRESPONSE']._serialized_end=2583
-  _globals['_NEEDBACKTOSOURCERESPONSE']._serialized_start=2585
-  _globals['_NEEDBACKTOSOURCERESPONSE']._serialized_end=2632
-  _globals['_ANNOUNCEPEERRESPONSE']._serialized_start=2635
-  _globals['_ANNOUNCEPEERRESPONSE']._serialized_end=2885
-  _globals['_STATPEERREQUEST']._serialized_start=2887
-  _globals['_STATPEERREQUEST']._serialized_end=2955
-  _globals['_DELETEPEERREQUEST']._serialized_start=2957
-  _globals['_DELETEPEERREQUEST']._serialized_end=3027
-  _globals['_STATTASKREQUEST']._serialized_start=3029
-  _globals['_STATTASKREQUEST']._serialized_end=3080
-  _globals['_STATTASKSREQUEST']._serialized_start=3082
-  _globals['_STATTASKSREQUEST']._serialized_end=3135
-  _globals['_STATTASKSRESPONSE']._serialized_start=3137
-  _globals['_STATTASKSRESPONSE']._serialized_end=3190
-  _globals['_DELETETASKREQUEST']._serialized_start=3192
-  _globals['_DELETETASKREQUEST']._serialized_end=3245
-  _globals['_DELETEPIECESREQUEST']._serialized_start=3247
-  _globals['_DELETEPIECESREQUEST']._serialized_end=3325
-  _globals['_GETPIECEDIGESTSREQUEST']._serialized_start=3327
-  _globals['_GETPIECEDIGESTSREQUEST']._serialized_end=3408
-  _globals['_GETPIECEDIGESTSRESPONSE']._serialized_start=3411
-  _globals['_GETPIECEDIGESTSRESPONSE']._serialized_end=3555
-  _globals['_GETPIECEDIGESTSRESPONSE_DIGESTSENTRY']._serialized_start=3509
-  _globals['_GETPIECEDIGESTSRESPONSE_DIGESTSENTRY']._serialized_end=3555
-  _globals['_ANNOUNCEHOSTREQUEST']._serialized_start=3557
-  _globals['_ANNOUNCEHOSTREQUEST']._serialized_end=3656
-  _globals['_DELETEHOSTREQUEST']._serialized_start=3658
-  _globals['_DELETEHOSTREQUEST']._serialized_end=3694
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=3696
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=3749
-  _globals['_SCHEDULER']._serialized_start=3752
-  _globals['_SCHEDULER']._serialized_end=4613
+  _globals['_DOWNLOADPIECEFAILEDREQUEST']._serialized_start=1055
+  _globals['_DOWNLOADPIECEFAILEDREQUEST']._serialized_end=1185
+  _globals['_DOWNLOADPIECEBACKTOSOURCEFAILEDREQUEST']._serialized_start=1187
+  _globals['_DOWNLOADPIECEBACKTOSOURCEFAILEDREQUEST']._serialized_end=1270
+  _globals['_ANNOUNCEPEERREQUEST']._serialized_start=1273
+  _globals['_ANNOUNCEPEERREQUEST']._serialized_end=2484
+  _globals['_EMPTYTASKRESPONSE']._serialized_start=2486
+  _globals['_EMPTYTASKRESPONSE']._serialized_end=2505
+  _globals['_NORMALTASKRESPONSE']._serialized_start=2507
+  _globals['_NORMALTASKRESPONSE']._serialized_end=2605
+  _globals['_NEEDBACKTOSOURCERESPONSE']._serialized_start=2607
+  _globals['_NEEDBACKTOSOURCERESPONSE']._serialized_end=2690
+  _globals['_ANNOUNCEPEERRESPONSE']._serialized_start=2693
+  _globals['_ANNOUNCEPEERRESPONSE']._serialized_end=2943
+  _globals['_STATPEERREQUEST']._serialized_start=2945
+  _globals['_STATPEERREQUEST']._serialized_end=3013
+  _globals['_DELETEPEERREQUEST']._serialized_start=3015
+  _globals['_DELETEPEERREQUEST']._serialized_end=3085
+  _globals['_STATTASKREQUEST']._serialized_start=3087
+  _globals['_STATTASKREQUEST']._serialized_end=3138
+  _globals['_STATTASKSREQUEST']._serialized_start=3140
+  _globals['_STATTASKSREQUEST']._serialized_end=3193
+  _globals['_STATTASKSRESPONSE']._serialized_start=3195
+  _globals['_STATTASKSRESPONSE']._serialized_end=3248
+  _globals['_DELETETASKREQUEST']._serialized_start=3250
+  _globals['_DELETETASKREQUEST']._serialized_end=3303
+  _globals['_DELETEPIECESREQUEST']._serialized_start=3305
+  _globals['_DELETEPIECESREQUEST']._serialized_end=3383
+  _globals['_GETPIECEDIGESTSREQUEST']._serialized_start=3385
+  _globals['_GETPIECEDIGESTSREQUEST']._serialized_end=3466
+  _globals['_GETPIECEDIGESTSRESPONSE']._serialized_start=3469
+  _globals['_GETPIECEDIGESTSRESPONSE']._serialized_end=3613
+  _globals['_GETPIECEDIGESTSRESPONSE_DIGESTSENTRY']._serialized_start=3567
+  _globals['_GETPIECEDIGESTSRESPONSE_DIGESTSENTRY']._serialized_end=3613
+  _globals['_ANNOUNCEHOSTREQUEST']._serialized_start=3615
+  _globals['_ANNOUNCEHOSTREQUEST']._serialized_end=3714
+  _globals['_ANNOUNCEHOSTRESPONSE']._serialized_start=3716
+  _globals['_ANNOUNCEHOSTRESPONSE']._serialized_end=3758
+  _globals['_DELETEHOSTREQUEST']._serialized_start=3760
+  _globals['_DELETEHOSTREQUEST']._serialized_end=3796
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=3798
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=3851
+  _globals['_SCHEDULER']._serialized_start=3854
+  _globals['_SCHEDULER']._serialized_end=4729
 # @@protoc_insertion_point(module_scope)

@@ -88,16 +88,18 @@ class DownloadPieceBackToSourceFinishedRequest(_message.Message):
     def __init__(self, piece: _Optional[_Union[_common_pb2.Piece, _Mapping]] = ...) -> None: ...
 
 class DownloadPieceFailedRequest(_message.Message):
-    __slots__ = ("piece_number", "parent_id", "temporary", "description")
+    __slots__ = ("piece_number", "parent_id", "temporary", "description", "unreachable")
     PIECE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     piece_number: int
     parent_id: str
     temporary: bool
     description: str
-    def __init__(self, piece_number: _Optional[int] = ..., parent_id: _Optional[str] = ..., temporary: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    unreachable: bool
+    def __init__(self, piece_number: _Optional[int] = ..., parent_id: _Optional[str] = ..., temporary: _Optional[bool] = ..., description: _Optional[str] = ..., unreachable: _Optional[bool] = ...) -> None: ...
 
 class DownloadPieceBackToSourceFailedRequest(_message.Message):
     __slots__ = ("piece_number", "description")
@@ -154,10 +156,12 @@ class NormalTaskResponse(_message.Message):
     def __init__(self, candidate_parents: _Optional[_Iterable[_Union[_common_pb2.Peer, _Mapping]]] = ..., concurrent_piece_count: _Optional[int] = ...) -> None: ...
 
 class NeedBackToSourceResponse(_message.Message):
-    __slots__ = ("description",)
+    __slots__ = ("description", "helpers")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    HELPERS_FIELD_NUMBER: _ClassVar[int]
     description: str
-    def __init__(self, description: _Optional[str] = ...) -> None: ...
+    helpers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Peer]
+    def __init__(self, description: _Optional[str] = ..., helpers: _Optional[_Iterable[_Union[_common_pb2.Peer, _Mapping]]] = ...) -> None: ...
 
 class AnnouncePeerResponse(_message.Message):
     __slots__ = ("empty_task_response", "normal_task_response", "need_back_to_source_response")
@@ -259,6 +263,12 @@ class AnnounceHostRequest(_message.Message):
     host: _common_pb2.Host
     interval: _duration_pb2.Duration
     def __init__(self, host: _Optional[_Union[_common_pb2.Host, _Mapping]] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AnnounceHostResponse(_message.Message):
+    __slots__ = ("host_known",)
+    HOST_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    host_known: bool
+    def __init__(self, host_known: _Optional[bool] = ...) -> None: ...
 
 class DeleteHostRequest(_message.Message):
     __slots__ = ("host_id",)

@@ -74,7 +74,7 @@ class SchedulerStub:
         self.AnnounceHost = channel.unary_unary(
                 '/dffs.scheduler.Scheduler/AnnounceHost',
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostRequest.SerializeToString,
-                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                response_deserializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostResponse.FromString,
                 _registered_method=True)
         self.DeleteHost = channel.unary_unary(
                 '/dffs.scheduler.Scheduler/DeleteHost',
@@ -146,6 +146,7 @@ class SchedulerServicer:
 
     def AnnounceHost(self, request, context):
         """Register or refresh a host and its load figures.
+        (Answered with an empty message before AnnounceHostResponse existed: the same bytes as host_known = false.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,7 +212,7 @@ def add_SchedulerServicer_to_server(servicer, server):
             'AnnounceHost': grpc.unary_unary_rpc_method_handler(
                     servicer.AnnounceHost,
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostRequest.FromString,
-                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                    response_serializer=dffs_dot_api_dot_scheduler__pb2.AnnounceHostResponse.SerializeToString,
             ),
             'DeleteHost': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteHost,
@@ -444,7 +445,7 @@ class Scheduler:
             target,
             '/dffs.scheduler.Scheduler/AnnounceHost',
             dffs_dot_api_dot_scheduler__pb2.AnnounceHostRequest.SerializeToString,
-            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            dffs_dot_api_dot_scheduler__pb2.AnnounceHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

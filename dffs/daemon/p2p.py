@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import logging
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -42,13 +43,15 @@ from dffs.peertask import DownloadRequest, PeerTask
 from dffs.rpc import bridge
 from dffs.security.redact import shareable_headers, shareable_url
 from dffs.source import SourceStat
-from dffs.upload.client import PeerError, PieceClient
+from dffs.upload.client import ParentUnreachable, PeerError, PieceClient
 
 log = logging.getLogger(__name__)
 
 
 #: Seconds between asks for anchored digests the scheduler did not have yet (a report in flight).
 ANCHOR_REFRESH = 0.2
+#: How long a parent just given may take to say what it holds before the origin is asked instead.
+SYNC_GRACE = 1.0
 #: Pieces asked about per GetPieceDigests (the one needed and those after it).
 ANCHOR_BATCH = 1024
 #: Conversations a task may lose to dying schedulers before it stops looking for one.
@@ -57,7 +60,11 @@ MAX_FAILOVERS = 8
 FAILOVER_BACKOFF = 0.5
 FAILOVER_BACKOFF_MAX = 5.0
 #: How a stream ends when its scheduler went away (killed, restarted, unreachable).
-SCHEDULER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: A stream ending with one of these means the scheduler is gone, not that it answered: walk the
+#: ring again. CANCELLED: the channel was closed under the stream (the manager removed that
+#: scheduler) or the server went down mid-call; a cancellation of our own never surfaces here
+#: as a status (trio cancels the task instead).
+SCHEDULER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 class _SchedulerUnreachable(Exception):
@@ -178,11 +185,12 @@ class P2PFetcher:
         return self.schedulers.peer_message(self.task_id, self.peer_id, **request)
 
     async def _send(self, message: scheduler_pb2.AnnouncePeerRequest) -> None:
-        if self._stream is None:
-            return
         async with self._send_lock:
+            stream = self._stream  # read under the lock: the conversation may end while we wait for it
+            if stream is None:
+                return
             try:
-                await self._stream.send(message)
+                await stream.send(message)
             except (grpc.RpcError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("task=%s peer=%s event=scheduler_send_failed error=%s", self.task_id, self.peer_id, exc)
                 self._conversation_lost()
@@ -361,28 +369,43 @@ class P2PFetcher:
     def _handle(self, task: PeerTask, response: scheduler_pb2.AnnouncePeerResponse) -> None:
         kind = response.WhichOneof("response")
         if kind == "normal_task_response":
-            for peer in response.normal_task_response.candidate_parents:
-                if peer.id in self.parents:
-                    continue
-                problem = unusable_parent(peer, self.schedulers.host_id)
-                if problem is not None:
-                    log.warning(
-                        "task=%s peer=%s event=parent_ignored parent=%.80r reason=%r",
-                        self.task_id,
-                        self.peer_id,
-                        peer.id,
-                        problem,
-                    )
-                    continue
-                parent = Parent(peer.id, peer.host.ip, peer.host.port, peer.host.download_port)
-                self.parents[peer.id] = parent
-                assert self._nursery is not None
-                self._nursery.start_soon(self._watch, parent, task.store.meta.piece_count)
+            self._adopt(task, response.normal_task_response.candidate_parents)
             log.info("task=%s peer=%s event=parents count=%d", self.task_id, self.peer_id, len(self.parents))
         elif kind in ("need_back_to_source_response", "empty_task_response"):
-            log.info("task=%s peer=%s event=back_to_source reason=%s", self.task_id, self.peer_id, kind)
+            helpers = response.need_back_to_source_response.helpers if kind == "need_back_to_source_response" else ()
+            # Helpers: its own children holding pieces it lacks (they could not be parents). On the
+            # origin this peer never waits for a parent, so it takes from them what they announce.
+            self._adopt(task, helpers)
+            log.info(
+                "task=%s peer=%s event=back_to_source reason=%s helpers=%d",
+                self.task_id,
+                self.peer_id,
+                kind,
+                len(helpers),
+            )
             self.back_to_source = True
         self._notify()
+
+    def _adopt(self, task: PeerTask, candidates: Iterable[common_pb2.Peer]) -> None:
+        """Watch each usable candidate's pieces (SyncPieces) as a parent of this task."""
+        for peer in candidates:
+            if peer.id in self.parents:
+                continue
+            problem = unusable_parent(peer, self.schedulers.host_id)
+            if problem is not None:
+                log.warning(
+                    "task=%s peer=%s event=parent_ignored parent=%.80r reason=%r",
+                    self.task_id,
+                    self.peer_id,
+                    peer.id,
+                    problem,
+                )
+                continue
+            parent = Parent(peer.id, peer.host.ip, peer.host.port, peer.host.download_port)
+            parent.added_at = trio.current_time()
+            self.parents[peer.id] = parent
+            assert self._nursery is not None
+            self._nursery.start_soon(self._watch, parent, task.store.meta.piece_count)
 
     async def _watch(self, parent: Parent, piece_count: int) -> None:
         """Learn a parent's pieces as it gets them (SyncPieces). What a parent says is checked: a
@@ -508,7 +531,13 @@ class P2PFetcher:
                         parent.id,
                         exc,
                     )
-                    await self._report_failure(number, parent, str(exc), temporary=exc.retryable)
+                    await self._report_failure(
+                        number,
+                        parent,
+                        str(exc),
+                        temporary=exc.retryable,
+                        unreachable=isinstance(exc, ParentUnreachable),
+                    )
                     continue
                 finally:
                     parent.active -= 1
@@ -516,6 +545,13 @@ class P2PFetcher:
                 self._piece_parent[number] = parent.id
                 return False, digest
             if self.back_to_source or origin_now:
+                settling = self._settling()
+                if settling > 0 and not origin_now:
+                    # A parent just given has not said what it holds yet: a moment for its
+                    # first SyncPieces answer before the origin is asked for what it may hold.
+                    with trio.move_on_after(settling):
+                        await changed.wait()
+                    continue
                 await task.fetch_from_origin(number, buffer)
                 return True, None
             with trio.move_on_after(self.settings.parent_wait) as waited:
@@ -537,15 +573,28 @@ class P2PFetcher:
                     )
                 )
 
+    def _settling(self) -> float:
+        """Seconds until every parent adopted in the last SYNC_GRACE has announced a piece or
+        had its grace (0: none is settling)."""
+        now = trio.current_time()
+        waits = [p.added_at + SYNC_GRACE - now for p in self.parents.values() if not p.pieces and p.usable]
+        return max((w for w in waits if w > 0), default=0.0)
+
     def _drop_piece(self, parent: Parent, number: int, why: str) -> None:
         """A parent that says wrong things about a piece is not asked again."""
         parent.failures = MAX_PARENT_FAILURES
         parent.pieces.pop(number, None)
         log.warning("task=%s piece=%d parent=%s event=parent_dropped reason=%r", self.task_id, number, parent.id, why)
 
-    async def _report_failure(self, number: int, parent: Parent, description: str, *, temporary: bool) -> None:
+    async def _report_failure(
+        self, number: int, parent: Parent, description: str, *, temporary: bool, unreachable: bool = False
+    ) -> None:
         failed = scheduler_pb2.DownloadPieceFailedRequest(
-            piece_number=number, parent_id=parent.id, temporary=temporary, description=description
+            piece_number=number,
+            parent_id=parent.id,
+            temporary=temporary,
+            description=description,
+            unreachable=unreachable,
         )
         await self._send(self._message(download_piece_failed_request=failed))
 

@@ -47,6 +47,9 @@ class Parent:
     active: int = 0
     #: Seconds per MiB of the pieces it delivered (moving average); None until the first.
     cost: float | None = None
+    #: When this peer adopted it (the caller's clock): a parent just given may not have said
+    #: what it holds yet.
+    added_at: float = 0.0
 
     def delivered(self, seconds: float, length: int) -> None:
         """A piece of ``length`` bytes arrived from this parent in ``seconds``."""

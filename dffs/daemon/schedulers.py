@@ -12,6 +12,11 @@
   conversation itself is the P2P fetcher's), registering an imported task as a
   finished peer, asking what the swarm knows of a task, and reporting deletions
   and GC evictions so no child is sent here for pieces that are gone.
+* **Schedulers that forget**: an AnnounceHost answered ``host_known = false``
+  (the scheduler restarted, or forgot this host) or a scheduler that stops
+  answering is reported on :meth:`SchedulerClient.forgetful`, so the finished
+  tasks this host holds can be registered again where peers will look for them
+  (:mod:`dffs.daemon.finished`).
 
 A daemon without schedulers has a client with no addresses: every call then
 does nothing, so callers never check whether P2P is on.
@@ -51,6 +56,11 @@ ChannelFactory = Callable[[str], grpc.Channel]
 
 #: Task IDs per StatTasks call (the scheduler takes up to 10,000).
 STAT_BATCH = 5000
+
+#: What :meth:`SchedulerClient.forgetful` reports about a scheduler.
+FORGOT = "forgot"  # it answers, but knows nothing of this host's tasks
+LOST = "lost"  # it stopped answering: its tasks are looked up on the next one of their ring
+FORGETFUL_BACKLOG = 64
 
 
 def validators_of(meta: TaskMeta) -> dict[str, str]:
@@ -111,6 +121,10 @@ class SchedulerClient:
         self._loops: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._host: common_pb2.Host | None = None
+        #: Addresses whose last AnnounceHost failed.
+        self._unreachable: set[str] = set()
+        #: Bounded: the events are hints (a repeat changes nothing), dropped when nobody listens.
+        self._forgetful_send, self._forgetful_receive = trio.open_memory_channel[tuple[str, str]](FORGETFUL_BACKLOG)
         self.update(addresses)
 
     # ---------------------------------------------------------- membership
@@ -128,6 +142,7 @@ class SchedulerClient:
             if scope is not None:
                 scope.cancel()
             del self._stubs[address]
+            self._unreachable.discard(address)
             self._channels.pop(address).close()
             log.info("host=%s event=scheduler_removed scheduler=%s", self.host_id, address)
         stubs = {}
@@ -175,12 +190,37 @@ class SchedulerClient:
         with scope:
             while True:
                 try:
-                    await bridge.unary(stub.AnnounceHost, request, timeout=5)
+                    answer = await bridge.unary(stub.AnnounceHost, request, timeout=5)
                 except grpc.RpcError as exc:
                     log.warning(
                         "host=%s event=announce_host_failed scheduler=%s code=%s", self.host_id, address, exc.code()
                     )
+                    if address not in self._unreachable:
+                        self._unreachable.add(address)
+                        self._hint((LOST, address))
+                else:
+                    self._unreachable.discard(address)
+                    if not answer.host_known:
+                        log.info("host=%s event=scheduler_forgot_host scheduler=%s", self.host_id, address)
+                        self._hint((FORGOT, address))
                 await trio.sleep(self.announce_interval)
+
+    def _hint(self, event: tuple[str, str]) -> None:
+        try:
+            self._forgetful_send.send_nowait(event)
+        except trio.WouldBlock:
+            pass
+
+    async def forgetful(self) -> AsyncIterator[tuple[str, str]]:
+        """``(FORGOT, address)`` when a scheduler answers without knowing this host (its first
+        announce after a start — the scheduler's or this daemon's — or after the host expired
+        there); ``(LOST, address)`` when one stops answering. For one consumer."""
+        async for event in self._forgetful_receive:
+            yield event
+
+    def reachable(self, address: str) -> bool:
+        """False while the last AnnounceHost to ``address`` failed."""
+        return address in self._stubs and address not in self._unreachable
 
     # ------------------------------------------------------------ routing
     def ring(self, task_id: str) -> list[tuple[str, Stub]]:
@@ -204,9 +244,11 @@ class SchedulerClient:
             yield stream
 
     # ------------------------------------------------------ task reports
-    async def announce_import(self, store: TaskStore) -> bool:
-        """Register an imported task as a finished peer at its scheduler (pieces reported as if
-        fetched from the origin, with their digests); True when one took it."""
+    async def announce_import(self, store: TaskStore, *, to: Iterable[str] | None = None) -> bool:
+        """Register a complete task (imported, or held when a scheduler forgot this host) as a
+        finished peer at its scheduler — the first of its ring that takes it, or of ``to`` —
+        pieces reported as if fetched from the origin, with their digests (why that is safe:
+        docs/security.md); True when one took it."""
         meta = store.meta
         tid = meta.task_id
         peer_id = self.new_peer_id(tid)
@@ -221,7 +263,8 @@ class SchedulerClient:
         def message(**kwargs: Any) -> scheduler_pb2.AnnouncePeerRequest:
             return self.peer_message(tid, peer_id, **kwargs)
 
-        for address, stub in self.ring(tid):
+        targets = self.ring(tid) if to is None else [(a, self._stubs[a]) for a in to if a in self._stubs]
+        for address, stub in targets:
             try:
                 with trio.fail_after(CALL_TIMEOUT + meta.piece_count / 1000):
                     async with self.announce_peer(stub) as stream:

@@ -29,6 +29,7 @@ import trio
 from dffs.api import common_pb2, dfdaemon_pb2_grpc
 from dffs.daemon.config import DaemonConfig
 from dffs.daemon.dataplane import piece_data_plane
+from dffs.daemon.finished import FinishedTasks
 from dffs.daemon.local_tasks import LocalTasks
 from dffs.daemon.membership import ManagerLink
 from dffs.daemon.p2p import P2PSettings, P2PSwarm
@@ -118,6 +119,9 @@ class Daemon:
             report=self.schedulers.report_evictions,
         )
         self.local = LocalTasks(self.storage, self.tasks, self.gc, self.schedulers, self.sources)
+        #: Complete tasks registered again with a scheduler that forgot this host (not for one
+        #: caller's embedded download: it leaves when the download is done).
+        self.finished = None if embedded else FinishedTasks(self.storage, self.schedulers)
         #: The HTTP proxy / registry mirror (off when embedded or ``proxy_port = -1``); bound here
         #: so a bad or taken address fails before anything runs.
         self.proxy = None if embedded or cfg.proxy_port == -1 else _bind_proxy(self.tasks, cfg)
@@ -233,6 +237,8 @@ class Daemon:
 
     async def _join_cluster(self, nursery: trio.Nursery) -> None:
         """Announce this host to the schedulers; learn them (and the cluster's config) from the manager."""
+        if self.finished is not None:
+            await nursery.start(self.finished.run)
         await nursery.start(self.schedulers.run, self._host())
         if self.manager_link is not None:
             # Each call times out: a manager that is down does not block the start.

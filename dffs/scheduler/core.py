@@ -316,6 +316,11 @@ class SchedulerCore:
     # ---- hosts ------------------------------------------------------------
 
     @_dispatching
+    def knows_host(self, host_id: str) -> bool:
+        """The host has spoken to this scheduler (and was not forgotten since): its tasks may be
+        known here. A seed only the manager named has not."""
+        return host_id in self.graph.hosts and host_id not in self.manager_seed_ids
+
     def announce_host(self, request: scheduler_pb2.AnnounceHostRequest) -> bool:
         """Register or refresh a host; True when it is new."""
         if not request.HasField("host"):
@@ -593,16 +598,25 @@ class SchedulerCore:
         elif kind == "download_piece_failed_request":
             msg = request.download_piece_failed_request
             _check_id("parent", msg.parent_id)
-            graph.piece_failed(peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary)
+            parent = graph.piece_failed(
+                peer, msg.piece_number, parent_id=msg.parent_id, temporary=msg.temporary, unreachable=msg.unreachable
+            )
             log.info(
-                "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s description=%r",
+                "event=piece_failed task=%s peer=%s piece=%d parent=%s temporary=%s unreachable=%s description=%r",
                 peer.task.id,
                 peer.id,
                 msg.piece_number,
                 msg.parent_id,
                 msg.temporary,
+                msg.unreachable,
                 msg.description,
             )
+            if parent is not None and msg.unreachable and parent.host.reported_unreachable:
+                log.info(
+                    "event=host_unreachable host=%s reporters=%d",
+                    parent.host.id,
+                    len(parent.host.unreachable_reporters),
+                )
         elif kind == "download_piece_back_to_source_failed_request":
             msg = request.download_piece_back_to_source_failed_request
             graph.check_piece_number(peer.task, msg.piece_number)
@@ -670,14 +684,22 @@ class SchedulerCore:
             graph.clear_parents(peer)
             peer.need_back_to_source = True
             log.info(
-                "event=back_to_source task=%s peer=%s rounds=%d reason=%r", task.id, peer.id, rounds, decision.reason
+                "event=back_to_source task=%s peer=%s rounds=%d reason=%r helpers=%s",
+                task.id,
+                peer.id,
+                rounds,
+                decision.reason,
+                ",".join(h.id for h in decision.helpers) or "-",
             )
-            return Answer(
-                decision,
-                Response(
-                    need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=decision.reason)
-                ),
+            response = Response(
+                need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=decision.reason)
             )
+            if decision.helpers:
+                helpers = response.need_back_to_source_response.helpers
+                parent_task = self.parent_task_message(task)
+                for helper in decision.helpers:
+                    self._fill_peer(helpers.add(), helper, parent_task)
+            return Answer(decision, response)
         if isinstance(decision, policy.EmptyTask):
             log.info("event=empty_task task=%s peer=%s", task.id, peer.id)
             return Answer(decision, Response(empty_task_response=scheduler_pb2.EmptyTaskResponse()))

@@ -254,6 +254,8 @@ def exclusion(
         return "not_shared"
     if host.suspect_reports:
         return "suspect"
+    if host.unreachable_reporters and host.reported_unreachable:
+        return "unreachable"
     if host.upload_slots <= host.upload_used and child.id not in parent.children:
         return "no_upload_slot"
     if not (parent.is_feeding_seed or parent.has_pieces_missing_from(child)):

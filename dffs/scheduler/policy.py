@@ -24,8 +24,10 @@ Rules, in order:
 4. usable parents (:mod:`evaluator`: a random sample of ``filter_parent_limit``
    peers that can serve, plus the ``hints`` a waking change offered) -> UseParents;
 5. a normal peer, a seed host able to take the task, and the task has no live
-   seed peer nor a seed failure in the last ``seed_trigger_backoff`` seconds
-   -> TriggerSeed (best seed by free slots, then IDC/location affinity);
+   seed peer -> TriggerSeed (best seed by free slots, then IDC/location
+   affinity), skipping seed hosts whose seed peer of this task failed in the
+   last ``seed_trigger_backoff`` seconds: a dead seed is replaced by another
+   at once, and the same one is not asked again before the backoff;
 6. a seed peer -> BackToSource (seeds are who goes to the origin);
 7. when the origin may be used (not ``disable_back_to_source``, not a
    persistent task, not priority LEVEL2):
@@ -37,6 +39,8 @@ Rules, in order:
    * after ``retry_limit`` rounds -> BackToSource anyway: the limit protects
      the origin from a stampede, it must not starve a peer forever;
    otherwise, after ``retry_limit`` rounds -> Refuse;
+   Every BackToSource past rule 3 names the peer's *helpers*: its children that hold
+   pieces it lacks (:func:`helpers`), which it takes from them rather than the origin;
 8. otherwise -> Retry, saying at which round the answer may change by itself:
    the next one when the sample did not cover every peer that can serve (a
    new draw may find a parent) or a seed trigger is backed off (time will
@@ -54,7 +58,7 @@ from collections.abc import Collection, Sequence
 import attrs
 
 from dffs.scheduler.evaluator import DEFAULT_WEIGHTS, Weights, candidate_parents, idc_affinity, location_affinity
-from dffs.scheduler.resource import LIVE_STATES, Graph, Host, Peer
+from dffs.scheduler.resource import LIVE_STATES, Graph, Host, Peer, Task
 
 #: Peers examined per decision by default, as in Dragonfly (``filter_parent_limit``).
 DEFAULT_FILTER_PARENT_LIMIT = 15
@@ -96,6 +100,11 @@ class TriggerSeed:
 @attrs.frozen
 class BackToSource:
     reason: str
+    #: Children of the peer that hold pieces: they cannot be its parents (the graph stays
+    #: acyclic), but a peer on the origin cannot wait on them in a circle, so it takes from them
+    #: what they announce and only the rest from the origin (a seed that died mid-task leaves
+    #: its pieces spread over children that are each other's descendants).
+    helpers: tuple[Peer, ...] = ()
 
 
 @attrs.frozen
@@ -120,8 +129,10 @@ def may_use_origin(peer: Peer) -> bool:
     )
 
 
-def usable_seed_hosts(graph: Graph, peer: Peer, blocklist: Collection[str] = ()) -> list[Host]:
-    """Seed hosts that could take ``peer``'s task, best first."""
+def usable_seed_hosts(
+    graph: Graph, peer: Peer, blocklist: Collection[str] = (), failed: Collection[str] = ()
+) -> list[Host]:
+    """Seed hosts that could take ``peer``'s task, best first (``failed``: hosts not to ask)."""
     seeds = [
         h
         for h in graph.seed_hosts()
@@ -129,7 +140,9 @@ def usable_seed_hosts(graph: Graph, peer: Peer, blocklist: Collection[str] = ())
         and not h.disable_shared
         and h.free_upload_slots > 0
         and h.id not in blocklist
+        and h.id not in failed
         and h.port > 0
+        and not h.reported_unreachable
     ]
     idc, location = peer.host.effective_idc, peer.host.effective_location
 
@@ -144,8 +157,33 @@ def usable_seed_hosts(graph: Graph, peer: Peer, blocklist: Collection[str] = ())
     return sorted(seeds, key=key)
 
 
+def recently_failed_seed_hosts(task: Task, now: float, backoff: float) -> set[str]:
+    """Seed hosts whose seed peer of ``task`` failed less than ``backoff`` seconds ago (the
+    record holds at most one entry per seed host of the cluster)."""
+    return {host_id for host_id, at in task.failed_seed_hosts.items() if now - at < backoff}
+
+
+def helpers(peer: Peer, config: PolicyConfig, blocklist: Collection[str] = ()) -> tuple[Peer, ...]:
+    """Children of ``peer`` that could serve it pieces it lacks, most pieces first (see
+    :class:`BackToSource`). Bounded: a peer has at most its host's upload slots of children."""
+    found = [
+        child
+        for child in peer.children.values()
+        if child in peer.task.servers
+        and child.host is not peer.host
+        and child.host.id not in blocklist
+        and child.id not in peer.blocked_parents
+        and child.has_pieces_missing_from(peer)
+    ]
+    found.sort(key=lambda child: (-child.finished_count, child.id))
+    return tuple(found[: config.candidate_parent_limit])
+
+
 def has_live_seed_peer(peer: Peer) -> bool:
-    return any(p.state in LIVE_STATES for p in peer.task.seed_peers() if p is not peer)
+    """A seed peer of the task that is, or will be, of use (one on a host others cannot reach is not)."""
+    return any(
+        p.state in LIVE_STATES and not p.host.reported_unreachable for p in peer.task.seed_peers() if p is not peer
+    )
 
 
 def decide(
@@ -188,25 +226,26 @@ def decide(
 
     backed_off = False
     if not peer.host.is_seed and origin_ok and not has_live_seed_peer(peer):
-        failed_at = task.seed_trigger_failed_at
-        if failed_at is None or graph.clock() - failed_at >= config.seed_trigger_backoff:
-            seeds = usable_seed_hosts(graph, peer, blocklist)
-            if seeds:
-                return TriggerSeed(seeds[0])
-        else:
-            backed_off = bool(graph.seeds)
+        failed = recently_failed_seed_hosts(task, graph.clock(), config.seed_trigger_backoff)
+        seeds = usable_seed_hosts(graph, peer, blocklist, failed)
+        if seeds:
+            return TriggerSeed(seeds[0])
+        backed_off = bool(failed) and bool(graph.seeds)
 
     if peer.host.is_seed and origin_ok:
-        return BackToSource("seed peers fetch from the origin")
+        return BackToSource("seed peers fetch from the origin", helpers(peer, config, blocklist))
 
     if origin_ok:
         if not task.has_live_peer_off(peer.host):
             return BackToSource("first peer of the task")
         limit = config.back_to_source_limit_with_seed if graph.seeds else config.back_to_source_limit
         if rounds >= config.retry_back_to_source_rounds and task.back_to_source_count(exclude=peer) < limit:
-            return BackToSource(f"no usable parent after {rounds} rounds")
+            return BackToSource(f"no usable parent after {rounds} rounds", helpers(peer, config, blocklist))
         if rounds >= config.retry_limit:
-            return BackToSource(f"no usable parent after {rounds} rounds (origin limit {limit} overridden)")
+            return BackToSource(
+                f"no usable parent after {rounds} rounds (origin limit {limit} overridden)",
+                helpers(peer, config, blocklist),
+            )
     elif rounds >= config.retry_limit:
         return Refuse(f"no usable parent after {rounds} rounds and the origin may not be used")
     sampled = 0 < config.filter_parent_limit < len(task.servers)

@@ -66,6 +66,9 @@ MiB = 1024 * 1024
 
 #: Recent piece costs kept per peer for bad-parent detection and scoring.
 COST_WINDOW = 64
+#: Distinct hosts that must fail to reach a host before it counts as gone (one could be the
+#: reporter's own network trouble, or a liar).
+UNREACHABLE_REPORTERS = 2
 
 _T = TypeVar("_T")
 
@@ -274,6 +277,9 @@ class Host:
     #: Origin pieces this host reported with a digest that contradicts the anchored one:
     #: such a host is not offered as a parent (its bytes are not what entered the cluster).
     suspect_reports: int = 0
+    #: Reporter host id -> when it could not reach this host (since its last announce): enough
+    #: distinct reporters and the host counts as gone until it announces again.
+    unreachable_reporters: dict[str, float] = attrs.Factory(dict)
     peers: dict[str, Peer] = attrs.Factory(dict)
     #: Edges from this host's peers to their children (kept by the graph; the
     #: sum of ``len(p.children)`` over ``peers``, without the walk).
@@ -288,6 +294,11 @@ class Host:
     @property
     def free_upload_slots(self) -> int:
         return self.upload_slots - self.upload_used
+
+    @property
+    def reported_unreachable(self) -> bool:
+        """Enough other hosts could not reach it since it last announced (see ``Graph.piece_failed``)."""
+        return len(self.unreachable_reporters) >= UNREACHABLE_REPORTERS
 
     @property
     def effective_idc(self) -> str:
@@ -323,8 +334,9 @@ class Task:
     content_type: str | None = None
     #: By id; add and remove peers with :meth:`add` and :meth:`remove` only, which keep the indexes.
     peers: dict[str, Peer] = attrs.Factory(dict)
-    #: When the last attempt to trigger a seed for this task failed.
-    seed_trigger_failed_at: float | None = None
+    #: Seed host id -> when its seed peer of this task failed (the trigger refused, the seed's
+    #: stream gone mid-download): the policy triggers another seed host meanwhile.
+    failed_seed_hosts: dict[str, float] = attrs.Factory(dict)
     #: How many times a seed was triggered for the task (names placeholders).
     seed_triggers: int = 0
     #: piece number -> "blake3:<hex>", fixed by the first peer that reported the piece from the
@@ -699,12 +711,16 @@ class Graph:
         now = self.clock()
         host = self.hosts.get(host_id)
         is_new = host is None
+        changed = False
         if host is None:
             host = self.hosts[host_id] = Host(id=host_id, created_at=now, announced_at=now, ttl=ttl)
         host.announced_at = now
         host.generation += 1
+        if host.unreachable_reporters:
+            host.unreachable_reporters.clear()  # it speaks: whatever others saw, it is back
+            changed = True
         host.ttl = ttl
-        changed = host.type is not type or host.disable_shared != disable_shared
+        changed = changed or host.type is not type or host.disable_shared != disable_shared
         host.type = type
         host.hostname = hostname
         host.ip = ip
@@ -967,11 +983,17 @@ class Graph:
         peer.host.suspect_reports += 1
         return False
 
-    def piece_failed(self, peer: Peer, number: int, *, parent_id: str, temporary: bool) -> Peer | None:
+    def piece_failed(
+        self, peer: Peer, number: int, *, parent_id: str, temporary: bool, unreachable: bool = False
+    ) -> Peer | None:
         """A child could not get a piece from ``parent_id``.
 
         A permanent failure (bad digest, parent gone) blocks that parent for
         this peer; a temporary one only counts against the parent's host.
+        ``unreachable`` (no connection): once ``UNREACHABLE_REPORTERS``
+        distinct hosts said so since the parent's host last announced, that
+        host counts as gone — no parent, no live seed — until it announces
+        again (a dead host is otherwise live until its TTL).
         """
         self.check_piece_number(peer.task, number)
         if peer.state not in ACTIVE_STATES:
@@ -982,6 +1004,12 @@ class Graph:
             raise InvalidArgument(f"piece {number}: peer names itself as the parent")
         if parent is not None:
             parent.host.upload_failed_count += 1
+            if unreachable and parent.host is not peer.host:
+                reporters = parent.host.unreachable_reporters
+                newly = peer.host.id not in reporters and len(reporters) + 1 == UNREACHABLE_REPORTERS
+                reporters[peer.host.id] = self.clock()
+                if newly:
+                    self._offer(parent.task, 1)  # no live seed any more: a waiter may trigger another
         if not temporary and parent_id:
             self.block_parents(peer, [parent_id])
         return parent
@@ -1028,7 +1056,7 @@ class Graph:
         self.clear_parents(peer)
         self._drop_children(peer)
         if peer.state is PeerState.FAILED and peer.host.is_seed:
-            peer.task.seed_trigger_failed_at = self.clock()
+            peer.task.failed_seed_hosts[peer.host.id] = self.clock()
         self._offer(peer.task, 1)  # one fewer on the origin, or no seed any more: the policy may answer now
 
     def _drop_children(self, peer: Peer) -> None:

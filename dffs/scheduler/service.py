@@ -14,7 +14,10 @@ AnnouncePeer contract (what a daemon sends and gets)
    -- the HTTP piece port, required unless disable_shared --, idc, location,
    labels; ``interval``: how often it will announce again).  Repeat every
    interval: a host silent for ``host_ttl_intervals`` intervals (``host_ttl``
-   without an interval) is dropped with all its peers.  A register on an
+   without an interval) is dropped with all its peers.  The answer's
+   ``host_known`` is false when this scheduler did not know the host (it
+   restarted, or forgot the host): it knows none of the host's finished tasks,
+   and the daemon registers them again.  A register on an
    unannounced host ends the stream NOT_FOUND.
 1. Open one AnnouncePeer stream per download.  Every message carries the same
    ``host_id``, ``task_id`` and ``peer_id`` (else INVALID_ARGUMENT).  The
@@ -292,8 +295,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_unary
     def AnnounceHost(self, request):
+        known = self.core.knows_host(request.host.id)
         self.core.announce_host(request)  # a new seed host wakes a waiter of each task
-        return empty_pb2.Empty()
+        return scheduler_pb2.AnnounceHostResponse(host_known=known)
 
     @_unary
     def DeleteHost(self, request):
