@@ -216,6 +216,162 @@ def test_a_piece_written_while_the_content_is_detached_lands_in_the_private_copy
     again.close()
 
 
+# ------------------------------------------- removals racing writes (issue 16)
+def _assert_no_wrong_byte(store, length_of):
+    """Every piece the store holds as verified reads back as its own bytes from the content file."""
+    for n in store.present_pieces():
+        if store.is_verified(n):
+            span = store.span(n)
+            assert os.pread(store.content_fd, span.length, span.offset) == piece_bytes(n, length_of(n)), n
+
+
+def test_a_removal_waiting_for_a_detach_never_punches_a_copy_written_meanwhile(tmp_path, monkeypatch):
+    """The soak's zeros through the proxy: a removal popped piece 1, then (the content hard-linked
+    by an export) waited for writes in flight with the lock released; a reader meanwhile found
+    piece 1 absent, wrote a fresh copy and recorded it verified; the removal then punched that
+    copy. Piece 1 was served as zeros by sendfile until the process ended."""
+    import threading
+
+    from dffs.storage import task as task_module
+
+    store = TaskStore.create(tmp_path / "t", make_meta(size=3 * PIECE))
+    fill(store, [0, 1])
+    os.link(store.content_path, tmp_path / "out")
+    started, go, waiting = threading.Event(), threading.Event(), threading.Event()
+    real_pwrite = task_module._pwrite_all
+
+    def held_pwrite(fd, view, offset):  # instrumentation: hold piece 2's write in flight
+        if offset == 2 * PIECE:
+            started.set()
+            assert go.wait(30)
+        real_pwrite(fd, view, offset)
+
+    class SeenWaiting(threading.Condition):  # instrumentation: say when the removal waits for writes
+        def wait(self, timeout=None):
+            waiting.set()
+            return super().wait(timeout)
+
+    monkeypatch.setattr(task_module, "_pwrite_all", held_pwrite)
+    store._content_writes_done = SeenWaiting(store._lock)
+    writer = threading.Thread(target=store.write_piece, args=(2, piece_bytes(2)))
+    writer.start()
+    assert started.wait(30)
+    remover = threading.Thread(target=store.remove_piece, args=(1,))
+    remover.start()
+    assert waiting.wait(30)  # the removal waits for piece 2's write, the lock released
+    store.write_piece(1, piece_bytes(1))  # a reader's fresh copy of piece 1, recorded meanwhile
+    go.set()
+    writer.join(30)
+    remover.join(30)
+    assert not writer.is_alive() and not remover.is_alive()
+    _assert_no_wrong_byte(store, lambda n: PIECE)
+    assert store.is_verified(2)
+    store.close()
+
+
+def test_a_write_whose_range_was_punched_before_its_record_is_written_again(tmp_path, monkeypatch):
+    """Two copies of one piece in flight (a streamed fetch and a reader's): the first is recorded,
+    the GC removes it — punching the range after the second copy's pwrite — and the second copy
+    must not then be recorded present over the hole."""
+    import threading
+
+    from dffs.storage import task as task_module
+
+    store = TaskStore.create(tmp_path / "t", make_meta(size=2 * PIECE))
+    fill(store, [0, 1])
+    written, go = threading.Event(), threading.Event()
+    real_pwrite = task_module._pwrite_all
+    held = [True]
+
+    def pwrite_then_hold(fd, view, offset):  # instrumentation: the bytes land, the record waits
+        real_pwrite(fd, view, offset)
+        if held[0]:
+            held[0] = False
+            written.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(task_module, "_pwrite_all", pwrite_then_hold)
+    writer = threading.Thread(target=store.write_piece, args=(1, piece_bytes(1)))
+    writer.start()
+    assert written.wait(30)
+    assert store.remove_piece(1) == PIECE  # the GC's eviction of the copy recorded before
+    go.set()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert store.is_verified(1)  # written again after the punch, then recorded
+    _assert_no_wrong_byte(store, lambda n: PIECE)
+    store.close()
+    again = TaskStore.open(tmp_path / "t")
+    assert again.read_piece(1) == piece_bytes(1)
+    again.close()
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["private", "hard-linked"])
+def test_writes_removals_pins_and_reads_in_threads_never_show_a_wrong_byte(tmp_path, linked):
+    """Threads doing what the proxy, the GC and exports do to one store at once: a reader pins a
+    piece, writes it if absent (single flight per piece, like PeerTask), then reads it back."""
+    import random
+    import threading
+    import time
+
+    size = 4 * PIECE - 1000
+    store = TaskStore.create(tmp_path / "t", make_meta(size=size))
+
+    def length_of(n):
+        return store.span(n).length
+
+    flights = [threading.Lock() for _ in range(4)]
+    deadline = time.monotonic() + 2.0  # how long the threads hammer, not a bound on anything
+    wrong: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def guarded(fn):
+        def run():
+            try:
+                while time.monotonic() < deadline and not wrong:
+                    fn()
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+
+        return run
+
+    def read():
+        n = random.randrange(4)
+        with store.pinned([n]):
+            if not store.is_verified(n):
+                with flights[n]:
+                    if not store.has_piece(n):
+                        store.write_piece(n, piece_bytes(n, length_of(n)))
+            span = store.span(n)
+            data = os.pread(store.content_fd, span.length, span.offset)
+            if data != piece_bytes(n, span.length):
+                wrong.append((n, data.count(0)))
+
+    def evict():
+        store.evict_piece(random.randrange(4))
+
+    exports = iter(range(10**9))
+
+    def export():
+        path = tmp_path / f"out{next(exports)}"
+        try:
+            os.link(store.content_path, path)
+        except FileNotFoundError:  # a detach is renaming its private copy into place right now
+            return
+        path.unlink()
+
+    work = [read] * 4 + [evict] * 2 + ([export] if linked else [])
+    threads = [threading.Thread(target=guarded(fn)) for fn in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert not wrong, f"pieces read with wrong bytes (piece, zero bytes): {wrong[:5]}"
+    store.close()
+
+
 def test_manager_open_create_delete_and_usage(tmp_path):
     manager = StorageManager(tmp_path / "data")
     assert manager.open_task(TID) is None

@@ -63,6 +63,8 @@ ACCESS_FILE = "access"
 ACCESS_PERSIST_INTERVAL = 5.0
 
 _VERIFY_CHUNK = 4 * 1024 * 1024
+#: Times a piece is written again when its range was punched while being written (then an error).
+_WRITE_ATTEMPTS = 5
 #: Every file of a task (content, journal, metadata, markers).
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -156,6 +158,10 @@ class TaskStore:
         #: write landing in the old file after its copy would be recorded but missing.
         self._content_writes = 0
         self._content_writes_done = threading.Condition(self._lock)
+        #: Per piece, how many times its range was punched (under the lock). A write records its
+        #: piece only if this did not change since its ``pwrite`` began: a punch landing between a
+        #: write's bytes and its record would otherwise leave a hole recorded present and verified.
+        self._punches: Counter[int] = Counter()
         self._memory = memory
         self._on_usage_change = on_usage_change or (lambda delta: None)
         #: Called with a new piece's length before it is written (the GC makes room);
@@ -396,29 +402,37 @@ class TaskStore:
         if self._before_write is not None and number not in self._present:
             release = self._before_write(span.length)  # may evict to make room; returns a release
         self.touch((number,))
+        record = journal.PieceRecord(number, span.length, True, digest)
         try:
             with self._in_use():
-                try:
-                    self._write_content(number, span, view)
-                except StorageError as exc:
-                    self.write_health.failed(str(exc))
-                    raise
-                record = journal.PieceRecord(number, span.length, True, digest)
-                with self._lock:
-                    if self._closed:
-                        raise StorageError(f"task {self.task_id} is closed")
+                for _ in range(_WRITE_ATTEMPTS):
                     try:
-                        _append(self._journal_fd, journal.encode_record(record))
-                    except OSError as exc:
-                        if number not in self._present:  # its bytes are not recorded: give their blocks back
-                            _punch_hole(self._content_fd, span.offset, span.length)
-                        error = self._write_error(number, "recording", exc)
-                        self.write_health.failed(str(error))
-                        raise error from exc
-                    self.write_health.ok()
-                    had = number in self._present
-                    self._present[number] = record
-                    self._verified.add(number)
+                        punches = self._write_content(number, span, view)
+                    except StorageError as exc:
+                        self.write_health.failed(str(exc))
+                        raise
+                    with self._lock:
+                        if self._closed:
+                            raise StorageError(f"task {self.task_id} is closed")
+                        if self._punches[number] != punches:
+                            continue  # its range was punched after these bytes began: write them again
+                        try:
+                            _append(self._journal_fd, journal.encode_record(record))
+                        except OSError as exc:
+                            if number not in self._present:  # its bytes are not recorded: give their blocks back
+                                self._punch_locked(number, span)
+                            error = self._write_error(number, "recording", exc)
+                            self.write_health.failed(str(error))
+                            raise error from exc
+                        self.write_health.ok()
+                        had = number in self._present
+                        self._present[number] = record
+                        self._verified.add(number)
+                        break
+                else:
+                    raise StorageError(
+                        f"task {self.task_id}: piece {number} was removed {_WRITE_ATTEMPTS} times while being written"
+                    )
         finally:
             if release is not None:
                 release()
@@ -428,14 +442,16 @@ class TaskStore:
             self._memory.put((self.task_id, number), bytes(view))
         return digest
 
-    def _write_content(self, number: int, span: PieceSpan, view: memoryview) -> None:
-        """``pwrite`` a piece's bytes. A failed write gives back the blocks it took (a partial piece
-        must not hold disk space on a full disk); on ENOSPC the ``reclaim`` hook (the GC, when a
-        quota is set) may free cold pieces, and the write is tried once more."""
+    def _write_content(self, number: int, span: PieceSpan, view: memoryview) -> int:
+        """``pwrite`` a piece's bytes; returns the piece's punch count as of before the write.
+
+        A failed write gives back the blocks it took (a partial piece must not hold disk space
+        on a full disk); on ENOSPC the ``reclaim`` hook (the GC, when a quota is set) may free
+        cold pieces, and the write is tried once more."""
         for attempt in (1, 2):
-            error = self._pwrite_counted(number, span, view)
+            punches, error = self._pwrite_counted(number, span, view)
             if error is None:
-                return
+                return punches
             # No write is counted here: the reclaim (the GC) may detach this very file.
             freed = 0
             if error.errno == errno.ENOSPC and attempt == 1 and self._reclaim is not None:
@@ -450,20 +466,24 @@ class TaskStore:
                 )
             if not freed:
                 raise self._write_error(number, "writing", error) from error
+        raise AssertionError("unreachable")
 
-    def _pwrite_counted(self, number: int, span: PieceSpan, view: memoryview) -> OSError | None:
+    def _pwrite_counted(self, number: int, span: PieceSpan, view: memoryview) -> tuple[int, OSError | None]:
         """One ``pwrite`` of a piece, counted in flight so that a detach waits for it; a failed
-        one gives its blocks back. Returns the error, if any."""
+        one gives its blocks back. Returns the piece's punch count from before the write, and
+        the error, if any."""
         with self._lock:
             self._content_writes += 1
             fd = self._content_fd
+            punches = self._punches[number]
         try:
             _pwrite_all(fd, view, span.offset)
-            return None
+            return punches, None
         except OSError as exc:
-            if number not in self._present:
-                _punch_hole(fd, span.offset, span.length)
-            return exc
+            with self._lock:  # checked and punched at once: a concurrent copy may be recorded meanwhile
+                if number not in self._present and self._content_fd == fd:
+                    self._punch_locked(number, span)
+            return punches, exc
         finally:
             with self._lock:
                 self._content_writes -= 1
@@ -478,27 +498,30 @@ class TaskStore:
         """Forget a piece (bad digest, or evicted) and release its disk blocks; returns the
         bytes freed (0 if absent, or pinned and ``unless_pinned``).
 
-        The hole is punched under the lock, after the piece stops being present, so a
-        fresh copy of it can never be written before the punch lands on it.
+        The record goes and the hole is punched in one hold of the lock (a detach, which may
+        wait for writes in flight with the lock released, comes first and everything is checked
+        again after it), and the punch counts in ``_punches``: a write whose bytes it may have
+        hit is never recorded, so no piece is ever present over a hole.
         """
         span = self.span(number)
         with self._lock:
-            if unless_pinned and self._pins.get(number):
+            if (unless_pinned and self._pins.get(number)) or self._closed or number not in self._present:
+                return 0
+            reopened = self._open_files_locked()
+            self._detach_if_linked()  # may wait for writes in flight, the lock released
+            # Anything may have happened while the lock was released: a pin, a close, a removal.
+            if (unless_pinned and self._pins.get(number)) or self._closed:
                 return 0
             record = self._present.pop(number, None)
             self._verified.discard(number)
             self._access.pop(number, None)
-            if record is None or self._closed:
-                return 0
-            reopened = self._open_files_locked()
-            self._detach_if_linked()  # may wait for writes in flight, the lock released
-            if self._closed:
+            if record is None:
                 return 0
             reopened = self._open_files_locked() or reopened
             # The hole first: on a full disk the record may not fit, and the blocks must go
             # anyway. A present record left over a hole fails verification, which every
             # piece passes before a process serves it, so the journal never lies to a reader.
-            _punch_hole(self._content_fd, span.offset, span.length)
+            self._punch_locked(number, span)
             try:
                 _append(
                     self._journal_fd,
@@ -628,6 +651,11 @@ class TaskStore:
         log.warning("task=%s piece=%d event=piece_corrupt action=drop", self.task_id, number)
         self.remove_piece(number)
         return False
+
+    def _punch_locked(self, number: int, span: PieceSpan) -> None:
+        """Punch a piece's range (under the lock), counted so a write in flight over it is not recorded."""
+        self._punches[number] += 1
+        _punch_hole(self._content_fd, span.offset, span.length)
 
     def _detach_if_linked(self) -> None:
         """Give this task a private content file if a user's output hard-links it.
