@@ -32,6 +32,8 @@ DEFAULT_MEMORY_TIER_BYTES = 64 * 1024 * 1024
 FD_RESERVE = 256
 #: Most stores kept with open files, whatever the limit allows.
 MAX_OPEN_STORES = 4096
+#: Locks that serialize opening, creating and deleting one task (a task's is ``int(id[:2], 16) % this``).
+TASK_LOCK_STRIPES = 64
 
 
 def default_max_open_stores() -> int:
@@ -70,7 +72,12 @@ class StorageManager:
         #: Stores with open files, least recently used first.
         self._files_lru: OrderedDict[str, TaskStore] = OrderedDict()
         self._lru_lock = threading.Lock()
+        #: Guards ``_open`` only (held for dictionary work, never for disk work).
         self._lock = threading.Lock()
+        #: Serialize the disk work of opening, creating and deleting one task, so that many
+        #: tasks are opened and created at once (a dataset's readers) instead of one at a time
+        #: behind a single lock; one stripe covers several tasks, which only costs them waiting.
+        self._task_locks = [threading.Lock() for _ in range(TASK_LOCK_STRIPES)]
         self._used_bytes = 0
         self._usage_lock = threading.Lock()
         #: Called (in the writing thread) with a new piece's length before it is
@@ -93,6 +100,9 @@ class StorageManager:
         return sorted(p.parent.name for p in self.tasks_dir.glob(f"??/*/{META_FILE}"))
 
     # -------------------------------------------------------------- tasks
+    def _task_lock(self, task_id: str) -> threading.Lock:
+        return self._task_locks[int(task_id[:2], 16) % TASK_LOCK_STRIPES]
+
     def open_task(self, task_id: str) -> TaskStore | None:
         """The task's store if it exists on disk (None otherwise).
 
@@ -101,25 +111,47 @@ class StorageManager:
         failure (EIO, EMFILE, ENOSPC...) is raised and the task left as it is: a
         transient error must not cost the pieces.
         """
+        directory = self.task_dir(task_id)
+        with self._task_lock(task_id):
+            store, fresh = self._open_locked(task_id, directory)
+        if fresh and store is not None:
+            self._files_opened(store)
+        return store
+
+    def open_or_create(self, task_id: str, meta: TaskMeta) -> tuple[TaskStore, bool]:
+        """The task's store, opened if it is on disk, else created from ``meta``: one call (one
+        thread hop) for a small object a listing described; (store, whether it was created)."""
+        if meta.task_id != task_id:
+            raise StorageError(f"task {task_id}: metadata of task {meta.task_id}")
+        directory = self.task_dir(task_id)
+        with self._task_lock(task_id):
+            found, fresh = self._open_locked(task_id, directory)
+            store = found if found is not None else self._create_locked(meta, directory)
+        if fresh or found is None:
+            self._files_opened(store)
+        return store, found is None
+
+    def _open_locked(self, task_id: str, directory: Path) -> tuple[TaskStore | None, bool]:
+        """:meth:`open_task` with the task's lock held, without the LRU's bookkeeping; and whether
+        the store was opened from disk just now."""
         with self._lock:
             store = self._open.get(task_id)
-            if store is not None:
-                return store
-            directory = self.task_dir(task_id)
-            if not (directory / META_FILE).exists():
-                return None
-            try:
-                store = TaskStore.open(directory, **self._store_hooks())
-            except TaskCorrupt as exc:
-                log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
-                shutil.rmtree(directory, ignore_errors=True)
-                return None
-            except StorageError as exc:
-                log.warning("task=%s event=task_open_failed action=keep error=%s", task_id, exc)
-                raise
+        if store is not None:
+            return store, False
+        if not (directory / META_FILE).exists():
+            return None, False
+        try:
+            store = TaskStore.open(directory, **self._store_hooks())
+        except TaskCorrupt as exc:
+            log.warning("task=%s event=task_unusable action=delete error=%s", task_id, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            return None, False
+        except StorageError as exc:
+            log.warning("task=%s event=task_open_failed action=keep error=%s", task_id, exc)
+            raise
+        with self._lock:
             self._open[task_id] = store
-        self._files_opened(store)
-        return store
+        return store, True
 
     def opened(self, task_id: str) -> TaskStore | None:
         """The task's store if this process has it open (never opens it)."""
@@ -181,33 +213,43 @@ class StorageManager:
 
     def create_task(self, meta: TaskMeta) -> TaskStore:
         """A fresh, empty store for ``meta``, replacing any older copy of the task."""
-        with self._lock:
-            old = self._open.pop(meta.task_id, None)
-            if old is not None:
-                self._account(-old.present_bytes())
-                old.close_dirty()
-            try:
-                # tasks/ again too: the data dir's contents may have been removed under us.
-                self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-                store = TaskStore.create(self.task_dir(meta.task_id), meta, **self._store_hooks())
-            except OSError as exc:  # read-only, full or gone: this request's error, named
-                error = StorageError(f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}")
-                self.write_health.failed(str(error))
-                raise error from exc
-            self._open[meta.task_id] = store
+        directory = self.task_dir(meta.task_id)  # checks the ID before anything is touched
+        with self._task_lock(meta.task_id):
+            store = self._create_locked(meta, directory)
         self._files_opened(store)
         return store
 
-    def delete_task(self, task_id: str) -> None:
+    def _create_locked(self, meta: TaskMeta, directory: Path | None = None) -> TaskStore:
+        """:meth:`create_task` with the task's lock held (without the LRU's bookkeeping)."""
         with self._lock:
-            store = self._open.pop(task_id, None)
+            old = self._open.pop(meta.task_id, None)
+        if old is not None:
+            self._account(-old.present_bytes())
+            old.close_dirty()
+        try:
+            # tasks/ again too: the data dir's contents may have been removed under us.
+            self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+            store = TaskStore.create(directory or self.task_dir(meta.task_id), meta, **self._store_hooks())
+        except OSError as exc:  # read-only, full or gone: this request's error, named
+            error = StorageError(f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}")
+            self.write_health.failed(str(error))
+            raise error from exc
+        with self._lock:
+            self._open[meta.task_id] = store
+        return store
+
+    def delete_task(self, task_id: str) -> None:
+        directory = self.task_dir(task_id)
+        with self._task_lock(task_id):
+            with self._lock:
+                store = self._open.pop(task_id, None)
             if store is not None:
                 self._account(-store.present_bytes())
                 store.close_dirty()
             with self._lru_lock:
                 self._files_lru.pop(task_id, None)
             self.memory.discard_where(lambda key: key[0] == task_id)
-            shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def close(self) -> None:
         with self._lock:

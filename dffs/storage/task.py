@@ -91,13 +91,20 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` whole (a temporary file renamed over it).
+
+    ``durable`` also fsyncs it first, so that a power loss cannot leave the new name empty.
+    A task's metadata skips that (it cost a task most of its creation): a process crash
+    loses nothing the kernel has, and a power loss that empties ``meta.json`` makes the task
+    unreadable (TaskCorrupt), which is deleted and fetched again, never served."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with open(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -188,12 +195,18 @@ class TaskStore:
     @classmethod
     def create(cls, directory: Path, meta: TaskMeta, **kwargs) -> TaskStore:
         """Start a task from nothing, replacing whatever was in ``directory``."""
+        fresh = False
         for level in (directory.parent, directory):  # tasks/<id[:2]>/<id>, private whatever the umask
-            level.mkdir(mode=DIR_MODE, exist_ok=True)
+            try:
+                level.mkdir(mode=DIR_MODE)
+                fresh = True
+            except FileExistsError:
+                fresh = False
             os.chmod(level, DIR_MODE)
-        for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
-            (directory / name).unlink(missing_ok=True)
-        write_atomically(directory / META_FILE, meta.to_json().encode())
+        if not fresh:  # an older copy's files: none of them may survive into the new task
+            for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
+                (directory / name).unlink(missing_ok=True)
+        write_atomically(directory / META_FILE, meta.to_json().encode(), durable=False)
         content_fd = open_private(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT)
         try:
             os.ftruncate(content_fd, meta.content_length)  # sparse: no blocks yet
@@ -207,7 +220,11 @@ class TaskStore:
             os.close(content_fd)
             os.close(journal_fd)
             raise
-        return cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
+        store = cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
+        # The task's creation time stands for its last access (read_last_access) until the access
+        # file is first written: a fresh task need not create it on its first read.
+        store._access_persisted = store._clock()
+        return store
 
     @classmethod
     def open(cls, directory: Path, **kwargs) -> TaskStore:
@@ -257,6 +274,8 @@ class TaskStore:
                 return
             self._closed = True
             self._close_files_locked()
+        if self.last_access > self._access_persisted:  # the LRU order survives a clean restart exactly
+            self._persist_access(self.last_access)
         try:
             (self.directory / CLEAN_MARKER).touch(mode=FILE_MODE)
         except OSError as exc:  # the next open verifies every piece instead
@@ -544,17 +563,21 @@ class TaskStore:
             self._access[number] = now
         self.last_access = now
         if now - self._access_persisted >= ACCESS_PERSIST_INTERVAL and not self._closed:
-            self._access_persisted = now
-            path = self.directory / ACCESS_FILE
+            self._persist_access(now)
+
+    def _persist_access(self, when: float) -> None:
+        self._access_persisted = when
+        path = self.directory / ACCESS_FILE
+        try:
+            os.utime(path, (when, when))
+        except FileNotFoundError:
             try:
-                os.utime(path, (now, now))
-            except FileNotFoundError:
-                try:
-                    path.touch(mode=FILE_MODE)
-                except OSError:
-                    pass
+                path.touch(mode=FILE_MODE)
+                os.utime(path, (when, when))
             except OSError:
                 pass
+        except OSError:
+            pass
 
     def piece_access(self, number: int) -> float:
         """When piece ``number`` was last used (the task's last access if not this process)."""
