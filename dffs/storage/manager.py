@@ -23,6 +23,7 @@ from pathlib import Path
 from dffs.errors import StorageError
 from dffs.storage.memory import MemoryTier
 from dffs.storage.meta import TaskMeta
+from dffs.storage.small import SMALL_OBJECT_MAX, PackedStore, SmallObjects, is_small, packed_summary_fields
 from dffs.storage.task import DIR_MODE, META_FILE, TaskCorrupt, TaskStore, TaskSummary, WriteHealth, summarize
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class StorageManager:
         memory_tier_bytes: int = DEFAULT_MEMORY_TIER_BYTES,
         clock: Callable[[], float] = time.time,
         max_open_files: int | None = None,
+        small_object_max: int = SMALL_OBJECT_MAX,
     ):
         self.data_dir = Path(data_dir)
         #: Stamps pieces' last access (the GC's LRU order); wall-clock time, injectable for tests.
@@ -66,6 +68,10 @@ class StorageManager:
         except OSError as exc:
             raise StorageError(f"cannot use data dir {self.data_dir}: {exc.strerror}") from exc
         self.memory = MemoryTier(memory_tier_bytes)
+        #: Objects of one small piece: one shared pack and index, not a directory each (small.py).
+        self.small = SmallObjects(self.data_dir)
+        #: Objects of one piece up to this size go to the pack (0: none; tests of task directories).
+        self.small_object_max = small_object_max
         #: Stores whose files may stay open at once (the rest are parked).
         self.max_open_files = max_open_files if max_open_files is not None else default_max_open_stores()
         self._open: dict[str, TaskStore] = {}
@@ -97,7 +103,8 @@ class StorageManager:
         return self.tasks_dir / task_id[:2] / task_id
 
     def task_ids(self) -> list[str]:
-        return sorted(p.parent.name for p in self.tasks_dir.glob(f"??/*/{META_FILE}"))
+        on_disk = {p.parent.name for p in self.tasks_dir.glob(f"??/*/{META_FILE}")}
+        return sorted(on_disk.union(self.small.task_ids()))
 
     # -------------------------------------------------------------- tasks
     def _task_lock(self, task_id: str) -> threading.Lock:
@@ -126,7 +133,7 @@ class StorageManager:
         directory = self.task_dir(task_id)
         with self._task_lock(task_id):
             found, fresh = self._open_locked(task_id, directory)
-            store = found if found is not None else self._create_locked(meta, directory)
+            store = found if found is not None else self._create_locked(meta, directory, absent=True)
         if fresh or found is None:
             self._files_opened(store)
         return store, found is None
@@ -139,7 +146,13 @@ class StorageManager:
         if store is not None:
             return store, False
         if not (directory / META_FILE).exists():
-            return None, False
+            row = self.small.lookup(task_id)
+            if row is None:
+                return None, False
+            store = PackedStore(self.small, row.meta, row, **self._store_hooks())
+            with self._lock:
+                self._open[task_id] = store
+            return store, True
         try:
             store = TaskStore.open(directory, **self._store_hooks())
         except TaskCorrupt as exc:
@@ -166,7 +179,12 @@ class StorageManager:
             pieces = tuple((n, store.span(n).length) for n in store.present_pieces())
             return TaskSummary(store.meta, pieces, store.disk_bytes(), store.last_access)
         try:
-            return summarize(self.task_dir(task_id))
+            directory = self.task_dir(task_id)
+            if not (directory / META_FILE).exists():
+                row = self.small.lookup(task_id)
+                if row is not None:
+                    return TaskSummary(row.meta, *packed_summary_fields(row))
+            return summarize(directory)
         except StorageError as exc:
             log.info("task=%s event=task_summary_failed error=%s", task_id, exc)
             return None
@@ -186,6 +204,8 @@ class StorageManager:
     def _files_opened(self, store: TaskStore) -> None:
         """``store`` has its files open (new, or reopened): most recently used; park the oldest idle
         stores beyond the bound. Called without any store's lock held."""
+        if not store.owns_files:  # a small object: the pack's one descriptor is the manager's
+            return
         with self._lru_lock:
             self._files_lru[store.task_id] = store
             self._files_lru.move_to_end(store.task_id)
@@ -219,17 +239,27 @@ class StorageManager:
         self._files_opened(store)
         return store
 
-    def _create_locked(self, meta: TaskMeta, directory: Path | None = None) -> TaskStore:
-        """:meth:`create_task` with the task's lock held (without the LRU's bookkeeping)."""
+    def _create_locked(self, meta: TaskMeta, directory: Path | None = None, *, absent: bool = False) -> TaskStore:
+        """:meth:`create_task` with the task's lock held (without the LRU's bookkeeping);
+        ``absent``: the caller just found no copy of the task, in memory or on disk."""
+        directory = directory or self.task_dir(meta.task_id)
         with self._lock:
             old = self._open.pop(meta.task_id, None)
         if old is not None:
             self._account(-old.present_bytes())
             old.close_dirty()
+        small = is_small(meta, self.small_object_max)
         try:
-            # tasks/ again too: the data dir's contents may have been removed under us.
-            self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-            store = TaskStore.create(directory or self.task_dir(meta.task_id), meta, **self._store_hooks())
+            if not absent:  # the older copy goes, whichever layout it had
+                self.small.remove(meta.task_id)
+                if small and directory.exists():
+                    shutil.rmtree(directory, ignore_errors=True)
+            if small:
+                store: TaskStore = PackedStore(self.small, meta, None, **self._store_hooks())
+            else:
+                # tasks/ again too: the data dir's contents may have been removed under us.
+                self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+                store = TaskStore.create(directory, meta, **self._store_hooks())
         except OSError as exc:  # read-only, full or gone: this request's error, named
             error = StorageError(f"task {meta.task_id}: cannot create it in {self.data_dir}: {exc.strerror or exc}")
             self.write_health.failed(str(error))
@@ -249,6 +279,7 @@ class StorageManager:
             with self._lru_lock:
                 self._files_lru.pop(task_id, None)
             self.memory.discard_where(lambda key: key[0] == task_id)
+            self.small.remove(task_id)
             shutil.rmtree(directory, ignore_errors=True)
 
     def close(self) -> None:
@@ -258,6 +289,7 @@ class StorageManager:
             self._open.clear()
             with self._lru_lock:
                 self._files_lru.clear()
+        self.small.close()
 
     def open_stores(self) -> dict[str, TaskStore]:
         """The tasks this process has open, by ID (a snapshot)."""
@@ -284,7 +316,7 @@ class StorageManager:
 
     def disk_usage(self) -> int:
         """Bytes the data dir's content files really occupy on disk (allocated blocks)."""
-        total = 0
+        total = self.small.disk_bytes()
         for content in self.tasks_dir.glob("??/*/content"):
             try:
                 total += content.stat().st_blocks * 512

@@ -157,6 +157,8 @@ class TaskStore:
         self.directory = directory
         self.meta = meta
         self._content_fd = content_fd
+        #: Where the task's byte 0 is in the content file (0: a file of its own; see small.py).
+        self._base = 0
         self._journal_fd = journal_fd
         self._present = present
         self._verified: set[int] = set()
@@ -367,6 +369,17 @@ class TaskStore:
         if reopened:
             self._on_files_opened(self)
         return fd
+
+    #: Whether the content file is the task's own (False: a shared pack, see small.py): only a
+    #: file of its own may be cloned or hard-linked whole by an export.
+    owns_files = True
+
+    def content_location(self) -> tuple[int, int]:
+        """(descriptor, offset of the task's byte 0 in it): hold a pin while using them.
+
+        Every reader outside the store goes through this, never ``content_fd`` with the
+        task's own offsets: a small object's bytes live at an offset of a shared pack."""
+        return self.content_fd, self._base
 
     @contextmanager
     def files_held(self):
@@ -627,7 +640,7 @@ class TaskStore:
                 return cached
         span = self.span(number)
         with self._in_use():
-            data = os.pread(self._content_fd, span.length, span.offset)
+            data = os.pread(self._content_fd, span.length, self._base + span.offset)
         if number not in self._verified:
             if not self._check(number, data):
                 raise StorageError(f"task {self.task_id}: piece {number} failed verification")
@@ -650,7 +663,7 @@ class TaskStore:
             return True
         span = self.span(number)
         with self._in_use():
-            data = os.pread(self._content_fd, span.length, span.offset) if span.length else b""
+            data = os.pread(self._content_fd, span.length, self._base + span.offset) if span.length else b""
         view = memoryview(data)
         if len(view) != span.length:
             self.remove_piece(number)
