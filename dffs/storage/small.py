@@ -127,6 +127,8 @@ class SmallObjects:
         path = self.directory / INDEX_FILE
         if path.exists() and path.stat().st_size and not _looks_like_sqlite(path):
             raise TaskCorrupt(f"{path} is not an SQLite database")
+        if not path.exists():  # created private: SQLite gives its -wal and -shm files the same mode
+            os.close(open_private(path, os.O_RDWR | os.O_CREAT))
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
