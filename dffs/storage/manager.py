@@ -93,6 +93,9 @@ class StorageManager:
         #: Called (in the writing thread) with a piece's length when writing it hit ENOSPC:
         #: the GC evicts cold pieces (when a quota is set); returns the bytes freed.
         self.reclaim: Callable[[int], int] | None = None
+        #: Whether the two hooks above may do real work (a GC pass) inside a write; None: assume
+        #: they may whenever one is set. Writes that cannot block long run on the event loop.
+        self.hooks_may_block: Callable[[], bool] | None = None
         #: Whether the last piece write here failed (see WriteHealth): one for every store.
         self.write_health = WriteHealth()
 
@@ -149,7 +152,7 @@ class StorageManager:
             row = self.small.lookup(task_id)
             if row is None:
                 return None, False
-            store = PackedStore(self.small, row.meta, row, **self._store_hooks())
+            store = PackedStore(self.small, row.meta, row, inline_writes=self._inline_writes, **self._store_hooks())
             with self._lock:
                 self._open[task_id] = store
             return store, True
@@ -255,7 +258,9 @@ class StorageManager:
                 if small and directory.exists():
                     shutil.rmtree(directory, ignore_errors=True)
             if small:
-                store: TaskStore = PackedStore(self.small, meta, None, **self._store_hooks())
+                store: TaskStore = PackedStore(
+                    self.small, meta, None, inline_writes=self._inline_writes, **self._store_hooks()
+                )
             else:
                 # tasks/ again too: the data dir's contents may have been removed under us.
                 self.tasks_dir.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -300,6 +305,13 @@ class StorageManager:
     def _before_write(self, length: int):
         reserve = self.reserve
         return reserve(length) if reserve is not None else None
+
+    def _inline_writes(self) -> bool:
+        """Small objects may be written on the event loop while no GC runs inside writes (no quota)."""
+        if self.reserve is None and self.reclaim is None:
+            return True
+        may_block = self.hooks_may_block
+        return may_block is not None and not may_block()
 
     def _reclaim(self, length: int) -> int:
         reclaim = self.reclaim

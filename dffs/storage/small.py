@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -50,6 +51,8 @@ INDEX_FILE = "objects.db"
 SMALL_OBJECT_MAX = 1 << 20
 #: Objects start at multiples of this, so that punching an object's range frees whole blocks.
 ALIGN = 4096
+#: Deferred rows (see :meth:`SmallObjects.record`) are committed at the latest once this many wait.
+MAX_PENDING = 1024
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     task_id TEXT PRIMARY KEY,
@@ -96,6 +99,9 @@ class SmallObjects:
         self._db: sqlite3.Connection | None = None
         self.pack_fd = -1
         self._end = 0
+        #: Rows recorded with ``defer`` (task ID -> the row's other columns): visible to every
+        #: lookup, committed as one transaction by the next call made off the event loop.
+        self._pending: dict[str, tuple[str, int, int, bytes, float]] = {}
         with self._lock:
             self._ensure_open()
 
@@ -183,10 +189,14 @@ class SmallObjects:
                 raise StorageError(f"cannot reset {self.directory}: {exc.strerror}") from exc
 
     def close(self) -> None:
-        """Close the index and the pack (the next use opens them again)."""
+        """Commit what waits, close the index and the pack (the next use opens them again)."""
         with self._lock:
             if self._db is None:
                 return
+            try:
+                self._flush_locked()
+            except StorageError as exc:
+                log.warning("event=small_index_batch_failed error=%s", exc)
             try:
                 self._db.close()
             finally:
@@ -198,6 +208,7 @@ class SmallObjects:
     def lookup(self, task_id: str) -> Row | None:
         """The object's row; a row whose metadata is garbage is deleted (and None returned)."""
         with self._lock:
+            self._flush_locked()
             found = self._query(
                 "SELECT meta, offset, length, digest, last_access FROM objects WHERE task_id = ?", task_id
             )
@@ -233,6 +244,7 @@ class SmallObjects:
     def task_ids(self) -> list[str]:
         with self._lock:
             try:
+                self._flush_locked()
                 return [row[0] for row in self._ensure_open().execute("SELECT task_id FROM objects")]
             except (sqlite3.Error, StorageError) as exc:
                 log.warning("event=small_store_list_failed error=%s", exc)
@@ -254,9 +266,25 @@ class SmallObjects:
             raise
         return offset
 
-    def record(self, meta: TaskMeta, offset: int, length: int, digest: bytes, last_access: float) -> None:
-        """Index an object written at ``offset``; the range of the row it replaces is given back."""
+    def record(
+        self, meta: TaskMeta, offset: int, length: int, digest: bytes, last_access: float, *, defer: bool = False
+    ) -> None:
+        """Index an object written at ``offset``; the range of the row it replaces is given back.
+
+        ``defer``: keep the row in memory for the next batch (one transaction for many objects,
+        committed by the next call made off the event loop — a lookup, a listing, the GC's pass —
+        or at close). A crash before then loses only the row: its object is fetched again, and
+        the bytes no row holds are given back at the next open."""
         with self._lock:
+            if defer:
+                previous = self._pending.get(meta.task_id)
+                self._pending[meta.task_id] = (meta.to_json(), offset, length, digest, last_access)
+                if previous is not None and previous[1] != offset:
+                    _punch_hole(self.pack_fd, previous[1], _aligned(previous[2]))
+                if len(self._pending) >= MAX_PENDING:
+                    self._flush_locked()
+                return
+            self._flush_locked()
             old = self._query("SELECT offset, length FROM objects WHERE task_id = ?", meta.task_id)
             self._run(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
@@ -273,6 +301,12 @@ class SmallObjects:
     def remove(self, task_id: str, offset: int | None = None) -> None:
         """Forget an object (only the row at ``offset`` when given) and give its blocks back."""
         with self._lock:
+            waiting = self._pending.get(task_id)
+            if waiting is not None and (offset is None or waiting[1] == offset):
+                del self._pending[task_id]
+                _punch_hole(self.pack_fd, waiting[1], _aligned(waiting[2]))
+                if offset is not None:
+                    return
             old = self._query("SELECT offset, length FROM objects WHERE task_id = ?", task_id)
             if old is None or (offset is not None and old[0] != offset):
                 return
@@ -288,7 +322,37 @@ class SmallObjects:
     def set_last_access(self, task_id: str, offset: int, when: float) -> None:
         with self._lock:
             if self._db is not None:
+                self._flush_locked()
                 self._run("UPDATE objects SET last_access = ? WHERE task_id = ? AND offset = ?", when, task_id, offset)
+
+    def flush(self) -> None:
+        """Commit the deferred rows now."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        db = self._ensure_open()
+        replaced = []
+        try:
+            db.execute("BEGIN")
+            for task_id, row in pending.items():
+                old = db.execute("SELECT offset, length FROM objects WHERE task_id = ?", (task_id,)).fetchone()
+                db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)", (task_id, *row))
+                if old is not None and old[0] != row[1]:
+                    replaced.append(old)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            # The open stores keep serving them; after a restart they are fetched again.
+            raise StorageError(f"small-object index {self.directory / INDEX_FILE}: {len(pending)} rows: {exc}") from exc
+        for offset, length in replaced:
+            _punch_hole(self.pack_fd, offset, _aligned(length))
 
     def disk_bytes(self) -> int:
         """Blocks the pack occupies (the objects' bytes; the index is metadata, like a task
@@ -310,11 +374,20 @@ class PackedStore(TaskStore):
 
     owns_files = False
 
-    def __init__(self, objects: SmallObjects, meta: TaskMeta, row: Row | None, **kwargs):
+    def __init__(
+        self,
+        objects: SmallObjects,
+        meta: TaskMeta,
+        row: Row | None,
+        *,
+        inline_writes: Callable[[], bool] = lambda: False,
+        **kwargs,
+    ):
         present = {0: journal.PieceRecord(0, row.length, True, row.digest)} if row is not None else {}
         on_usage_change = kwargs.pop("on_usage_change", None)
         super().__init__(objects.directory, meta, objects.fd(), -1, present, **kwargs)
         self._objects = objects
+        self._inline_writes = inline_writes
         if row is not None:
             self._base = row.offset
             self.last_access = row.last_access
@@ -382,8 +455,15 @@ class PackedStore(TaskStore):
     def _detach_if_linked(self) -> None:
         pass
 
+    @property
+    def writes_inline(self) -> bool:
+        """A write is a page-cache ``pwrite`` of at most SMALL_OBJECT_MAX bytes and an in-memory row
+        (``defer_index``): cheaper on the event loop than a hand-off to a worker thread — unless a
+        quota is set, whose GC may run inside the write."""
+        return self._inline_writes()
+
     # ----------------------------------------------------------------- pieces
-    def write_piece(self, number: int, data, digest: bytes | None = None) -> bytes:
+    def write_piece(self, number: int, data, digest: bytes | None = None, *, defer_index: bool = False) -> bytes:
         span = self.span(number)
         view = memoryview(data).cast("B")
         if len(view) != span.length:
@@ -402,7 +482,9 @@ class PackedStore(TaskStore):
                         self._objects.give_back(offset, span.length)
                         raise StorageError(f"task {self.task_id} is closed")
                     try:
-                        self._objects.record(self.meta, offset, span.length, digest, self.last_access)
+                        self._objects.record(
+                            self.meta, offset, span.length, digest, self.last_access, defer=defer_index
+                        )
                     except StorageError as exc:
                         self._objects.give_back(offset, span.length)
                         self.write_health.failed(str(exc))

@@ -419,10 +419,16 @@ class TaskStore:
         return None if record is None else record.digest
 
     # ------------------------------------------------------------- writing
-    def write_piece(self, number: int, data, digest: bytes | None = None) -> bytes:
+    @property
+    def writes_inline(self) -> bool:
+        """Whether :meth:`write_piece` is cheap enough for the event loop (a small object's, see small.py)."""
+        return False
+
+    def write_piece(self, number: int, data, digest: bytes | None = None, *, defer_index: bool = False) -> bytes:
         """Store piece ``number`` from ``data`` (any buffer), then record it.
 
-        Computes the digest unless the caller already did. Returns it.
+        Computes the digest unless the caller already did. Returns it. ``defer_index`` only
+        matters to a small object (small.py); a journal record is appended at once.
         """
         span = self.span(number)
         view = memoryview(data).cast("B")
