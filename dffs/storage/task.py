@@ -190,7 +190,7 @@ class TaskStore:
         #: ``clock`` stamps them (injected so tests can order accesses exactly).
         self._clock = clock
         self._access: dict[int, float] = {}
-        self.last_access = read_last_access(directory, meta)
+        self.last_access = read_last_access(directory, meta) if self.owns_files else meta.created_at
         self._access_persisted = 0.0
 
     # ----------------------------------------------------------- lifecycle
