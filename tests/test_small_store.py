@@ -270,3 +270,39 @@ def test_pack_files_are_private(tmp_path):
         storage.close()
     finally:
         os.umask(old)
+
+
+DEFERRING_CHILD = textwrap.dedent(
+    """
+    import hashlib, random, sys, time
+    from dffs.storage import StorageManager, TaskMeta
+    storage = StorageManager(sys.argv[1])
+    for i in range(8):
+        tid = hashlib.sha256(f"object-{i}".encode()).hexdigest()
+        meta = TaskMeta(task_id=tid, url=f"http://origin/{i}", content_length=9000, piece_length=4 << 20)
+        store = storage.create_task(meta)
+        assert store.writes_inline  # no GC hooks: the mount would write it on its event loop
+        store.write_piece(0, random.Random(i).randbytes(9000), defer_index=True)
+        if i == 4:
+            storage.open_task(hashlib.sha256(b"absent").hexdigest())  # a call off the loop: the batch is committed
+    print("written", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_deferred_rows_are_committed_in_batches_and_a_crash_loses_only_the_waiting_ones(tmp_path):
+    """Rows of objects written on the event loop wait for the next call made off it; a SIGKILL before
+    that loses only those objects (fetched again), and their bytes' blocks are given back."""
+    child = subprocess.Popen([sys.executable, "-c", DEFERRING_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "written\n"
+    finally:
+        child.kill()
+        child.wait(30)
+    storage = StorageManager(tmp_path, memory_tier_bytes=0)
+    try:
+        assert [read(storage, i) == body(i, 9000) for i in range(8)] == [True] * 5 + [False] * 3
+        assert storage.disk_usage() == 5 * 12 * KiB  # the three unrecorded objects' blocks were punched
+    finally:
+        storage.close()

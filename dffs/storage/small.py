@@ -90,7 +90,12 @@ class SmallObjects:
 
     def __init__(self, data_dir: Path):
         self.directory = Path(data_dir) / SMALL_DIR
+        #: The index's lock (SQLite work, which a WAL checkpoint may make slow); taken before
+        #: ``_mem_lock`` when both are needed.
         self._lock = threading.Lock()
+        #: The in-memory state only (the pack's end and descriptor, the deferred rows): what a
+        #: write on the event loop takes, so it never waits for SQLite.
+        self._mem_lock = threading.Lock()
         try:
             self.directory.mkdir(mode=DIR_MODE, exist_ok=True)
             os.chmod(self.directory, DIR_MODE)
@@ -107,24 +112,29 @@ class SmallObjects:
 
     # ------------------------------------------------------------ opening
     def _ensure_open(self) -> sqlite3.Connection:
-        """The index (and pack), opened again if :meth:`close` closed them; under the lock."""
+        """The index (and pack), opened again if :meth:`close` closed them; under ``_lock``."""
         if self._db is not None:
             return self._db
         try:
-            self._db, self.pack_fd, self._end = self._open()
+            opened = self._open()
         except (sqlite3.DatabaseError, TaskCorrupt) as exc:
             log.warning("event=small_store_unusable action=reset dir=%s error=%s", self.directory, exc)
             self._remove_files()
             try:
-                self._db, self.pack_fd, self._end = self._open()
+                opened = self._open()
             except (sqlite3.Error, TaskCorrupt) as again:
                 raise StorageError(f"cannot use {self.directory}: {again}") from again
         except (sqlite3.Error, OSError) as exc:  # EIO, EACCES...: this request's error, files kept
             raise StorageError(f"cannot use {self.directory}: {getattr(exc, 'strerror', None) or exc}") from exc
-        return self._db
+        with self._mem_lock:
+            self._db, self.pack_fd, self._end = opened
+        return opened[0]
 
     def fd(self) -> int:
         """The pack's descriptor (reopened if closed)."""
+        with self._mem_lock:
+            if self.pack_fd >= 0:
+                return self.pack_fd
         with self._lock:
             self._ensure_open()
             return self.pack_fd
@@ -200,9 +210,10 @@ class SmallObjects:
             try:
                 self._db.close()
             finally:
-                self._db = None
-                os.close(self.pack_fd)
-                self.pack_fd = -1
+                with self._mem_lock:
+                    self._db = None
+                    os.close(self.pack_fd)
+                    self.pack_fd = -1
 
     # -------------------------------------------------------------- index
     def lookup(self, task_id: str) -> Row | None:
@@ -254,11 +265,14 @@ class SmallObjects:
     def write(self, view: memoryview) -> int:
         """Append ``view`` to the pack (at a fresh aligned offset); its offset. A failed write gives
         its blocks back and raises the OSError."""
-        with self._lock:
-            self._ensure_open()
-            offset = self._end
-            self._end += _aligned(len(view))
-            fd = self.pack_fd
+        while True:
+            with self._mem_lock:
+                fd = self.pack_fd
+                if fd >= 0:
+                    offset = self._end
+                    self._end += _aligned(len(view))
+                    break
+            self.fd()  # closed: open it again
         try:
             _pwrite_all(fd, view, offset)
         except OSError:
@@ -275,15 +289,20 @@ class SmallObjects:
         committed by the next call made off the event loop — a lookup, a listing, the GC's pass —
         or at close). A crash before then loses only the row: its object is fetched again, and
         the bytes no row holds are given back at the next open."""
-        with self._lock:
-            if defer:
+        if defer:
+            with self._mem_lock:
                 previous = self._pending.get(meta.task_id)
                 self._pending[meta.task_id] = (meta.to_json(), offset, length, digest, last_access)
                 if previous is not None and previous[1] != offset:
                     _punch_hole(self.pack_fd, previous[1], _aligned(previous[2]))
-                if len(self._pending) >= MAX_PENDING:
+                backlog = len(self._pending) >= MAX_PENDING
+            if backlog and self._lock.acquire(blocking=False):  # never waits for another's commit
+                try:
                     self._flush_locked()
-                return
+                finally:
+                    self._lock.release()
+            return
+        with self._lock:
             self._flush_locked()
             old = self._query("SELECT offset, length FROM objects WHERE task_id = ?", meta.task_id)
             self._run(
@@ -301,12 +320,13 @@ class SmallObjects:
     def remove(self, task_id: str, offset: int | None = None) -> None:
         """Forget an object (only the row at ``offset`` when given) and give its blocks back."""
         with self._lock:
-            waiting = self._pending.get(task_id)
-            if waiting is not None and (offset is None or waiting[1] == offset):
-                del self._pending[task_id]
-                _punch_hole(self.pack_fd, waiting[1], _aligned(waiting[2]))
-                if offset is not None:
-                    return
+            with self._mem_lock:
+                waiting = self._pending.get(task_id)
+                if waiting is not None and (offset is None or waiting[1] == offset):
+                    del self._pending[task_id]
+                    _punch_hole(self.pack_fd, waiting[1], _aligned(waiting[2]))
+            if waiting is not None and offset is not None and waiting[1] == offset:
+                return
             old = self._query("SELECT offset, length FROM objects WHERE task_id = ?", task_id)
             if old is None or (offset is not None and old[0] != offset):
                 return
@@ -315,7 +335,7 @@ class SmallObjects:
 
     def give_back(self, offset: int, length: int) -> None:
         """Punch the range of bytes no row will hold (a write whose recording failed)."""
-        with self._lock:
+        with self._mem_lock:
             if self.pack_fd >= 0:
                 _punch_hole(self.pack_fd, offset, _aligned(length))
 
@@ -331,9 +351,11 @@ class SmallObjects:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, {}
+        """Commit the deferred rows (under ``_lock``)."""
+        with self._mem_lock:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, {}
         db = self._ensure_open()
         replaced = []
         try:
