@@ -176,10 +176,11 @@ def test_touch_orders_lru_eviction_and_persists_last_access(tmp_path):
     assert [(tid, sorted(numbers)) for tid, numbers in result.evicted_pieces] == [(TID, [0, 2])]
     assert store.present_pieces() == [1]
 
-    storage.close()
+    storage.close()  # a clean close persists the last access exactly
+    assert os.stat(store.directory / ACCESS_FILE).st_mtime == 2003.0
     again = StorageManager(tmp_path, clock=clock).open_task(TID)
-    assert again.last_access == 2000.0  # the LRU order survives a restart (as last persisted)
-    assert again.piece_access(1) == 2000.0  # pieces this process has not used carry the task's stamp
+    assert again.last_access == 2003.0  # the LRU order survives a restart
+    assert again.piece_access(1) == 2003.0  # pieces this process has not used carry the task's stamp
 
 
 def test_reserve_hook_runs_before_new_pieces_only(tmp_path):

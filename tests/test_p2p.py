@@ -73,3 +73,27 @@ def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(swarm, make_fi
     # the embedded peer took every piece from the seed: the origin served the seed alone
     swarm.origin.sync_log()
     assert swarm.origin.body_bytes("/g.bin", "GET") == 12 * MiB + 3
+
+
+def test_small_files_are_shared_from_the_pack_through_mounts(swarm, make_file):
+    """Objects of one small piece live in each daemon's shared pack, not a task directory each, and
+    still travel between peers: the origin sends every file once, whoever reads it after."""
+    swarm.start()
+    files = {
+        f"/small/f{i}.bin": make_file(swarm.root / "small" / f"f{i}.bin", 700 + 37_000 * i, seed=40 + i)
+        for i in range(8)
+    }
+    a, b = swarm.peer("peer-a", mount=True), swarm.peer("peer-b", mount=True)
+    for path, digest in files.items():
+        assert sha256_file(a.path(path, swarm.origin)) == digest
+    swarm.origin.sync_log()
+    first = {path: swarm.origin.body_bytes(path, "GET") for path in files}
+    assert all(first[path] == (swarm.root / path.lstrip("/")).stat().st_size for path in files), first
+
+    for path, digest in files.items():
+        assert sha256_file(b.path(path, swarm.origin)) == digest
+    swarm.origin.sync_log()
+    assert {path: swarm.origin.body_bytes(path, "GET") for path in files} == first  # B's came from peers
+    for peer in (a, b):
+        assert not any((peer.data_dir / "tasks").iterdir()), peer.data_dir  # no task directories
+        assert (peer.data_dir / "small" / "objects.pack").stat().st_blocks > 0

@@ -77,7 +77,7 @@ def test_open_task_files_are_bounded_and_reopened_transparently(tmp_path):
 
 
 def test_a_pinned_store_keeps_its_files_under_a_reader(tmp_path):
-    storage = StorageManager(tmp_path / "data", max_open_files=2, memory_tier_bytes=0)
+    storage = StorageManager(tmp_path / "data", max_open_files=2, memory_tier_bytes=0, small_object_max=0)
     try:
         make_tasks(storage, 1)
         store = storage.open_task(tid(0))

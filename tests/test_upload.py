@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sqlite3
 import time
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -598,6 +599,51 @@ async def test_corrupt_piece_is_dropped_and_never_sent(tmp_path, client):
             assert bytes(buf) == piece_bytes(0)
             assert server.stats.rejected == {"corrupt": 1, "not_found": 1}
             assert server.stats.bytes_uploaded == PIECE
+    finally:
+        fresh.close()
+
+
+async def test_small_objects_are_served_from_the_shared_pack(tmp_path, client, monkeypatch):
+    """Objects of one small piece live in the shared pack (no task directory): the upload server
+    sends each one's own range of it with sendfile, and one damaged at rest is refused alone."""
+    sent = []
+    real_sendfile = os.sendfile
+
+    def recording_sendfile(out_fd, in_fd, offset, count):
+        sent.append(offset)
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", recording_sendfile)
+    data_dir = tmp_path / "data"
+    first = StorageManager(data_dir)
+    objects = {f"{i:02x}" * 32: piece_bytes(i, 1000 + 3000 * i) for i in range(1, 6)}
+    for task_id, data in objects.items():
+        store = first.create_task(
+            TaskMeta(task_id=task_id, url=f"http://o/{task_id}", content_length=len(data), piece_length=4 * MiB)
+        )
+        store.write_piece(0, data)
+    assert list(first.tasks_dir.iterdir()) == []
+    first.close()
+    damaged = "03" * 32
+    with sqlite3.connect(data_dir / "small" / "objects.db") as db:
+        (offset,) = db.execute("SELECT offset FROM objects WHERE task_id = ?", (damaged,)).fetchone()
+    with open(data_dir / "small" / "objects.pack", "r+b") as f:
+        f.seek(offset + 10)
+        f.write(b"\xff\x00")
+    fresh = StorageManager(data_dir)
+    try:
+        async with running(PieceUploadServer(fresh, host=LOCAL, port=0)) as server:
+            for task_id, data in objects.items():
+                buf = bytearray(len(data))
+                if task_id == damaged:
+                    with pytest.raises(PieceNotAvailable):
+                        await client.fetch(LOCAL, server.port, task_id, 0, buf)
+                    continue
+                digest = await client.fetch(LOCAL, server.port, task_id, 0, buf, expected_digest=piece_digest(data))
+                assert bytes(buf) == data and digest == piece_digest(data)
+            assert server.stats.rejected == {"corrupt": 1}
+            assert server.stats.sendfile_bytes == sum(len(d) for t, d in objects.items() if t != damaged)
+        assert len(set(sent)) >= 4 and max(sent) > 0  # each object's own offset in the pack
     finally:
         fresh.close()
 

@@ -324,7 +324,8 @@ class DffsOperations(pyfuse3.Operations):
         if len(needed) == 1 and store.memory_eligible:  # small objects: no syscall
             start = off - store.span(needed[0]).offset
             return store.read_piece(needed[0])[start : start + size]
-        return os.pread(store.content_fd, size, off)
+        fd, base = store.content_location()
+        return os.pread(fd, size, base + off)
 
     async def _open_task(self, handle: OpenFile) -> PeerTask:
         node = handle.node

@@ -91,10 +91,11 @@ class PagePusher:
                     return  # only bytes checked against their digest reach the kernel
                 span = store.span(number)
                 with store.pinned([number]):  # not evicted, and its file not parked, meanwhile
-                    fd = os.dup(store.content_fd)
+                    own_fd, base = store.content_location()
+                    fd = os.dup(own_fd)
                     try:
                         await trio.to_thread.run_sync(
-                            self._copy, fd, inode, span.offset + begin, span.length - begin, limiter=self._thread
+                            self._copy, fd, inode, base, span.offset + begin, span.length - begin, limiter=self._thread
                         )
                     finally:
                         os.close(fd)
@@ -111,12 +112,13 @@ class PagePusher:
             if self._running == 0:
                 self._idle.set()
 
-    def _copy(self, fd: int, inode: int, offset: int, length: int) -> None:
-        """In the worker thread: the bytes from the content file into the kernel's cache of ``inode``."""
+    def _copy(self, fd: int, inode: int, base: int, offset: int, length: int) -> None:
+        """In the worker thread: the bytes from the content file (the task's byte 0 at ``base``)
+        into the kernel's cache of ``inode``."""
         with self._buffers.borrow(length) as buffer:
             filled = 0
             while filled < length:
-                got = os.preadv(fd, [buffer[filled:]], offset + filled)
+                got = os.preadv(fd, [buffer[filled:]], base + offset + filled)
                 if got <= 0:
                     raise OSError(errno.EIO, f"content file ended at {offset + filled}")
                 filled += got

@@ -255,6 +255,7 @@ class GcService:
         self._token = trio.lowlevel.current_trio_token()
         self.storage.reserve = self.make_room
         self.storage.reclaim = self.reclaim
+        self.storage.hooks_may_block = lambda: bool(self.limits.quota)  # without a quota both return at once
         try:
             await self.run_once()
             task_status.started()
@@ -269,4 +270,5 @@ class GcService:
         finally:
             self.storage.reserve = None
             self.storage.reclaim = None
+            self.storage.hooks_may_block = None
             self._token = None

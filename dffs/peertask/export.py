@@ -89,7 +89,12 @@ def export_task(store: TaskStore, output: Path) -> str:
     created = True
     try:
         with store.files_held():
-            method = _clone(store.content_fd, fd, store.meta.content_length)
+            method: str | None
+            if not store.owns_files:  # a small object in the shared pack: its range, copied
+                src, base = store.content_location()
+                method = _copy(src, fd, store.meta.content_length, base)
+            else:
+                method = _clone(store.content_fd, fd, store.meta.content_length)
             if method is None:
                 os.close(fd)
                 fd = -1
@@ -142,11 +147,12 @@ def _hard_link(content: Path, tmp: Path) -> bool:
         raise
 
 
-def _copy(src: int, dst: int, length: int) -> str:
+def _copy(src: int, dst: int, length: int, base: int = 0) -> str:
+    """``length`` bytes of ``src`` from ``base`` to the start of ``dst``."""
     offset = 0
     try:
         while offset < length:
-            copied = os.copy_file_range(src, dst, length - offset, offset, offset)
+            copied = os.copy_file_range(src, dst, length - offset, base + offset, offset)
             if copied == 0:
                 raise OSError(errno.EIO, "content file is shorter than the task")
             offset += copied
@@ -154,8 +160,9 @@ def _copy(src: int, dst: int, length: int) -> str:
     except OSError as exc:
         if offset or exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
+    os.lseek(dst, offset, os.SEEK_SET)
     while offset < length:
-        sent = os.sendfile(dst, src, offset, length - offset)
+        sent = os.sendfile(dst, src, base + offset, length - offset)
         if sent == 0:
             raise OSError(errno.EIO, "content file is shorter than the task")
         offset += sent

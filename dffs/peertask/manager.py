@@ -28,7 +28,7 @@ from dffs.peertask.swarm import NoSwarm, Swarm
 from dffs.peertask.task import PeerTask, ProgressCallback
 from dffs.source import Source, SourceRegistry, SourceStat, Validators
 from dffs.source.http.protocol import forwarded_headers
-from dffs.storage import StorageManager, TaskMeta
+from dffs.storage import StorageManager, TaskMeta, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,21 @@ class TaskManager:
         if task is not None:
             task.last_used = time.monotonic()
             return task
-        store = await trio.to_thread.run_sync(self.storage.open_task, tid)
-        if store is not None and (store.meta.imported or self._still_valid(store.meta)):
+        listed = request.size if _small(request.size) else None
+        created = False
+        store: TaskStore | None
+        if listed is not None:
+            # A small object a listing described: its metadata is known before its store is looked
+            # up, so opening or creating the store is one hop to a worker thread, not two.
+            stat = SourceStat(url=request.url, content_length=listed, etag=request.etag)
+            store, created = await trio.to_thread.run_sync(
+                self.storage.open_or_create, tid, self._meta(request, stat, listed)
+            )
+        else:
+            store = await trio.to_thread.run_sync(self.storage.open_task, tid)
+        if created:
+            self._validated[tid] = time.time()
+        elif store is not None and (store.meta.imported or self._still_valid(store.meta)):
             # Seeded from a local file (no origin to revalidate against), or confirmed recently.
             meta = store.meta
             stat = _stat_of(request.url, meta)
@@ -159,8 +172,8 @@ class TaskManager:
                 log.info("task=%s event=origin_changed action=restart url=%s", tid, request.url)
                 store = None
                 self._validated.pop(tid, None)
-        elif _small(request.size):
-            stat = SourceStat(url=request.url, content_length=request.size, etag=request.etag)
+        elif listed is not None:
+            pass  # the listing's stat, above
         else:
             stat = await self._stat(source, request)
         if store is None:
@@ -170,23 +183,7 @@ class TaskManager:
                 size = check_size(stat.content_length)
             except ValueError as exc:
                 raise SourceError(f"{request.url}: unusable object size: {exc}") from None
-            piece_length = request.piece_length or piece_length_for(size)
-            if piece_count(size, piece_length) > MAX_PIECE_COUNT:
-                raise UsageError(
-                    f"{request.url}: {size} bytes in pieces of {piece_length} is over {MAX_PIECE_COUNT} pieces"
-                )
-            meta = TaskMeta(
-                task_id=tid,
-                url=request.url,
-                content_length=size,
-                piece_length=piece_length,
-                etag=stat.etag,
-                last_modified=stat.last_modified,
-                content_type=stat.content_type,
-                tag=request.tag,
-                application=request.application,
-            )
-            store = await trio.to_thread.run_sync(self.storage.create_task, meta)
+            store = await trio.to_thread.run_sync(self.storage.create_task, self._meta(request, stat, size))
             self._validated[tid] = time.time()
         background = await Background.open(self._nursery, tid)
         fetcher = self.swarm.fetcher(request)
@@ -209,6 +206,26 @@ class TaskManager:
         self._tasks[tid] = task
         self._opened.pop(tid, trio.Event()).set()
         return task
+
+    @staticmethod
+    def _meta(request: DownloadRequest, stat: SourceStat, size: int) -> TaskMeta:
+        """A new task's metadata: ``size`` (checked) in pieces of the request's or the rule's length."""
+        piece_length = request.piece_length or piece_length_for(size)
+        if piece_count(size, piece_length) > MAX_PIECE_COUNT:
+            raise UsageError(
+                f"{request.url}: {size} bytes in pieces of {piece_length} is over {MAX_PIECE_COUNT} pieces"
+            )
+        return TaskMeta(
+            task_id=request.task_id,
+            url=request.url,
+            content_length=size,
+            piece_length=piece_length,
+            etag=stat.etag,
+            last_modified=stat.last_modified,
+            content_type=stat.content_type,
+            tag=request.tag,
+            application=request.application,
+        )
 
     def _still_valid(self, meta: TaskMeta) -> bool:
         confirmed = max(meta.created_at, self._validated.get(meta.task_id, 0.0))

@@ -228,7 +228,7 @@ class PeerTask:
                     )
             self.source_bytes += span.length
             metrics.download_bytes.labels("origin").inc(span.length)
-            await trio.to_thread.run_sync(self.store.write_piece, number, buffer)
+            await self._store_piece(number, buffer)
             self._note_written(number)
         except DffsError as exc:  # recorded for the waiters; the task's other work goes on
             error = exc
@@ -250,7 +250,7 @@ class PeerTask:
             metrics.download_bytes.labels(kind).inc(span.length)
             metrics.piece_seconds.labels(kind).observe(time.monotonic() - started)
             with self._reporting():
-                await trio.to_thread.run_sync(self.store.write_piece, number, buffer, digest)
+                await self._store_piece(number, buffer, digest)
                 # Reported before the piece counts as written, so "peer finished" never overtakes it.
                 await self.fetcher.stored(self, number, origin, time.monotonic() - started)
         self._note_written(number)
@@ -262,6 +262,16 @@ class PeerTask:
             span.length,
             1000 * (time.monotonic() - started),
         )
+
+    async def _store_piece(self, number: int, buffer: memoryview, digest: bytes | None = None) -> None:
+        """Write a piece to storage: in a worker thread, or inline for a small object in the shared
+        pack (a page-cache write and an in-memory row, cheaper than the hand-off; its index row is
+        committed with the next batch)."""
+        store = self.store
+        if store.writes_inline:
+            store.write_piece(number, buffer, digest, defer_index=True)
+        else:
+            await trio.to_thread.run_sync(store.write_piece, number, buffer, digest)
 
     async def fetch_from_origin(self, number: int, buffer: memoryview) -> None:
         span = self.store.span(number)

@@ -470,7 +470,8 @@ class ProxyServer:
                     raise AbortClient(message) from None
                 # A private fd per piece: the store may swap its content file (detaching a
                 # hard-linked export) while we send, and later pieces go to the new one.
-                fd = os.dup(store.content_fd)
+                own_fd, base = store.content_location()
+                fd = os.dup(own_fd)
                 try:
                     if not head_sent:
                         await client.send(response)
@@ -479,7 +480,7 @@ class ProxyServer:
                         head_sent = True
                     span = store.span(n)
                     lo, hi = max(start, span.offset), min(start + length, span.offset + span.length)
-                    self.p2p_bytes += await client.send_file(fd, lo, hi - lo)
+                    self.p2p_bytes += await client.send_file(fd, base + lo, hi - lo)
                 finally:
                     os.close(fd)
         if not head_sent:  # an empty body

@@ -100,7 +100,8 @@ class BlobReader:
                 self.stats.prefetched(fetched)
             else:
                 self.stats.on_demand(fetched)
-            data = await trio.to_thread.run_sync(os.pread, store.content_fd, length, offset)
+            fd, base = store.content_location()
+            data = await trio.to_thread.run_sync(os.pread, fd, length, base + offset)
         self.stats.present(store.present_bytes(), meta.content_length)
         if len(data) != length:
             raise SourceError(f"layer {self.digest}: short read of the blob at {offset}")
@@ -142,7 +143,8 @@ class SharedDocuments:
                     log.warning("event=shared_document_too_large kind=%s key=%s", kind, key)
                     return None
                 await task.fetch_all(concurrency=4)
-                return await trio.to_thread.run_sync(os.pread, task.store.content_fd, task.store.meta.content_length, 0)
+                fd, base = task.store.content_location()
+                return await trio.to_thread.run_sync(os.pread, fd, task.store.meta.content_length, base)
         except (DffsError, OSError, trio.TooSlowError) as exc:
             log.info("event=shared_document_unavailable kind=%s key=%s error=%s", kind, key, exc)
             return None

@@ -91,13 +91,20 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` whole (a temporary file renamed over it).
+
+    ``durable`` also fsyncs it first, so that a power loss cannot leave the new name empty.
+    A task's metadata skips that (it cost a task most of its creation): a process crash
+    loses nothing the kernel has, and a power loss that empties ``meta.json`` makes the task
+    unreadable (TaskCorrupt), which is deleted and fetched again, never served."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with open(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -150,6 +157,8 @@ class TaskStore:
         self.directory = directory
         self.meta = meta
         self._content_fd = content_fd
+        #: Where the task's byte 0 is in the content file (0: a file of its own; see small.py).
+        self._base = 0
         self._journal_fd = journal_fd
         self._present = present
         self._verified: set[int] = set()
@@ -181,19 +190,25 @@ class TaskStore:
         #: ``clock`` stamps them (injected so tests can order accesses exactly).
         self._clock = clock
         self._access: dict[int, float] = {}
-        self.last_access = read_last_access(directory, meta)
+        self.last_access = read_last_access(directory, meta) if self.owns_files else meta.created_at
         self._access_persisted = 0.0
 
     # ----------------------------------------------------------- lifecycle
     @classmethod
     def create(cls, directory: Path, meta: TaskMeta, **kwargs) -> TaskStore:
         """Start a task from nothing, replacing whatever was in ``directory``."""
+        fresh = False
         for level in (directory.parent, directory):  # tasks/<id[:2]>/<id>, private whatever the umask
-            level.mkdir(mode=DIR_MODE, exist_ok=True)
+            try:
+                level.mkdir(mode=DIR_MODE)
+                fresh = True
+            except FileExistsError:
+                fresh = False
             os.chmod(level, DIR_MODE)
-        for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
-            (directory / name).unlink(missing_ok=True)
-        write_atomically(directory / META_FILE, meta.to_json().encode())
+        if not fresh:  # an older copy's files: none of them may survive into the new task
+            for name in (CLEAN_MARKER, JOURNAL_FILE, CONTENT_FILE):
+                (directory / name).unlink(missing_ok=True)
+        write_atomically(directory / META_FILE, meta.to_json().encode(), durable=False)
         content_fd = open_private(directory / CONTENT_FILE, os.O_RDWR | os.O_CREAT)
         try:
             os.ftruncate(content_fd, meta.content_length)  # sparse: no blocks yet
@@ -207,7 +222,11 @@ class TaskStore:
             os.close(content_fd)
             os.close(journal_fd)
             raise
-        return cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
+        store = cls(directory, meta, content_fd, journal_fd, {}, **kwargs)
+        # The task's creation time stands for its last access (read_last_access) until the access
+        # file is first written: a fresh task need not create it on its first read.
+        store._access_persisted = store._clock()
+        return store
 
     @classmethod
     def open(cls, directory: Path, **kwargs) -> TaskStore:
@@ -257,6 +276,8 @@ class TaskStore:
                 return
             self._closed = True
             self._close_files_locked()
+        if self.last_access > self._access_persisted:  # the LRU order survives a clean restart exactly
+            self._persist_access(self.last_access)
         try:
             (self.directory / CLEAN_MARKER).touch(mode=FILE_MODE)
         except OSError as exc:  # the next open verifies every piece instead
@@ -349,6 +370,17 @@ class TaskStore:
             self._on_files_opened(self)
         return fd
 
+    #: Whether the content file is the task's own (False: a shared pack, see small.py): only a
+    #: file of its own may be cloned or hard-linked whole by an export.
+    owns_files = True
+
+    def content_location(self) -> tuple[int, int]:
+        """(descriptor, offset of the task's byte 0 in it): hold a pin while using them.
+
+        Every reader outside the store goes through this, never ``content_fd`` with the
+        task's own offsets: a small object's bytes live at an offset of a shared pack."""
+        return self.content_fd, self._base
+
     @contextmanager
     def files_held(self):
         """Keep the store's files open for the block (a whole-file export reads ``content_fd``)."""
@@ -387,10 +419,16 @@ class TaskStore:
         return None if record is None else record.digest
 
     # ------------------------------------------------------------- writing
-    def write_piece(self, number: int, data, digest: bytes | None = None) -> bytes:
+    @property
+    def writes_inline(self) -> bool:
+        """Whether :meth:`write_piece` is cheap enough for the event loop (a small object's, see small.py)."""
+        return False
+
+    def write_piece(self, number: int, data, digest: bytes | None = None, *, defer_index: bool = False) -> bytes:
         """Store piece ``number`` from ``data`` (any buffer), then record it.
 
-        Computes the digest unless the caller already did. Returns it.
+        Computes the digest unless the caller already did. Returns it. ``defer_index`` only
+        matters to a small object (small.py); a journal record is appended at once.
         """
         span = self.span(number)
         view = memoryview(data).cast("B")
@@ -544,17 +582,21 @@ class TaskStore:
             self._access[number] = now
         self.last_access = now
         if now - self._access_persisted >= ACCESS_PERSIST_INTERVAL and not self._closed:
-            self._access_persisted = now
-            path = self.directory / ACCESS_FILE
+            self._persist_access(now)
+
+    def _persist_access(self, when: float) -> None:
+        self._access_persisted = when
+        path = self.directory / ACCESS_FILE
+        try:
+            os.utime(path, (when, when))
+        except FileNotFoundError:
             try:
-                os.utime(path, (now, now))
-            except FileNotFoundError:
-                try:
-                    path.touch(mode=FILE_MODE)
-                except OSError:
-                    pass
+                path.touch(mode=FILE_MODE)
+                os.utime(path, (when, when))
             except OSError:
                 pass
+        except OSError:
+            pass
 
     def piece_access(self, number: int) -> float:
         """When piece ``number`` was last used (the task's last access if not this process)."""
@@ -604,7 +646,7 @@ class TaskStore:
                 return cached
         span = self.span(number)
         with self._in_use():
-            data = os.pread(self._content_fd, span.length, span.offset)
+            data = os.pread(self._content_fd, span.length, self._base + span.offset)
         if number not in self._verified:
             if not self._check(number, data):
                 raise StorageError(f"task {self.task_id}: piece {number} failed verification")
@@ -627,7 +669,7 @@ class TaskStore:
             return True
         span = self.span(number)
         with self._in_use():
-            data = os.pread(self._content_fd, span.length, span.offset) if span.length else b""
+            data = os.pread(self._content_fd, span.length, self._base + span.offset) if span.length else b""
         view = memoryview(data)
         if len(view) != span.length:
             self.remove_piece(number)

@@ -488,7 +488,8 @@ class PieceUploadServer:
                 raise NotFound(f"piece {n} of task {request.task_id} is not here")
             span = store.span(n)
             # A private fd: the store may swap or close its own while we send.
-            fd = os.dup(store.content_fd)
+            own_fd, base = store.content_location()
+            fd = os.dup(own_fd)
         except (OSError, StorageError) as exc:
             if pinned is not None:
                 pinned.unpin((n,))
@@ -500,12 +501,12 @@ class PieceUploadServer:
             raise
         if verified_before and not request.is_head and hasattr(os, "posix_fadvise"):
             try:  # start reading it in if it left the page cache; sendfile would block the loop
-                os.posix_fadvise(fd, span.offset, span.length, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(fd, base + span.offset, span.length, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass
         return _Prepared(
             fd,
-            span.offset,
+            base + span.offset,
             span.length,
             digest,
             meta.content_length,

@@ -420,7 +420,20 @@ def _py_spy(pid: int, out: str, label: str):
     target = Path(out).with_name(f"{Path(out).stem}-{label.replace(' ', '_')}{Path(out).suffix}")
     fmt = "raw" if target.suffix == ".txt" else "flamegraph"  # raw: collapsed stacks, for reading as text
     proc = subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "250", "--output", str(target), "--format", fmt, "--threads"],
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--output",
+            str(target),
+            "--format",
+            fmt,
+            "--threads",
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
