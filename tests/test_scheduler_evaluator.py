@@ -423,7 +423,7 @@ def test_past_the_walk_limit_peers_that_have_parents_count_as_cycles(graph, monk
     unrelated = add_peer(graph, "other", "oh", state=PeerState.RUNNING, pieces=[7])
     graph.set_parents(unrelated, [source])
     descendants = evaluator.Descendants(root)
-    assert not descendants.complete and len(descendants.found) == 5
+    assert not descendants.complete and len(descendants.found) > 5
     # Conservative: a peer with parents may be a descendant; one without cannot be.
     assert exclusion(unrelated, root, descendants=descendants) == "cycle"
     assert exclusion(source, root, descendants=descendants) is None
