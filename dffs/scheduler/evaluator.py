@@ -166,9 +166,9 @@ def is_bad_parent(
     the mean and variance are the exact ones, rounded once.
     """
     stats = cost_stats(costs)
-    if stats is None or stats.count < min_history:
+    if stats is None or stats.history < min_history:
         return False
-    n, total, last = stats.count, stats.total, stats.last
+    n, total, last = stats.history, stats.total, stats.last
     raw_mean = total / (n << COST_BITS)
     mean = max(raw_mean, BAD_COST_FLOOR)
     if n < normal_history:

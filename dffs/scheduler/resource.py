@@ -148,8 +148,8 @@ def cost_units(cost: float) -> int:
 class CostStats(NamedTuple):
     """Exact sums over a window of costs, in 2**-COST_BITS units: what bad-parent detection asks."""
 
-    #: Costs before the newest, their sum and sum of squares (units, units squared).
-    count: int
+    #: How many costs came before the newest, their sum and sum of squares (units, units squared).
+    history: int
     total: int
     squares: int
     #: The newest cost (float, as reported).
