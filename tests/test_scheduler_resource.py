@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from dffs.scheduler.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, SchedulerError
 from dffs.scheduler.resource import (
+    RECENT_COSTS,
     TRANSITIONS,
     CostWindow,
     HostType,
@@ -18,6 +20,7 @@ from dffs.scheduler.resource import (
     PeerState,
     TaskState,
     cost_per_mib,
+    cost_stats,
     next_state,
 )
 from dffs.scheduler.testing import FakeClock, add_host, add_peer, make_graph
@@ -93,6 +96,22 @@ def test_announce_host_registers_and_refreshes(graph, clock):
     assert again is host and not new
     assert host.ip == "10.0.0.2" and host.announced_at == clock.now
     assert host.ttl == 60  # 3 intervals
+
+
+def test_a_host_s_generation_moves_only_when_what_it_says_changes(graph, clock):
+    """The scheduler rebuilds a host's message (which every answer naming it carries) per generation:
+    the periodic announce that repeats itself must not make the next decision rebuild it."""
+    said = {"ip": "10.0.0.1", "port": 4000, "download_port": 4001, "idc": "dc1", "labels": {"a": "b"}}
+    host, _ = graph.announce_host("h1", **said)
+    first = host.generation
+    clock.advance(30)
+    graph.announce_host("h1", **said, interval=30)
+    assert host.generation == first and host.announced_at == clock.now
+    for change in ({"ip": "10.0.0.2"}, {"labels": {"a": "c"}}, {"disable_shared": True}, {"type": HostType.SEED}):
+        before = host.generation
+        graph.announce_host("h1", **{**said, **change})
+        assert host.generation == before + 1, change
+        graph.announce_host("h1", **said)  # back: a change too
 
 
 def test_seed_hosts_get_more_slots_and_labels_override(graph):
@@ -559,17 +578,24 @@ def test_cost_window_is_a_bounded_queue(costs, maxlen):
         assert window[-1] == reference[-1] and window[0] == reference[0] and window[1:] == list(reference)[1:]
 
 
-def test_cost_window_memo_lasts_until_the_next_cost():
-    window = CostWindow([1.0, 2.0])
-    calls = []
+#: Costs a piece report can give: 0, or at least 1 ns over 2**40 bytes (> 2**-50 s/MiB).
+_report_costs = st.one_of(st.just(0.0), st.floats(2**-50, 1e6))
 
-    def total(w):
-        calls.append(1)
-        return sum(w)
 
-    assert window.memo("sum", total) == 3.0 and window.memo("sum", total) == 3.0 and len(calls) == 1
-    window.append(4.0)
-    assert window.memo("sum", total) == 7.0 and len(calls) == 2
+@given(st.lists(_report_costs, max_size=300), st.integers(1, 70))
+def test_cost_window_keeps_exact_sums_as_costs_pass_through(costs, maxlen):
+    """The sums a decision asks for are kept on append (O(1) questions) and stay exact however
+    many costs pass through: the same as computing them from the window's contents, and the
+    recent mean is the exact mean of the last RECENT_COSTS, rounded once."""
+    window = CostWindow(maxlen=maxlen)
+    for cost in costs:
+        window.append(cost)
+        contents = window.tolist()
+        assert window.stats() == cost_stats(contents)
+        recent = contents[-RECENT_COSTS:]
+        exact = sum(map(Fraction, recent)) / len(recent) if recent else None
+        assert window.recent_mean() == (float(exact) if exact is not None else None)
+    assert (window.stats() is None) == (not costs)
 
 
 def test_peer_pool_samples_without_copying_and_removes_in_constant_time(graph):

@@ -354,6 +354,7 @@ class SchedulerCore:
             disable_shared=h.disable_shared,
             interval=interval,
         )
+        self.host_message(host)  # built now if the host said something new: no answer naming it waits for it
         if is_new:
             log.info(
                 "event=host_announced host=%s type=%s ip=%s port=%d download_port=%d ttl=%.1f",
@@ -769,7 +770,8 @@ class SchedulerCore:
         return ts
 
     def host_message(self, host: Host) -> common_pb2.Host:
-        """The host as a message, built once per announcement (it goes into every answer naming it)."""
+        """The host as a message, built once per change of what it announces (it goes into every
+        answer naming it; :meth:`announce_host` builds it, so no decision pays for it)."""
         cached = self._host_messages.get(host.id)
         if cached is not None and cached[0] is host and cached[1] == host.generation:
             return cached[2]

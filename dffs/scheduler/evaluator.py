@@ -10,13 +10,15 @@ Bounded time
 ------------
 A decision costs O(sample), not O(peers of the task): the pool already leaves
 out every peer the ``state``, ``not_shared`` and ``useless``-without-pieces
-filters would reject, statistics of a parent's costs are computed in floating
-point once per change of its window (:meth:`CostWindow.memo`), and the cycle
-check walks only when the peer has children (a newcomer cannot close a cycle):
-then the peer's descendants are collected once per decision, at most
-``CYCLE_WALK_LIMIT`` of them; beyond that, a candidate that has parents of its
-own (so may be a descendant) is treated as closing a cycle -- never wrong,
-only conservative for a peer that thousands download from.
+filters would reject, the statistics of a parent's costs are exact sums its
+:class:`~dffs.scheduler.resource.CostWindow` keeps as costs arrive (O(1) to
+ask, whether or not a decision looked at the parent since its last change),
+and the cycle check runs only for a peer that has children (a newcomer cannot
+close a cycle) and only for candidates that have parents (nobody else can be
+a descendant): then the peer's descendants are collected once per decision,
+with set operations, at most ``CYCLE_WALK_LIMIT`` of them; beyond that, a
+candidate that has parents of its own is treated as closing a cycle -- never
+wrong, only conservative for a peer that thousands download from.
 
 Filters, in order (the first that applies is the reason)
 --------------------------------------------------------
@@ -79,15 +81,25 @@ import math
 import operator
 import random
 from collections.abc import Collection, Iterable, Sequence
+from itertools import chain
 
 import attrs
 
-from dffs.scheduler.resource import PARENT_STATES, CostWindow, Graph, HostType, Peer, PeerState
+from dffs.scheduler.resource import (
+    COST_BITS,
+    PARENT_STATES,
+    RECENT_COSTS,
+    Graph,
+    HostType,
+    Peer,
+    PeerState,
+    cost_stats,
+)
 
 #: Number of location elements compared ("area|country|province|city|zone").
 MAX_LOCATION_ELEMENTS = 5
 #: Recent upload costs averaged into the speed part.
-SPEED_SAMPLES = 8
+SPEED_SAMPLES = RECENT_COSTS
 #: Score of a parent nobody has fetched from yet (neither favoured nor shunned).
 UNMEASURED_SPEED = 0.5
 
@@ -149,35 +161,31 @@ def is_bad_parent(
 ) -> bool:
     """Whether the last of ``costs`` (oldest first) is an outlier against the rest.
 
-    Floating point throughout: ``statistics.pstdev`` converts every float to
-    an exact fraction, which made this check most of a decision's time.
+    On exact integer sums (:class:`~dffs.scheduler.resource.CostStats`), which a
+    parent's :class:`CostWindow` keeps as costs arrive: O(1) per question, and
+    the mean and variance are the exact ones, rounded once.
     """
-    if len(costs) < min_history + 1:
+    stats = cost_stats(costs)
+    if stats is None or stats.history < min_history:
         return False
-    history = costs.tolist() if isinstance(costs, CostWindow) else list(costs)
-    last = history.pop()
-    n = len(history)
-    raw_mean = math.fsum(history) / n
+    n, total, last = stats.history, stats.total, stats.last
+    raw_mean = total / (n << COST_BITS)
     mean = max(raw_mean, BAD_COST_FLOOR)
     if n < normal_history:
         return last > ratio * mean
-    # E[x^2] - mean^2 with exactly rounded sums: its error is far below what
-    # the 3-sigma and twice-the-mean thresholds can notice.
-    variance = max(0.0, math.fsum(map(operator.mul, history, history)) / n - raw_mean * raw_mean)
+    # n * sum(x^2) - sum(x)^2 >= 0 exactly (Cauchy-Schwarz): no cancellation, no clamp.
+    variance = (n * stats.squares - total * total) / ((n * n) << (2 * COST_BITS))
     return last > mean + sigmas * math.sqrt(variance) and last > 2 * mean
 
 
-def _recent_mean(costs: Sequence[float]) -> float | None:
-    recent = (costs.tolist() if isinstance(costs, CostWindow) else list(costs))[-SPEED_SAMPLES:]
-    return math.fsum(recent) / len(recent) if recent else None
-
-
 def parent_is_bad(parent: Peer) -> bool:
-    """:func:`is_bad_parent` on the parent's upload costs, once per change of them."""
+    """:func:`is_bad_parent` on the parent's upload costs: O(1) (the window keeps the sums), and
+    answered once per change of them (most decisions that sample a parent find it unchanged)."""
     costs = parent.upload_costs
-    if isinstance(costs, CostWindow):
-        return costs.memo("bad", is_bad_parent)
-    return is_bad_parent(costs)
+    verdict = costs.verdict
+    if verdict is None:
+        verdict = costs.verdict = is_bad_parent(costs)
+    return verdict
 
 
 def is_feeding_seed(parent: Peer) -> bool:
@@ -203,32 +211,56 @@ def creates_cycle(parent: Peer, child: Peer) -> bool:
 
 
 class Descendants:
-    """The peers that download from ``peer``, directly or transitively: collected once per decision.
+    """The peers that download from ``peer``, directly or transitively: collected at most once
+    per decision, and only when a candidate that could be one is asked about.
 
-    At most ``limit`` are walked; past that :meth:`may_contain` answers True
-    for any peer that has parents (only such a peer can be a descendant).
+    Only a peer with parents can be anyone's descendant, so a candidate without
+    (a finished peer, one on the origin, a seed) is answered without the walk.
+    At most ``limit`` are collected; past that :meth:`may_contain` answers True
+    for any candidate that has parents.
     """
 
-    def __init__(self, peer: Peer, limit: int | None = None):
-        if limit is None:
-            limit = CYCLE_WALK_LIMIT
-        # Peers hash by identity; a child is pushed only the first time it is seen, so each
-        # edge costs one set lookup (this walk is most of a rescheduling peer's decision).
-        found: set[Peer] = set()
-        self.found = found
-        self.complete = True
-        stack = [peer]
-        while stack:
-            for node in stack.pop().children.values():
-                if node not in found:
-                    if len(found) >= limit:
-                        self.complete = False
-                        return
-                    found.add(node)
-                    stack.append(node)
+    __slots__ = ("peer", "limit", "_found", "_complete")
 
-    def may_contain(self, peer: Peer) -> bool:
-        return peer in self.found or (not self.complete and bool(peer.parents))
+    def __init__(self, peer: Peer, limit: int | None = None):
+        self.peer = peer
+        self.limit = CYCLE_WALK_LIMIT if limit is None else limit
+        self._found: set[Peer] | None = None
+        self._complete = True
+
+    @property
+    def found(self) -> set[Peer]:
+        """The descendants collected (all of them when :attr:`complete`)."""
+        if self._found is None:
+            self._found = self._walk()
+        return self._found
+
+    @property
+    def complete(self) -> bool:
+        return self.found is not None and self._complete
+
+    def _walk(self) -> set[Peer]:
+        # Level by level with set operations: every edge is followed inside C code (this walk
+        # is most of a rescheduling peer's decision when thousands download from it).
+        found: set[Peer] = set()
+        level = set(self.peer.children.values())
+        while level:
+            found |= level
+            if len(found) > self.limit:
+                self._complete = False
+                break
+            level = set(chain.from_iterable(map(dict.values, map(_children, level))))
+            level -= found
+        return found
+
+    def may_contain(self, candidate: Peer) -> bool:
+        if not candidate.parents:
+            return False
+        found = self.found
+        return candidate in found or not self._complete
+
+
+_children = operator.attrgetter("children")
 
 
 def exclusion(
@@ -290,10 +322,7 @@ def idc_affinity(a: str, b: str) -> float:
 
 def recent_upload_cost(parent: Peer) -> float | None:
     """Mean seconds/MiB of the last ``SPEED_SAMPLES`` pieces children fetched from ``parent``."""
-    costs = parent.upload_costs
-    if isinstance(costs, CostWindow):
-        return costs.memo("recent", _recent_mean)
-    return _recent_mean(costs)
+    return parent.upload_costs.recent_mean()
 
 
 def score_parts(

@@ -56,7 +56,7 @@ import math
 import random
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, overload
 
 import attrs
 
@@ -69,8 +69,6 @@ COST_WINDOW = 64
 #: Distinct hosts that must fail to reach a host before it counts as gone (one could be the
 #: reporter's own network trouble, or a liar).
 UNREACHABLE_REPORTERS = 2
-
-_T = TypeVar("_T")
 
 
 class HostType(enum.Enum):
@@ -133,36 +131,109 @@ class TaskState(enum.Enum):
     __hash__ = object.__hash__
 
 
+#: Recent costs the speed part of a parent's score averages (:meth:`CostWindow.recent_mean`).
+RECENT_COSTS = 8
+#: Costs are summed exactly as integers in units of 2**-COST_BITS s/MiB: every float a
+#: piece report can give (seconds in ns over at most 2**40 bytes, i.e. >= 2**-50 s/MiB,
+#: with 53 significant bits) is a whole number of such units, so the sums are exact.
+COST_BITS = 110
+_COST_UNIT = float(1 << COST_BITS)
+
+
+def cost_units(cost: float) -> int:
+    """``cost`` as a whole number of 2**-COST_BITS units (exact for every cost a report gives)."""
+    return int(cost * _COST_UNIT)
+
+
+class CostStats(NamedTuple):
+    """Exact sums over a window of costs, in 2**-COST_BITS units: what bad-parent detection asks."""
+
+    #: How many costs came before the newest, their sum and sum of squares (units, units squared).
+    history: int
+    total: int
+    squares: int
+    #: The newest cost (float, as reported).
+    last: float
+
+
+def cost_stats(costs: Sequence[float]) -> CostStats | None:
+    """The :class:`CostStats` of ``costs`` (oldest first; O(1) for a :class:`CostWindow`); None when empty."""
+    if isinstance(costs, CostWindow):
+        return costs.stats()
+    if not costs:
+        return None
+    units = [cost_units(c) for c in costs[:-1]]
+    return CostStats(len(units), sum(units), sum(u * u for u in units), float(costs[-1]))
+
+
 class CostWindow(Sequence[float]):
     """The most recent costs, oldest first, in a fixed-size ring of C doubles.
 
-    Statistics over the window are asked for far more often than it changes
-    (every decision that samples the peer), so :meth:`memo` keeps each
-    computed value until the next ``append``.  A ring of doubles costs 8 B a
-    sample where a deque of floats cost 32.
+    Statistics over the window are asked for by every decision that samples
+    the peer, and in a large cluster most peers a decision samples were not
+    sampled since their last change: so the sums they need are kept up to
+    date on :meth:`append` (exactly, as integers: no drift however many
+    costs pass through) and every question is O(1); the evaluator's verdict
+    is kept in :attr:`verdict` until the next cost. A ring of doubles costs
+    8 B a sample where a deque of floats cost 32.
     """
 
-    __slots__ = ("_ring", "_start", "_maxlen", "_memo")
+    __slots__ = ("_ring", "_start", "_maxlen", "_recent_count", "_total", "_squares", "_recent", "verdict")
 
     def __init__(self, costs: Iterable[float] = (), *, maxlen: int = COST_WINDOW):
         self._ring = array("d")
         self._start = 0
         self._maxlen = maxlen
-        self._memo: dict[str, Any] | None = None
+        self._recent_count = min(RECENT_COSTS, maxlen)
+        #: Sum and sum of squares of every cost in the window, and sum of the last RECENT_COSTS (units).
+        self._total = 0
+        self._squares = 0
+        self._recent = 0
+        #: What the evaluator concluded from these costs (bad parent or not), until the next one.
+        self.verdict: bool | None = None
         self.extend(costs)
+
+    def _at(self, index: int) -> float:
+        """The ``index``-th cost, oldest first (0 <= index < len)."""
+        ring = self._ring
+        return ring[(self._start + index) % len(ring)] if self._start else ring[index]
 
     def append(self, cost: float) -> None:
         ring = self._ring
-        if len(ring) < self._maxlen:
+        n = len(ring)
+        units = cost_units(cost)
+        if n >= self._recent_count:  # the cost that drops out of the recent ones
+            self._recent -= cost_units(self._at(n - self._recent_count))
+        self._recent += units
+        if n < self._maxlen:
             ring.append(cost)
         else:
+            old = cost_units(ring[self._start])
+            self._total -= old
+            self._squares -= old * old
             ring[self._start] = cost
             self._start = (self._start + 1) % self._maxlen
-        self._memo = None
+        self._total += units
+        self._squares += units * units
+        self.verdict = None
 
     def extend(self, costs: Iterable[float]) -> None:
         for cost in costs:
             self.append(cost)
+
+    def recent_mean(self) -> float | None:
+        """Mean of the last RECENT_COSTS costs (correctly rounded), None when there are none."""
+        n = min(len(self._ring), self._recent_count)
+        return self._recent / (n << COST_BITS) if n else None
+
+    def stats(self) -> CostStats | None:
+        """:class:`CostStats` of the window in O(1); None when empty."""
+        n = len(self._ring)
+        if not n:
+            return None
+        last = self._at(n - 1)
+        units = cost_units(last)
+        return CostStats(n - 1, self._total - units, self._squares - units * units, last)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -186,16 +257,6 @@ class CostWindow(Sequence[float]):
         """The costs, oldest first."""
         ring, start = self._ring, self._start
         return ring[start:].tolist() + ring[:start].tolist() if start else ring.tolist()
-
-    def memo(self, key: str, compute: Callable[[CostWindow], _T]) -> _T:
-        """``compute(self)``, computed once per change of the window."""
-        if self._memo is None:
-            self._memo = {}
-        try:
-            value: _T = self._memo[key]
-        except KeyError:
-            value = self._memo[key] = compute(self)
-        return value
 
     def __repr__(self) -> str:
         return f"CostWindow({list(self)!r})"
@@ -284,7 +345,7 @@ class Host:
     #: Edges from this host's peers to their children (kept by the graph; the
     #: sum of ``len(p.children)`` over ``peers``, without the walk).
     upload_used: int = 0
-    #: Announcements applied: what the host says may have changed when this did.
+    #: Announcements that changed what the host says (its message is rebuilt only then).
     generation: int = 0
 
     @property
@@ -556,6 +617,21 @@ class GcReport:
         return bool(self.hosts or self.peers or self.tasks or self.expired_triggers)
 
 
+def _said(host: Host) -> tuple[Any, ...]:
+    """What a host's announcement states, besides its type and sharing (compared on every announce)."""
+    return (
+        host.hostname,
+        host.ip,
+        host.port,
+        host.download_port,
+        host.idc,
+        host.location,
+        host.labels,
+        host.os,
+        host.version,
+    )
+
+
 def cost_per_mib(cost: float, length: int) -> float:
     """Seconds per MiB; the raw seconds when the length is unknown."""
     return cost * MiB / length if length > 0 else cost
@@ -715,12 +791,14 @@ class Graph:
         if host is None:
             host = self.hosts[host_id] = Host(id=host_id, created_at=now, announced_at=now, ttl=ttl)
         host.announced_at = now
-        host.generation += 1
         if host.unreachable_reporters:
             host.unreachable_reporters.clear()  # it speaks: whatever others saw, it is back
             changed = True
         host.ttl = ttl
         changed = changed or host.type is not type or host.disable_shared != disable_shared
+        said = (hostname, ip, port, download_port, idc, location, labels, os, version)
+        if is_new or changed or said != _said(host):
+            host.generation += 1
         host.type = type
         host.hostname = hostname
         host.ip = ip

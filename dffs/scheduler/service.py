@@ -103,6 +103,7 @@ from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
 from dffs.scheduler.errors import InvalidArgument, PermissionDenied, SchedulerError
 from dffs.scheduler.trigger import SeedTrigger
+from dffs.security.ca import Identity
 from dffs.security.transport import Transport
 
 log = logging.getLogger("dffs.scheduler")
@@ -214,11 +215,23 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def authorize(self, context, host_id: str | None) -> None:
         """A daemon's certificate names its host: it may announce, register and delete only for it.
         Managers and clients (``dffs ctl``, holders of the cluster key) may speak for any host."""
+        self.permit(self.caller(context), host_id)
+
+    def caller(self, context) -> Identity | None:
+        """Who calls (None on an insecure transport); PermissionDenied without a member certificate.
+
+        Parsing the certificate is most of what a message costs, so a stream asks once."""
         if not self.transport.secure:
-            return
+            return None
         caller = self.transport.peer(context)
         if caller is None:
             raise PermissionDenied("no member certificate")
+        return caller
+
+    def permit(self, caller: Identity | None, host_id: str | None) -> None:
+        """Whether ``caller`` (from :meth:`caller`) may speak for ``host_id``."""
+        if caller is None:
+            return
         if caller.role == "daemon" and host_id is not None and host_id != caller.id:
             raise PermissionDenied(f"{caller.uri} may not speak for host {host_id[:64]!r}")
         if caller.role == "scheduler" and host_id is not None:
@@ -234,9 +247,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         session: Session | None = None
         peer_id = "-"
         try:
+            caller = self.caller(context)  # one TLS connection: the same certificate for every message
             async for request in request_iterator:
                 peer_id = request.peer_id or "-"
-                self.authorize(context, request.host_id)
+                self.permit(caller, request.host_id)
                 if session is None:
                     session = self.core.register(request)
                     wants_answer = True
