@@ -66,6 +66,57 @@ async def test_a_task_with_a_pinned_piece_is_not_forgotten(tmp_path, faulty_orig
 
 
 @pytest.mark.slow
+async def test_a_task_being_opened_is_in_use_for_the_gc(tmp_path, faulty_origin):
+    """Between its store's creation and its PeerTask's registration a task is not yet active;
+    the GC asks ``in_use``, which counts it (a deletion in that window closed the store under the
+    task: every read of it failed with "task ... is closed", seen in the soak)."""
+    from origins import Behavior
+
+    url = faulty_origin.add("/slow", b"s" * 1000, behavior=Behavior.stall(after=None, duration=3, times=1))
+    storage = StorageManager(tmp_path / "data")
+    sources = SourceRegistry()
+    request = DownloadRequest(url=url)
+    try:
+        async with TaskManager(storage, sources, idle_timeout=60) as tasks, trio.open_nursery() as nursery:
+            opened = []
+
+            async def open_it():
+                opened.append(await tasks.open(request))
+
+            nursery.start_soon(open_it)
+            with trio.fail_after(30):
+                while not faulty_origin.requests("/slow"):
+                    await trio.sleep(0.02)
+            assert tasks.active(request.task_id) is None and tasks.in_use(request.task_id)
+            with trio.fail_after(30):
+                while not opened:
+                    await trio.sleep(0.02)
+            assert tasks.in_use(request.task_id)
+    finally:
+        storage.close()
+        await sources.aclose()
+
+
+async def test_a_task_whose_store_was_deleted_under_it_is_opened_afresh(tmp_path, faulty_origin):
+    body = bytes(range(256)) * 40
+    url = faulty_origin.add("/gone", body)
+    storage = StorageManager(tmp_path / "data")
+    sources = SourceRegistry()
+    try:
+        async with TaskManager(storage, sources, idle_timeout=60) as tasks:
+            task = await tasks.open(DownloadRequest(url=url))
+            await task.fetch_all()
+            storage.delete_task(task.task_id)  # what a GC deletion did to a task being opened
+            assert task.store.closed
+            again = await tasks.open(DownloadRequest(url=url))
+            assert again is not task and not again.store.closed
+            await again.fetch_all()
+            assert again.store.read_piece(0) == body
+    finally:
+        storage.close()
+        await sources.aclose()
+
+
 def test_a_long_running_daemon_applies_the_task_ttl(tmp_path, faulty_origin):
     url = faulty_origin.add("/ttl.bin", b"t" * 100_000)
     config = tmp_path / "daemon.toml"

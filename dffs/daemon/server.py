@@ -114,7 +114,7 @@ class Daemon:
             self.storage,
             _gc_limits(cfg),
             interval=cfg.gc_interval,
-            is_active=lambda tid: self.tasks.active(tid) is not None,
+            is_active=self.tasks.in_use,
             is_busy=self._is_busy,
             report=self.schedulers.report_evictions,
         )

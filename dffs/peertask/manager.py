@@ -144,6 +144,12 @@ class TaskManager:
         assert self._nursery is not None
         tid = request.task_id
         task = self._tasks.get(tid)
+        if task is not None and task.store.closed:
+            # Its store was deleted under it (nothing should, see in_use; if it happens, the task
+            # is opened afresh rather than failing every read until it is forgotten).
+            log.warning("task=%s event=task_store_closed action=reopen", tid)
+            self.forget(tid)
+            task = None
         if task is not None:
             task.last_used = time.monotonic()
             return task
@@ -258,6 +264,11 @@ class TaskManager:
     def active(self, tid: str) -> PeerTask | None:
         """The task's PeerTask if this process has it open."""
         return self._tasks.get(tid)
+
+    def in_use(self, tid: str) -> bool:
+        """Open here, or being opened (its store exists, its PeerTask not yet): the GC must not
+        delete it (a deletion then closed the store under the task, and every read failed)."""
+        return tid in self._tasks or tid in self._opening
 
     async def wait_active(self, tid: str, timeout: float) -> PeerTask | None:
         """The task's PeerTask once something here opens it (None after ``timeout``).

@@ -296,6 +296,11 @@ class TaskStore:
                 os.close(fd)
         self._journal_fd = self._content_fd = -1
 
+    @property
+    def closed(self) -> bool:
+        """Closed for good (deleted, replaced, or the storage shut down): a new store serves the task."""
+        return self._closed
+
     # ------------------------------------------------------- parked files
     @property
     def files_open(self) -> bool:
