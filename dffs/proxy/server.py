@@ -8,8 +8,12 @@ does the I/O:
 * **P2P** (registry blobs, rule matches): the task is opened through the
   daemon's TaskManager — one task per blob on every host, downloaded once per
   host and shared with peers. The answer streams piece by piece as pieces
-  arrive: ``ensure_piece`` (single flight, verified) then ``os.sendfile`` from
-  the task's content file, so the bytes never enter Python. A ``Range`` is
+  arrive: ``ensure_piece`` (single flight, verified), then the piece's bytes are
+  read from the task's content file while it is pinned and sent. Not by
+  ``sendfile``: that queues the page cache's pages themselves in the socket, and
+  once the pin is gone the GC's hole punch zeroes them in place (a partially
+  covered page or large folio) while a slow client has not received them yet —
+  the soak's zeros in blobs (issue 16). A ``Range`` is
   answered 206 from just the pieces it covers; a whole blob starts a background
   fetch of the rest. A blob's sha256 is checked once the blob is complete: a
   whole-blob answer holds back its last piece until the check passes, and a
@@ -55,6 +59,8 @@ log = logging.getLogger(__name__)
 _HEAD_RECV = 4096
 _TUNNEL_RECV = 64 * 1024
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+#: Bytes of a piece read and sent at a time (one buffer per answer being sent).
+_SEND_CHUNK = 512 * 1024
 
 
 def _reason(status: int) -> str:
@@ -69,7 +75,7 @@ class _Close(Exception):
 
 
 class _Client:
-    """One client connection: h11 server state plus the raw socket for sendfile."""
+    """One client connection: h11 server state plus the raw socket."""
 
     def __init__(self, stream: trio.SocketStream, cfg: ProxyConfig):
         self.stream = stream
@@ -77,7 +83,7 @@ class _Client:
         self.cfg = cfg
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_bytes)
 
-    async def send_bytes(self, data: bytes, flags: int = 0) -> None:
+    async def send_bytes(self, data: bytes | memoryview, flags: int = 0) -> None:
         view = memoryview(data)
         while view:
             with trio.fail_after(self.cfg.send_timeout):
@@ -101,25 +107,19 @@ class _Client:
                 data = await self.sock.recv(_HEAD_RECV if self.conn.their_state is h11.IDLE else 65536)
             self.conn.receive_data(data)
 
-    async def send_file(self, fd: int, offset: int, count: int) -> int:
-        """``count`` bytes of ``fd`` at ``offset`` with sendfile; returns the bytes sent."""
-        out = self.sock.fileno()
+    async def send_range(self, fd: int, offset: int, count: int, buffer: memoryview) -> int:
+        """``count`` bytes of ``fd`` at ``offset``, read (in a worker thread) into ``buffer`` a chunk
+        at a time and sent; returns the bytes sent. Once a chunk is sent the kernel holds its own
+        copy, so whatever happens to the file afterwards cannot change what the client gets."""
         end = offset + count
-        sent_total = 0
         while offset < end:
-            try:
-                sent = os.sendfile(out, fd, offset, end - offset)
-            except BlockingIOError:
-                with trio.fail_after(self.cfg.send_timeout):
-                    await trio.lowlevel.wait_writable(out)
-                continue
-            if sent == 0:
+            chunk = buffer[: min(len(buffer), end - offset)]
+            got = await trio.to_thread.run_sync(os.preadv, fd, [chunk], offset)
+            if got == 0:
                 raise OSError(errno.EIO, "content file ended before the piece did")
-            offset += sent
-            sent_total += sent
-            if offset < end:
-                await trio.lowlevel.checkpoint()  # one fast client must not starve the others
-        return sent_total
+            await self.send_bytes(chunk[:got])
+            offset += got
+        return count
 
 
 class ProxyServer:
@@ -444,6 +444,7 @@ class ProxyServer:
         meta = store.meta
         pieces = pieces_for_range(start, length, meta.content_length, meta.piece_length)
         head_sent = False
+        buffer = memoryview(bytearray(min(_SEND_CHUNK, max(1, length))))
         for n in pieces:
             with store.pinned([n]):  # the GC leaves a piece alone while it is being sent
                 try:
@@ -480,7 +481,7 @@ class ProxyServer:
                         head_sent = True
                     span = store.span(n)
                     lo, hi = max(start, span.offset), min(start + length, span.offset + span.length)
-                    self.p2p_bytes += await client.send_file(fd, base + lo, hi - lo)
+                    self.p2p_bytes += await client.send_range(fd, base + lo, hi - lo, buffer)
                 finally:
                     os.close(fd)
         if not head_sent:  # an empty body
