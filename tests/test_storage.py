@@ -460,3 +460,30 @@ def test_a_journal_record_that_does_not_fit_is_cut_back_and_a_later_write_succee
     reopened = TaskStore.open(tmp_path / "t")
     assert reopened.present_pieces() == [0] and reopened.read_piece(0) == piece_bytes(0, 10)
     reopened.close()
+
+
+@pytest.mark.parametrize("size", [1000, 3 * PIECE + 5], ids=["one-piece", "task-files"])
+def test_an_export_pins_every_piece_and_refuses_a_task_that_lost_one(tmp_path, size):
+    """`dffs get` verifies, then exports: a piece the GC evicted in between used to be exported as a
+    hole (zeros, seen with small objects in the shared pack). The export pins every piece for its
+    whole copy and refuses a task that is no longer complete, so the caller fetches it again."""
+    from dffs.peertask.export import PiecesEvicted, export_task
+
+    storage = StorageManager(tmp_path / "data")
+    try:
+        store = storage.create_task(make_meta(size=size))
+        body = os.urandom(size)
+        for n in range(store.meta.piece_count):
+            span = store.span(n)
+            store.write_piece(n, body[span.offset : span.offset + span.length])
+        out = tmp_path / "out.bin"
+        export_task(store, out)
+        assert out.read_bytes() == body
+        assert store.pinned_pieces() == frozenset()  # the export's pins are released
+        assert store.evict_piece(store.meta.piece_count - 1) > 0
+        with pytest.raises(PiecesEvicted):
+            export_task(store, tmp_path / "again.bin")
+        assert not (tmp_path / "again.bin").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again.bin")]  # no temp file left
+    finally:
+        storage.close()

@@ -27,7 +27,7 @@ from dffs.gc.service import GcResult, GcService
 from dffs.idgen import is_task_id, piece_length_for
 from dffs.peertask import DownloadRequest, TaskManager
 from dffs.peertask.download import download_to_file
-from dffs.peertask.export import export_task, verify_task
+from dffs.peertask.export import PiecesEvicted, export_task, verify_task
 from dffs.source import SourceRegistry
 from dffs.storage import StorageManager, TaskMeta, TaskStore
 
@@ -230,7 +230,10 @@ class LocalTasks:
                 if verify_task(sound, None):
                     return False  # corrupt pieces were dropped: download them again below
                 sound.touch()
-                export_task(sound, output)
+                try:
+                    export_task(sound, output)
+                except PiecesEvicted:
+                    return False  # the GC took pieces since the check: download them again below
                 return True
 
             if await trio.to_thread.run_sync(local_export):

@@ -12,12 +12,15 @@ import trio
 
 from dffs.digest import ExpectedDigest
 from dffs.metrics import daemon as metrics
-from dffs.peertask.export import export_task
+from dffs.peertask.export import PiecesEvicted, export_task
 from dffs.peertask.manager import TaskManager
 from dffs.peertask.request import DownloadRequest
 from dffs.peertask.task import PeerTask
 
 log = logging.getLogger(__name__)
+
+#: Verify-and-export rounds when the GC takes pieces between the two (each round pins them).
+EXPORT_ATTEMPTS = 3
 
 
 @attrs.frozen
@@ -58,8 +61,15 @@ async def download_to_file(
     fetched_before = task.source_bytes + task.peer_bytes
     on_start(task)
     with task.held():  # between pieces (verification, export) the task looks idle, but is not
-        await tasks.verify(task, expected, concurrency=concurrency, on_progress=on_progress)
-        method = await trio.to_thread.run_sync(export_task, task.store, output)
+        for attempt in range(EXPORT_ATTEMPTS):
+            await tasks.verify(task, expected, concurrency=concurrency, on_progress=on_progress)
+            try:
+                method = await trio.to_thread.run_sync(export_task, task.store, output)
+                break
+            except PiecesEvicted:
+                if attempt + 1 == EXPORT_ATTEMPTS:
+                    raise
+                log.info("task=%s event=export_retry reason=pieces_evicted", task.task_id)
     result = DownloadResult(task.task_id, task.store.meta.content_length, task.source_bytes, task.peer_bytes, method)
     task.store.touch()
     fetched = task.source_bytes + task.peer_bytes - fetched_before

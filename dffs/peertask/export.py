@@ -79,6 +79,10 @@ def _create_temp(output: Path) -> tuple[int, Path]:
     raise StorageError(f"cannot write {output}: no free temporary name next to it")
 
 
+class PiecesEvicted(StorageError):
+    """The task lost pieces between its verification and the export: verify (fetch) again."""
+
+
 def export_task(store: TaskStore, output: Path) -> str:
     """Write the task's bytes to ``output`` atomically; returns the method used."""
     check_output_path(output)
@@ -88,7 +92,11 @@ def export_task(store: TaskStore, output: Path) -> str:
         raise StorageError(f"cannot write {output}: {exc.strerror}") from None
     created = True
     try:
-        with store.files_held():
+        # Pinned, every piece stays until the copy, link or clone is done; one the GC took
+        # between the caller's verification and the pin would otherwise be exported as a hole.
+        with store.files_held(), store.pinned(range(store.meta.piece_count)):
+            if not store.is_complete():
+                raise PiecesEvicted(f"task {store.task_id}: pieces were evicted before the export")
             method: str | None
             if not store.owns_files:  # a small object in the shared pack: its range, copied
                 src, base = store.content_location()
