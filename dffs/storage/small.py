@@ -35,7 +35,7 @@ from pathlib import Path
 
 import attrs
 
-from dffs.digest import PIECE_DIGEST_SIZE, piece_digest
+from dffs.digest import PIECE_DIGEST_SIZE
 from dffs.errors import StorageError
 from dffs.storage import journal
 from dffs.storage.meta import TaskMeta
@@ -486,16 +486,7 @@ class PackedStore(TaskStore):
 
     # ----------------------------------------------------------------- pieces
     def write_piece(self, number: int, data, digest: bytes | None = None, *, defer_index: bool = False) -> bytes:
-        span = self.span(number)
-        view = memoryview(data).cast("B")
-        if len(view) != span.length:
-            raise StorageError(f"task {self.task_id}: piece {number} is {len(view)} bytes, expected {span.length}")
-        if digest is None:
-            digest = piece_digest(view)
-        release = None
-        if self._before_write is not None and number not in self._present:
-            release = self._before_write(span.length)
-        self.touch((number,))
+        span, view, digest, release = self._begin_write(number, data, digest)
         try:
             with self._in_use():
                 offset = self._write_bytes(number, view)

@@ -435,16 +435,7 @@ class TaskStore:
         Computes the digest unless the caller already did. Returns it. ``defer_index`` only
         matters to a small object (small.py); a journal record is appended at once.
         """
-        span = self.span(number)
-        view = memoryview(data).cast("B")
-        if len(view) != span.length:
-            raise StorageError(f"task {self.task_id}: piece {number} is {len(view)} bytes, expected {span.length}")
-        if digest is None:
-            digest = piece_digest(view)
-        release = None
-        if self._before_write is not None and number not in self._present:
-            release = self._before_write(span.length)  # may evict to make room; returns a release
-        self.touch((number,))
+        span, view, digest, release = self._begin_write(number, data, digest)
         record = journal.PieceRecord(number, span.length, True, digest)
         try:
             with self._in_use():
@@ -484,6 +475,22 @@ class TaskStore:
         if self._memory is not None and self._memory.admits(span.length):
             self._memory.put((self.task_id, number), bytes(view))
         return digest
+
+    def _begin_write(self, number: int, data, digest: bytes | None):
+        """What every write of a piece does first: check its length, digest it unless the caller
+        did, let the GC make room for a piece new here (the returned release, or None, is called
+        once the write is over) and record the access. Returns (span, view, digest, release)."""
+        span = self.span(number)
+        view = memoryview(data).cast("B")
+        if len(view) != span.length:
+            raise StorageError(f"task {self.task_id}: piece {number} is {len(view)} bytes, expected {span.length}")
+        if digest is None:
+            digest = piece_digest(view)
+        release = None
+        if self._before_write is not None and number not in self._present:
+            release = self._before_write(span.length)  # may evict to make room; returns a release
+        self.touch((number,))
+        return span, view, digest, release
 
     def _write_content(self, number: int, span: PieceSpan, view: memoryview) -> int:
         """``pwrite`` a piece's bytes; returns the piece's punch count as of before the write.
