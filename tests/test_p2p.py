@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
+
 import pytest
 from cli import run_dffs, sha256_file
 from cluster import Daemon, scheduler
 
 MiB = 1024 * 1024
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def registered_tasks(log: str) -> int:
+    """Tasks a daemon's log says it registered as finished peers in batched calls (dffs.daemon.small_tasks)."""
+    return sum(int(n) for n in re.findall(r"event=finished_tasks_registered \S+ tasks=(\d+)", log))
 
 
 @pytest.fixture
@@ -83,17 +99,45 @@ def test_small_files_are_shared_from_the_pack_through_mounts(swarm, make_file):
         f"/small/f{i}.bin": make_file(swarm.root / "small" / f"f{i}.bin", 700 + 37_000 * i, seed=40 + i)
         for i in range(8)
     }
-    a, b = swarm.peer("peer-a", mount=True), swarm.peer("peer-b", mount=True)
+    a, b, c = (swarm.peer(f"peer-{name}", mount=True) for name in "abc")
     for path, digest in files.items():
         assert sha256_file(a.path(path, swarm.origin)) == digest
     swarm.origin.sync_log()
     first = {path: swarm.origin.body_bytes(path, "GET") for path in files}
     assert all(first[path] == (swarm.root / path.lstrip("/")).stat().st_size for path in files), first
 
-    for path, digest in files.items():
-        assert sha256_file(b.path(path, swarm.origin)) == digest
+    # B lists the directory first (a dataset's file list), C looks every file up by name.
+    assert sorted(os.listdir(b.path("/small", swarm.origin))) == sorted(p.rsplit("/", 1)[1] for p in files)
+    for peer in (b, c):
+        for path, digest in files.items():
+            assert sha256_file(peer.path(path, swarm.origin)) == digest
     swarm.origin.sync_log()
-    assert {path: swarm.origin.body_bytes(path, "GET") for path in files} == first  # B's came from peers
-    for peer in (a, b):
+    assert {path: swarm.origin.body_bytes(path, "GET") for path in files} == first  # B's and C's came from peers
+    # Issue 13 part 3: the listing (B) or the lookup (C) named each file's holders, so no file took a
+    # conversation with the scheduler; each was registered as a holder of them all in batched calls.
+    for peer in (b, c):
+        log = peer.output()
+        assert "event=parents" not in log and "event=back_to_source" not in log, log[-3000:]
+        wait_for(lambda: registered_tasks(peer.output()) == len(files), what=f"{peer} holding every file")
+    assert len(re.findall(r"event=finished_tasks_registered", b.output())) < len(files)  # batched
+    for peer in (a, b, c):
         assert not any((peer.data_dir / "tasks").iterdir()), peer.data_dir  # no task directories
         assert (peer.data_dir / "small" / "objects.pack").stat().st_blocks > 0
+
+
+def test_a_small_file_whose_holders_are_gone_is_fetched_through_the_conversation(swarm, make_file):
+    """A hint can be stale: the holders a listing named may be gone by the time the file is read. The
+    read still gets the right bytes (the scheduler's conversation: the origin here, as nobody is left)."""
+    swarm.start()
+    files = {f"/d/g{i}.bin": make_file(swarm.root / "d" / f"g{i}.bin", 5_000 + 999 * i, seed=60 + i) for i in range(2)}
+    a, b = swarm.peer("peer-a", mount=True), swarm.peer("peer-b", mount=True)
+    for path, digest in files.items():
+        assert sha256_file(a.path(path, swarm.origin)) == digest
+    assert len(os.listdir(b.path("/d", swarm.origin))) == len(files)  # B learns the holders: A and the seed
+    a.stop()
+    swarm.seed.stop()
+    for path, digest in files.items():
+        assert sha256_file(b.path(path, swarm.origin)) == digest
+    log = b.output()
+    assert log.count("event=holders_failed") == len(files) and "action=conversation" in log, log[-3000:]
+    assert b.alive()

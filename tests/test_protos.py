@@ -155,6 +155,7 @@ def test_common_task_timestamps_and_optional_length():
                 "DeletePeer": (False, False),
                 "StatTask": (False, False),
                 "StatTasks": (False, False),
+                "AnnounceFinishedTasks": (False, False),
                 "DeleteTask": (False, False),
                 "DeletePieces": (False, False),
                 "AnnounceHost": (False, False),

@@ -903,6 +903,118 @@ def test_stat_task_answers_the_validators_a_finished_origin_peer_reported(sched,
     assert sched.alive()
 
 
+def finished_task(task_id, peer_id, parent_id, *, url="http://origin.example/small", length=100_000, **fields):
+    """One entry of AnnounceFinishedTasks: a one-piece task taken from ``parent_id``."""
+    piece = common_pb2.Piece(number=0, offset=0, length=length, parent_id=parent_id, digest=piece_digest(0))
+    piece.cost.nanos = 3_000_000
+    entry = dict(
+        task_id=task_id,
+        peer_id=peer_id,
+        download=common_pb2.Download(url=url),
+        content_length=length,
+        piece_count=1,
+        pieces=[piece],
+    )
+    entry.update(fields)
+    return scheduler_pb2.FinishedTask(**entry)
+
+
+def test_stat_tasks_names_the_holders_of_small_tasks_and_many_are_registered_in_one_call(sched, ids):
+    """Issue 13 part 3: a directory's small files need no conversation each. StatTasks with
+    holders_per_task names, per one-piece task, finished holders on other hosts with the piece's
+    anchored digest; AnnounceFinishedTasks then registers many such tasks of the caller at once, each
+    a finished peer others are offered, a bad entry refused alone."""
+    stub = sched.stub
+    origin_host, reader, third = ids("origin-host"), ids("reader"), ids("third")
+    for host in (origin_host, reader, third):
+        announce_host(stub, host)
+    small = [ids(f"small{i}") for i in range(3)]
+    sources = {}
+    for task in small:
+        sources[task] = ids(f"src-{task}")
+        stream = source_peer(stub, origin_host, task, sources[task], pieces=(0,))
+        stream.send(
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+                content_length=100_000, piece_count=1
+            )
+        )
+        stream.close()
+    big = ids("big")  # two pieces: no holders (its pieces go through a conversation)
+    big_stream = source_peer(stub, origin_host, big, ids("big-src"), pieces=(0, 1))
+    big_stream.send(
+        download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+            content_length=8 * MiB, piece_count=2
+        )
+    )
+    big_stream.close()
+
+    answer = stub.StatTasks(
+        scheduler_pb2.StatTasksRequest(host_id=reader, task_ids=[*small, big], holders_per_task=3), timeout=STEP
+    )
+    holders = {h.task_id: h for h in answer.holders}
+    assert set(holders) == set(small)
+    for task in small:
+        (peer,) = holders[task].peers
+        assert peer.id == sources[task] and peer.host.id == origin_host and peer.host.download_port == 4001
+        assert holders[task].piece_digest == piece_digest(0)
+    # Asked by the only holder's host: nobody else to fetch from. Without holders_per_task: none.
+    assert not stub.StatTasks(
+        scheduler_pb2.StatTasksRequest(host_id=origin_host, task_ids=small, holders_per_task=3), timeout=STEP
+    ).holders
+    assert not stub.StatTasks(scheduler_pb2.StatTasksRequest(host_id=reader, task_ids=small), timeout=STEP).holders
+
+    # The reader fetched them from their holders: one call registers all three; a bad entry is refused alone.
+    mine = {task: ids(f"mine-{task}") for task in small}
+    bad = finished_task(ids("bad"), ids("bad-peer"), sources[small[0]], piece_count=2)  # 1 piece for 2
+    result = stub.AnnounceFinishedTasks(
+        scheduler_pb2.AnnounceFinishedTasksRequest(
+            host_id=reader,
+            tasks=[
+                *(finished_task(t, mine[t], sources[t], etag='"child-said"') for t in small),
+                bad,
+            ],
+        ),
+        timeout=STEP,
+    )
+    assert set(result.refused) == {bad.task_id} and "pieces" in result.refused[bad.task_id]
+    for task in small:
+        peer = stat_peer(stub, mine[task])
+        assert peer.state == "succeeded" and [p.number for p in peer.pieces] == [0]
+    assert find_peer(stub, bad.peer_id) is None  # nothing half-registered
+    # A child's word fills a blank validator only (the origin peer reported none here).
+    assert stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=reader, task_id=small[0]), timeout=STEP).etag == (
+        '"child-said"'
+    )
+    # Now a third host is offered both holders; a new peer of the task gets the reader's as a parent too.
+    both = stub.StatTasks(
+        scheduler_pb2.StatTasksRequest(host_id=third, task_ids=[small[0]], holders_per_task=8), timeout=STEP
+    )
+    assert {p.id for p in both.holders[0].peers} == {sources[small[0]], mine[small[0]]}
+    late = PeerStream(stub, third, small[1], ids("late"))
+    late.register()
+    assert {p.id for p in late.parents()} <= {sources[small[1]], mine[small[1]]}
+    late.close()
+
+    # Bad input: an unannounced host, a host the caller is not (insecure here: permitted), too many tasks,
+    # an id registered twice.
+    unknown = scheduler_pb2.AnnounceFinishedTasksRequest(
+        host_id=ids("nobody"), tasks=[finished_task(ids("t"), ids("p"), sources[small[0]])]
+    )
+    assert code_of(stub.AnnounceFinishedTasks, unknown) == grpc.StatusCode.NOT_FOUND
+    many = scheduler_pb2.AnnounceFinishedTasksRequest(
+        host_id=reader, tasks=[finished_task(f"t{i}", f"p{i}", sources[small[0]]) for i in range(1001)]
+    )
+    assert code_of(stub.AnnounceFinishedTasks, many) == grpc.StatusCode.INVALID_ARGUMENT
+    again = stub.AnnounceFinishedTasks(
+        scheduler_pb2.AnnounceFinishedTasksRequest(
+            host_id=reader, tasks=[finished_task(small[0], mine[small[0]], sources[small[0]])]
+        ),
+        timeout=STEP,
+    )
+    assert "already registered" in again.refused[small[0]]
+    assert sched.alive()
+
+
 def test_a_daemon_takes_no_absurd_metadata_from_a_schedulers_stat_task():
     """The daemon's side (dffs.daemon.schedulers.swarm_stat, pure): a size past the limit or a validator
     that is not one short line is no answer, so the origin is asked instead; a sound one is the stat."""

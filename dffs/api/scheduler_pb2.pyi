@@ -202,18 +202,75 @@ class StatTaskRequest(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class StatTasksRequest(_message.Message):
-    __slots__ = ("host_id", "task_ids")
+    __slots__ = ("host_id", "task_ids", "holders_per_task")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_PER_TASK_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    holders_per_task: int
+    def __init__(self, host_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., holders_per_task: _Optional[int] = ...) -> None: ...
 
 class StatTasksResponse(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "holders")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+    holders: _containers.RepeatedCompositeFieldContainer[TaskHolders]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ..., holders: _Optional[_Iterable[_Union[TaskHolders, _Mapping]]] = ...) -> None: ...
+
+class TaskHolders(_message.Message):
+    __slots__ = ("task_id", "peers", "piece_digest")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    PIECE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    peers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Peer]
+    piece_digest: str
+    def __init__(self, task_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[_common_pb2.Peer, _Mapping]]] = ..., piece_digest: _Optional[str] = ...) -> None: ...
+
+class FinishedTask(_message.Message):
+    __slots__ = ("task_id", "peer_id", "download", "content_length", "piece_count", "pieces", "etag", "last_modified", "content_type")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PIECE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    peer_id: str
+    download: _common_pb2.Download
+    content_length: int
+    piece_count: int
+    pieces: _containers.RepeatedCompositeFieldContainer[_common_pb2.Piece]
+    etag: str
+    last_modified: str
+    content_type: str
+    def __init__(self, task_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., download: _Optional[_Union[_common_pb2.Download, _Mapping]] = ..., content_length: _Optional[int] = ..., piece_count: _Optional[int] = ..., pieces: _Optional[_Iterable[_Union[_common_pb2.Piece, _Mapping]]] = ..., etag: _Optional[str] = ..., last_modified: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class AnnounceFinishedTasksRequest(_message.Message):
+    __slots__ = ("host_id", "tasks")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[FinishedTask]
+    def __init__(self, host_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[FinishedTask, _Mapping]]] = ...) -> None: ...
+
+class AnnounceFinishedTasksResponse(_message.Message):
+    __slots__ = ("refused",)
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    refused: _containers.ScalarMap[str, str]
+    def __init__(self, refused: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DeleteTaskRequest(_message.Message):
     __slots__ = ("host_id", "task_id")

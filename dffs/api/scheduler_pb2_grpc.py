@@ -61,6 +61,11 @@ class SchedulerStub:
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.SerializeToString,
                 response_deserializer=dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.FromString,
                 _registered_method=True)
+        self.AnnounceFinishedTasks = channel.unary_unary(
+                '/dffs.scheduler.Scheduler/AnnounceFinishedTasks',
+                request_serializer=dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksRequest.SerializeToString,
+                response_deserializer=dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksResponse.FromString,
+                _registered_method=True)
         self.DeleteTask = channel.unary_unary(
                 '/dffs.scheduler.Scheduler/DeleteTask',
                 request_serializer=dffs_dot_api_dot_scheduler__pb2.DeleteTaskRequest.SerializeToString,
@@ -125,6 +130,13 @@ class SchedulerServicer:
 
     def StatTasks(self, request, context):
         """StatTask for many tasks in one call (at most 10,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnnounceFinishedTasks(self, request, context):
+        """Register many whole tasks of this host as finished peers (at most 1,000 per call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +210,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.StatTasks,
                     request_deserializer=dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.FromString,
                     response_serializer=dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.SerializeToString,
+            ),
+            'AnnounceFinishedTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnnounceFinishedTasks,
+                    request_deserializer=dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksRequest.FromString,
+                    response_serializer=dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksResponse.SerializeToString,
             ),
             'DeleteTask': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTask,
@@ -365,6 +382,33 @@ class Scheduler:
             '/dffs.scheduler.Scheduler/StatTasks',
             dffs_dot_api_dot_scheduler__pb2.StatTasksRequest.SerializeToString,
             dffs_dot_api_dot_scheduler__pb2.StatTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnnounceFinishedTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffs.scheduler.Scheduler/AnnounceFinishedTasks',
+            dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksRequest.SerializeToString,
+            dffs_dot_api_dot_scheduler__pb2.AnnounceFinishedTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

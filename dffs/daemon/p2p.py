@@ -23,7 +23,6 @@ from the swarm while the new conversation starts.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import random
@@ -35,8 +34,9 @@ import grpc
 import trio
 
 from dffs.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
-from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
+from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent, unusable_parent
 from dffs.daemon.schedulers import ChannelFactory, SchedulerClient, Stub, validators_of
+from dffs.daemon.small_tasks import HOLDERS_PER_TASK, FinishedRegistrations, HintedFetcher, HolderHints
 from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.errors import DffsError
 from dffs.peertask import DownloadRequest, PeerTask
@@ -75,22 +75,6 @@ class _ConversationLost(Exception):
     """The scheduler went away mid-conversation: register again, on the ring's first that answers."""
 
 
-def unusable_parent(peer: common_pb2.Peer, own_host_id: str) -> str | None:
-    """Why a candidate parent from the scheduler cannot be used (None: it can)."""
-    if not peer.id or len(peer.id) > 256:
-        return "no id, or one too long"
-    if peer.host.id == own_host_id:
-        return "it is this host"
-    try:
-        ipaddress.ip_address(peer.host.ip)
-    except ValueError:
-        return f"bad address {peer.host.ip[:64]!r}"
-    for name, port in (("port", peer.host.port), ("download_port", peer.host.download_port)):
-        if not 0 < port < 65536:
-            return f"bad {name} {port}"
-    return None
-
-
 @attrs.frozen
 class P2PSettings:
     #: Seconds a piece may wait for any parent to have it before asking for new parents.
@@ -111,21 +95,49 @@ class P2PSwarm:
         settings: P2PSettings,
         *,
         channel_factory: ChannelFactory,
+        registrations: FinishedRegistrations | None = None,
     ):
         self.schedulers = schedulers
         self.piece_client = piece_client
         self.settings = settings
         self._channel_factory = channel_factory
         self._channels: dict[str, grpc.Channel] = {}
+        #: Holders of small tasks a directory's StatTasks named (dffs.daemon.small_tasks).
+        self.hints = HolderHints()
+        #: Where a small task fetched from a holder is registered (None: never from a hint).
+        self.registrations = registrations
 
-    def fetcher(self, request: DownloadRequest) -> P2PFetcher:
+    def fetcher(self, request: DownloadRequest) -> P2PFetcher | HintedFetcher:
+        """A small task some holder was named for gets its piece from the holder without a conversation
+        (when this host registers what it fetched: not a seed, whose tasks come from the origin)."""
+        registrations = self.registrations
+        if registrations is not None and registrations.running and not self.settings.seed:
+            hint = self.hints.take(request.task_id)
+            if hint is not None:
+                return HintedFetcher(self, request, hint, registrations)
+        return self.conversation(request)
+
+    def conversation(self, request: DownloadRequest) -> P2PFetcher:
+        """The fetcher that talks with the task's scheduler."""
         return P2PFetcher(self, request)
 
     async def stat(self, request: DownloadRequest) -> SourceStat | None:
+        """What the swarm knows of one object (a lookup by name): asked as a directory of one, so a
+        small one's holders come with it; the rest of the ring only when the first scheduler knows nothing."""
+        found = await self.stat_many([request])
+        if request.task_id in found:
+            return found[request.task_id]
+        if len(self.schedulers.ring(request.task_id)) < 2:
+            return None
         return await self.schedulers.stat_task(request)
 
     async def stat_many(self, requests: list[DownloadRequest]) -> dict[str, SourceStat]:
-        return await self.schedulers.stat_tasks(requests)
+        """What the swarm knows of many objects, and who holds the small ones (kept as hints)."""
+        want = HOLDERS_PER_TASK if self.registrations is not None and not self.settings.seed else 0
+        stats, hints = await self.schedulers.stat_tasks(requests, holders_per_task=want)
+        for task_id, hint in hints.items():
+            self.hints.put(task_id, hint)
+        return stats
 
     def upload_stub(self, ip: str, port: int) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
         """A parent's DfdaemonUpload (SyncPieces); one channel per parent host, kept."""
@@ -179,6 +191,15 @@ class P2PFetcher:
         #: Pieces some worker waits to see anchored: every ask includes them, so a worker that
         #: loses the race for the next ask is never starved by askers further along the file.
         self._awaiting_anchor: set[int] = set()
+        #: Parents whose SyncPieces could not connect before they said anything: not adopted again,
+        #: and named in every reschedule so the scheduler stops offering them.
+        self._unreachable_parents: set[str] = set()
+        self._named_unreachable: set[str] = set()
+
+    def known_unreachable(self, parent_ids: Iterable[str]) -> None:
+        """Parents found unreachable before this conversation began (a small task's holders): not
+        adopted, and named in the first reschedule."""
+        self._unreachable_parents.update(parent_ids)
 
     # ------------------------------------------------------ conversation
     def _message(self, **request: Any) -> scheduler_pb2.AnnouncePeerRequest:
@@ -389,7 +410,7 @@ class P2PFetcher:
     def _adopt(self, task: PeerTask, candidates: Iterable[common_pb2.Peer]) -> None:
         """Watch each usable candidate's pieces (SyncPieces) as a parent of this task."""
         for peer in candidates:
-            if peer.id in self.parents:
+            if peer.id in self.parents or peer.id in self._unreachable_parents:
                 continue
             problem = unusable_parent(peer, self.schedulers.host_id)
             if problem is not None:
@@ -435,10 +456,16 @@ class P2PFetcher:
                     self._notify()
         except grpc.RpcError as exc:
             log.info("task=%s parent=%s event=sync_ended code=%s", self.task_id, parent.id, exc.code())
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not parent.pieces:
+                # Nobody answers there (a host gone, its daemon stopped): the next reschedule asks the
+                # scheduler not to offer it again, rather than getting it back round after round.
+                self._unreachable_parents.add(parent.id)
         except trio.EndOfChannel:
             pass
         if not parent.pieces:
             self.parents.pop(parent.id, None)  # useless so far: may be offered again later
+            if parent.id in self._unreachable_parents:
+                self._notify()  # a fetch waiting on it can reschedule now
 
     # ---------------------------------------------------------- fetching
     async def _anchor(self, task: PeerTask, number: int) -> str | None:
@@ -554,17 +581,23 @@ class P2PFetcher:
                     continue
                 await task.fetch_from_origin(number, buffer)
                 return True, None
-            with trio.move_on_after(self.settings.parent_wait) as waited:
+            # Every parent given is unreachable and the scheduler has not heard so: ask again now, not
+            # after parent_wait (a stale parent list costs a round trip, not seconds).
+            unheard = not self.parents and not self._unreachable_parents <= self._named_unreachable
+            with trio.move_on_after(0 if unheard else self.settings.parent_wait) as waited:
                 await changed.wait()
-            if not waited.cancelled_caught or self._failing_over:
+            if not unheard and (not waited.cancelled_caught or self._failing_over):
                 rounds = 0  # progress somewhere (new pieces, parents, a decision), or a new scheduler soon
             else:
-                rounds += 1
+                if not unheard:
+                    rounds += 1
                 if rounds >= self.settings.parent_rounds:
                     log.warning("task=%s piece=%d event=no_parent_serves action=back_to_source", task.task_id, number)
                     self.back_to_source = True
                     continue
                 avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if not p.usable]
+                avoid += [common_pb2.Peer(id=i) for i in sorted(self._unreachable_parents) if i not in self.parents]
+                self._named_unreachable |= self._unreachable_parents
                 await self._send(
                     self._message(
                         reschedule_request=scheduler_pb2.RescheduleRequest(

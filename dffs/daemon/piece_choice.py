@@ -20,8 +20,10 @@ what it simulates is what daemons do.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
@@ -87,3 +89,19 @@ def choose_piece(candidates: Sequence[int], parents: Sequence[Parent], rng: rand
     if not available:
         return min(candidates) if in_order else rng.choice(candidates)
     return min(available, key=lambda n: (held[n], rng.random()))
+
+
+def unusable_parent(peer: Any, own_host_id: str) -> str | None:
+    """Why a candidate parent from the scheduler (a ``dffs.common.Peer``) cannot be used (None: it can)."""
+    if not peer.id or len(peer.id) > 256:
+        return "no id, or one too long"
+    if peer.host.id == own_host_id:
+        return "it is this host"
+    try:
+        ipaddress.ip_address(peer.host.ip)
+    except ValueError:
+        return f"bad address {peer.host.ip[:64]!r}"
+    for name, port in (("port", peer.host.port), ("download_port", peer.host.download_port)):
+        if not 0 < port < 65536:
+            return f"bad {name} {port}"
+    return None

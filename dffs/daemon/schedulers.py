@@ -38,6 +38,7 @@ from google.protobuf import timestamp_pb2
 
 from dffs.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from dffs.bounds import check_size
+from dffs.daemon.holders import Hint, parse_holders
 from dffs.digest import format_piece_digest, is_piece_digest
 from dffs.gc.service import GcResult
 from dffs.peertask import DownloadRequest
@@ -61,6 +62,21 @@ STAT_BATCH = 5000
 FORGOT = "forgot"  # it answers, but knows nothing of this host's tasks
 LOST = "lost"  # it stopped answering: its tasks are looked up on the next one of their ring
 FORGETFUL_BACKLOG = 64
+
+
+class SchedulerRemoved(grpc.RpcError):
+    """The scheduler was taken out of this daemon's set (the manager's update) before a call to it:
+    a call that cannot be made, like one whose channel was closed under it (CANCELLED)."""
+
+    def __init__(self, address: str):
+        super().__init__(f"scheduler {address} was removed")
+        self.address = address
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return str(self)
 
 
 def validators_of(meta: TaskMeta) -> dict[str, str]:
@@ -343,16 +359,21 @@ class SchedulerClient:
             return swarm_stat(request.url, task)
         return None
 
-    async def stat_tasks(self, requests: Iterable[DownloadRequest]) -> dict[str, SourceStat]:
+    async def stat_tasks(
+        self, requests: Iterable[DownloadRequest], *, holders_per_task: int = 0
+    ) -> tuple[dict[str, SourceStat], dict[str, Hint]]:
         """:meth:`stat_task` for many tasks: one StatTasks call per scheduler (a directory's files are
         spread over the schedulers by their task IDs), so a listing costs a round trip, not one per file.
-        Tasks no peer holds, or whose scheduler cannot be reached, are left out."""
+        Tasks no peer holds, or whose scheduler cannot be reached, are left out. With
+        ``holders_per_task``, also who holds each small (one-piece) task: hints for
+        :mod:`dffs.daemon.small_tasks`."""
         by_scheduler: dict[str, list[DownloadRequest]] = {}
         for request in requests:
             ring = self.ring(request.task_id)
             if ring:
                 by_scheduler.setdefault(ring[0][0], []).append(request)
         found: dict[str, SourceStat] = {}
+        hints: dict[str, Hint] = {}
 
         async def ask(address: str, batch: list[DownloadRequest]) -> None:
             urls = {r.task_id: r.url for r in batch}
@@ -364,7 +385,9 @@ class SchedulerClient:
                 try:
                     answer = await bridge.unary(
                         stub.StatTasks,
-                        scheduler_pb2.StatTasksRequest(host_id=self.host_id, task_ids=ids),
+                        scheduler_pb2.StatTasksRequest(
+                            host_id=self.host_id, task_ids=ids, holders_per_task=holders_per_task
+                        ),
                         timeout=CALL_TIMEOUT,
                     )
                 except grpc.RpcError as exc:
@@ -372,16 +395,36 @@ class SchedulerClient:
                         "event=swarm_stat_batch_failed scheduler=%s tasks=%d code=%s", address, len(ids), exc.code()
                     )
                     return
+                tasks = {}
                 for task in answer.tasks:
                     url = urls.get(task.id)
                     stat = swarm_stat(url, task) if url is not None else None
                     if stat is not None:
                         found[task.id] = stat
+                        tasks[task.id] = task
+                now = trio.current_time()
+                for entry in answer.holders:
+                    hint = parse_holders(entry, tasks.get(entry.task_id), self.host_id, now)
+                    if hint is not None:
+                        hints[entry.task_id] = hint
 
         async with trio.open_nursery() as nursery:
             for address, batch in by_scheduler.items():
                 nursery.start_soon(ask, address, batch)
-        return found
+        return found, hints
+
+    async def announce_finished_tasks(self, address: str, entries: list[scheduler_pb2.FinishedTask]) -> dict[str, str]:
+        """Register these whole tasks of this host as finished peers at the scheduler ``address``, in
+        one call; the ones it refused, with why. Raises grpc.RpcError (the caller picks another)."""
+        stub = self._stubs.get(address)
+        if stub is None:
+            raise SchedulerRemoved(address)
+        answer = await bridge.unary(
+            stub.AnnounceFinishedTasks,
+            scheduler_pb2.AnnounceFinishedTasksRequest(host_id=self.host_id, tasks=entries),
+            timeout=CALL_TIMEOUT,
+        )
+        return dict(answer.refused)
 
     async def delete_task(self, task_id: str) -> None:
         """This host no longer holds ``task_id``."""

@@ -33,6 +33,7 @@ from dffs.daemon.finished import FinishedTasks
 from dffs.daemon.local_tasks import LocalTasks
 from dffs.daemon.membership import ManagerLink
 from dffs.daemon.p2p import P2PSettings, P2PSwarm
+from dffs.daemon.small_tasks import FinishedRegistrations
 from dffs.daemon.schedulers import SchedulerClient
 from dffs.daemon.service import DownloadServicer, UploadServicer
 from dffs.errors import UsageError
@@ -93,12 +94,16 @@ class Daemon:
             announce_interval=cfg.announce_interval,
             channel_factory=self.transport.channel,
         )
+        #: Small tasks fetched from the holders a listing named, registered many per call (not for one
+        #: caller's embedded download: it leaves when the download is done).
+        self.registrations = None if embedded else FinishedRegistrations(self.schedulers)
         self.swarm: Swarm = (
             P2PSwarm(
                 self.schedulers,
                 self.piece_client,
                 P2PSettings(parent_wait=cfg.parent_wait, parent_rounds=cfg.parent_rounds, seed=cfg.seed),
                 channel_factory=self.transport.channel,
+                registrations=self.registrations,
             )
             if cfg.schedulers or cfg.manager
             else NoSwarm()
@@ -239,6 +244,8 @@ class Daemon:
         """Announce this host to the schedulers; learn them (and the cluster's config) from the manager."""
         if self.finished is not None:
             await nursery.start(self.finished.run)
+        if self.registrations is not None and isinstance(self.swarm, P2PSwarm):
+            await nursery.start(self.registrations.run)
         await nursery.start(self.schedulers.run, self._host())
         if self.manager_link is not None:
             # Each call times out: a manager that is down does not block the start.

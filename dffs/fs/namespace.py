@@ -303,10 +303,12 @@ class Namespace:
 
     async def _with_swarm_validators(self, entries: list[ListEntry]) -> list[ListEntry]:
         """Listings rarely carry ETags (nginx's never do); what members hold the swarm can pin, for a whole
-        directory in one exchange (StatTasks), so those files keep the kernel's cache across opens."""
+        directory in one exchange (StatTasks), so those files keep the kernel's cache across opens. The
+        same exchange tells the swarm who holds the small ones (a P2P daemon keeps that as hints)."""
         if isinstance(self.swarm, NoSwarm):
             return entries
-        wanted = {DownloadRequest(url=e.url).task_id: i for i, e in enumerate(entries) if not e.is_dir and not e.etag}
+        # Every file, ETag or not: the swarm also names who holds the small ones (dffs.daemon.small_tasks).
+        wanted = {DownloadRequest(url=e.url).task_id: i for i, e in enumerate(entries) if not e.is_dir}
         if not wanted:
             return entries
         with trio.move_on_after(self.op_timeout):
@@ -315,7 +317,7 @@ class Namespace:
             entries = list(entries)
             for tid, stat in known.items():
                 i = wanted.get(tid)
-                if i is not None and stat.etag and stat.content_length == entries[i].size:
+                if i is not None and stat.etag and not entries[i].etag and stat.content_length == entries[i].size:
                     entries[i] = attrs.evolve(entries[i], etag=stat.etag)
                     pinned += 1
             log.info("event=swarm_listing_metadata files=%d known=%d pinned=%d", len(wanted), len(known), pinned)

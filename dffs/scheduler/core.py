@@ -76,6 +76,8 @@ MAX_DIGESTS_PER_ANSWER = 65536
 MAX_COST_SECONDS = 24 * 3600.0
 #: Most tasks one StatTasks call may name.
 MAX_STAT_TASKS = 10_000
+#: Most tasks one AnnounceFinishedTasks call may register.
+MAX_FINISHED_TASKS = 1_000
 #: The origin validators a finished peer reports, kept per task and answered by StatTask.
 VALIDATORS = ("etag", "last_modified", "content_type")
 MAX_VALIDATOR_LENGTH = 1024
@@ -398,13 +400,79 @@ class SchedulerCore:
         """StatTask for many tasks in one answer (a directory's files); unknown ones are left out."""
         if len(request.task_ids) > MAX_STAT_TASKS:
             raise InvalidArgument(f"at most {MAX_STAT_TASKS} task ids per StatTasks, not {len(request.task_ids)}")
+        want = min(request.holders_per_task, policy.MAX_HOLDERS)
+        asker = self.graph.hosts.get(request.host_id) if want else None
+        blocklist = self.blocklist() if want else frozenset()
         answer = scheduler_pb2.StatTasksResponse()
         for task_id in dict.fromkeys(request.task_ids):
             _check_id("task", task_id)
             task = self.graph.tasks.get(task_id)
-            if task is not None:
-                answer.tasks.append(self.task_message(task))
+            if task is None:
+                continue
+            answer.tasks.append(self.task_message(task))
+            digest = task.piece_digests.get(0) if want else None
+            if digest is None:
+                continue  # no anchored digest: a holder's bytes could not be checked
+            found = policy.holders(task, asker, want, self.rng, blocklist)
+            if found:
+                entry = answer.holders.add(task_id=task_id, piece_digest=digest)
+                parent_task = self.parent_task_message(task)
+                for peer in found:
+                    self._fill_peer(entry.peers.add(), peer, parent_task)
         return answer
+
+    @_dispatching
+    def announce_finished_tasks(
+        self, request: scheduler_pb2.AnnounceFinishedTasksRequest
+    ) -> scheduler_pb2.AnnounceFinishedTasksResponse:
+        """Register each whole task as a finished peer of the calling host, as a register, its piece
+        reports and a finished report on a stream of its own would — one call for a batch of small
+        files. A bad entry is refused alone (its reason in the answer); the others are registered.
+        Pieces come from parents and never anchor a digest (docs/security.md)."""
+        host_id = _check_id("host", request.host_id)
+        self.graph.host(host_id)  # NotFound for an unannounced host: the whole call
+        if len(request.tasks) > MAX_FINISHED_TASKS:
+            raise InvalidArgument(f"at most {MAX_FINISHED_TASKS} tasks per AnnounceFinishedTasks")
+        answer = scheduler_pb2.AnnounceFinishedTasksResponse()
+        for entry in request.tasks:
+            try:
+                self._register_finished(host_id, entry)
+            except SchedulerError as exc:
+                answer.refused[entry.task_id[:MAX_ID_LENGTH]] = str(exc)[:512]
+        if answer.refused:
+            log.info("event=finished_tasks_refused host=%s refused=%d", host_id, len(answer.refused))
+        return answer
+
+    def _register_finished(self, host_id: str, entry: scheduler_pb2.FinishedTask) -> None:
+        register = scheduler_pb2.AnnouncePeerRequest(
+            host_id=host_id,
+            task_id=entry.task_id,
+            peer_id=entry.peer_id,
+            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=entry.download),
+        )
+        if not entry.pieces or len(entry.pieces) != entry.piece_count:
+            raise InvalidArgument(f"{len(entry.pieces)} pieces reported for a task of {entry.piece_count}")
+        validators = _validators(entry)
+        session = self._register_unchecked(register)
+        peer = session.peer
+        graph = self.graph
+        try:
+            for piece in entry.pieces:
+                if not piece.parent_id:
+                    raise InvalidArgument(f"piece {piece.number} without parent_id")
+                graph.piece_finished(
+                    peer,
+                    piece.number,
+                    parent_id=_check_id("parent", piece.parent_id),
+                    cost=_seconds(piece.cost, "piece cost"),
+                    length=piece.length,
+                    offset=piece.offset,
+                )
+            graph.peer_finished(peer, content_length=entry.content_length, piece_count=entry.piece_count)
+        except SchedulerError:
+            graph.leave_peer(peer)
+            raise
+        _record_validators(peer.task, validators, authoritative=False)
 
     @_dispatching
     def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
@@ -453,6 +521,10 @@ class SchedulerCore:
     @_dispatching
     def register(self, request: scheduler_pb2.AnnouncePeerRequest) -> Session:
         """The first message of a stream: create the peer."""
+        return self._register_unchecked(request)
+
+    def _register_unchecked(self, request: scheduler_pb2.AnnouncePeerRequest) -> Session:
+        """:meth:`register` without handing offers to the waiting room (its callers do)."""
         kind = request.WhichOneof("request")
         if kind != "register_peer_request":
             raise FailedPrecondition(f"the first AnnouncePeer message must be register_peer_request, not {kind}")

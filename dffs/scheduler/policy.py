@@ -179,6 +179,35 @@ def helpers(peer: Peer, config: PolicyConfig, blocklist: Collection[str] = ()) -
     return tuple(found[: config.candidate_parent_limit])
 
 
+#: Most holders one task's StatTasks answer names.
+MAX_HOLDERS = 8
+
+
+def holders(
+    task: Task, asker: Host | None, k: int, rng: random.Random, blocklist: Collection[str] = ()
+) -> list[Peer]:
+    """Up to ``k`` peers holding the whole one-piece ``task`` that the ``asker``'s host could fetch it
+    from without a conversation (StatTasks ``holders_per_task``): complete, on a sharing host other than
+    the asker's that no one reported unreachable, not blocked; hosts with free upload slots first, then
+    fewer failed uploads, ties at random. A sample of the task's servers is looked at, not all of them,
+    so a task held by thousands costs what one held by a few does."""
+    if k <= 0 or task.piece_count != 1:
+        return []
+    found = [
+        peer
+        for peer in task.servers.sample(4 * k, rng)
+        if peer.is_complete
+        and peer.host is not asker
+        and not peer.host.disable_shared
+        and not peer.host.reported_unreachable
+        and peer.host.id not in blocklist
+        and peer.id not in blocklist
+    ]
+    rng.shuffle(found)
+    found.sort(key=lambda p: (p.host.free_upload_slots <= 0, p.host.upload_failed_count))
+    return found[: min(k, MAX_HOLDERS)]
+
+
 def has_live_seed_peer(peer: Peer) -> bool:
     """A seed peer of the task that is, or will be, of use (one on a host others cannot reach is not)."""
     return any(

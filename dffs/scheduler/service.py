@@ -327,6 +327,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return self.core.stat_tasks(request)
 
     @_unary
+    def AnnounceFinishedTasks(self, request):
+        return self.core.announce_finished_tasks(request)
+
+    @_unary
     def DeleteTask(self, request):
         self.core.delete_task(request)
         return empty_pb2.Empty()
