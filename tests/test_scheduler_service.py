@@ -1012,6 +1012,18 @@ def test_stat_tasks_names_the_holders_of_small_tasks_and_many_are_registered_in_
         timeout=STEP,
     )
     assert "already registered" in again.refused[small[0]]
+
+    # A held task registered again after a scheduler forgot the host: its pieces as from the origin
+    # (no parent_id) anchor their digests, as back-to-source reports on a stream would.
+    held = ids("held")
+    entry = finished_task(held, ids("held-peer"), "", etag='"held"')
+    entry.pieces[0].ClearField("parent_id")
+    assert not stub.AnnounceFinishedTasks(
+        scheduler_pb2.AnnounceFinishedTasksRequest(host_id=reader, tasks=[entry]), timeout=STEP
+    ).refused
+    digests = stub.GetPieceDigests(scheduler_pb2.GetPieceDigestsRequest(host_id=third, task_id=held), timeout=STEP)
+    assert dict(digests.digests) == {0: piece_digest(0)}
+    assert stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=third, task_id=held), timeout=STEP).etag == '"held"'
     assert sched.alive()
 
 

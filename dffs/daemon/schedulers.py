@@ -331,6 +331,37 @@ class SchedulerClient:
                 )
         return False
 
+    def held_task_entry(self, store: TaskStore) -> scheduler_pb2.FinishedTask:
+        """A complete task this host holds as one entry of AnnounceFinishedTasks: what
+        :meth:`announce_import` says on a stream of its own (every piece as from the origin, with its
+        digest), for batches of many tasks."""
+        meta = store.meta
+        tid = meta.task_id
+        entry = scheduler_pb2.FinishedTask(
+            task_id=tid,
+            peer_id=self.new_peer_id(tid),
+            download=common_pb2.Download(
+                url=meta.url,
+                tag=meta.tag,
+                application=meta.application,
+                piece_length=meta.piece_length,
+                need_back_to_source=True,
+            ),
+            content_length=meta.content_length,
+            piece_count=meta.piece_count,
+            **validators_of(meta),
+        )
+        for number in store.present_pieces():
+            span = store.span(number)
+            digest = store.piece_digest(number)
+            entry.pieces.add(
+                number=number,
+                offset=span.offset,
+                length=span.length,
+                digest=format_piece_digest(digest) if digest else "",
+            )
+        return entry
+
     async def piece_digests(self, stub: Stub, task_id: str, numbers: list[int]) -> dict[int, str]:
         """The digests the scheduler anchored for these pieces (where their bytes entered the
         cluster); malformed answers are dropped. Raises grpc.RpcError."""

@@ -427,8 +427,9 @@ class SchedulerCore:
     ) -> scheduler_pb2.AnnounceFinishedTasksResponse:
         """Register each whole task as a finished peer of the calling host, as a register, its piece
         reports and a finished report on a stream of its own would — one call for a batch of small
-        files. A bad entry is refused alone (its reason in the answer); the others are registered.
-        Pieces come from parents and never anchor a digest (docs/security.md)."""
+        files, or for every task a host holds when a scheduler forgot it. A bad entry is refused alone
+        (its reason in the answer); the others are registered. A piece from a parent never anchors a
+        digest; one from the origin does, like its back-to-source report (docs/security.md)."""
         host_id = _check_id("host", request.host_id)
         self.graph.host(host_id)  # NotFound for an unannounced host: the whole call
         if len(request.tasks) > MAX_FINISHED_TASKS:
@@ -453,17 +454,19 @@ class SchedulerCore:
         if not entry.pieces or len(entry.pieces) != entry.piece_count:
             raise InvalidArgument(f"{len(entry.pieces)} pieces reported for a task of {entry.piece_count}")
         validators = _validators(entry)
+        for piece in entry.pieces:
+            if piece.digest and not is_piece_digest(piece.digest):
+                raise InvalidArgument(f"piece {piece.number}: malformed digest {piece.digest[:80]!r}")
         session = self._register_unchecked(register)
         peer = session.peer
         graph = self.graph
+        from_origin = not any(piece.parent_id for piece in entry.pieces)
         try:
             for piece in entry.pieces:
-                if not piece.parent_id:
-                    raise InvalidArgument(f"piece {piece.number} without parent_id")
                 graph.piece_finished(
                     peer,
                     piece.number,
-                    parent_id=_check_id("parent", piece.parent_id),
+                    parent_id=_check_id("parent", piece.parent_id) if piece.parent_id else None,
                     cost=_seconds(piece.cost, "piece cost"),
                     length=piece.length,
                     offset=piece.offset,
@@ -472,7 +475,19 @@ class SchedulerCore:
         except SchedulerError:
             graph.leave_peer(peer)
             raise
-        _record_validators(peer.task, validators, authoritative=False)
+        for piece in entry.pieces:
+            # An origin piece anchors its digest, as its back-to-source report on a stream would.
+            if piece.digest and not piece.parent_id and not graph.anchor_piece_digest(peer, piece.number, piece.digest):
+                log.warning(
+                    "event=digest_conflict task=%s peer=%s host=%s piece=%d reported=%s anchored=%s action=suspect",
+                    peer.task.id,
+                    peer.id,
+                    peer.host.id,
+                    piece.number,
+                    piece.digest,
+                    peer.task.piece_digests[piece.number],
+                )
+        _record_validators(peer.task, validators, authoritative=from_origin)
 
     @_dispatching
     def delete_task(self, request: scheduler_pb2.DeleteTaskRequest) -> set[str]:
