@@ -73,7 +73,15 @@ AnnouncePeer contract (what a daemon sends and gets)
    leaves, one mid-download is marked failed.  A succeeded peer stays a parent
    after its stream closes, until DeletePeer, DeleteTask(host_id, task_id),
    DeleteHost, its host's TTL or ``peer_ttl``.
-6. A seed daemon asked to fetch a task (``DfdaemonUpload/DownloadTask``, see
+6. Small tasks without a stream each: ``StatTasks`` with ``holders_per_task``
+   (at most 8) also answers, per one-piece task with an anchored digest, a few
+   finished holders on other live, sharing hosts and that digest; a daemon
+   that fetched such tasks from holders registers itself as their finished
+   peer, many per ``AnnounceFinishedTasks`` call (at most 1,000): each entry
+   is the register, piece reports and finished report a stream would carry
+   (pieces with ``parent_id`` never anchor; without it they are origin pieces
+   and do). A bad entry is refused alone (``refused``: task id -> reason).
+7. A seed daemon asked to fetch a task (``DfdaemonUpload/DownloadTask``, see
    :mod:`trigger`) downloads it like any peer: AnnounceHost as
    HOST_TYPE_SEED, AnnouncePeer register for the task; the scheduler answers
    need-back-to-source and adopts the placeholder its children were told about.
