@@ -598,3 +598,29 @@ def test_core_parent_messages_carry_no_url_or_headers(core):
     (parent,) = core.schedule(s2).response.normal_task_response.candidate_parents
     assert parent.task.id == "t" and parent.task.piece_length == 4 * MiB and parent.task.state == "running"
     assert parent.task.url == "" and not parent.task.request_header
+
+
+# ---- policy.holders (StatTasks holders_per_task) -------------------------------------------
+
+
+def test_holders_are_complete_peers_on_usable_hosts_other_than_the_askers_free_slots_first(graph):
+    import random
+
+    for name in ("busy", "free", "gone", "private", "asker", "running"):
+        add_host(graph, name, disable_shared=name == "private")
+    for name in ("busy", "free", "gone", "private", "asker"):
+        add_peer(graph, f"{name}-peer", name, "small", state=PeerState.SUCCEEDED, pieces=1, piece_count=1)
+    add_peer(graph, "running-peer", "running", "small", state=PeerState.BACK_TO_SOURCE)  # no piece yet
+    graph.hosts["busy"].upload_used = graph.hosts["busy"].upload_slots
+    graph.hosts["gone"].unreachable_reporters.update({"x": 1.0, "y": 1.0})
+    task = graph.tasks["small"]
+    rng = random.Random(7)
+    for _ in range(20):  # every draw: the same verdict
+        found = policy.holders(task, graph.hosts["asker"], 3, rng)
+        assert [p.id for p in found] == ["free-peer", "busy-peer"]
+    assert policy.holders(task, graph.hosts["asker"], 3, rng, blocklist=frozenset({"free"})) == [
+        graph.peers["busy-peer"]
+    ]
+    assert policy.holders(task, graph.hosts["asker"], 0, rng) == []
+    big = add_peer(graph, "big-peer", "free", "big", state=PeerState.SUCCEEDED, pieces=2, piece_count=2)
+    assert policy.holders(big.task, graph.hosts["asker"], 3, rng) == []  # not one piece: a conversation
