@@ -118,7 +118,7 @@ def test_small_files_are_shared_from_the_pack_through_mounts(swarm, make_file):
     for peer in (b, c):
         log = peer.output()
         assert "event=parents" not in log and "event=back_to_source" not in log, log[-3000:]
-        wait_for(lambda: registered_tasks(peer.output()) == len(files), what=f"{peer} holding every file")
+        wait_for(lambda p=peer: registered_tasks(p.output()) == len(files), what=f"{peer} holding every file")
     assert len(re.findall(r"event=finished_tasks_registered", b.output())) < len(files)  # batched
     for peer in (a, b, c):
         assert not any((peer.data_dir / "tasks").iterdir()), peer.data_dir  # no task directories

@@ -105,7 +105,9 @@ class FinishedTasks:
         try:
             refused = await self.schedulers.announce_finished_tasks(target, batch)
         except grpc.RpcError as exc:
-            log.info("event=finished_tasks_register_failed scheduler=%s tasks=%d code=%s", target, len(batch), exc.code())
+            log.info(
+                "event=finished_tasks_register_failed scheduler=%s tasks=%d code=%s", target, len(batch), exc.code()
+            )
             return
         self.registered += len(batch) - len(refused)
         for task_id, why in list(refused.items())[:3]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -265,70 +264,20 @@ class SchedulerClient:
         finished peer at its scheduler — the first of its ring that takes it, or of ``to`` —
         pieces reported as if fetched from the origin, with their digests (why that is safe:
         docs/security.md); True when one took it."""
-        meta = store.meta
-        tid = meta.task_id
-        peer_id = self.new_peer_id(tid)
-        download = common_pb2.Download(
-            url=meta.url,
-            tag=meta.tag,
-            application=meta.application,
-            piece_length=meta.piece_length,
-            need_back_to_source=True,
-        )
-
-        def message(**kwargs: Any) -> scheduler_pb2.AnnouncePeerRequest:
-            return self.peer_message(tid, peer_id, **kwargs)
-
-        targets = self.ring(tid) if to is None else [(a, self._stubs[a]) for a in to if a in self._stubs]
-        for address, stub in targets:
+        entry = self.held_task_entry(store)
+        tid = entry.task_id
+        targets = [a for a, _ in self.ring(tid)] if to is None else list(to)
+        for address in targets:
             try:
-                with trio.fail_after(CALL_TIMEOUT + meta.piece_count / 1000):
-                    async with self.announce_peer(stub) as stream:
-                        await stream.send(
-                            message(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
-                        )
-                        await stream.receive()  # need-back-to-source (or empty task): we hold it all anyway
-                        started = time.time()
-                        for number in store.present_pieces():
-                            span = store.span(number)
-                            digest = store.piece_digest(number)
-                            piece = common_pb2.Piece(
-                                number=number,
-                                offset=span.offset,
-                                length=span.length,
-                                digest=format_piece_digest(digest) if digest else "",
-                                created_at=timestamp(started),
-                            )
-                            await stream.send(
-                                message(
-                                    download_piece_back_to_source_finished_request=(
-                                        scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(piece=piece)
-                                    )
-                                )
-                            )
-                        await stream.send(
-                            message(
-                                download_peer_back_to_source_finished_request=(
-                                    scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
-                                        content_length=meta.content_length,
-                                        piece_count=meta.piece_count,
-                                        **validators_of(meta),
-                                    )
-                                )
-                            )
-                        )
-                        await stream.done_writing()
-                        async for _ in stream:
-                            pass
-                log.info("task=%s peer=%s event=import_announced scheduler=%s", tid, peer_id, address)
-                return True
-            except (grpc.RpcError, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
-                log.warning(
-                    "task=%s event=import_announce_failed scheduler=%s error=%s",
-                    tid,
-                    address,
-                    exc.details() if isinstance(exc, grpc.RpcError) else exc,
-                )
+                refused = await self.announce_finished_tasks(address, [entry])
+            except grpc.RpcError as exc:
+                log.warning("task=%s event=import_announce_failed scheduler=%s error=%s", tid, address, exc.details())
+                continue
+            if tid in refused:
+                log.warning("task=%s event=import_announce_refused scheduler=%s reason=%r", tid, address, refused[tid])
+                continue
+            log.info("task=%s peer=%s event=import_announced scheduler=%s", tid, entry.peer_id, address)
+            return True
         return False
 
     def held_task_entry(self, store: TaskStore) -> scheduler_pb2.FinishedTask:

@@ -33,9 +33,9 @@ from dffs.daemon.finished import FinishedTasks
 from dffs.daemon.local_tasks import LocalTasks
 from dffs.daemon.membership import ManagerLink
 from dffs.daemon.p2p import P2PSettings, P2PSwarm
-from dffs.daemon.small_tasks import FinishedRegistrations
 from dffs.daemon.schedulers import SchedulerClient
 from dffs.daemon.service import DownloadServicer, UploadServicer
+from dffs.daemon.small_tasks import FinishedRegistrations
 from dffs.errors import UsageError
 from dffs.fs.mount import MountConfig
 from dffs.fs.mount import serve as serve_mount

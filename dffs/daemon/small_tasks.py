@@ -137,7 +137,9 @@ class HintedFetcher:
                     continue
                 self.got_from = (holder.id, trio.current_time() - asked)
                 return False, digest
-            log.info("task=%s event=holders_failed holders=%d action=conversation", self.task_id, len(self.hint.holders))
+            log.info(
+                "task=%s event=holders_failed holders=%d action=conversation", self.task_id, len(self.hint.holders)
+            )
             self._fallback_wanted.set()
         await self._fallback_ready.wait()
         return await self._fallback.fetch(task, number, buffer)

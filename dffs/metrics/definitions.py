@@ -99,6 +99,12 @@ scheduler = SimpleNamespace(
         registry=SCHEDULER,
     ),
     pieces_deleted=Counter("dffs_scheduler_pieces_deleted", "Pieces hosts reported as evicted.", registry=SCHEDULER),
+    finished_tasks=Counter(
+        "dffs_scheduler_finished_tasks",
+        "Whole tasks registered as finished peers without a stream (AnnounceFinishedTasks), by outcome.",
+        ["outcome"],
+        registry=SCHEDULER,
+    ),
     gc_removed=Counter(
         "dffs_scheduler_gc_removed", "Hosts, peers and tasks removed by the GC.", ["kind"], registry=SCHEDULER
     ),

@@ -183,9 +183,7 @@ def helpers(peer: Peer, config: PolicyConfig, blocklist: Collection[str] = ()) -
 MAX_HOLDERS = 8
 
 
-def holders(
-    task: Task, asker: Host | None, k: int, rng: random.Random, blocklist: Collection[str] = ()
-) -> list[Peer]:
+def holders(task: Task, asker: Host | None, k: int, rng: random.Random, blocklist: Collection[str] = ()) -> list[Peer]:
     """Up to ``k`` peers holding the whole one-piece ``task`` that the ``asker``'s host could fetch it
     from without a conversation (StatTasks ``holders_per_task``): complete, on a sharing host other than
     the asker's that no one reported unreachable, not blocked; hosts with free upload slots first, then

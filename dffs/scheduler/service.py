@@ -336,7 +336,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_unary
     def AnnounceFinishedTasks(self, request):
-        return self.core.announce_finished_tasks(request)
+        answer = self.core.announce_finished_tasks(request)
+        metrics.finished_tasks.labels("registered").inc(len(request.tasks) - len(answer.refused))
+        metrics.finished_tasks.labels("refused").inc(len(answer.refused))
+        return answer
 
     @_unary
     def DeleteTask(self, request):
