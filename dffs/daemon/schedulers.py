@@ -281,9 +281,8 @@ class SchedulerClient:
         return False
 
     def held_task_entry(self, store: TaskStore) -> scheduler_pb2.FinishedTask:
-        """A complete task this host holds as one entry of AnnounceFinishedTasks: what
-        :meth:`announce_import` says on a stream of its own (every piece as from the origin, with its
-        digest), for batches of many tasks."""
+        """A complete task this host holds as one entry of AnnounceFinishedTasks (an import, or a
+        task held when a scheduler forgot this host): every piece as from the origin, with its digest."""
         meta = store.meta
         tid = meta.task_id
         entry = scheduler_pb2.FinishedTask(
@@ -298,8 +297,9 @@ class SchedulerClient:
             ),
             content_length=meta.content_length,
             piece_count=meta.piece_count,
-            **validators_of(meta),
         )
+        for name, value in validators_of(meta).items():
+            setattr(entry, name, value)
         for number in store.present_pieces():
             span = store.span(number)
             digest = store.piece_digest(number)
