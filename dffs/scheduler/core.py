@@ -476,17 +476,8 @@ class SchedulerCore:
             graph.leave_peer(peer)
             raise
         for piece in entry.pieces:
-            # An origin piece anchors its digest, as its back-to-source report on a stream would.
-            if piece.digest and not piece.parent_id and not graph.anchor_piece_digest(peer, piece.number, piece.digest):
-                log.warning(
-                    "event=digest_conflict task=%s peer=%s host=%s piece=%d reported=%s anchored=%s action=suspect",
-                    peer.task.id,
-                    peer.id,
-                    peer.host.id,
-                    piece.number,
-                    piece.digest,
-                    peer.task.piece_digests[piece.number],
-                )
+            if piece.digest and not piece.parent_id:
+                self._anchor(peer, piece.number, piece.digest)  # as its back-to-source report would
         _record_validators(peer.task, validators, authoritative=from_origin)
 
     @_dispatching
@@ -580,6 +571,19 @@ class SchedulerCore:
         log.info("event=peer_registered task=%s peer=%s host=%s seed=%s", task_id, peer_id, host_id, peer.host.is_seed)
         return Session(host_id=host_id, task_id=task_id, peer_id=peer_id, peer=peer)
 
+    def _anchor(self, peer: Peer, number: int, digest: str) -> None:
+        """Anchor an origin piece's digest; a report contradicting the anchor makes its host suspect."""
+        if not self.graph.anchor_piece_digest(peer, number, digest):
+            log.warning(
+                "event=digest_conflict task=%s peer=%s host=%s piece=%d reported=%s anchored=%s action=suspect",
+                peer.task.id,
+                peer.id,
+                peer.host.id,
+                number,
+                digest,
+                peer.task.piece_digests[number],
+            )
+
     def _session_peer(self, session: Session) -> Peer:
         peer = session.peer
         if self.graph.peers.get(session.peer_id) is not peer:
@@ -666,16 +670,7 @@ class SchedulerCore:
             if piece.digest and not from_parent:
                 if not is_piece_digest(piece.digest):
                     raise InvalidArgument(f"piece {piece.number}: malformed digest {piece.digest[:80]!r}")
-                if not graph.anchor_piece_digest(peer, piece.number, piece.digest):
-                    log.warning(
-                        "event=digest_conflict task=%s peer=%s host=%s piece=%d reported=%s anchored=%s action=suspect",
-                        peer.task.id,
-                        peer.id,
-                        peer.host.id,
-                        piece.number,
-                        piece.digest,
-                        peer.task.piece_digests[piece.number],
-                    )
+                self._anchor(peer, piece.number, piece.digest)
             log.debug(
                 "event=piece_finished task=%s peer=%s piece=%d parent=%s",
                 peer.task.id,
