@@ -79,7 +79,9 @@ def _env(who: str) -> dict[str, str] | None:
     """The environment of a dffs contender's processes: the baseline's tree first on the import path."""
     if who != BASELINE:
         return None
-    return {**os.environ, "PYTHONPATH": _TREES[BASELINE]}
+    # PYTHONSAFEPATH: `python -m dffs` would put the working directory (this tree, when the benchmark
+    # runs from it) ahead of PYTHONPATH, and the baseline would be this tree again.
+    return {**os.environ, "PYTHONPATH": _TREES[BASELINE], "PYTHONSAFEPATH": "1"}
 
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -465,9 +467,9 @@ def part_b(bench, net, origin, origin_host, work, state, rels, size, run, who, p
     sched_host, seed_host, *peer_hosts = net.hosts[1:]
     tmp = Path(tempfile.mkdtemp(prefix=f"p2p-{run}.", dir=state))
     processes = []
-    pythonpath = os.environ.get("PYTHONPATH")
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
     if who == BASELINE:
-        os.environ["PYTHONPATH"] = _TREES[BASELINE]  # the cluster's processes inherit it
+        os.environ.update(_env(BASELINE) or {})  # the cluster's processes inherit it
     try:
         address = f"{sched_host.ip}:8002"
         sched = Process(["scheduler", "--listen", address], tmp / "scheduler.log", r"listening on")
@@ -516,10 +518,11 @@ def part_b(bench, net, origin, origin_host, work, state, rels, size, run, who, p
             },
         )
     finally:
-        if pythonpath is None:  # as it was: a PYTHONPATH the whole run was started with stays
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = pythonpath
+        for name, value in saved.items():  # as it was: what the whole run was started with stays
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         for p in reversed(processes):
             p.stop()
 

@@ -306,7 +306,9 @@ def main() -> None:
                     argv += ["--rpc-port", "0", "--proxy-port", "-1", "--metrics-port", "0"]
                     if name in configs:
                         argv += ["--config", str(configs[name])]
-                    env = {**os.environ, "PYTHONPATH": trees[name]} if name in trees else None
+                    # PYTHONSAFEPATH: `python -m` would put the working directory (this tree, when run
+                    # from it) ahead of PYTHONPATH, and the baseline would be this tree again.
+                    env = {**os.environ, "PYTHONPATH": trees[name], "PYTHONSAFEPATH": "1"} if name in trees else None
                     base, ready = mnt / "http" / f"127.0.0.1:{port}", mnt / "http"
                 else:
                     env = None
