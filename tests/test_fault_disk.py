@@ -294,3 +294,51 @@ def _done(log: str) -> tuple[int, int]:
     match = re.search(r"event=download_done bytes=\d+ origin_bytes=(\d+) peer_bytes=(\d+)", log)
     assert match, log[-3000:]
     return int(match.group(1)), int(match.group(2))
+
+
+def test_a_p2p_dffs_get_onto_a_full_data_dir_fails_at_once_with_the_cause(
+    tmp_path, small_disk, nginx_origin, make_file
+):
+    """ENOSPC on the P2P path: a peer whose pieces come from another peer (not the origin) and whose data
+    dir fills up fails its `dffs get` within the reader timeout, naming the cause; the daemon stays up
+    and, once space is back, the same get succeeds from the swarm."""
+    from cluster import Daemon, scheduler
+
+    www = tmp_path / "www"
+    www.mkdir()
+    size = 24 * MiB + 3
+    digest = make_file(www / "p.bin", size, seed=84)
+    origin = nginx_origin(www)
+    fill(small_disk / "filler", 24 * MiB)  # 16 MiB left on b's disk: not the 25 MiB the file needs
+    started = []
+    try:
+        sched = scheduler(tmp_path)
+        started.append(sched)
+        address = f"127.0.0.1:{sched.match.group(2)}"
+        seed, a = Daemon(tmp_path, "seed", address, seed=True), Daemon(tmp_path, "a", address)
+        b = Daemon(tmp_path, "b", address)
+        b.data_dir = small_disk / "data"
+        b.argv[b.argv.index("--data-dir") + 1] = str(b.data_dir)
+        for daemon in (seed, a, b):
+            started.append(daemon)
+            daemon.start()
+
+        def get(daemon: Daemon, out: Path) -> subprocess.CompletedProcess:
+            argv = [sys.executable, "-m", "dffs", "get", origin.url("/p.bin"), "-O", str(out)]
+            argv += ["--data-dir", str(daemon.data_dir)]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=READER_TIMEOUT)
+
+        assert get(a, tmp_path / "a.out").returncode == 0
+        failed = get(b, tmp_path / "b.out")
+        assert failed.returncode != 0 and "No space left on device" in failed.stderr, failed.stderr
+        assert str(small_disk) in failed.stderr  # where
+        assert b.alive()
+        (small_disk / "filler").unlink()
+        again = get(b, tmp_path / "b.out")
+        assert again.returncode == 0, again.stderr
+        assert sha256_file(tmp_path / "b.out") == digest
+        origin.sync_log()
+        assert origin.body_bytes("/p.bin", "GET") == size  # the seed's fetch only: b's pieces came from peers
+    finally:
+        for process in reversed(started):
+            process.stop()
