@@ -302,6 +302,27 @@ def test_core_full_flow(core):
     assert core.graph.peer("p1").state is PeerState.SUCCEEDED  # still a parent after its stream ends
 
 
+def test_core_names_the_pieces_each_helper_holds_that_the_peer_on_the_origin_lacks(core):
+    """p2 took piece 0 from p1 and pieces 1-2 elsewhere; p1 (the origin its only source left) is
+    told p2 holds 1 and 2, so it waits a moment for p2's announcement of them instead of fetching
+    them again."""
+    for h in ("h1", "h2"):
+        core.announce_host(host_request(h))
+    s1 = core.register(register("h1", "t", "p1"))
+    assert kind(core.schedule(s1)) == "need_back_to_source_response"
+    core.handle(s1, announce("h1", "t", "p1", download_piece_back_to_source_finished_request={"piece": piece(0)}))
+    s2 = core.register(register("h2", "t", "p2"))
+    assert kind(core.schedule(s2)) == "normal_task_response"
+    core.handle(s2, announce("h2", "t", "p2", download_piece_finished_request={"piece": piece(0, parent_id="p1")}))
+    for n in (1, 2):
+        core.handle(s2, announce("h2", "t", "p2", download_piece_back_to_source_finished_request={"piece": piece(n)}))
+    assert core.handle(s1, announce("h1", "t", "p1", reschedule_request={}))
+    answer = core.schedule(s1, rounds=core.policy.retry_limit)
+    assert kind(answer) == "need_back_to_source_response"
+    (helper,) = answer.response.need_back_to_source_response.helpers
+    assert helper.id == "p2" and [p.number for p in helper.pieces] == [1, 2]
+
+
 def test_core_seed_trigger(core):
     core.announce_host(host_request("seed", seed=True, ip="10.0.0.9", port=4100))
     core.announce_host(host_request("h1"))

@@ -353,6 +353,36 @@ def test_a_waiting_peer_is_answered_as_soon_as_a_parent_has_a_piece(patient, ids
     second.close()
 
 
+def test_a_stream_waiting_for_its_reschedule_still_has_its_reports_applied_at_once(patient, ids):
+    """p1, on the origin, asked to be rescheduled (no parent in sight: its next round a minute
+    away) and goes on reporting. Each report is applied as it arrives, not after that answer: its
+    first piece answers p2, which waits for a parent, at once; its finished report drops the
+    pending answer, and the stream ends at once (not at its 30 s deadline)."""
+    stub = patient.stub
+    for h in ("h1", "h2"):
+        announce_host(stub, ids(h))
+    task = ids("task")
+    first = PeerStream(stub, ids("h1"), task, ids("p1"))
+    first.register()
+    assert first.recv_kind()[0] == "need_back_to_source_response"
+    first.send(download_peer_back_to_source_started_request={})
+    second = PeerStream(stub, ids("h2"), task, ids("p2"))
+    second.register()
+    wait_for(lambda: find_peer(stub, ids("p2")), what="p2 registered")
+    first.send(reschedule_request=scheduler_pb2.RescheduleRequest())
+    patient.wait_log(rf"event=reschedule task={task} peer={ids('p1')}")
+    first.piece_from_source(0)
+    assert [p.id for p in second.parents()] == [ids("p1")]
+    first.send(
+        download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(
+            content_length=4 * MiB, piece_count=1
+        )
+    )
+    first.close()  # no answer owed any more: the stream ends OK, with no response for the reschedule
+    assert stat_peer(stub, ids("p1")).state == "succeeded"
+    second.close()
+
+
 def test_a_crowd_of_waiting_peers_is_answered_by_the_pieces_of_the_ones_before(patient, ids):
     """30 peers wait on a task whose one source has no piece yet. Its first piece wakes as
     many as its upload slots serve (8 / 4 parents each); their first pieces wake the rest."""

@@ -55,6 +55,7 @@ from dffs.scheduler.resource import (
     Peer,
     PeerState,
     Task,
+    set_bits,
 )
 from dffs.scheduler.waiting import WaitingRoom
 from dffs.security.redact import shareable_headers
@@ -68,6 +69,10 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 #: Longest id (host, task, peer) accepted.
+#: States of a peer that wants parents (a register or reschedule may be answered).
+SCHEDULABLE_STATES = frozenset({PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE})
+#: Most piece numbers a back-to-source answer lists per helper (what the helper holds and the asker lacks).
+MAX_PROMISED_PIECES = 65536
 MAX_ID_LENGTH = 512
 MAX_URL_LENGTH = 64 * 1024
 #: Pieces one GetPieceDigests request may name (an answer stays well under the message limit).
@@ -613,7 +618,7 @@ class SchedulerCore:
             graph.peer_back_to_source_started(peer)
             log.info("event=peer_back_to_source_started task=%s peer=%s", peer.task.id, peer.id)
         elif kind == "reschedule_request":
-            if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+            if peer.state not in SCHEDULABLE_STATES:
                 raise FailedPrecondition(f"peer in state {peer.state.value} cannot be rescheduled")
             avoid = [p.id for p in request.reschedule_request.candidate_parents]
             for parent_id in avoid:
@@ -716,11 +721,16 @@ class SchedulerCore:
             raise InvalidArgument(f"unsupported AnnouncePeer request {kind}")
         return False
 
+    def awaits_parents(self, session: Session) -> bool:
+        """Whether the session's peer still wants a scheduling answer (not finished, failed or gone)."""
+        peer = self.graph.peers.get(session.peer_id)
+        return peer is session.peer and peer.state in SCHEDULABLE_STATES
+
     @_dispatching
     def schedule(self, session: Session, rounds: int = 0) -> Answer:
         """One scheduling round for the session's peer; apply what the policy decides."""
         peer = self._session_peer(session)
-        if peer.state not in (PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE):
+        if peer.state not in SCHEDULABLE_STATES:
             raise FailedPrecondition(f"peer in state {peer.state.value} needs no parents")
         hints, session.hints = session.hints, []
         decision = policy.decide(
@@ -781,7 +791,11 @@ class SchedulerCore:
                 helpers = response.need_back_to_source_response.helpers
                 parent_task = self.parent_task_message(task)
                 for helper in decision.helpers:
-                    self._fill_peer(helpers.add(), helper, parent_task)
+                    msg = helpers.add()
+                    self._fill_peer(msg, helper, parent_task)
+                    # what it holds that the asker lacks: waited for a moment rather than sent again
+                    missing = helper.pieces & ~peer.pieces
+                    msg.pieces.extend(common_pb2.Piece(number=n) for n in set_bits(missing, MAX_PROMISED_PIECES))
             return Answer(decision, response)
         if isinstance(decision, policy.EmptyTask):
             log.info("event=empty_task task=%s peer=%s", task.id, peer.id)

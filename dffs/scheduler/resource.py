@@ -80,6 +80,16 @@ class HostType(enum.Enum):
     __hash__ = object.__hash__
 
 
+def set_bits(bits: int, limit: int | None = None) -> Iterator[int]:
+    """The numbers of the set bits of ``bits``, lowest first (at most ``limit`` of them)."""
+    digits = bin(bits)[:1:-1]  # lowest bit first: linear in the bits, unlike shifting a big int
+    found, at = 0, digits.find("1")
+    while at >= 0 and (limit is None or found < limit):
+        yield at
+        found += 1
+        at = digits.find("1", at + 1)
+
+
 class PeerState(enum.Enum):
     TRIGGERED = "triggered"
     PENDING = "pending"
@@ -559,12 +569,7 @@ class Peer:
         return bool(self.pieces >> number & 1)
 
     def piece_numbers(self) -> Iterator[int]:
-        bits, n = self.pieces, 0
-        while bits:
-            if bits & 1:
-                yield n
-            bits >>= 1
-            n += 1
+        return set_bits(self.pieces)
 
     def has_pieces_missing_from(self, other: Peer) -> bool:
         """True when this peer holds a piece ``other`` lacks."""

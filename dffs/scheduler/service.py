@@ -26,8 +26,11 @@ AnnouncePeer contract (what a daemon sends and gets)
    piece_length, tag, application, priority, disable_back_to_source,
    need_back_to_source honoured).  Anything else first: FAILED_PRECONDITION.
    A peer id already registered: ALREADY_EXISTS.
-3. The scheduler answers **exactly one** AnnouncePeerResponse per register and
-   per ``reschedule_request``, and nothing else, ever:
+3. The scheduler answers **one** AnnouncePeerResponse per register and per
+   ``reschedule_request``, and nothing else, ever; a reschedule sent before the
+   previous one was answered is folded into it (its list applies; one answer
+   for both).  Messages are applied as they arrive, also while an answer is
+   pending: a piece report never waits behind a reschedule.
 
    * ``normal_task_response{candidate_parents}``: 1..K parents, best first.
      Each Peer has ``id``, ``state``, ``host`` (id, type, ip, port,
@@ -98,7 +101,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf import empty_pb2, message_factory
@@ -123,6 +126,28 @@ _DECISIONS = {
     "need_back_to_source_response": "back_to_source",
     "empty_task_response": "empty",
 }
+
+
+class _Conversation:
+    """The state of one AnnouncePeer stream shared by its reader and its answerer."""
+
+    __slots__ = ("session", "peer_id", "owed", "changed", "waking", "broken")
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.peer_id = "-"
+        #: A register or reschedule not answered yet (several sent meanwhile share one answer).
+        self.owed = False
+        #: Set by the reader: a message applied, or the stream's end.
+        self.changed = asyncio.Event()
+        #: Wakes the answer waiting for a change (None: no answer waits).
+        self.waking: Callable[[], None] | None = None
+        #: The reader failed: its error ends the stream, no answer is due.
+        self.broken = False
+
+    def interrupt(self) -> None:
+        if self.waking is not None:
+            self.waking()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -252,50 +277,97 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[scheduler_pb2.AnnouncePeerResponse]:
-        session: Session | None = None
-        peer_id = "-"
+        """Messages are applied as they arrive (a reader task) while answers are worked out here:
+        a piece report or a finished report is never held behind a reschedule that waits for a
+        parent, so what this peer holds reaches the graph, and its waiting children, at once."""
+        conversation = _Conversation()
+        reader: asyncio.Task | None = None
         try:
             caller = self.caller(context)  # one TLS connection: the same certificate for every message
-            async for request in request_iterator:
-                peer_id = request.peer_id or "-"
-                self.permit(caller, request.host_id)
-                if session is None:
-                    session = self.core.register(request)
-                    wants_answer = True
-                else:
-                    wants_answer = self.core.handle(session, request)
-                if wants_answer:
+            reader = asyncio.create_task(self._read_announcements(request_iterator, caller, conversation))
+            while True:
+                await conversation.changed.wait()
+                conversation.changed.clear()
+                if reader.done():
+                    reader.result()  # the reader's error ends the stream
+                if conversation.owed:
+                    conversation.owed = False
                     asked = asyncio.get_running_loop().time()
-                    response = await self._answer(session)
-                    metrics.schedule_seconds.observe(asyncio.get_running_loop().time() - asked)
-                    metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
-                    yield response
+                    response = await self._answer(conversation)
+                    if response is not None:
+                        metrics.schedule_seconds.observe(asyncio.get_running_loop().time() - asked)
+                        metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
+                        yield response
+                    continue
+                if reader.done():
+                    return
         except SchedulerError as exc:
-            log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.grpc_code, str(exc))
+            log.info(
+                "event=announce_peer_rejected peer=%s code=%s detail=%r", conversation.peer_id, exc.grpc_code, str(exc)
+            )
             await _abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, the server stays up
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort(context, exc)
         finally:
-            if session is not None:
-                self.core.stream_closed(session)
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            if conversation.session is not None:
+                self.core.stream_closed(conversation.session)
 
-    async def _answer(self, session: Session) -> scheduler_pb2.AnnouncePeerResponse:
-        """Scheduling rounds until the policy answers.
+    async def _read_announcements(
+        self,
+        requests: AsyncIterator[scheduler_pb2.AnnouncePeerRequest],
+        caller: Identity | None,
+        conversation: _Conversation,
+    ) -> None:
+        """Apply each message of the stream as it arrives; note when one asks for an answer."""
+        try:
+            async for request in requests:
+                conversation.peer_id = request.peer_id or "-"
+                self.permit(caller, request.host_id)
+                if conversation.session is None:
+                    conversation.session = self.core.register(request)
+                    wants_answer = True
+                else:
+                    wants_answer = self.core.handle(conversation.session, request)
+                if wants_answer:
+                    conversation.owed = True
+                    conversation.interrupt()  # a pending answer re-decides with the new avoid list
+                elif conversation.waking is not None and not self.core.awaits_parents(conversation.session):
+                    conversation.interrupt()  # finished or failed meanwhile: the pending answer is dropped
+                conversation.changed.set()
+        except BaseException:
+            conversation.broken = True
+            conversation.interrupt()  # the error ends the stream now, not after a pending answer
+            raise
+        finally:
+            conversation.changed.set()
+
+    async def _answer(self, conversation: _Conversation) -> scheduler_pb2.AnnouncePeerResponse | None:
+        """Scheduling rounds until the policy answers (None: the peer needs no parents any more).
 
         A round is ``retry_interval``; between decisions the session waits in
         the core's waiting room, and a change that can help it (see
         :mod:`dffs.scheduler.waiting`) re-evaluates at once without counting
-        as a round.  Otherwise the next decision comes at the round the
-        policy named (``Retry.next_round``): deciding again earlier would
-        only repeat the answer.
+        as a round, as does a new message of the stream that matters to it (a
+        reschedule folded into this answer, the peer finished).  Otherwise the
+        next decision comes at the round the policy named
+        (``Retry.next_round``): deciding again earlier would only repeat the
+        answer.
         """
+        session = conversation.session
+        assert session is not None
         loop = asyncio.get_running_loop()
         interval = self.config.retry_interval
         start = loop.time()
         rounds = 0
         while True:
+            if conversation.broken or not self.core.awaits_parents(session):
+                return None
             answer = self.core.schedule(session, rounds)
             if answer.trigger is not None:
                 self._start_trigger(answer.trigger)
@@ -304,12 +376,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             next_round = getattr(answer.decision, "next_round", None) or rounds + 1
             woken = asyncio.Event()
             self.core.wait(session, woken.set)
+            conversation.waking = woken.set
             try:
                 async with asyncio.timeout_at(start + max(next_round, rounds + 1) * interval):
                     await woken.wait()
             except TimeoutError:
                 pass
             finally:
+                conversation.waking = None
                 self.core.unwait(session)
             rounds = max(rounds, math.floor((loop.time() - start) / interval + 1e-9))
 
