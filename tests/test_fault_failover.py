@@ -48,6 +48,15 @@ def origin_pieces(origin, path: str, client: str) -> set[int]:
     return pieces
 
 
+def decisions(sched, daemons) -> dict[str, list[str]]:
+    """What the scheduler decided and what the children did with it (for a failure's report)."""
+    wanted = ("back_to_source", "event=parents", "piece_not_anchored", "no_parent_serves", "helpers")
+    lines = {"sched": sched.output().splitlines()} | {n: daemons[n].output().splitlines() for n in ("p1", "p2")}
+    return {
+        name: [line[-240:] for line in found if any(w in line for w in wanted)][-12:] for name, found in lines.items()
+    }
+
+
 @pytest.mark.slow
 def test_scheduler_killed_mid_task_moves_to_the_next_scheduler(net, tmp_path, nginx_origin, make_file):
     """The origin is slow, so the seed is still fetching when the scheduler dies: it reports its
@@ -166,7 +175,12 @@ def test_seed_killed_mid_task_children_finish_and_the_swarm_keeps_serving(net, t
             assert sha256_file(tmp_path / f"{name}.out") == digest, name
         origin.sync_log()
         from_origin = {n: origin_pieces(origin, "/h.bin", hosts[n].ip) for n in ("p1", "p2")}
-        report = {n: sorted(h) for n, h in held.items()}, {n: sorted(p) for n, p in from_origin.items()}
+        ranges = {n: [e.range for e in origin.requests("/h.bin", "GET", client=hosts[n].ip)] for n in ("p1", "p2")}
+        report = "\n".join(
+            [f"held when the seed died: { {n: sorted(h) for n, h in held.items()} }"]
+            + [f"from the origin: { {n: sorted(p) for n, p in from_origin.items()} } ranges: {ranges}"]
+            + [f"{name}: {line}" for name, lines in decisions(sched, daemons).items() for line in lines]
+        )
         assert not from_origin["p1"] & from_origin["p2"], report  # no piece twice from the origin
         for name, other in (("p1", "p2"), ("p2", "p1")):  # nothing a child held when the seed died
             assert not from_origin[name] & (held[name] | held[other]), report
@@ -200,6 +214,13 @@ def test_a_restarted_scheduler_learns_the_finished_tasks_a_daemon_holds(net, tmp
             lambda: "reason=forgot tasks=1 registered=1" in daemons["p1"].output(),
             timeout=60,
             what="p1 to register its finished task with the restarted scheduler",
+        )
+        # and p2 to have reached it too: a get started while its channel still backs off from the
+        # refused connections would find no scheduler and rightly go to the origin
+        wait_for(
+            lambda: daemons["p2"].output().count("event=scheduler_forgot_host") >= 2,
+            timeout=60,
+            what="p2 to announce itself to the restarted scheduler",
         )
         origin.sync_log()
         origin.clear_log()

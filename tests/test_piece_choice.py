@@ -1,8 +1,11 @@
-"""Which parent serves a piece (dffs/daemon/piece_choice.py, pure): cost and load, not only load."""
+"""Which parent serves a piece (dffs/daemon/piece_choice.py, pure): cost and load, not only load;
+and which piece a worker takes next."""
 
 from __future__ import annotations
 
-from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, pick_parent
+import random
+
+from dffs.daemon.piece_choice import MAX_PARENT_FAILURES, Parent, choose_piece, pick_parent
 
 MiB = 1 << 20
 
@@ -47,3 +50,17 @@ def test_the_moving_average_forgets_an_old_slow_piece():
 def test_parents_without_the_piece_or_failed_too_often_are_never_picked():
     lacks, failed = parent("lacks", pieces=(1,)), parent("failed", failures=MAX_PARENT_FAILURES)
     assert pick_parent([lacks, failed], 0) is None
+
+
+def test_on_the_origin_pieces_a_helper_is_said_to_hold_come_last_and_announced_ones_first():
+    """In order from the origin, but not the pieces the scheduler said a helper holds: they may be
+    announced in a moment. Once announced they are taken (from the helper) before anything else."""
+    helper = parent("helper", pieces=())
+    helper.promised = frozenset({0, 1})
+    rng = random.Random(1)
+    assert choose_piece([0, 1, 2, 3], [helper], rng, in_order=True) == 2
+    assert choose_piece([0, 1], [helper], rng, in_order=True) == 0  # nothing else left: in order
+    helper.pieces[1] = "blake3:" + "0" * 64
+    assert choose_piece([0, 1, 2, 3], [helper], rng, in_order=True) == 1
+    helper.failures = MAX_PARENT_FAILURES  # a helper given up on promises nothing
+    assert choose_piece([0, 2, 3], [helper], rng, in_order=True) == 0

@@ -54,6 +54,10 @@ ANCHOR_REFRESH = 0.2
 SYNC_GRACE = 1.0
 #: Pieces asked about per GetPieceDigests (the one needed and those after it).
 ANCHOR_BATCH = 1024
+#: Seconds after which an unanswered reschedule no longer stops the next one being sent (a scheduler
+#: answers within its retry_limit x retry_interval, 5 s by default; each one sent meanwhile would
+#: only queue behind it).
+RESCHEDULE_PATIENCE = 15.0
 #: Conversations a task may lose to dying schedulers before it stops looking for one.
 MAX_FAILOVERS = 8
 #: Seconds before walking the ring again after a lost conversation (doubling, up to the max).
@@ -195,6 +199,10 @@ class P2PFetcher:
         #: and named in every reschedule so the scheduler stops offering them.
         self._unreachable_parents: set[str] = set()
         self._named_unreachable: set[str] = set()
+        #: When the reschedule the scheduler has not answered yet was sent (None: none is), and the
+        #: parents it named: another is sent meanwhile only to name more.
+        self._reschedule_asked_at: float | None = None
+        self._reschedule_named: set[str] = set()
 
     def known_unreachable(self, parent_ids: Iterable[str]) -> None:
         """Parents found unreachable before this conversation began (a small task's holders): not
@@ -320,6 +328,8 @@ class P2PFetcher:
         """One AnnouncePeer stream with one scheduler; _SchedulerUnreachable if it never answered,
         _ConversationLost if it went away before the task was complete."""
         self._lost = False
+        self._reschedule_asked_at = None  # what the previous scheduler was asked dies with it
+        self._reschedule_named.clear()
         async with self.schedulers.announce_peer(stub) as stream:
             self._stream = stream
             self._stub = stub
@@ -389,14 +399,18 @@ class P2PFetcher:
 
     def _handle(self, task: PeerTask, response: scheduler_pb2.AnnouncePeerResponse) -> None:
         kind = response.WhichOneof("response")
+        self._reschedule_asked_at = None  # one answer serves every reschedule sent before it
+        self._reschedule_named.clear()
         if kind == "normal_task_response":
             self._adopt(task, response.normal_task_response.candidate_parents)
             log.info("task=%s peer=%s event=parents count=%d", self.task_id, self.peer_id, len(self.parents))
         elif kind in ("need_back_to_source_response", "empty_task_response"):
             helpers = response.need_back_to_source_response.helpers if kind == "need_back_to_source_response" else ()
             # Helpers: its own children holding pieces it lacks (they could not be parents). On the
-            # origin this peer never waits for a parent, so it takes from them what they announce.
+            # origin this peer never waits for a parent, so it takes from them what they announce,
+            # and waits a moment (SYNC_GRACE) for the announcement of pieces the scheduler says they hold.
             self._adopt(task, helpers)
+            self._note_promises(task, helpers)
             log.info(
                 "task=%s peer=%s event=back_to_source reason=%s helpers=%d",
                 self.task_id,
@@ -427,6 +441,17 @@ class P2PFetcher:
             self.parents[peer.id] = parent
             assert self._nursery is not None
             self._nursery.start_soon(self._watch, parent, task.store.meta.piece_count)
+
+    def _note_promises(self, task: PeerTask, helpers: Iterable[common_pb2.Peer]) -> None:
+        """Remember which pieces each helper holds by the scheduler's word (bounded by the task)."""
+        count = task.store.meta.piece_count
+        now = trio.current_time()
+        for helper in helpers:
+            parent = self.parents.get(helper.id)
+            if parent is None or not helper.pieces:
+                continue
+            parent.promised = frozenset(p.number for p in helper.pieces[:count] if p.number < count)
+            parent.promised_at = now
 
     async def _watch(self, parent: Parent, piece_count: int) -> None:
         """Learn a parent's pieces as it gets them (SyncPieces). What a parent says is checked: a
@@ -572,10 +597,11 @@ class P2PFetcher:
                 self._piece_parent[number] = parent.id
                 return False, digest
             if self.back_to_source or origin_now:
-                settling = self._settling()
+                settling = self._settling(number)
                 if settling > 0 and not origin_now:
-                    # A parent just given has not said what it holds yet: a moment for its
-                    # first SyncPieces answer before the origin is asked for what it may hold.
+                    # A parent just given has not said what it holds yet, or a helper has not yet
+                    # announced this piece the scheduler says it holds: a moment for its SyncPieces
+                    # before the origin is asked for what it may hold.
                     with trio.move_on_after(settling):
                         await changed.wait()
                     continue
@@ -590,28 +616,45 @@ class P2PFetcher:
                 rounds = 0  # progress somewhere (new pieces, parents, a decision), or a new scheduler soon
             else:
                 if not unheard:
-                    rounds += 1
+                    rounds += 1  # also while a reschedule is unanswered: a scheduler that never answers costs this much
                 if rounds >= self.settings.parent_rounds:
                     log.warning("task=%s piece=%d event=no_parent_serves action=back_to_source", task.task_id, number)
                     self.back_to_source = True
                     continue
-                avoid = [common_pb2.Peer(id=p.id) for p in self.parents.values() if not p.usable]
-                avoid += [common_pb2.Peer(id=i) for i in sorted(self._unreachable_parents) if i not in self.parents]
+                avoid = sorted({p.id for p in self.parents.values() if not p.usable} | self._unreachable_parents)
+                if self._awaiting_reschedule() and self._reschedule_named.issuperset(avoid):
+                    continue  # nothing to add to the question the scheduler is working on
                 self._named_unreachable |= self._unreachable_parents
+                self._reschedule_named.update(avoid)
+                self._reschedule_asked_at = trio.current_time()
                 await self._send(
                     self._message(
                         reschedule_request=scheduler_pb2.RescheduleRequest(
-                            candidate_parents=avoid, description=f"no parent has piece {number}"
+                            candidate_parents=[common_pb2.Peer(id=i) for i in avoid],
+                            description=f"no parent has piece {number}",
                         )
                     )
                 )
 
-    def _settling(self) -> float:
-        """Seconds until every parent adopted in the last SYNC_GRACE has announced a piece or
-        had its grace (0: none is settling)."""
+    def _awaiting_reschedule(self) -> bool:
+        """A reschedule sent on the live conversation is not answered yet (and not overdue)."""
+        asked = self._reschedule_asked_at
+        return asked is not None and self._stream is not None and trio.current_time() - asked < RESCHEDULE_PATIENCE
+
+    def _settling(self, number: int) -> float:
+        """Seconds until every parent adopted in the last SYNC_GRACE has announced a piece, and
+        every helper said to hold piece ``number`` has announced it, or had its grace (0: none is
+        settling)."""
         now = trio.current_time()
-        waits = [p.added_at + SYNC_GRACE - now for p in self.parents.values() if not p.pieces and p.usable]
-        return max((w for w in waits if w > 0), default=0.0)
+        waits = [0.0]
+        for p in self.parents.values():
+            if not p.usable or number in p.pieces:
+                continue
+            if not p.pieces:
+                waits.append(p.added_at + SYNC_GRACE - now)
+            elif number in p.promised:
+                waits.append(p.promised_at + SYNC_GRACE - now)
+        return max(waits)
 
     def _drop_piece(self, parent: Parent, number: int, why: str) -> None:
         """A parent that says wrong things about a piece is not asked again."""

@@ -15,7 +15,8 @@ what it simulates is what daemons do.
   holds, ties broken at random, so the peers of a swarm fetch different pieces
   and trade them instead of all queueing on the same parent for piece 0.
   Before any parent holds anything there is nothing to prefer: a random piece
-  (or the first, when the pieces come from the origin in order).
+  (or the first, when the pieces come from the origin in order, after those a
+  helper is said to hold but has not announced yet).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Parent:
     #: When this peer adopted it (the caller's clock): a parent just given may not have said
     #: what it holds yet.
     added_at: float = 0.0
+    #: Pieces the scheduler said it holds when it named it a helper (announced or not yet), and
+    #: when: the origin waits a moment for their announcement instead of sending them again.
+    promised: frozenset[int] = frozenset()
+    promised_at: float = 0.0
 
     def delivered(self, seconds: float, length: int) -> None:
         """A piece of ``length`` bytes arrived from this parent in ``seconds``."""
@@ -87,7 +92,10 @@ def choose_piece(candidates: Sequence[int], parents: Sequence[Parent], rng: rand
     held = {n: sum(1 for p in parents if p.serves(n)) for n in candidates}
     available = [n for n, count in held.items() if count]
     if not available:
-        return min(candidates) if in_order else rng.choice(candidates)
+        if not in_order:
+            return rng.choice(candidates)
+        promised = frozenset().union(*(p.promised for p in parents if p.usable))
+        return min(candidates, key=lambda n: (n in promised, n))  # a helper's pieces last: they may come
     return min(available, key=lambda n: (held[n], rng.random()))
 
 
