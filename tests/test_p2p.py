@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 
 import pytest
@@ -89,6 +90,33 @@ def test_dffs_get_with_scheduler_joins_the_swarm_without_a_daemon(swarm, make_fi
     # the embedded peer took every piece from the seed: the origin served the seed alone
     swarm.origin.sync_log()
     assert swarm.origin.body_bytes("/g.bin", "GET") == 12 * MiB + 3
+
+
+def test_dffs_get_when_no_scheduler_answers_takes_the_origin_at_once(tmp_path, nginx_origin, make_file):
+    """Every scheduler configured refuses connections (down, or not started yet): the download
+    goes to the origin and finishes, rather than waiting forever for a conversation to begin."""
+    (tmp_path / "www").mkdir()
+    digest = make_file(tmp_path / "www" / "n.bin", 9 * MiB + 1, seed=34)
+    origin = nginx_origin(tmp_path / "www")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    out = tmp_path / "n.out"
+    result = run_dffs(
+        "get",
+        origin.url("/n.bin"),
+        "-O",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--scheduler",
+        closed,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(out) == digest
+    origin.sync_log()
+    assert origin.body_bytes("/n.bin", "GET") == 9 * MiB + 1
 
 
 def test_small_files_are_shared_from_the_pack_through_mounts(swarm, make_file):

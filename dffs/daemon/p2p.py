@@ -262,6 +262,9 @@ class P2PFetcher:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._conversations(task, download)
+                # No conversation ever began when no scheduler answered the register: the task may
+                # start fetching now (from the origin), or it would wait for its own end forever.
+                self._report_started()
                 if not task.store.is_complete():
                     self._give_up_on_scheduler()  # no scheduler left: parents it knows, then the origin
                     await task.wait_complete()
