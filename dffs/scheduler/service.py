@@ -101,7 +101,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2, message_factory
@@ -129,25 +129,54 @@ _DECISIONS = {
 
 
 class _Conversation:
-    """The state of one AnnouncePeer stream shared by its reader and its answerer."""
+    """One AnnouncePeer stream's messages, read one at a time, and the read an answer that waits
+    for a parent started (so that messages arriving meanwhile are applied at once)."""
 
-    __slots__ = ("session", "peer_id", "owed", "changed", "waking", "broken")
+    __slots__ = ("requests", "caller", "session", "peer_id", "reading", "ended")
 
-    def __init__(self) -> None:
+    def __init__(self, requests: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], caller: Identity | None) -> None:
+        self.requests = aiter(requests)
+        self.caller = caller
         self.session: Session | None = None
         self.peer_id = "-"
-        #: A register or reschedule not answered yet (several sent meanwhile share one answer).
-        self.owed = False
-        #: Set by the reader: a message applied, or the stream's end.
-        self.changed = asyncio.Event()
-        #: Wakes the answer waiting for a change (None: no answer waits).
-        self.waking: Callable[[], None] | None = None
-        #: The reader failed: its error ends the stream, no answer is due.
-        self.broken = False
+        #: A read of the next message started while an answer waited (None: none in flight).
+        self.reading: asyncio.Future | None = None
+        #: The client half-closed: nothing more to read.
+        self.ended = False
 
-    def interrupt(self) -> None:
-        if self.waking is not None:
-            self.waking()
+    def start_reading(self) -> asyncio.Future:
+        if self.reading is None:
+            self.reading = asyncio.ensure_future(anext(self.requests, None))
+        return self.reading
+
+    def take_read(self) -> scheduler_pb2.AnnouncePeerRequest | None:
+        """The message the finished read brought (None: the stream's end); its error, raised."""
+        assert self.reading is not None and self.reading.done()
+        reading, self.reading = self.reading, None
+        request = reading.result()
+        self.ended = request is None
+        return request
+
+    async def next(self) -> scheduler_pb2.AnnouncePeerRequest | None:
+        """The next message, or None at the stream's end."""
+        if self.ended:
+            return None
+        if self.reading is not None:
+            await asyncio.wait([self.reading])
+            return self.take_read()
+        request = await anext(self.requests, None)
+        self.ended = request is None
+        return request
+
+    def close(self) -> None:
+        if self.reading is not None:
+            self.reading.cancel()
+            self.reading = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -277,75 +306,45 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[scheduler_pb2.AnnouncePeerResponse]:
-        """Messages are applied as they arrive (a reader task) while answers are worked out here:
-        a piece report or a finished report is never held behind a reschedule that waits for a
-        parent, so what this peer holds reaches the graph, and its waiting children, at once."""
-        conversation = _Conversation()
-        reader: asyncio.Task | None = None
+        """Each message is applied as it arrives. A register or reschedule is decided at once; when
+        no answer is possible yet, messages that arrive while the answer waits are applied too, not
+        held behind it: what this peer holds reaches the graph, and the peers waiting for it, at once."""
+        conversation: _Conversation | None = None
+        loop = asyncio.get_running_loop()
         try:
-            caller = self.caller(context)  # one TLS connection: the same certificate for every message
-            reader = asyncio.create_task(self._read_announcements(request_iterator, caller, conversation))
-            while True:
-                await conversation.changed.wait()
-                conversation.changed.clear()
-                if reader.done():
-                    reader.result()  # the reader's error ends the stream
-                if conversation.owed:
-                    conversation.owed = False
-                    asked = asyncio.get_running_loop().time()
-                    response = await self._answer(conversation)
-                    if response is not None:
-                        metrics.schedule_seconds.observe(asyncio.get_running_loop().time() - asked)
-                        metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
-                        yield response
+            # one TLS connection: the same certificate for every message
+            conversation = _Conversation(request_iterator, self.caller(context))
+            while (request := await conversation.next()) is not None:
+                if not self._apply(conversation, request):
                     continue
-                if reader.done():
-                    return
+                asked = loop.time()
+                response = await self._answer(conversation)
+                if response is not None:
+                    metrics.schedule_seconds.observe(loop.time() - asked)
+                    metrics.decisions.labels(_DECISIONS.get(response.WhichOneof("response"), "other")).inc()
+                    yield response
         except SchedulerError as exc:
-            log.info(
-                "event=announce_peer_rejected peer=%s code=%s detail=%r", conversation.peer_id, exc.grpc_code, str(exc)
-            )
+            peer_id = conversation.peer_id if conversation is not None else "-"
+            log.info("event=announce_peer_rejected peer=%s code=%s detail=%r", peer_id, exc.grpc_code, str(exc))
             await _abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, the server stays up
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort(context, exc)
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-            if conversation.session is not None:
-                self.core.stream_closed(conversation.session)
+            if conversation is not None:
+                conversation.close()
+                if conversation.session is not None:
+                    self.core.stream_closed(conversation.session)
 
-    async def _read_announcements(
-        self,
-        requests: AsyncIterator[scheduler_pb2.AnnouncePeerRequest],
-        caller: Identity | None,
-        conversation: _Conversation,
-    ) -> None:
-        """Apply each message of the stream as it arrives; note when one asks for an answer."""
-        try:
-            async for request in requests:
-                conversation.peer_id = request.peer_id or "-"
-                self.permit(caller, request.host_id)
-                if conversation.session is None:
-                    conversation.session = self.core.register(request)
-                    wants_answer = True
-                else:
-                    wants_answer = self.core.handle(conversation.session, request)
-                if wants_answer:
-                    conversation.owed = True
-                    conversation.interrupt()  # a pending answer re-decides with the new avoid list
-                elif conversation.waking is not None and not self.core.awaits_parents(conversation.session):
-                    conversation.interrupt()  # finished or failed meanwhile: the pending answer is dropped
-                conversation.changed.set()
-        except BaseException:
-            conversation.broken = True
-            conversation.interrupt()  # the error ends the stream now, not after a pending answer
-            raise
-        finally:
-            conversation.changed.set()
+    def _apply(self, conversation: _Conversation, request: scheduler_pb2.AnnouncePeerRequest) -> bool:
+        """Apply one message of the stream; True when it asks for an answer (a register, a reschedule)."""
+        conversation.peer_id = request.peer_id or "-"
+        self.permit(conversation.caller, request.host_id)
+        if conversation.session is None:
+            conversation.session = self.core.register(request)
+            return True
+        return self.core.handle(conversation.session, request)
 
     async def _answer(self, conversation: _Conversation) -> scheduler_pb2.AnnouncePeerResponse | None:
         """Scheduling rounds until the policy answers (None: the peer needs no parents any more).
@@ -353,11 +352,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         A round is ``retry_interval``; between decisions the session waits in
         the core's waiting room, and a change that can help it (see
         :mod:`dffs.scheduler.waiting`) re-evaluates at once without counting
-        as a round, as does a new message of the stream that matters to it (a
-        reschedule folded into this answer, the peer finished).  Otherwise the
-        next decision comes at the round the policy named
-        (``Retry.next_round``): deciding again earlier would only repeat the
-        answer.
+        as a round. Otherwise the next decision comes at the round the policy
+        named (``Retry.next_round``): deciding again earlier would only repeat
+        the answer. Meanwhile the stream's messages are applied as they come;
+        a reschedule among them is folded into this answer (its avoid list
+        applies), and a finished or failed report ends the wait with no answer.
         """
         session = conversation.session
         assert session is not None
@@ -366,7 +365,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         start = loop.time()
         rounds = 0
         while True:
-            if conversation.broken or not self.core.awaits_parents(session):
+            if not self.core.awaits_parents(session):
                 return None
             answer = self.core.schedule(session, rounds)
             if answer.trigger is not None:
@@ -374,17 +373,19 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             if answer.response is not None:
                 return answer.response
             next_round = getattr(answer.decision, "next_round", None) or rounds + 1
-            woken = asyncio.Event()
-            self.core.wait(session, woken.set)
-            conversation.waking = woken.set
+            woken = loop.create_future()
+            self.core.wait(session, functools.partial(_resolve, woken))
             try:
-                async with asyncio.timeout_at(start + max(next_round, rounds + 1) * interval):
-                    await woken.wait()
-            except TimeoutError:
-                pass
+                waits = [woken] if conversation.ended else [woken, conversation.start_reading()]
+                timeout = start + max(next_round, rounds + 1) * interval - loop.time()
+                await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+                if conversation.reading is not None and conversation.reading.done():
+                    request = conversation.take_read()
+                    if request is not None:
+                        self._apply(conversation, request)
             finally:
-                conversation.waking = None
                 self.core.unwait(session)
+                woken.cancel()
             rounds = max(rounds, math.floor((loop.time() - start) / interval + 1e-9))
 
     # ---- unary calls ------------------------------------------------------
