@@ -334,8 +334,8 @@ def patient(tmp_path_factory):
         s.close()
 
 
-def test_a_waiting_peer_is_answered_as_soon_as_a_parent_has_a_piece(patient, ids):
-    stub = patient.stub
+def _source_and_waiting_peer(stub, ids):
+    """p1 told to take the origin, then p2 registered on the same task with no parent yet."""
     for h in ("h1", "h2"):
         announce_host(stub, ids(h))
     task = ids("task")
@@ -345,6 +345,11 @@ def test_a_waiting_peer_is_answered_as_soon_as_a_parent_has_a_piece(patient, ids
     second = PeerStream(stub, ids("h2"), task, ids("p2"))
     second.register()
     wait_for(lambda: find_peer(stub, ids("p2")), what="p2 registered")
+    return first, second
+
+
+def test_a_waiting_peer_is_answered_as_soon_as_a_parent_has_a_piece(patient, ids):
+    first, second = _source_and_waiting_peer(patient.stub, ids)
     first.piece_from_source(0)
     # The next round is 60 s away and the stream's deadline 30 s: an answer at all means the
     # piece report itself woke the waiting peer (no stopwatch needed).
@@ -359,16 +364,9 @@ def test_a_stream_waiting_for_its_reschedule_still_has_its_reports_applied_at_on
     first piece answers p2, which waits for a parent, at once; its finished report drops the
     pending answer, and the stream ends at once (not at its 30 s deadline)."""
     stub = patient.stub
-    for h in ("h1", "h2"):
-        announce_host(stub, ids(h))
     task = ids("task")
-    first = PeerStream(stub, ids("h1"), task, ids("p1"))
-    first.register()
-    assert first.recv_kind()[0] == "need_back_to_source_response"
+    first, second = _source_and_waiting_peer(stub, ids)
     first.send(download_peer_back_to_source_started_request={})
-    second = PeerStream(stub, ids("h2"), task, ids("p2"))
-    second.register()
-    wait_for(lambda: find_peer(stub, ids("p2")), what="p2 registered")
     first.send(reschedule_request=scheduler_pb2.RescheduleRequest())
     patient.wait_log(rf"event=reschedule task={task} peer={ids('p1')}")
     first.piece_from_source(0)
