@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from google.protobuf import duration_pb2
 
@@ -20,7 +22,7 @@ from dffs.scheduler.policy import (
     UseParents,
     decide,
 )
-from dffs.scheduler.resource import PeerState
+from dffs.scheduler.resource import Host, Peer, PeerState, Task
 from dffs.scheduler.testing import FakeClock, add_host, add_peer, make_graph
 
 MiB = 1 << 20
@@ -321,6 +323,55 @@ def test_core_names_the_pieces_each_helper_holds_that_the_peer_on_the_origin_lac
     assert kind(answer) == "need_back_to_source_response"
     (helper,) = answer.response.need_back_to_source_response.helpers
     assert helper.id == "p2" and [p.number for p in helper.pieces] == [1, 2]
+
+
+def test_the_graph_frees_what_it_drops_without_the_cycle_collector(core):
+    """dffs.scheduler.heap freezes the long-lived graph so that the collector's full passes skip
+    it: sound only because what the graph drops is freed by reference counting alone. With the
+    collector off, a swarm is scheduled, reports pieces, finishes, fails and is dropped (its
+    hosts expire, then its tasks): no Peer, Host or Task of it is left anywhere."""
+
+    def ours():
+        mine = (o for o in gc.get_objects() if isinstance(o, (Peer, Host, Task)))
+        return [o for o in mine if (o.host.id if isinstance(o, Peer) else o.id).startswith("rc-")]
+
+    gc.collect()
+    gc.disable()
+    try:
+        core.announce_host(host_request("rc-seed", seed=True, ip="10.0.1.1"))
+        for n in range(6):
+            core.announce_host(host_request(f"rc-h{n}", ip=f"10.0.1.{n + 2}"))
+        sessions = []
+        for task in ("rc-t", "rc-u"):
+            for n in range(6):
+                s = core.register(register(f"rc-h{n}", task, f"rc-{task}-p{n}", url=f"http://origin/{task}"))
+                sessions.append(s)
+                answer = core.schedule(s)
+                if kind(answer) == "need_back_to_source_response":
+                    report = {"download_piece_back_to_source_finished_request": {"piece": piece(0)}}
+                else:
+                    parent = answer.response.normal_task_response.candidate_parents[0].id
+                    report = {"download_piece_finished_request": {"piece": piece(0, parent_id=parent)}}
+                msg = announce(f"rc-h{n}", task, s.peer_id, **report)
+                core.handle(s, msg)
+                if n % 3 == 0:
+                    finished = {"content_length": 4 * MiB, "piece_count": 1}
+                    core.handle(s, announce(f"rc-h{n}", task, s.peer_id, download_peer_finished_request=finished))
+                elif n % 3 == 1:
+                    core.stream_closed(s)  # mid-download: the peer fails
+        seeds = [p for p in core.graph.peers.values() if p.host.id == "rc-seed"]
+        assert seeds and len(ours()) == 12 + len(seeds) + 7 + 2  # peers, the seed's, hosts, tasks
+        del seeds
+        del s, answer, msg
+        sessions.clear()
+        core.fake_clock.advance(core.config.host_ttl + 1)  # every host silent: gone with its peers
+        core.gc()
+        core.fake_clock.advance(core.config.task_ttl + 1)  # then the tasks, left without peers
+        core.gc()
+        assert not core.graph.hosts and not core.graph.peers and not core.graph.tasks
+        assert ours() == []
+    finally:
+        gc.enable()
 
 
 def test_core_seed_trigger(core):

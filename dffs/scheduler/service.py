@@ -113,6 +113,7 @@ from dffs.rpc.status import abort_aio
 from dffs.scheduler.config import SchedulerConfig
 from dffs.scheduler.core import SchedulerCore, SeedTriggerRequest, Session
 from dffs.scheduler.errors import InvalidArgument, PermissionDenied, SchedulerError
+from dffs.scheduler.heap import Heap
 from dffs.scheduler.trigger import SeedTrigger
 from dffs.security.ca import Identity
 from dffs.security.transport import Transport
@@ -216,6 +217,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.seed_trigger = seed_trigger
         self._background: set[asyncio.Task[None]] = set()
         self._gc_task: asyncio.Task[None] | None = None
+        self._heap = Heap()
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -243,6 +245,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 continue
             for kind in ("hosts", "peers", "tasks"):
                 metrics.gc_removed.labels(kind).inc(len(getattr(report, kind)))
+            self._heap.settle()  # the collector's full passes then skip the long-lived graph
 
     # ---- change notification ----------------------------------------------
 
