@@ -21,7 +21,10 @@ scheduler's own work on its one event loop. Scenarios:
 
 In each scenario newcomers register and are scheduled, and running peers with
 children reschedule; every ``schedule`` call is timed (p50 / p99 / max, and
-decisions/s of scheduler time). Build phases give host announces/s,
+decisions/s of scheduler time), and so is every pass of Python's cycle collector meanwhile
+(the longest, and how many were full ones). Before the decisions the heap is settled as the
+service's housekeeping pass leaves it (``dffs.scheduler.heap``), where the tree has that.
+Build phases give host announces/s,
 registrations/s and piece reports/s; RSS is the worker's after the scenario.
 
 Every scenario runs in a fresh worker process per tree. ``--baseline TREE``
@@ -128,6 +131,9 @@ class Driver:
         self.kinds: dict[str, int] = {}
         self.times: dict[str, float] = {"announce": 0.0, "register": 0.0, "report": 0.0}
         self.counts: dict[str, int] = {"announce": 0, "register": 0, "report": 0}
+        #: (generation, ms) of each collector pass while decisions were measured.
+        self.collections: list[tuple[int, float]] = []
+        self.heap_settled = False
 
     # -- messages
     def announce(self, host_id: str, n: int, *, seed: bool = False) -> None:
@@ -225,6 +231,10 @@ class Driver:
     def result(self) -> dict:
         ns = sorted(self.decision_ns)
         out: dict = {"rss_mib": round(rss_mib(), 1), "decisions": len(ns), "answers": self.kinds}
+        if self.collections:
+            out["gc_max_ms"] = max(ms for _, ms in self.collections)
+            out["gc_full_passes"] = sum(1 for generation, _ in self.collections if generation == 2)
+            out["heap_settled"] = self.heap_settled
         if ns:
             out.update(
                 p50_ms=ns[len(ns) // 2] / 1e6,
@@ -248,19 +258,46 @@ class Driver:
 DECISION_BUDGET = 30.0
 
 
+def settle_heap() -> bool:
+    """What the service's housekeeping pass does to the heap every ``gc_interval``, if this
+    tree's scheduler does it (``dffs.scheduler.heap``; an older tree: nothing)."""
+    try:
+        from dffs.scheduler.heap import Heap
+    except ImportError:
+        return False
+    Heap().settle()
+    return True
+
+
 def measure_decisions(driver: Driver, decisions: int, newcomer, rescheduled) -> None:
     """``decisions`` decisions: 80 % newcomers (``newcomer()`` -> session), 20 % reschedules of
     running peers that have children (``rescheduled()`` -> session or None); fewer (but at
-    least 20) when they use up ``DECISION_BUDGET``."""
-    for i in range(decisions):
-        if i >= 20 and sum(driver.decision_ns) > DECISION_BUDGET * 1e9:
-            break
-        session = rescheduled() if i % 5 == 4 else None
-        if session is not None:
-            driver.reschedule(session)
+    least 20) when they use up ``DECISION_BUDGET``. The collector's passes meanwhile, inside a
+    decision or not, are timed into ``driver.collections`` (generation, ms)."""
+    import gc
+
+    driver.heap_settled = settle_heap()
+    started = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
         else:
-            session = newcomer()
-        driver.schedule(session)
+            driver.collections.append((info["generation"], (time.perf_counter() - started[0]) * 1e3))
+
+    gc.callbacks.append(timed)
+    try:
+        for i in range(decisions):
+            if i >= 20 and sum(driver.decision_ns) > DECISION_BUDGET * 1e9:
+                break
+            session = rescheduled() if i % 5 == 4 else None
+            if session is not None:
+                driver.reschedule(session)
+            else:
+                session = newcomer()
+            driver.schedule(session)
+    finally:
+        gc.callbacks.remove(timed)
 
 
 def run_cluster(p: dict, rng, decisions: int) -> dict:
@@ -912,6 +949,8 @@ FIELDS = [
     ("max_ms", "max ms", "{:.2f}"),
     ("reports_per_s", "reports/s", "{:,.0f}"),
     ("rss_mib", "RSS MiB", "{:.0f}"),
+    ("gc_max_ms", "longest gc ms", "{:.1f}"),
+    ("gc_full_passes", "full gc passes", "{:.0f}"),
     ("cpu_s", "sched CPU s", "{:.2f}"),
     ("answered", "answered", "{:.0f}"),
     ("answer_p50_ms", "answer p50 ms", "{:.1f}"),
