@@ -68,11 +68,11 @@ log = logging.getLogger("dffs.scheduler")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-#: Longest id (host, task, peer) accepted.
 #: States of a peer that wants parents (a register or reschedule may be answered).
 SCHEDULABLE_STATES = frozenset({PeerState.PENDING, PeerState.RUNNING, PeerState.BACK_TO_SOURCE})
 #: Most piece numbers a back-to-source answer lists per helper (what the helper holds and the asker lacks).
 MAX_PROMISED_PIECES = 65536
+#: Longest id (host, task, peer) accepted.
 MAX_ID_LENGTH = 512
 MAX_URL_LENGTH = 64 * 1024
 #: Pieces one GetPieceDigests request may name (an answer stays well under the message limit).

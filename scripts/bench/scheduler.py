@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import inspect
 import json
 import os
@@ -274,8 +275,6 @@ def measure_decisions(driver: Driver, decisions: int, newcomer, rescheduled) -> 
     running peers that have children (``rescheduled()`` -> session or None); fewer (but at
     least 20) when they use up ``DECISION_BUDGET``. The collector's passes meanwhile, inside a
     decision or not, are timed into ``driver.collections`` (generation, ms)."""
-    import gc
-
     driver.heap_settled = settle_heap()
     started = [0.0]
 
