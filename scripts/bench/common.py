@@ -91,6 +91,46 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
+def pages_per_folio(path: Path, length: int = 16 * MiB) -> float:
+    """Mean size, in pages, of the page-cache folios holding the first ``length`` bytes of
+    ``path``, which should be cached (its pages are mapped privately and never written, so the
+    mapping points at the cache's own pages; /proc/self/pagemap gives their frames and
+    /proc/kpageflags their folio bits; root). The kernel copies a read out of the page cache
+    folio by folio: a file kept in 4 KiB folios reads slower than one in 2 MiB folios."""
+    import ctypes
+    import mmap
+    import struct
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open(path, "rb") as f:
+        length = min(length, os.fstat(f.fileno()).st_size) // page * page
+        if length == 0:
+            return 0.0
+        view = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY)
+    try:
+        for offset in range(0, length, page):  # fault every page in (from the cache)
+            view[offset]
+        anchor = ctypes.c_char.from_buffer(view)
+        first = ctypes.addressof(anchor) // page
+        del anchor  # releases the buffer so that the mapping can close
+        heads = singles = 0
+        with open("/proc/self/pagemap", "rb") as pagemap, open("/proc/kpageflags", "rb") as flags:
+            for index in range(length // page):
+                pagemap.seek((first + index) * 8)
+                entry = struct.unpack("Q", pagemap.read(8))[0]
+                if not entry >> 63:  # not present
+                    continue
+                flags.seek((entry & ((1 << 55) - 1)) * 8)
+                bits = struct.unpack("Q", flags.read(8))[0]
+                if bits & (1 << 15):  # KPF_COMPOUND_HEAD: the first page of a large folio
+                    heads += 1
+                elif not bits & (1 << 16):  # nor KPF_COMPOUND_TAIL: a folio of one page
+                    singles += 1
+    finally:
+        view.close()
+    return length / page / max(1, heads + singles)
+
+
 def cached_bytes(paths: Iterable[Path]) -> int:
     """Bytes of these files now in the page cache (util-linux ``fincore``)."""
     files = [str(p) for p in _files(paths)]

@@ -17,7 +17,15 @@ Every sequential read is `dd bs=1M` to /dev/null. Each run, for each contender:
                      read, per GiB (from /proc/PID/stat)
   warm sequential    the same read again right after, on the same mount: both have
                      read the file once and keep it in their cache and the page cache.
-                     For "local file": the file read from the page cache.
+                     For "local file": the file read from the page cache. And "local
+                     file, 4 KiB folios": a copy on a tmpfs mounted huge=never, read
+                     from the page cache: the kernel copies reads out of the page cache
+                     folio by folio, ext4 caches this file in 2 MiB folios and FUSE (on
+                     this kernel) in 4 KiB ones, so this is the ceiling for a FUSE mount
+  warm page-cache folio
+                     the mean folio of the file's first 16 MiB in the page cache after
+                     the warm read, in 4 KiB pages (mmap + /proc/self/pagemap +
+                     /proc/kpageflags)
   remount, page cache dropped
                      the mount stopped, `echo 3 > /proc/sys/vm/drop_caches`, the mount
                      started again on the same cache (dffs's pieces and rclone's vfs
@@ -67,11 +75,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parents[1] / "tests")]  # the harness; the tests' real parts
 import harness  # noqa: E402
-from common import DFFS, MiB, make_file, timed, wait_quiet, warm_page_cache  # noqa: E402
+from common import DFFS, MiB, make_file, pages_per_folio, run, timed, wait_quiet, warm_page_cache  # noqa: E402
 from mounts import force_unmount, is_mounted  # noqa: E402
 from origins import NginxOrigin  # noqa: E402
 
 GiB = 1 << 30
+#: The contender that shows what a page cache of 4 KiB folios reads at (FUSE's, on this kernel).
+SMALL_FOLIOS = "local file, 4 KiB folios"
 
 
 class Mount:
@@ -241,6 +251,7 @@ def main() -> None:
     if stream_size:
         make_file(stream_obj, stream_size)
     state = Path(tempfile.mkdtemp(prefix="state.", dir=work))
+    tmpfs = state / "tmpfs-4k"
     configs: dict[str, Path] = {}
     for name, settings in variants.items():
         configs[f"dffs {name}"] = state / f"variant-{len(configs)}.toml"
@@ -252,6 +263,7 @@ def main() -> None:
         harness.Figure("cold sequential", "GB/s"),
         harness.Figure("mount CPU per cold GiB", "CPU-s", lower_is_better=True),
         harness.Figure("warm sequential", "GB/s"),
+        harness.Figure("warm page-cache folio", "pages", digits=0),
         harness.Figure("remount, page cache dropped", "GB/s"),
         harness.Figure("sequential origin traffic", "x object", lower_is_better=True),
     ]
@@ -270,12 +282,13 @@ def main() -> None:
     local_figures = ("warm sequential", "remount, page cache dropped")
     bench = harness.Bench(
         "mount",
-        contenders=[*dffs_like, "rclone", "curl", "local file"],
+        contenders=[*dffs_like, "rclone", "curl", "local file", SMALL_FOLIOS],
         figures=figures,
         comparisons=[
             *(harness.Comparison(who, "rclone") for who in dffs_like),
             *(harness.Comparison(who, "curl", ("cold sequential",)) for who in dffs_like),
             *(harness.Comparison(who, "local file", local_figures) for who in dffs_like),
+            *(harness.Comparison(who, SMALL_FOLIOS, ("warm sequential",)) for who in dffs_like),
             *(harness.Comparison("dffs", who) for who in [*configs, *trees]),
         ],
         params={
@@ -329,6 +342,7 @@ def main() -> None:
                     cold = timed(lambda: dd(path))
                     used = made.cpu_seconds() - used
                     warm = timed(lambda: dd(path))
+                    folio = pages_per_folio(path)
                 drop_all_caches()
                 again, path, _ = mount(name, empty=False)
                 with again:
@@ -340,6 +354,7 @@ def main() -> None:
                     "cold sequential": size / cold / 1e9,
                     "mount CPU per cold GiB": used * GiB / size,
                     "warm sequential": size / warm / 1e9,
+                    "warm page-cache folio": folio,
                     "remount, page cache dropped": size / dropped / 1e9,
                     "sequential origin traffic": origin.body_bytes(f"/{obj.name}") / size,
                 }
@@ -386,11 +401,31 @@ def main() -> None:
                 drop_all_caches()
                 dropped = timed(lambda: dd(obj))
                 warm_page_cache(obj)
-                return {"warm sequential": size / warm / 1e9, "remount, page cache dropped": size / dropped / 1e9}
+                return {
+                    "warm sequential": size / warm / 1e9,
+                    "warm page-cache folio": pages_per_folio(obj),
+                    "remount, page cache dropped": size / dropped / 1e9,
+                }
+
+            def local_in_small_folios() -> dict[str, float]:
+                """The object on a tmpfs that keeps 4 KiB folios (``huge=never``), read from the
+                page cache: what a page cache in the folios FUSE's gets can give."""
+                tmpfs.mkdir(exist_ok=True)
+                run(["mount", "-t", "tmpfs", "-o", f"size={size + 16 * MiB},huge=never", "tmpfs", str(tmpfs)])
+                try:
+                    copy = tmpfs / obj.name
+                    shutil.copyfile(obj, copy)
+                    warm_page_cache(copy)
+                    warm = timed(lambda: dd(copy))
+                    return {"warm sequential": size / warm / 1e9, "warm page-cache folio": pages_per_folio(copy)}
+                finally:
+                    run(["umount", str(tmpfs)])
 
             for run_number, who in bench.schedule():
                 if who == "local file":
                     bench.record(run_number, who, local())
+                elif who == SMALL_FOLIOS:
+                    bench.record(run_number, who, local_in_small_folios())
                 elif who == "curl":
                     bench.record(run_number, who, curl())
                 else:
@@ -401,6 +436,8 @@ def main() -> None:
                         values |= stream(who)
                     bench.record(run_number, who, values)
     finally:
+        if is_mounted(tmpfs):
+            run(["umount", str(tmpfs)])
         for name in mounts:
             mnt = state / f"{name}-mnt".replace(" ", "_")
             if is_mounted(mnt):
