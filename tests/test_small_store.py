@@ -23,7 +23,7 @@ from dffs.errors import StorageError
 from dffs.gc.policy import GcLimits
 from dffs.gc.service import GcService
 from dffs.peertask.export import export_task
-from dffs.storage import StorageManager, TaskMeta
+from dffs.storage import StorageManager, TaskMeta, small
 from dffs.storage.small import INDEX_FILE, PACK_FILE, SMALL_DIR, SMALL_OBJECT_MAX, PackedStore
 
 KiB = 1024
@@ -275,7 +275,8 @@ def test_pack_files_are_private(tmp_path):
 DEFERRING_CHILD = textwrap.dedent(
     """
     import hashlib, random, sys, time
-    from dffs.storage import StorageManager, TaskMeta
+    from dffs.storage import StorageManager, TaskMeta, small
+    small.FLUSH_BATCH = 5  # the lookup below commits the five rows waiting by then
     storage = StorageManager(sys.argv[1])
     for i in range(8):
         tid = hashlib.sha256(f"object-{i}".encode()).hexdigest()
@@ -284,7 +285,7 @@ DEFERRING_CHILD = textwrap.dedent(
         assert store.writes_inline  # no GC hooks: the mount would write it on its event loop
         store.write_piece(0, random.Random(i).randbytes(9000), defer_index=True)
         if i == 4:
-            storage.open_task(hashlib.sha256(b"absent").hexdigest())  # a call off the loop: the batch is committed
+            storage.open_task(hashlib.sha256(b"absent").hexdigest())  # a lookup, a batch waiting: committed
     print("written", flush=True)
     time.sleep(600)
     """
@@ -292,8 +293,8 @@ DEFERRING_CHILD = textwrap.dedent(
 
 
 def test_deferred_rows_are_committed_in_batches_and_a_crash_loses_only_the_waiting_ones(tmp_path):
-    """Rows of objects written on the event loop wait for the next call made off it; a SIGKILL before
-    that loses only those objects (fetched again), and their bytes' blocks are given back."""
+    """Rows of objects written on the event loop wait until a call made off it finds a batch of them;
+    a SIGKILL before that loses only those objects (fetched again), and their blocks are given back."""
     child = subprocess.Popen([sys.executable, "-c", DEFERRING_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "written\n"
@@ -306,3 +307,46 @@ def test_deferred_rows_are_committed_in_batches_and_a_crash_loses_only_the_waiti
         assert storage.disk_usage() == 5 * 12 * KiB  # the three unrecorded objects' blocks were punched
     finally:
         storage.close()
+
+
+def _committed_rows(directory) -> int:
+    """Rows another process would find in the index now (what a crash would keep)."""
+    db = sqlite3.connect(directory / SMALL_DIR / INDEX_FILE)
+    try:
+        return db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_lookup_answers_waiting_rows_from_memory_and_commits_only_a_batch_or_an_old_one(tmp_path, monkeypatch):
+    """Opening a dataset's files must not cost a transaction each: a lookup finds a row that waits
+    in memory, and commits what waits only once FLUSH_BATCH rows have gathered or the oldest has
+    waited FLUSH_AGE seconds."""
+    monkeypatch.setattr(small, "FLUSH_BATCH", 4)
+    monkeypatch.setattr(small, "FLUSH_AGE", 3600.0)
+    storage = StorageManager(tmp_path, memory_tier_bytes=0)
+
+    def write_deferred(i: int) -> None:
+        storage.create_task(meta(i, 9000)).write_piece(0, body(i, 9000), defer_index=True)
+
+    try:
+        for i in range(3):
+            write_deferred(i)
+        assert _committed_rows(tmp_path) == 0
+        assert [storage.small.lookup(tid(i)).length for i in range(3)] == [9000] * 3  # from memory
+        assert storage.small.lookup(tid(99)) is None
+        assert _committed_rows(tmp_path) == 0  # three wait: fewer than a batch, none old
+        write_deferred(3)
+        assert storage.small.lookup(tid(99)) is None
+        assert _committed_rows(tmp_path) == 4  # a batch: committed by that lookup
+        write_deferred(4)
+        monkeypatch.setattr(small, "FLUSH_AGE", 0.0)  # the row waiting is now old enough
+        assert storage.small.lookup(tid(0)) is not None
+        assert _committed_rows(tmp_path) == 5
+    finally:
+        storage.close()
+    reopened = StorageManager(tmp_path, memory_tier_bytes=0)
+    try:
+        assert [read(reopened, i) == body(i, 9000) for i in range(5)] == [True] * 5
+    finally:
+        reopened.close()

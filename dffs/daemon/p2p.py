@@ -161,6 +161,7 @@ class P2PFetcher:
     """One task's pieces through parents (a :class:`dffs.peertask.PieceFetcher`)."""
 
     from_origin_only = False
+    runs_in_background = True
 
     def __init__(self, swarm: P2PSwarm, request: DownloadRequest):
         self.swarm = swarm

@@ -76,6 +76,7 @@ class HintedFetcher:
     (a :class:`dffs.peertask.PieceFetcher`)."""
 
     from_origin_only = False
+    runs_in_background = True
 
     def __init__(self, swarm: P2PSwarm, request: DownloadRequest, hint: Hint, registrations: FinishedRegistrations):
         self.swarm = swarm

@@ -203,7 +203,7 @@ class TaskManager:
             headers=forwarded_headers(request.url, stat.url, request.headers),
             buffers=self.buffers,
         )
-        if not store.is_complete():
+        if fetcher.runs_in_background and not store.is_complete():
             try:
                 await background.start(fetcher.run, task)  # P2P: registered with a scheduler
             except BaseException:

@@ -26,6 +26,9 @@ class PieceFetcher(Protocol):
     #: the origin for just its bytes first (PeerTask.read_cold). A P2P fetcher says False:
     #: whole pieces come from parents, verifiable against their digests.
     from_origin_only: bool
+    #: False when :meth:`run` has nothing to do but report started: the task then starts no
+    #: background job for it (a job costs a trio task and a nursery start per task opened).
+    runs_in_background: bool
 
     async def run(self, task: PeerTask, *, task_status: Any) -> None:
         """The fetcher's own work for the task's life (a P2P conversation), in the task's background;
@@ -45,6 +48,7 @@ class OriginFetcher:
     """Every piece from the origin, in order."""
 
     from_origin_only = True
+    runs_in_background = False
 
     async def run(self, task: PeerTask, *, task_status: Any) -> None:
         task_status.started()

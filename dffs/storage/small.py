@@ -12,10 +12,12 @@ Crash safety is the same promise as the task directories' — a crash never serv
 kept the same way: an object's bytes are written before its index row, every row carries the
 piece's BLAKE3 digest, and every process verifies an object the first time it serves it (a
 torn or lost write fails that check and the object is dropped and fetched again). Durability is
-batched: SQLite in WAL mode with ``synchronous=NORMAL`` makes each row one small transaction and
-syncs at checkpoints, so a power loss may forget the last few objects (fetched again), never
-corrupt the index. Rows that point past the end of the pack are dropped at open, and the space no
-row holds (bytes of writes a crash cut off before their row) is given back.
+batched: rows written from the event loop wait in memory and are committed together (up to
+:data:`FLUSH_BATCH` of them, or what gathered in :data:`FLUSH_AGE` seconds, by the next call made
+off the loop), SQLite in WAL mode with ``synchronous=NORMAL`` syncs at checkpoints, so a crash or
+power loss may forget the last objects (fetched again), never corrupt the index. Rows that
+point past the end of the pack are dropped at open, and the space no row holds (bytes of writes
+a crash cut off before their row) is given back.
 
 An object that is evicted or replaced gets its blocks back by punching a hole over its range;
 the pack's size only grows (holes are free), which ext4's 16 TiB file size bounds far beyond
@@ -30,6 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +56,11 @@ SMALL_OBJECT_MAX = 1 << 20
 ALIGN = 4096
 #: Deferred rows (see :meth:`SmallObjects.record`) are committed at the latest once this many wait.
 MAX_PENDING = 1024
+#: A lookup commits the deferred rows once this many wait, or once the oldest has waited
+#: :data:`FLUSH_AGE` seconds: a dataset's cold files cost one transaction per batch, not one per
+#: file opened (a lookup of a row still waiting is answered from memory).
+FLUSH_BATCH = 256
+FLUSH_AGE = 1.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     task_id TEXT PRIMARY KEY,
@@ -107,6 +115,8 @@ class SmallObjects:
         #: Rows recorded with ``defer`` (task ID -> the row's other columns): visible to every
         #: lookup, committed as one transaction by the next call made off the event loop.
         self._pending: dict[str, tuple[str, int, int, bytes, float]] = {}
+        #: When the oldest deferred row was recorded (monotonic), while any waits.
+        self._pending_since = 0.0
         with self._lock:
             self._ensure_open()
 
@@ -219,10 +229,17 @@ class SmallObjects:
     def lookup(self, task_id: str) -> Row | None:
         """The object's row; a row whose metadata is garbage is deleted (and None returned)."""
         with self._lock:
-            self._flush_locked()
-            found = self._query(
-                "SELECT meta, offset, length, digest, last_access FROM objects WHERE task_id = ?", task_id
-            )
+            with self._mem_lock:
+                found = self._pending.get(task_id)  # the same columns as the SELECT's
+                due = len(self._pending) >= FLUSH_BATCH or (
+                    self._pending and time.monotonic() - self._pending_since >= FLUSH_AGE
+                )
+            if due:
+                self._flush_locked()
+            if found is None:
+                found = self._query(
+                    "SELECT meta, offset, length, digest, last_access FROM objects WHERE task_id = ?", task_id
+                )
         if found is None:
             return None
         text, offset, length, digest, last_access = found
@@ -286,11 +303,14 @@ class SmallObjects:
         """Index an object written at ``offset``; the range of the row it replaces is given back.
 
         ``defer``: keep the row in memory for the next batch (one transaction for many objects,
-        committed by the next call made off the event loop — a lookup, a listing, the GC's pass —
-        or at close). A crash before then loses only the row: its object is fetched again, and
-        the bytes no row holds are given back at the next open."""
+        committed by a call made off the event loop — a lookup once :data:`FLUSH_BATCH` rows or
+        :data:`FLUSH_AGE` seconds have gathered, a listing, the GC's pass — or at close). A crash
+        before then loses only the row: its object is fetched again, and the bytes no row holds
+        are given back at the next open."""
         if defer:
             with self._mem_lock:
+                if not self._pending:
+                    self._pending_since = time.monotonic()
                 previous = self._pending.get(meta.task_id)
                 self._pending[meta.task_id] = (meta.to_json(), offset, length, digest, last_access)
                 if previous is not None and previous[1] != offset:
