@@ -616,23 +616,23 @@ class TaskStore:
 
     def pin(self, numbers: Iterable[int]) -> None:
         with self._lock:
-            self._pins.update(numbers)
+            pins = self._pins
+            for number in numbers:
+                pins[number] += 1
 
     def unpin(self, numbers: Iterable[int]) -> None:
         with self._lock:
-            self._pins.subtract(numbers)
-            for number in [n for n, c in self._pins.items() if c <= 0]:
-                del self._pins[number]
+            pins = self._pins
+            for number in numbers:
+                left = pins[number] - 1
+                if left > 0:
+                    pins[number] = left
+                else:
+                    pins.pop(number, None)
 
-    @contextmanager
-    def pinned(self, numbers: Iterable[int]):
+    def pinned(self, numbers: Iterable[int]) -> _Pinned:
         """Pieces that must not be evicted while the block runs (a read or upload)."""
-        numbers = list(numbers)
-        self.pin(numbers)
-        try:
-            yield
-        finally:
-            self.unpin(numbers)
+        return _Pinned(self, list(numbers))
 
     def pinned_pieces(self) -> frozenset[int]:
         with self._lock:
@@ -895,3 +895,18 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
     _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+class _Pinned:
+    """:meth:`TaskStore.pinned`'s block: a class, not a generator, as every FUSE read enters one."""
+
+    __slots__ = ("_store", "_numbers")
+
+    def __init__(self, store: TaskStore, numbers: list[int]):
+        self._store, self._numbers = store, numbers
+
+    def __enter__(self) -> None:
+        self._store.pin(self._numbers)
+
+    def __exit__(self, *exc: object) -> None:
+        self._store.unpin(self._numbers)
