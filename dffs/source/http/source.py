@@ -264,6 +264,13 @@ class HttpSource:
         progress, not a failure.
         """
         parse_target(url)
+        try:  # the usual case, one attempt that succeeds, without the retry loop's cost per call
+            await self._read_range_once(url, offset, buffer, 0, headers, validators)
+            return
+        except SourceError as exc:
+            if not exc.retryable:
+                raise
+            replay: SourceError | None = exc
         filled = 0
         for _ in range(max(1, self.options.progress_budgets)):
             at_start = filled
@@ -271,6 +278,9 @@ class HttpSource:
                 async for attempt in self._retrying():
                     with attempt:
                         try:
+                            if replay is not None:  # the attempt made above: the loop's first
+                                failed, replay = replay, None
+                                raise failed
                             filled = await self._read_range_once(url, offset, buffer, filled, headers, validators)
                         except _Partial as exc:
                             filled = exc.filled
