@@ -166,7 +166,8 @@ class TaskStore:
         #: ``pwrite``s of piece bytes in flight (outside the lock): a detach waits for them, or a
         #: write landing in the old file after its copy would be recorded but missing.
         self._content_writes = 0
-        self._content_writes_done = threading.Condition(self._lock)
+        #: Made by the first detach that has to wait (rare; a store per small file costs less without).
+        self._content_writes_done: threading.Condition | None = None
         #: Per piece, how many times its range was punched (under the lock). A write records its
         #: piece only if this did not change since its ``pwrite`` began: a punch landing between a
         #: write's bytes and its record would otherwise leave a hole recorded present and verified.
@@ -537,7 +538,7 @@ class TaskStore:
         finally:
             with self._lock:
                 self._content_writes -= 1
-                if not self._content_writes:
+                if not self._content_writes and self._content_writes_done is not None:
                     self._content_writes_done.notify_all()
 
     def _write_error(self, number: int, what: str, exc: OSError) -> StorageError:
@@ -721,6 +722,8 @@ class TaskStore:
         if os.fstat(self._content_fd).st_nlink <= 1:
             return
         while self._content_writes:  # releases the lock while it waits
+            if self._content_writes_done is None:
+                self._content_writes_done = threading.Condition(self._lock)
             self._content_writes_done.wait()
         if self._closed:
             return
