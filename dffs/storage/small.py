@@ -113,7 +113,7 @@ class SmallObjects:
         self.pack_fd = -1
         self._end = 0
         #: Rows recorded with ``defer`` (task ID -> the row's other columns): visible to every
-        #: lookup, committed as one transaction by the next call made off the event loop.
+        #: lookup, committed as one transaction once a batch has gathered (see :meth:`record`).
         self._pending: dict[str, tuple[str, int, int, bytes, float]] = {}
         #: When the oldest deferred row was recorded (monotonic), while any waits.
         self._pending_since = 0.0

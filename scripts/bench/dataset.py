@@ -265,7 +265,8 @@ def warm_origin_copies(directory: Path, rels) -> None:
 def part_a(bench, origin, state, sets, run, who, pool, profile):
     figures = {}
     for label, (url, rels, size) in sets.items():
-        warm_origin_copies(origin.root / url.split("/")[-2], rels)
+        served = origin.root / url.split("/")[-2]  # the origin's copy of this set
+        warm_origin_copies(served, rels)
         made, root = mount(who, state, url, label)
         with made:
             origin.clear_log()
@@ -287,7 +288,7 @@ def part_a(bench, origin, state, sets, run, who, pool, profile):
             warm, _, _ = read_all(pool, paths, seed=run + 1000)
             sample = random.Random(run).sample(rels, min(20, len(rels)))
             for rel in sample:
-                if (root / rel).read_bytes() != (origin.root / url.split("/")[-2] / rel).read_bytes():
+                if (root / rel).read_bytes() != (served / rel).read_bytes():
                     raise RuntimeError(f"{who}: {rel} differs from the origin's")
         n = len(rels)
         figures |= {
